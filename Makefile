@@ -1,0 +1,31 @@
+# Two entry points, as the README says: `make run` and `make test`.
+# torch is installed first, pinned to the CPU build on this disk, so that the project's
+# own install finds it satisfied and never pulls a CUDA build.
+PYTHON ?= python3
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+TORCH  ?= torch==2.13.0
+
+.PHONY: install run test bench clean
+
+install: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q "$(TORCH)"
+	$(PY) -m pip install -q -e '.[test]'
+	touch $@
+
+run: install
+	$(VENV)/bin/pairlab
+
+test: install
+	$(PY) -m pytest -q
+
+bench: install
+	$(PY) bench/train_throughput.py
+	$(PY) bench/loop_efficiency.py
+
+clean:
+	rm -rf $(VENV) build *.egg-info
