@@ -1,0 +1,200 @@
+"""Events the Session emits. Plain dataclasses; each serializes to one JSON line.
+
+Subscribers (the TUI, `pairlab headless`, tests) receive them on engine threads and must
+not block: the TUI forwards them with post_message, headless prints them.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import asdict, dataclass, field
+from enum import Enum
+from typing import ClassVar
+
+from engine.records import Decision, Experiment, Proposal, RunResult
+
+
+@dataclass
+class Event:
+    type: ClassVar[str] = "event"
+    at: float = field(default_factory=time.time, kw_only=True)
+
+    def to_dict(self) -> dict:
+        d = {"type": self.type}
+        d.update(_plain(asdict(self)))
+        return d
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), ensure_ascii=False, allow_nan=False, default=str)
+
+
+def _plain(value):
+    if isinstance(value, Enum):
+        return value.value
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    if isinstance(value, float) and value != value:   # NaN is not JSON
+        return None
+    return value
+
+
+@dataclass
+class StateChanged(Event):
+    """The loop's state in words: idle, drafting, reviewing, training, paused, stopped."""
+
+    type: ClassVar[str] = "state"
+    state: str
+    detail: str = ""
+
+
+@dataclass
+class ModeChanged(Event):
+    type: ClassVar[str] = "mode"
+    mode: str                        # "review" | "auto"
+
+
+@dataclass
+class DraftStarted(Event):
+    type: ClassVar[str] = "draft_started"
+    draft_id: int
+    agent: str
+    base_commit: str
+
+
+@dataclass
+class ReasoningDelta(Event):
+    type: ClassVar[str] = "reasoning"
+    draft_id: int
+    kind: str                        # "thinking" | "text" | "tool"
+    text: str
+
+
+@dataclass
+class DraftFailed(Event):
+    type: ClassVar[str] = "draft_failed"
+    draft_id: int
+    message: str
+
+
+@dataclass
+class ProposalReady(Event):
+    type: ClassVar[str] = "proposal"
+    proposal: Proposal
+
+
+@dataclass
+class ProposalRebased(Event):
+    type: ClassVar[str] = "proposal_rebased"
+    proposal_id: int
+    base_commit: str
+    diff: str
+
+
+@dataclass
+class ProposalStale(Event):
+    type: ClassVar[str] = "proposal_stale"
+    proposal_id: int
+    reason: str
+
+
+@dataclass
+class DecisionMade(Event):
+    type: ClassVar[str] = "decision"
+    decision: Decision
+
+
+@dataclass
+class RunStarted(Event):
+    type: ClassVar[str] = "run_started"
+    run_id: str
+    experiment_id: int
+    proposal_id: int | None
+    commit: str
+    description: str
+    budget_s: float
+    log_path: str
+
+
+@dataclass
+class LogLines(Event):
+    """A batch of finished log lines; `\\r` progress updates never arrive here."""
+
+    type: ClassVar[str] = "log"
+    run_id: str
+    lines: list[str]
+
+
+@dataclass
+class RunProgress(Event):
+    type: ClassVar[str] = "progress"
+    run_id: str
+    step: int
+    loss: float
+    percent: float                   # of the time budget (or of the fixed steps)
+    elapsed_s: float
+    remaining_s: float
+
+
+@dataclass
+class RunFinished(Event):
+    type: ClassVar[str] = "run_finished"
+    experiment: Experiment
+    result: RunResult
+
+
+@dataclass
+class BestUpdated(Event):
+    type: ClassVar[str] = "best"
+    commit: str
+    val_bpb: float
+    experiment_id: int
+
+
+@dataclass
+class NoiseFloor(Event):
+    type: ClassVar[str] = "noise_floor"
+    spread: float                    # max - min of the baseline repeats
+    samples: list[float]
+
+
+@dataclass
+class DeviceSample(Event):
+    """One reading of the accelerator(s) or, without a GPU, of CPU and memory."""
+
+    type: ClassVar[str] = "device"
+    kind: str                        # "gpu" | "cpu"
+    devices: list[dict]              # per GPU: name, util, mem_used_mb, mem_total_mb, temp_c, power_w
+    cpu_percent: float | None = None
+    ram_used_mb: float | None = None
+    ram_total_mb: float | None = None
+    trainer_cpu_percent: float | None = None
+    trainer_rss_mb: float | None = None
+
+
+@dataclass
+class Notice(Event):
+    """Something the user should read: an error with what to do about it, or a warning."""
+
+    type: ClassVar[str] = "notice"
+    level: str                       # "info" | "warning" | "error"
+    message: str
+    hint: str = ""
+
+
+@dataclass
+class SessionStopped(Event):
+    type: ClassVar[str] = "stopped"
+    reason: str
+    summary: str
+
+
+EVENT_TYPES: dict[str, type[Event]] = {
+    cls.type: cls
+    for cls in (StateChanged, ModeChanged, DraftStarted, ReasoningDelta, DraftFailed,
+                ProposalReady, ProposalRebased, ProposalStale, DecisionMade, RunStarted,
+                LogLines, RunProgress, RunFinished, BestUpdated, NoiseFloor, DeviceSample,
+                Notice, SessionStopped)
+}

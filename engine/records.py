@@ -1,0 +1,128 @@
+"""Typed records the engine passes around and the journal stores."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from enum import Enum
+
+
+class RunStatus(str, Enum):
+    KEEP = "keep"
+    DISCARD = "discard"
+    CRASH = "crash"
+    TIMEOUT = "timeout"
+    INTERRUPTED = "interrupted"
+    KILLED = "killed"
+
+
+class DecisionKind(str, Enum):
+    ACCEPT = "accept"
+    EDIT = "edit"
+    VETO = "veto"
+
+
+class ProposalState(str, Enum):
+    DRAFTING = "drafting"
+    PENDING = "pending"      # waiting for review (or for the trainer in auto mode)
+    ACCEPTED = "accepted"    # decided, queued to train
+    TRAINING = "training"
+    DONE = "done"
+    VETOED = "vetoed"
+    STALE = "stale"          # no longer applies to the best; sent back for a redraft
+
+
+@dataclass
+class Usage:
+    """Tokens and cost of one proposal's drafting."""
+
+    input_tokens: int = 0
+    output_tokens: int = 0
+    cache_read_tokens: int = 0
+    cache_write_tokens: int = 0
+    cost_usd: float = 0.0
+
+    def add(self, other: "Usage") -> None:
+        self.input_tokens += other.input_tokens
+        self.output_tokens += other.output_tokens
+        self.cache_read_tokens += other.cache_read_tokens
+        self.cache_write_tokens += other.cache_write_tokens
+        self.cost_usd += other.cost_usd
+
+
+@dataclass
+class Draft:
+    """What an agent hands back: the full new text of each target file it changed."""
+
+    description: str
+    hypothesis: str
+    files: dict[str, str]            # relative path -> new full text
+    reasoning: str = ""
+    usage: Usage = field(default_factory=Usage)
+
+
+@dataclass
+class Proposal:
+    id: int
+    description: str
+    hypothesis: str
+    diff: str                        # unified diff computed by the engine, never by the model
+    base_commit: str
+    agent: str
+    files: dict[str, str]            # relative path -> new full text
+    reasoning: str = ""
+    usage: Usage = field(default_factory=Usage)
+    state: ProposalState = ProposalState.PENDING
+    created_at: float = 0.0
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["state"] = self.state.value
+        return d
+
+
+@dataclass
+class Decision:
+    proposal_id: int
+    kind: DecisionKind
+    who: str                         # "human" | "auto"
+    reason: str = ""
+    edited_diff: str = ""            # the human's changes relative to the agent's version
+    at: float = 0.0
+
+
+@dataclass
+class RunResult:
+    """Outcome of one training run; val_bpb comes from the harness's result file only."""
+
+    run_id: str
+    status: RunStatus
+    val_bpb: float | None = None
+    memory_gb: float = 0.0
+    training_seconds: float = 0.0
+    total_seconds: float = 0.0
+    num_steps: int = 0
+    total_tokens: int = 0
+    num_params: int = 0
+    device: str = ""
+    message: str = ""                # why it crashed / timed out, in words for the user
+    log_tail: str = ""
+    log_path: str = ""
+    metrics: dict = field(default_factory=dict)   # the whole validated result file
+
+
+@dataclass
+class Experiment:
+    """One row of the experiments table: a proposal that trained (or the baseline)."""
+
+    id: int
+    proposal_id: int | None
+    commit: str
+    status: RunStatus
+    val_bpb: float | None
+    memory_gb: float
+    description: str
+    decided_by: str
+    run_id: str
+    started_at: float
+    finished_at: float | None
+    log_path: str
