@@ -1,0 +1,559 @@
+"""Run one training run of a workspace's train.py and judge how it went.
+
+The child runs in its own session (process group): a terminal Ctrl-C reaches only the
+engine, and a kill takes the whole group, dataloader workers and grandchildren included.
+Output is read in raw chunks so that `\\r` progress updates are seen as they happen; they
+are collapsed, so the log file and the line callback only ever get finished lines.
+
+val_bpb comes from the result file the harness writes to the path the engine chose,
+never from anything train.py prints. The one exception, chosen by the user for an adopted
+unmodified autoresearch checkout, is metric_source="summary_line": the `---` summary block.
+"""
+
+from __future__ import annotations
+
+import codecs
+import json
+import math
+import os
+import re
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections import deque
+from pathlib import Path
+from typing import Callable, Sequence
+
+from engine.records import RunResult, RunStatus
+
+# on_lines(lines): a batch of finished log lines
+OnLines = Callable[[list[str]], None]
+# on_progress(step, loss, percent, elapsed_s, remaining_s)
+OnProgress = Callable[[int, float, float, float, float], None]
+
+PROGRESS_RE = re.compile(r"step (\d+) \(([\d.]+)%\) \| loss: ([-\w.+]+).*?remaining: (\d+)s")
+METRIC_SOURCES = ("result_file", "summary_line")
+RESULT_SCHEMA = 1
+
+# Variables that look like credentials never reach the training process: train.py is
+# written by an agent and its output is shown on screen and stored in logs.
+SECRET_NAME_RE = re.compile(r"(_API_KEY|_TOKEN|_SECRET|_SECRET_KEY|_SECRET_ACCESS_KEY|_PASSWORD)$",
+                            re.IGNORECASE)
+# glibc: no mmap'd chunks and no trimming, so CPU training does not page-fault on every
+# step re-faulting freed tensor memory. INT_MAX, because old glibc reads it with atoi.
+CPU_MALLOC_ENV = {"MALLOC_MMAP_MAX_": "0", "MALLOC_TRIM_THRESHOLD_": "2147483647"}
+
+TAIL_LINES = 40               # RunResult.log_tail
+KEPT_LINES = 400              # in memory, for the tail, the traceback and the summary block
+LINE_BATCH_INTERVAL_S = 0.05  # on_lines at most ~20 times a second
+MAX_LINE_CHARS = 64 * 1024    # an endless line without a newline is cut into pieces
+MAX_RESULT_BYTES = 1 << 20
+READ_CHUNK = 64 * 1024
+
+
+class Runner:
+    """One training run. `run()` blocks (the session calls it in a thread); `kill()` may be
+    called from any other thread; `pid` is the trainer's pid while it runs (for the monitor).
+    """
+
+    def __init__(
+        self,
+        workspace_root: str | Path,
+        run_id: str,
+        budget_s: float,
+        *,
+        command: Sequence[str] | None = None,
+        env: dict[str, str] | None = None,
+        device: str | None = None,
+        data_dir: str | Path | None = None,
+        log_path: str | Path | None = None,
+        result_path: str | Path | None = None,
+        grace_s: float = 120.0,
+        hard_timeout_s: float | None = None,
+        silence_timeout_s: float | None = None,
+        term_grace_s: float = 5.0,
+        metric_source: str = "result_file",
+        expected_eval_tokens: int | None = None,
+        expected_checksum: str | None = None,
+    ):
+        """
+        budget_s: the training budget handed to train.py (PAIRLAB_TIME_BUDGET).
+        command: argv; default `python train.py` with the engine's interpreter.
+        env: extra variables for the child (PAIRLAB_COMPILE=0, PAIRLAB_MAX_STEPS, ...).
+        grace_s: start-up, torch.compile and evaluation allowance on top of 2 x budget;
+            hard_timeout_s replaces the whole formula when given.
+        silence_timeout_s: kill when the run prints nothing for this long (None: never).
+        term_grace_s: SIGTERM first, SIGKILL after this many seconds.
+        metric_source: "result_file" (default, the harness's JSON) or "summary_line".
+        expected_eval_tokens, expected_checksum: when given, the result must match them.
+        """
+        if metric_source not in METRIC_SOURCES:
+            raise ValueError(f"metric_source must be one of {METRIC_SOURCES}, not {metric_source!r}")
+        self.workspace_root = Path(workspace_root)
+        self.run_id = run_id
+        self.budget_s = float(budget_s)
+        self.command = list(command) if command else [sys.executable, "train.py"]
+        self.extra_env = dict(env or {})
+        self.device = device
+        self.data_dir = data_dir
+        pairlab_dir = self.workspace_root / ".pairlab"
+        self.log_path = Path(log_path) if log_path else pairlab_dir / "logs" / f"{run_id}.log"
+        self.result_path = (Path(result_path) if result_path
+                            else pairlab_dir / "runs" / run_id / "result.json")
+        self.hard_timeout_s = (hard_timeout_s if hard_timeout_s is not None
+                               else 2 * self.budget_s + grace_s)
+        self.silence_timeout_s = silence_timeout_s
+        self.term_grace_s = term_grace_s
+        self.metric_source = metric_source
+        self.expected_eval_tokens = expected_eval_tokens
+        self.expected_checksum = expected_checksum
+
+        self._lock = threading.Lock()
+        self._wake = threading.Event()
+        self._proc: subprocess.Popen | None = None
+        self._kill_request: tuple[RunStatus, str] | None = None
+        self._collector: _OutputCollector | None = None
+        self._elapsed_s = 0.0   # wall time of the run, for results without their own
+
+    @property
+    def pid(self) -> int | None:
+        with self._lock:
+            proc = self._proc
+        return proc.pid if proc is not None and proc.returncode is None else None
+
+    @property
+    def program_name(self) -> str:
+        """What the messages call the program: the script's file name, else the command."""
+        for arg in reversed(self.command):
+            if arg.endswith(".py"):
+                return os.path.basename(arg)
+        return os.path.basename(self.command[0])
+
+    def kill(self, message: str = "killed by the user", status: RunStatus = RunStatus.KILLED) -> None:
+        """Stop the run from any thread; `run()` then returns `status` with `message`.
+        Returns at once: the group gets SIGTERM now and SIGKILL term_grace_s later."""
+        with self._lock:
+            if self._kill_request is None:
+                self._kill_request = (status, message)
+            proc = self._proc
+        if proc is not None:
+            _signal_group(proc.pid, signal.SIGTERM)
+        self._wake.set()
+
+    def child_env(self) -> dict[str, str]:
+        env = {k: v for k, v in os.environ.items() if not SECRET_NAME_RE.search(k)}
+        if self._is_cpu_run():
+            env.update(CPU_MALLOC_ENV)
+        if self.device:
+            env["PAIRLAB_DEVICE"] = self.device
+        if self.data_dir:
+            env["PAIRLAB_DATA_DIR"] = str(self.data_dir)
+        env.update(self.extra_env)
+        # Set last: the result path, run id and budget are the engine's, never overridden.
+        env.update(
+            PAIRLAB_TIME_BUDGET=f"{self.budget_s:g}",
+            PAIRLAB_RESULT=str(self.result_path),
+            PAIRLAB_RUN_ID=self.run_id,
+            PYTHONUNBUFFERED="1",
+        )
+        return env
+
+    def _is_cpu_run(self) -> bool:
+        if self.device:
+            return self.device == "cpu"
+        return not os.path.exists("/dev/nvidiactl")   # the harness would pick cuda there
+
+    def run(self, on_lines: OnLines | None = None, on_progress: OnProgress | None = None,
+            on_start: Callable[[int], None] | None = None) -> RunResult:
+        """Train once and judge it. Callbacks arrive on this thread: on_start with the
+        trainer's pid once it runs (for the monitor), on_lines with batches of finished lines
+        (at most ~20 a second), on_progress with each parsed progress update.
+        A run with a valid metric comes back as KEEP: usable, not yet compared; the session
+        turns it into DISCARD when it does not beat the best."""
+        self.log_path.parent.mkdir(parents=True, exist_ok=True)
+        self.result_path.parent.mkdir(parents=True, exist_ok=True)
+        self.result_path.unlink(missing_ok=True)   # a stale result must never count
+
+        started = time.monotonic()
+        with open(self.log_path, "w", encoding="utf-8") as log_file:
+            collector = _OutputCollector(log_file, started)
+            self._collector = collector
+            try:
+                proc = subprocess.Popen(
+                    self.command, cwd=self.workspace_root, env=self.child_env(),
+                    stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                    start_new_session=True,
+                )
+            except OSError as exc:
+                message = f"could not start {' '.join(self.command)}: {exc.strerror or exc}"
+                return self._result(RunStatus.CRASH, message)
+            with self._lock:
+                self._proc = proc
+                kill_early = self._kill_request is not None
+            if kill_early:
+                _signal_group(proc.pid, signal.SIGTERM)
+            if on_start is not None:
+                on_start(proc.pid)
+
+            reader = threading.Thread(target=collector.read_all, args=(proc.stdout.fileno(),),
+                                      name=f"runner-reader-{self.run_id}", daemon=True)
+            reader.start()
+            try:
+                timed_out_message = self._supervise(proc, collector, started, on_lines, on_progress)
+            finally:
+                # Whatever happened (a callback raising included), nothing of the group
+                # may outlive the run: orphans would hold the pipe and the accelerator.
+                self._reap_group(proc)
+                reader.join(timeout=5)
+                if not reader.is_alive():   # else a process that left the group holds the pipe
+                    proc.stdout.close()
+                with self._lock:
+                    self._proc = None
+            collector.finish()
+            self._deliver(collector, on_lines, on_progress)
+        self._elapsed_s = time.monotonic() - started
+        return self._judge(proc.returncode, timed_out_message)
+
+    def _supervise(self, proc, collector, started, on_lines, on_progress) -> str | None:
+        """Wait for the leader to exit, delivering output; returns a timeout message if one
+        of the watchdogs killed the run."""
+        timed_out_message = None
+        term_sent_at = None
+        while not _has_exited(proc):
+            self._wake.wait(LINE_BATCH_INTERVAL_S)
+            self._wake.clear()
+            self._deliver(collector, on_lines, on_progress)
+            now = time.monotonic()
+            if timed_out_message is None and self._kill_request is None:
+                if now - started > self.hard_timeout_s:
+                    timed_out_message = (f"no result after {_secs(self.hard_timeout_s)}s "
+                                         f"(budget {_secs(self.budget_s)}s): killed")
+                elif (self.silence_timeout_s is not None
+                      and now - collector.last_output_at > self.silence_timeout_s):
+                    timed_out_message = (f"no output for {_secs(self.silence_timeout_s)}s "
+                                         f"(budget {_secs(self.budget_s)}s): killed")
+                if timed_out_message is not None:
+                    _signal_group(proc.pid, signal.SIGTERM)
+            stopping = timed_out_message is not None or self._kill_request is not None
+            if stopping and term_sent_at is None:
+                term_sent_at = now
+            if term_sent_at is not None and now - term_sent_at > self.term_grace_s:
+                _signal_group(proc.pid, signal.SIGKILL)
+        return timed_out_message
+
+    def _reap_group(self, proc: subprocess.Popen) -> None:
+        # The leader is a zombie until reaped, so its pid (the group id) cannot be reused
+        # by an unrelated process while we signal the group.
+        _signal_group(proc.pid, signal.SIGKILL)
+        proc.wait()
+
+    def _deliver(self, collector, on_lines, on_progress) -> None:
+        lines, progress = collector.take()
+        if on_progress is not None:
+            for update in progress:
+                on_progress(*update)
+        if lines and on_lines is not None:
+            on_lines(lines)
+
+    def _judge(self, returncode: int, timed_out_message: str | None) -> RunResult:
+        kept = list(self._collector.kept)
+        name = self.program_name
+        if self._kill_request is not None:
+            status, message = self._kill_request
+            return self._result(status, message)
+        if timed_out_message is not None:
+            return self._result(RunStatus.TIMEOUT, timed_out_message)
+        if returncode < 0:
+            return self._result(RunStatus.CRASH, _signal_message(-returncode, kept))
+        if returncode != 0:
+            return self._result(RunStatus.CRASH, _crash_message(name, returncode, kept))
+        if self.metric_source == "summary_line":
+            summary = _summary_block(kept)
+            error = _invalid_val_bpb(summary.get("val_bpb"))
+            if error:
+                return self._result(RunStatus.CRASH, f"summary block rejected: {error}")
+            return self._result(RunStatus.KEEP, "", metrics=summary)
+        if not self.result_path.exists():
+            return self._result(RunStatus.CRASH, f"{name} exited without a result: "
+                                                 "did it reach the protected hand-off?")
+        metrics, error = self._read_result()
+        if error:
+            return self._result(RunStatus.CRASH, f"result rejected: {error}")
+        return self._result(RunStatus.KEEP, "", metrics=metrics)
+
+    def _read_result(self) -> tuple[dict, str | None]:
+        try:
+            with open(self.result_path, "rb") as f:
+                raw = f.read(MAX_RESULT_BYTES + 1)
+        except OSError as exc:
+            return {}, f"cannot read {self.result_path}: {exc.strerror or exc}"
+        if len(raw) > MAX_RESULT_BYTES:
+            return {}, "result file is larger than 1 MiB"
+        try:
+            data = json.loads(raw)
+        except (ValueError, UnicodeDecodeError) as exc:
+            return {}, f"not valid JSON ({exc})"
+        if not isinstance(data, dict):
+            return {}, "not a JSON object"
+        if data.get("schema") != RESULT_SCHEMA:
+            return {}, f"schema is {data.get('schema')!r}, expected {RESULT_SCHEMA}"
+        if data.get("run_id") != self.run_id:
+            return {}, f"run_id is {data.get('run_id')!r}, expected {self.run_id!r}"
+        error = _invalid_val_bpb(data.get("val_bpb"))
+        if error:
+            return {}, error
+        if self.expected_eval_tokens is not None and data.get("eval_tokens") != self.expected_eval_tokens:
+            return {}, (f"eval_tokens is {data.get('eval_tokens')!r}, "
+                        f"expected {self.expected_eval_tokens}")
+        if self.expected_checksum is not None and data.get("data_checksum") != self.expected_checksum:
+            return {}, "data_checksum does not match the prepared validation data"
+        return data, None
+
+    def _result(self, status: RunStatus, message: str, metrics: dict | None = None) -> RunResult:
+        metrics = metrics or {}
+        kept = list(self._collector.kept) if self._collector else []
+        peak_mb = _number(metrics.get("peak_memory_mb", metrics.get("peak_vram_mb")))
+        return RunResult(
+            run_id=self.run_id,
+            status=status,
+            val_bpb=float(metrics["val_bpb"]) if "val_bpb" in metrics else None,
+            memory_gb=peak_mb / 1024,
+            training_seconds=_number(metrics.get("training_seconds")),
+            total_seconds=_number(metrics.get("total_seconds")) or self._elapsed_s,
+            num_steps=int(_number(metrics.get("num_steps"))),
+            total_tokens=int(_number(metrics.get("total_tokens"))),
+            num_params=int(_number(metrics.get("num_params"))),
+            device=str(metrics.get("device", self.device or "")),
+            message=message,
+            log_tail="\n".join(kept[-TAIL_LINES:]),
+            log_path=str(self.log_path),
+            metrics=metrics,
+        )
+
+
+class _OutputCollector:
+    """Turns the child's raw output into finished lines and progress updates.
+
+    The reader thread calls `read_all`; the supervising thread calls `take` to collect what
+    arrived since the last call. A `\\r`-terminated segment is a progress update: it is
+    parsed, and only its last state is written, once, before the next finished line (or at
+    the end), unless that next line is itself the newer state of the same progress line.
+    """
+
+    def __init__(self, log_file, started: float):
+        self.log_file = log_file
+        self.started = started
+        self.kept: deque[str] = deque(maxlen=KEPT_LINES)
+        self.last_output_at = started
+        self._decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+        self._buffer = ""
+        self._pending_progress: str | None = None   # last \r segment not yet written
+        self._reported: str | None = None            # the open segment already parsed live
+        self._lock = threading.Lock()        # guards what take() hands over
+        self._feed_lock = threading.Lock()   # feed() against finish() if the reader lingers
+        self._finished = False
+        self._lines: list[str] = []
+        self._progress: list[tuple[int, float, float, float, float]] = []
+
+    def read_all(self, fd: int) -> None:
+        while True:
+            try:
+                chunk = os.read(fd, READ_CHUNK)
+            except OSError:
+                chunk = b""
+            if not chunk:
+                return
+            self.last_output_at = time.monotonic()
+            with self._feed_lock:
+                if self._finished:   # the run is judged and the log closed
+                    return
+                self.feed(self._decoder.decode(chunk))
+
+    def feed(self, text: str) -> None:
+        buffer = self._buffer + text
+        # "\r\n" is a newline; hold a trailing "\r" until we know whether "\n" follows.
+        buffer = buffer.replace("\r\n", "\n")
+        start = 0
+        finished: list[str] = []
+        for match in re.finditer(r"[\r\n]", buffer):
+            end = match.start()
+            if buffer[end] == "\r" and end == len(buffer) - 1:
+                break
+            self._segment(buffer[start:end], buffer[end], finished)
+            start = end + 1
+        rest = buffer[start:]
+        while len(rest) > MAX_LINE_CHARS:
+            self._segment(rest[:MAX_LINE_CHARS], "\n", finished)
+            rest = rest[MAX_LINE_CHARS:]
+        self._buffer = rest
+        # An open segment can already be a complete progress line (autoresearch prints
+        # "\rstep ..." with end=""): report it now rather than at the next step.
+        open_segment = rest.rstrip("\r")
+        if open_segment and open_segment != self._reported and self._parse_progress(open_segment):
+            self._reported = open_segment
+        self._write(finished)
+
+    def finish(self) -> None:
+        """End of output: flush what is still open into the log."""
+        with self._feed_lock:
+            finished: list[str] = []
+            tail = self._buffer + self._decoder.decode(b"", final=True)
+            self._buffer = ""
+            if tail.rstrip("\r"):
+                self._segment(tail.rstrip("\r"), "\r" if tail.endswith("\r") else "\n", finished)
+            if self._pending_progress is not None:
+                finished.append(self._pending_progress)
+                self._pending_progress = None
+            self._write(finished)
+            self._finished = True
+
+    def take(self) -> tuple[list[str], list[tuple[int, float, float, float, float]]]:
+        with self._lock:
+            lines, self._lines = self._lines, []
+            progress, self._progress = self._progress, []
+        return lines, progress
+
+    def _segment(self, text: str, terminator: str, finished: list[str]) -> None:
+        if terminator == "\r":
+            if text:
+                if text != self._reported:
+                    self._parse_progress(text)
+                self._pending_progress = text
+            self._reported = None
+            return
+        if text:
+            is_progress = self._parse_progress(text) if text != self._reported else True
+            if self._pending_progress is not None and not is_progress:
+                finished.append(self._pending_progress)
+            finished.append(text)
+        elif self._pending_progress is not None:
+            finished.append(self._pending_progress)
+        else:
+            finished.append(text)
+        self._pending_progress = None
+        self._reported = None
+
+    def _parse_progress(self, text: str) -> bool:
+        match = PROGRESS_RE.search(text)
+        if not match:
+            return False
+        step, percent, loss, remaining = match.groups()
+        try:
+            loss_value = float(loss)
+        except ValueError:
+            loss_value = math.nan
+        update = (int(step), loss_value, float(percent), time.monotonic() - self.started,
+                  float(remaining))
+        with self._lock:
+            self._progress.append(update)
+        return True
+
+    def _write(self, finished: list[str]) -> None:
+        if not finished:
+            return
+        self.log_file.write("".join(line + "\n" for line in finished))
+        self.log_file.flush()
+        self.kept.extend(finished)
+        with self._lock:
+            self._lines.extend(finished)
+
+
+def _has_exited(proc: subprocess.Popen) -> bool:
+    """True once the leader has exited, without reaping it (see Runner._reap_group)."""
+    if hasattr(os, "waitid"):
+        try:
+            return os.waitid(os.P_PID, proc.pid, os.WEXITED | os.WNOHANG | os.WNOWAIT) is not None
+        except ChildProcessError:
+            return True
+    return proc.poll() is not None
+
+
+def _signal_group(pgid: int, sig: signal.Signals) -> None:
+    try:
+        os.killpg(pgid, sig)
+    except (ProcessLookupError, PermissionError):
+        pass   # the group is already gone
+
+
+def _signal_message(signum: int, lines: list[str]) -> str:
+    oom = _oom_line(lines)
+    if oom:
+        return f"out of memory: {oom}"
+    if signum == signal.SIGKILL:
+        return "killed by signal 9 (out of memory?)"
+    try:
+        return f"killed by signal {signum} ({signal.Signals(signum).name})"
+    except ValueError:
+        return f"killed by signal {signum}"
+
+
+def _crash_message(name: str, returncode: int, lines: list[str]) -> str:
+    for line in reversed(lines):
+        if line.startswith("FAIL:"):
+            return f"{name} failed: {line[len('FAIL:'):].strip()}"
+    oom = _oom_line(lines)
+    if oom:
+        return f"out of memory: {oom}"
+    exception = _last_exception_line(lines)
+    if exception:
+        return f"{name} crashed: {exception}"
+    if 128 < returncode < 128 + signal.NSIG:   # a wrapper (shell, uv run) reporting a signal
+        return _signal_message(returncode - 128, lines)
+    last = next((line.strip() for line in reversed(lines) if line.strip()), "")
+    return f"{name} exited with code {returncode}" + (f": {last}" if last else "")
+
+
+def _oom_line(lines: list[str]) -> str | None:
+    for line in reversed(lines):
+        if "out of memory" in line.lower() or "OutOfMemoryError" in line:
+            return line.strip()
+    return None
+
+
+def _last_exception_line(lines: list[str]) -> str | None:
+    """The `Type: message` line that ends the last Python traceback in the lines."""
+    starts = [i for i, line in enumerate(lines) if line.startswith("Traceback (most recent call last)")]
+    if not starts:
+        return None
+    after = lines[starts[-1] + 1:]
+    candidates = [line for line in after if line.strip() and not line.startswith((" ", "\t"))]
+    return candidates[-1].strip() if candidates else None
+
+
+def _summary_block(lines: list[str]) -> dict:
+    """The `key: value` lines after the last `---` line (autoresearch's summary)."""
+    starts = [i for i, line in enumerate(lines) if line.strip() == "---"]
+    if not starts:
+        return {}
+    summary = {}
+    for line in lines[starts[-1] + 1:]:
+        key, sep, value = line.partition(":")
+        if not sep:
+            continue
+        try:
+            summary[key.strip()] = float(value.strip())
+        except ValueError:
+            continue
+    return summary
+
+
+def _invalid_val_bpb(value) -> str | None:
+    if value is None:
+        return "no val_bpb"
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return f"val_bpb is not a number: {value!r}"
+    if not math.isfinite(value) or value <= 0:
+        return f"val_bpb is not a finite positive number: {value!r}"
+    return None
+
+
+def _number(value) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        return 0.0
+    return float(value)
+
+
+def _secs(seconds: float) -> str:
+    return f"{round(seconds, 1):g}"

@@ -1,0 +1,405 @@
+"""The runner against real child processes: small fake train.py scripts in tmp dirs."""
+
+from __future__ import annotations
+
+import io
+import json
+import textwrap
+import threading
+import time
+
+import psutil
+import pytest
+
+from engine.records import RunStatus
+from engine.runner import Runner, _OutputCollector
+
+# What every fake train.py can use: the progress line of contracts §3, and the result
+# file the harness writes.
+PREAMBLE = textwrap.dedent('''
+    import json, os, signal, subprocess, sys, time
+
+    def progress_line(step, total):
+        return (f"step {step:05d} ({100 * step / total:.1f}%) | loss: {5 - step / total:.6f} "
+                f"| lrm: 1.00 | dt: 10ms | tok/sec: 28,000 | mfu: 1.2% | remaining: {total - step}s")
+
+    def write_result(**overrides):
+        result = {"schema": 1, "run_id": os.environ["PAIRLAB_RUN_ID"], "val_bpb": 1.2,
+                  "eval_tokens": 4096, "eval_bytes": 16000, "data_checksum": "abc123",
+                  "training_seconds": 1.0, "total_seconds": 1.5, "peak_memory_mb": 2048.0,
+                  "num_steps": 100, "total_tokens": 51200, "num_params": 3100000,
+                  "mfu_percent": 1.2, "depth": 4, "device": "cpu", "seq_len": 256}
+        result.update(overrides)
+        path = os.environ["PAIRLAB_RESULT"]
+        with open(path + ".tmp", "w") as f:
+            json.dump(result, f)
+        os.replace(path + ".tmp", path)
+''')
+
+
+def make_runner(tmp_path, body: str, run_id: str = "r1", **kwargs) -> Runner:
+    (tmp_path / "train.py").write_text(PREAMBLE + textwrap.dedent(body))
+    kwargs.setdefault("budget_s", 1.0)
+    kwargs.setdefault("grace_s", 3.0)
+    kwargs.setdefault("term_grace_s", 1.0)
+    kwargs.setdefault("device", "cpu")
+    return Runner(tmp_path, run_id, **kwargs)
+
+
+class Recorder:
+    def __init__(self):
+        self.batches: list[list[str]] = []
+        self.progress: list[tuple] = []
+
+    def on_lines(self, lines):
+        self.batches.append(lines)
+
+    def on_progress(self, *update):
+        self.progress.append(update)
+
+    @property
+    def lines(self) -> list[str]:
+        return [line for batch in self.batches for line in batch]
+
+
+def run(runner: Runner) -> tuple:
+    recorder = Recorder()
+    result = runner.run(recorder.on_lines, recorder.on_progress)
+    return result, recorder
+
+
+def log_lines(result) -> list[str]:
+    with open(result.log_path, encoding="utf-8") as f:
+        return f.read().splitlines()
+
+
+@pytest.mark.parametrize("style", ["leading", "trailing"])
+def test_progress_updates_are_collapsed_and_parsed(tmp_path, style):
+    # autoresearch prints "\rstep ..." with end=""; others print "step ...\r". Either way the
+    # callbacks see every step and the log keeps only the final state of the progress line.
+    emit = ('print("\\r" + progress_line(step, 100), end="", flush=True)' if style == "leading"
+            else 'print(progress_line(step, 100), end="\\r", flush=True)')
+    runner = make_runner(tmp_path, f'''
+        print("starting", flush=True)
+        for step in range(100):
+            {emit}
+            time.sleep(0.002)
+        print()
+        print("training done")
+        write_result()
+    ''')
+    result, recorder = run(runner)
+
+    assert result.status == RunStatus.KEEP, result.message
+    assert [update[0] for update in recorder.progress] == list(range(100))
+    step, loss, percent, elapsed_s, remaining_s = recorder.progress[42]
+    assert (step, loss, percent, remaining_s) == (42, pytest.approx(4.58), 42.0, 58.0)
+    assert 0 < elapsed_s < 10
+    for lines in (log_lines(result), recorder.lines):
+        progress = [line for line in lines if "step " in line]
+        assert progress == [progress_text(99)]
+        assert lines[0] == "starting" and lines[-1] == "training done"
+
+
+def progress_text(step: int, total: int = 100) -> str:
+    return (f"step {step:05d} ({100 * step / total:.1f}%) | loss: {5 - step / total:.6f} "
+            f"| lrm: 1.00 | dt: 10ms | tok/sec: 28,000 | mfu: 1.2% | remaining: {total - step}s")
+
+
+def test_last_progress_state_is_logged_before_an_interrupting_line(tmp_path):
+    runner = make_runner(tmp_path, '''
+        for step in range(5):
+            print(progress_line(step, 10), end="\\r", flush=True)
+        print("eval: running validation")
+        write_result()
+    ''')
+    result, recorder = run(runner)
+    assert log_lines(result) == [progress_text(4, 10), "eval: running validation"]
+    assert recorder.lines == log_lines(result)
+
+
+def test_metric_comes_from_the_result_file_not_from_printed_lines(tmp_path):
+    runner = make_runner(tmp_path, '''
+        print("---")
+        print("val_bpb:          0.100000")
+        print("peak_vram_mb:     10.0")
+        write_result(val_bpb=1.2, peak_memory_mb=3072.0)
+    ''')
+    result, _ = run(runner)
+    assert result.status == RunStatus.KEEP
+    assert result.val_bpb == 1.2
+    assert result.memory_gb == 3.0
+    assert result.num_steps == 100 and result.num_params == 3100000 and result.device == "cpu"
+    assert result.metrics["eval_tokens"] == 4096
+    assert "val_bpb:          0.100000" in result.log_tail
+
+
+def test_summary_line_source_reads_the_summary_block(tmp_path):
+    # An adopted, unmodified autoresearch checkout writes no result file.
+    runner = make_runner(tmp_path, '''
+        print("---")
+        print("val_bpb:          1.343210")
+        print("training_seconds: 300.1")
+        print("peak_vram_mb:     1850.2")
+        print("num_steps:        2047")
+    ''', metric_source="summary_line")
+    result, _ = run(runner)
+    assert result.status == RunStatus.KEEP, result.message
+    assert result.val_bpb == 1.34321
+    assert result.memory_gb == pytest.approx(1850.2 / 1024)
+    assert result.num_steps == 2047
+
+
+def test_child_environment(tmp_path, monkeypatch):
+    monkeypatch.setenv("ANTHROPIC_API_KEY", "sk-ant-secret")
+    monkeypatch.setenv("HF_TOKEN", "hf-secret")
+    monkeypatch.setenv("PAIRLAB_TEST_VISIBLE", "yes")
+    runner = make_runner(tmp_path, '''
+        keys = ["PAIRLAB_TIME_BUDGET", "PAIRLAB_RESULT", "PAIRLAB_RUN_ID", "PAIRLAB_DEVICE",
+                "PAIRLAB_DATA_DIR", "PAIRLAB_COMPILE", "PYTHONUNBUFFERED", "MALLOC_MMAP_MAX_",
+                "MALLOC_TRIM_THRESHOLD_", "PAIRLAB_TEST_VISIBLE", "ANTHROPIC_API_KEY", "HF_TOKEN"]
+        print(json.dumps({"cwd": os.getcwd(), "env": {k: os.environ.get(k) for k in keys}}))
+        write_result()
+    ''', run_id="env-run", budget_s=2.5, data_dir=tmp_path / "data",
+        env={"PAIRLAB_COMPILE": "0", "PAIRLAB_RESULT": "/tmp/elsewhere.json"})
+    result, recorder = run(runner)
+
+    assert result.status == RunStatus.KEEP, result.message
+    seen = json.loads(recorder.lines[0])
+    assert seen["cwd"] == str(tmp_path)
+    assert seen["env"] == {
+        "PAIRLAB_TIME_BUDGET": "2.5",
+        "PAIRLAB_RESULT": str(tmp_path / ".pairlab" / "runs" / "env-run" / "result.json"),
+        "PAIRLAB_RUN_ID": "env-run",
+        "PAIRLAB_DEVICE": "cpu",
+        "PAIRLAB_DATA_DIR": str(tmp_path / "data"),
+        "PAIRLAB_COMPILE": "0",
+        "PYTHONUNBUFFERED": "1",
+        "MALLOC_MMAP_MAX_": "0",
+        "MALLOC_TRIM_THRESHOLD_": "2147483647",
+        "PAIRLAB_TEST_VISIBLE": "yes",
+        "ANTHROPIC_API_KEY": None,
+        "HF_TOKEN": None,
+    }
+    assert result.log_path == str(tmp_path / ".pairlab" / "logs" / "env-run.log")
+
+
+def test_exit_without_result_and_stale_result_is_not_used(tmp_path):
+    stale = tmp_path / ".pairlab" / "runs" / "r1" / "result.json"
+    stale.parent.mkdir(parents=True)
+    stale.write_text(json.dumps({"schema": 1, "run_id": "r1", "val_bpb": 0.5}))
+    runner = make_runner(tmp_path, 'print("trained, but forgot the hand-off")')
+    result, _ = run(runner)
+    assert result.status == RunStatus.CRASH
+    assert result.message == ("train.py exited without a result: "
+                              "did it reach the protected hand-off?")
+    assert result.val_bpb is None
+
+
+def test_python_crash_reports_the_exception(tmp_path):
+    runner = make_runner(tmp_path, '''
+        print("step 1 fine")
+        def forward():
+            raise ValueError("shapes (4, 8) and (3, 8) do not match")
+        forward()
+    ''')
+    result, _ = run(runner)
+    assert result.status == RunStatus.CRASH
+    assert result.message == "train.py crashed: ValueError: shapes (4, 8) and (3, 8) do not match"
+    assert "Traceback (most recent call last):" in result.log_tail
+
+
+def test_fail_line_with_exit_3(tmp_path):
+    runner = make_runner(tmp_path, '''
+        print(progress_line(11, 100), end="\\r", flush=True)
+        print("FAIL: loss is nan at step 12", file=sys.stderr)
+        sys.exit(3)
+    ''')
+    result, _ = run(runner)
+    assert result.status == RunStatus.CRASH
+    assert result.message == "train.py failed: loss is nan at step 12"
+
+
+def test_out_of_memory_in_output(tmp_path):
+    runner = make_runner(tmp_path, '''
+        raise RuntimeError("CUDA out of memory. Tried to allocate 2.00 GiB")
+    ''')
+    result, _ = run(runner)
+    assert result.status == RunStatus.CRASH
+    assert result.message.startswith("out of memory: RuntimeError: CUDA out of memory.")
+
+
+@pytest.mark.parametrize("signum, message", [
+    (9, "killed by signal 9 (out of memory?)"),
+    (11, "killed by signal 11 (SIGSEGV)"),
+])
+def test_killed_by_a_signal(tmp_path, signum, message):
+    runner = make_runner(tmp_path, f'''
+        print("about to die", flush=True)
+        os.kill(os.getpid(), {signum})
+    ''')
+    result, _ = run(runner)
+    assert result.status == RunStatus.CRASH
+    assert result.message == message
+
+
+@pytest.mark.parametrize("overrides, reason", [
+    ({"run_id": "someone-else"}, "run_id is 'someone-else', expected 'r1'"),
+    ({"val_bpb": float("nan")}, "val_bpb is not a finite positive number: nan"),
+    ({"val_bpb": -1.0}, "val_bpb is not a finite positive number: -1.0"),
+    ({"val_bpb": "1.2"}, "val_bpb is not a number: '1.2'"),
+    ({"eval_tokens": 10}, "eval_tokens is 10, expected 4096"),
+    ({"data_checksum": "forged"}, "data_checksum does not match the prepared validation data"),
+    ({"schema": 2}, "schema is 2, expected 1"),
+])
+def test_tampered_result_is_rejected(tmp_path, overrides, reason):
+    runner = make_runner(tmp_path, f"write_result(**json.loads({json.dumps(overrides)!r}))",
+                         expected_eval_tokens=4096, expected_checksum="abc123")
+    result, _ = run(runner)
+    assert result.status == RunStatus.CRASH
+    assert result.message == f"result rejected: {reason}"
+    assert result.val_bpb is None
+
+
+def test_result_that_is_not_an_object_is_rejected(tmp_path):
+    runner = make_runner(tmp_path, 'open(os.environ["PAIRLAB_RESULT"], "w").write("[1.2]")')
+    result, _ = run(runner)
+    assert result.message == "result rejected: not a JSON object"
+
+
+def wait_gone(pid: int, timeout: float = 5.0) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            if psutil.Process(pid).status() == psutil.STATUS_ZOMBIE:
+                return True
+        except psutil.NoSuchProcess:
+            return True
+        time.sleep(0.05)
+    return False
+
+
+def test_hard_timeout_kills_the_whole_group(tmp_path):
+    # The grandchild keeps the output pipe open too: the runner must not hang on it.
+    runner = make_runner(tmp_path, '''
+        child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+        open("grandchild.pid", "w").write(str(child.pid))
+        time.sleep(60)
+    ''', budget_s=1.0, grace_s=0.5)
+    started = time.monotonic()
+    result, _ = run(runner)
+
+    assert result.status == RunStatus.TIMEOUT
+    assert result.message == "no result after 2.5s (budget 1s): killed"
+    assert result.total_seconds >= 2.5
+    assert time.monotonic() - started < 6
+    assert wait_gone(int((tmp_path / "grandchild.pid").read_text()))
+    assert runner.pid is None
+
+
+def test_endless_output_hits_the_hard_timeout(tmp_path):
+    runner = make_runner(tmp_path, '''
+        while True:
+            print("still going", flush=True)
+            time.sleep(0.001)
+    ''', hard_timeout_s=1.0)
+    started = time.monotonic()
+    result, recorder = run(runner)
+    assert result.status == RunStatus.TIMEOUT
+    assert result.message == "no result after 1s (budget 1s): killed"
+    assert len(result.log_tail.splitlines()) == 40
+    assert len(recorder.batches) <= 20 * (time.monotonic() - started) + 3
+
+
+def test_silence_watchdog(tmp_path):
+    runner = make_runner(tmp_path, '''
+        print("loading", flush=True)
+        time.sleep(60)
+    ''', hard_timeout_s=30, silence_timeout_s=0.5)
+    started = time.monotonic()
+    result, _ = run(runner)
+    assert result.status == RunStatus.TIMEOUT
+    assert result.message == "no output for 0.5s (budget 1s): killed"
+    assert time.monotonic() - started < 5
+
+
+def test_line_flood_arrives_in_few_batches(tmp_path):
+    runner = make_runner(tmp_path, '''
+        for i in range(20000):
+            print(f"line {i}")
+        write_result()
+    ''')
+    started = time.monotonic()
+    result, recorder = run(runner)
+    assert result.status == RunStatus.KEEP
+    expected = [f"line {i}" for i in range(20000)]
+    assert recorder.lines == expected
+    assert log_lines(result) == expected
+    assert len(recorder.batches) <= 20 * (time.monotonic() - started) + 3   # not 20,000
+
+
+@pytest.mark.parametrize("ignores_sigterm", [False, True])
+def test_kill_from_another_thread(tmp_path, ignores_sigterm):
+    ignore = "signal.signal(signal.SIGTERM, signal.SIG_IGN)" if ignores_sigterm else ""
+    runner = make_runner(tmp_path, f'''
+        {ignore}
+        print("training", flush=True)
+        time.sleep(60)
+    ''', budget_s=30, term_grace_s=0.5)
+    running = threading.Event()
+    started_pids, running_pids = [], []
+
+    def on_lines(lines):
+        running_pids.append(runner.pid)
+        running.set()
+
+    killer = threading.Thread(target=lambda: running.wait(10) and runner.kill())
+    killer.start()
+    started = time.monotonic()
+    result = runner.run(on_lines, on_start=started_pids.append)
+    killer.join()
+
+    assert result.status == RunStatus.KILLED
+    assert result.message == "killed by the user"
+    assert time.monotonic() - started < 5
+    assert started_pids and running_pids[0] == started_pids[0]
+    assert wait_gone(started_pids[0])
+    assert runner.pid is None
+
+
+def test_kill_before_the_run_starts(tmp_path):
+    runner = make_runner(tmp_path, "time.sleep(60)", budget_s=30)
+    runner.kill("engine shutting down", RunStatus.INTERRUPTED)
+    started = time.monotonic()
+    result = runner.run()
+    assert (result.status, result.message) == (RunStatus.INTERRUPTED, "engine shutting down")
+    assert time.monotonic() - started < 5
+
+
+def test_command_that_cannot_start(tmp_path):
+    runner = Runner(tmp_path, "r1", budget_s=1, command=["no-such-trainer-binary", "train.py"])
+    result = runner.run()
+    assert result.status == RunStatus.CRASH
+    assert result.message.startswith("could not start no-such-trainer-binary train.py:")
+
+
+def test_collector_is_independent_of_chunk_boundaries():
+    stream = ("first\r\n\rstep 00001 (10.0%) | loss: 4.000000 | remaining: 9s"
+              "\rstep 00002 (20.0%) | loss: 3.500000 | remaining: 8s\n"
+              "é unicode line\nwarn: x\r" + "y" * 10 + "\nlast without newline")
+
+    def collect(chunks):
+        collector = _OutputCollector(io.StringIO(), time.monotonic())
+        for chunk in chunks:
+            collector.feed(chunk)
+        collector.finish()
+        lines, progress = collector.take()
+        return lines, [update[:3] for update in progress]
+
+    whole = collect([stream])
+    assert whole == (
+        ["first", "step 00002 (20.0%) | loss: 3.500000 | remaining: 8s", "é unicode line",
+         "warn: x", "y" * 10, "last without newline"],
+        [(1, 4.0, 10.0), (2, 3.5, 20.0)],
+    )
+    assert collect(list(stream)) == whole
