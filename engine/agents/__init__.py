@@ -1,0 +1,20 @@
+"""Agents: Claude (anthropic SDK) and the offline tuner, behind one interface (base.Agent)."""
+
+from __future__ import annotations
+
+import os
+
+from engine.agents.base import Agent
+
+
+def make_agent(name: str, device: str = "cpu", model: str | None = None) -> Agent:
+    """auto: Claude when ANTHROPIC_API_KEY is set, else the offline tuner."""
+    if name == "auto":
+        name = "claude" if os.environ.get("ANTHROPIC_API_KEY") else "tuner"
+    if name == "claude":
+        from engine.agents.claude import ClaudeAgent
+        return ClaudeAgent(model=model)
+    if name == "tuner":
+        from engine.agents.tuner import TunerAgent
+        return TunerAgent(device=device)
+    raise ValueError(f"unknown agent {name!r}: choose auto, claude or tuner")
