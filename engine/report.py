@@ -1,0 +1,216 @@
+"""`pairlab report`: autoresearch's progress chart and a Markdown summary, from the journal."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+
+from engine.journal import FAILED_STATUSES, Journal, Totals
+from engine.records import Experiment, RunStatus
+
+PNG_NAME = "progress.png"
+MD_NAME = "report.md"
+LABEL_CHARS = 48
+
+KEPT_COLOUR = "#2ecc71"
+DISCARDED_COLOUR = "#b0b0b0"
+BEST_COLOUR = "#27ae60"
+CRASH_COLOUR = "#e74c3c"
+BASELINE_COLOUR = "#34495e"
+
+
+@dataclass
+class Summary:
+    """The numbers the chart and the Markdown share."""
+
+    totals: Totals
+    experiments: list[Experiment]
+    kinds: dict[str, str]                   # run id -> baseline | experiment | noise | rerun
+    baseline: Experiment | None
+    best: Experiment | None
+    noise_band: tuple[float, float] | None  # val_bpb range the baseline's repeats span
+
+    @property
+    def improvement(self) -> float | None:
+        if self.baseline is None or self.best is None:
+            return None
+        return self.baseline.val_bpb - self.best.val_bpb
+
+    def kept_changes(self) -> list[Experiment]:
+        """Kept runs other than the baseline, first time each commit was kept."""
+        seen, kept = set(), []
+        for e in self.experiments:
+            if (e.status is RunStatus.KEEP and self.kinds[e.run_id] != "baseline"
+                    and e.commit not in seen):
+                seen.add(e.commit)
+                kept.append(e)
+        return kept
+
+
+def summarize(journal: Journal) -> Summary:
+    experiments = journal.experiments()
+    kinds = {r["id"]: r["kind"] for r in journal.run_rows()}
+    measured = [e for e in experiments if e.val_bpb is not None and e.status not in FAILED_STATUSES]
+    baselines = [e for e in measured if kinds[e.run_id] == "baseline"]
+    kept = [e for e in measured if e.status is RunStatus.KEEP]
+    baseline = baselines[0] if baselines else (kept[0] if kept else None)
+    best = journal.best()
+    return Summary(totals=journal.totals(), experiments=experiments, kinds=kinds,
+                   baseline=baseline, best=best,
+                   noise_band=_noise_band(journal, baseline, baselines, measured, kinds))
+
+
+def _noise_band(journal, baseline, baselines, measured, kinds) -> tuple[float, float] | None:
+    """The spread of the baseline's repeats, measured, else from the stored noise floor."""
+    repeats = baselines + [e for e in measured if kinds[e.run_id] == "noise"]
+    if len(repeats) > 1:
+        values = [e.val_bpb for e in repeats]
+        return min(values), max(values)
+    spread = journal.get_state("noise_floor")
+    if baseline is None or not isinstance(spread, (int, float)) or spread <= 0:
+        return None
+    return baseline.val_bpb - spread / 2, baseline.val_bpb + spread / 2
+
+
+def write_report(journal: Journal, out_dir: Path) -> tuple[Path, Path]:
+    """Write progress.png and report.md into `out_dir`; returns their paths."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    summary = summarize(journal)
+    png_path = out_dir / PNG_NAME
+    md_path = out_dir / MD_NAME
+    plot_progress(summary, png_path)
+    md_path.write_text(markdown(summary, png_path.name), encoding="utf-8")
+    return png_path, md_path
+
+
+def plot_progress(summary: Summary, path: Path) -> None:
+    """val_bpb over experiments: grey discards, labelled keeps, running best, crashes on top."""
+    fig = Figure(figsize=(16, 8), dpi=100)
+    FigureCanvasAgg(fig)
+    ax = fig.add_subplot()
+    measured = [e for e in summary.experiments
+                if e.val_bpb is not None and e.status not in FAILED_STATUSES]
+    kept = [e for e in measured if e.status is RunStatus.KEEP]
+    others = [e for e in measured if e.status is not RunStatus.KEEP]
+    crashed = [e for e in summary.experiments if e.status in FAILED_STATUSES]
+
+    if summary.noise_band is not None:
+        low, high = summary.noise_band
+        ax.axhspan(low, high, color=BASELINE_COLOUR, alpha=0.08, label="noise band (baseline repeats)")
+    if summary.baseline is not None:
+        ax.axhline(summary.baseline.val_bpb, color=BASELINE_COLOUR, linestyle="--", linewidth=1,
+                   label=f"baseline {summary.baseline.val_bpb:.6f}")
+    ax.scatter([e.id for e in others], [e.val_bpb for e in others], s=18, c=DISCARDED_COLOUR,
+               alpha=0.7, zorder=2, label="discarded")
+    ax.scatter([e.id for e in kept], [e.val_bpb for e in kept], s=60, c=KEPT_COLOUR,
+               edgecolors="black", linewidths=0.6, zorder=4, label="kept")
+    if kept:
+        steps_x, steps_y, best = [], [], None
+        for e in kept:
+            best = e.val_bpb if best is None else min(best, e.val_bpb)
+            steps_x.append(e.id)
+            steps_y.append(best)
+        last_id = max(e.id for e in summary.experiments)
+        steps_x.append(last_id)
+        steps_y.append(best)
+        ax.step(steps_x, steps_y, where="post", color=BEST_COLOUR, linewidth=2, alpha=0.8,
+                zorder=3, label="running best")
+    for e in kept:
+        label = "baseline" if summary.kinds[e.run_id] == "baseline" else _shorten(e.description)
+        ax.annotate(label, (e.id, e.val_bpb), xytext=(6, 6), textcoords="offset points",
+                    fontsize=8, rotation=25, color="#1e8449", zorder=5)
+    if crashed:
+        # y in axes coordinates: crashes have no val_bpb, so they sit along the top edge
+        ax.scatter([e.id for e in crashed], [0.97] * len(crashed), marker="x", s=50,
+                   c=CRASH_COLOUR, transform=ax.get_xaxis_transform(), zorder=5,
+                   label="crash / timeout")
+
+    totals = summary.totals
+    ax.set_title(f"pairlab progress: {totals.runs} runs, {totals.kept} kept improvements")
+    ax.set_xlabel("experiment #")
+    ax.set_ylabel("validation bits per byte (lower is better)")
+    ax.grid(True, alpha=0.25)
+    if summary.experiments:
+        ax.legend(loc="upper right", fontsize=9)
+    else:
+        ax.text(0.5, 0.5, "no finished runs yet", transform=ax.transAxes, ha="center")
+    fig.tight_layout()
+    fig.savefig(path, format="png")
+
+
+def markdown(summary: Summary, png_name: str) -> str:
+    t = summary.totals
+    lines = ["# pairlab report", "", f"Generated {time.strftime('%Y-%m-%d %H:%M:%S')}.", "",
+             f"![val_bpb over experiments]({png_name})", "", "## Totals", "",
+             "| | |", "|---|---:|",
+             f"| runs (all kinds) | {t.runs} |",
+             f"| experiments (proposals trained) | {t.experiments} |",
+             f"| kept | {t.kept} |",
+             f"| discarded | {t.discarded} |",
+             f"| crashed or timed out | {t.crashed} |",
+             f"| proposals | {t.proposals} |",
+             f"| vetoed | {t.vetoed} |",
+             f"| human edits | {t.human_edits} |",
+             "", "## val_bpb", ""]
+    if summary.baseline is not None:
+        lines.append(f"- Baseline: {summary.baseline.val_bpb:.6f} "
+                     f"(commit `{summary.baseline.commit[:7]}`)")
+    if summary.best is not None:
+        lines.append(f"- Best: {summary.best.val_bpb:.6f} (commit `{summary.best.commit[:7]}`, "
+                     f"experiment #{summary.best.id})")
+    if summary.improvement is not None:
+        percent = 100.0 * summary.improvement / summary.baseline.val_bpb
+        lines.append(f"- Improvement: {summary.improvement:.6f} ({percent:.2f}%)")
+    if summary.noise_band is not None:
+        low, high = summary.noise_band
+        lines.append(f"- Noise band: {low:.6f} – {high:.6f} (spread {high - low:.6f})")
+    if summary.baseline is None and summary.best is None:
+        lines.append("- No measured run yet.")
+
+    lines += ["", "## Kept changes", ""]
+    kept = summary.kept_changes()
+    if kept:
+        lines += ["| # | commit | val_bpb | change | decided by | description |",
+                  "|---:|---|---:|---:|---|---|"]
+        previous = summary.baseline.val_bpb if summary.baseline is not None else None
+        for e in kept:
+            change = f"{e.val_bpb - previous:+.6f}" if previous is not None else ""
+            lines.append(f"| {e.id} | `{e.commit[:7]}` | {e.val_bpb:.6f} | {change} | "
+                         f"{e.decided_by} | {_cell(e.description)} |")
+            previous = e.val_bpb
+    else:
+        lines.append("No change kept yet.")
+
+    u = t.usage
+    lines += ["", "## Cost", "",
+              f"- Agent cost: ${u.cost_usd:.2f} over {t.proposals} proposals",
+              f"- Tokens: {u.input_tokens:,} input, {u.output_tokens:,} output, "
+              f"{u.cache_read_tokens:,} cache read, {u.cache_write_tokens:,} cache write",
+              "", "## Time", "",
+              f"- Training: {_duration(t.training_seconds)} over {t.runs} runs",
+              f"- Runs end to end (startup, compile, eval included): {_duration(t.run_seconds)}"]
+    if t.first_started_at is not None and t.last_finished_at is not None:
+        lines.append(f"- Wall clock, first run start to last run end: "
+                     f"{_duration(t.last_finished_at - t.first_started_at)}")
+    return "\n".join(lines) + "\n"
+
+
+def _shorten(text: str) -> str:
+    text = " ".join(text.split())
+    return text if len(text) <= LABEL_CHARS else text[:LABEL_CHARS - 1] + "…"
+
+
+def _cell(text: str) -> str:
+    return " ".join(text.split()).replace("|", "\\|")
+
+
+def _duration(seconds: float) -> str:
+    seconds = int(round(seconds))
+    hours, rest = divmod(seconds, 3600)
+    minutes, secs = divmod(rest, 60)
+    return f"{hours}h {minutes:02d}m {secs:02d}s" if hours else f"{minutes}m {secs:02d}s"

@@ -1,0 +1,439 @@
+"""A research workspace: a git repository, apart from the tool, where experiments are commits.
+
+`init` makes one from the templates, `adopt` turns an existing autoresearch-style checkout
+into one. Experiments live on branch `autoresearch/<tag>`; pairlab's own state (config,
+journal, logs) lives in `.pairlab/`, which git ignores. Only the target files ever change
+between pairlab's commits, so moving the branch only rewrites those files in the working
+tree, and a human's uncommitted edits to them are stashed first, never lost.
+"""
+
+from __future__ import annotations
+
+import datetime
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path, PurePosixPath
+
+import git
+
+BASELINE_AUTHOR = ("pairlab", "pairlab@localhost")
+AGENT_AUTHOR = ("pairlab-agent", "agent@pairlab")
+BRANCH_PREFIX = "autoresearch/"
+METRIC_SOURCES = ("result_file", "summary_line")
+HUMAN_EDIT_TRAILER = "pairlab-edited-by: human"
+
+GITIGNORE = """\
+# pairlab: journal, run logs and config
+.pairlab/
+# results are recorded by pairlab, not versioned (autoresearch keeps results.tsv untracked)
+results.tsv
+*.json
+run.log
+__pycache__/
+"""
+
+_MONTHS = ("jan", "feb", "mar", "apr", "may", "jun", "jul", "aug", "sep", "oct", "nov", "dec")
+
+
+class WorkspaceError(Exception):
+    """Something about the workspace the user must fix; the message says how."""
+
+
+@dataclass
+class SavedChanges:
+    """Uncommitted human edits that pairlab stashed before moving the branch."""
+
+    paths: list[str]
+    name: str            # the stash message, as `git stash list` shows it
+    commit: str          # the stash commit: a stable handle even after later stashes
+
+
+@dataclass
+class Config:
+    """Workspace settings, saved as .pairlab/config.json. Never holds secrets such as API keys."""
+
+    targets: list[str] = field(default_factory=lambda: ["train.py"])
+    run_command: list[str] | None = None      # None: [sys.executable, "train.py"]
+    metric_source: str = "result_file"        # result_file | summary_line
+    tag: str = ""
+    branch: str = ""
+    budget_s: float = 300.0
+    mode: str = "review"
+    agent: str = "auto"                       # auto: claude if a key is set, else tuner
+    drafts_ahead: int = 1
+    noise_repeats: int = 2
+    device: str | None = None                 # None: the harness picks
+
+    def __post_init__(self) -> None:
+        if self.metric_source not in METRIC_SOURCES:
+            raise WorkspaceError(
+                f"metric_source is {self.metric_source!r}; it must be one of "
+                f"{', '.join(METRIC_SOURCES)}")
+        if not self.targets or not isinstance(self.targets, list):
+            raise WorkspaceError("targets must be a list of at least one file, e.g. [\"train.py\"]")
+        if self.run_command is not None and (
+                not isinstance(self.run_command, list)
+                or not all(isinstance(a, str) for a in self.run_command)):
+            raise WorkspaceError(
+                f"run_command must be a list of arguments, e.g. [\"uv\", \"run\", \"train.py\"]; "
+                f"got {self.run_command!r}")
+        for target in self.targets:
+            check_relative_path(target)
+
+    def command(self) -> list[str]:
+        """The command that trains one experiment, run in the workspace root."""
+        return list(self.run_command) if self.run_command else [sys.executable, "train.py"]
+
+    def resolved_agent(self, env: dict[str, str] | None = None) -> str:
+        env = os.environ if env is None else env
+        if self.agent != "auto":
+            return self.agent
+        return "claude" if env.get("ANTHROPIC_API_KEY") else "tuner"
+
+    def save(self, path: Path) -> None:
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(asdict(self), indent=2) + "\n")
+        os.replace(tmp, path)
+
+    @classmethod
+    def load(cls, path: Path) -> "Config":
+        try:
+            data = json.loads(path.read_text())
+        except (OSError, json.JSONDecodeError) as e:
+            raise WorkspaceError(f"cannot read {path}: {e}") from e
+        if not isinstance(data, dict):
+            raise WorkspaceError(f"{path} must hold a JSON object")
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise WorkspaceError(
+                f"{path} has unknown settings: {', '.join(unknown)}; "
+                f"known ones are {', '.join(sorted(known))}")
+        return cls(**data)
+
+
+def check_relative_path(path: str) -> None:
+    """A target path must be a plain relative path inside the workspace."""
+    pure = PurePosixPath(path)
+    if not path or pure.is_absolute() or "\\" in path or ".." in pure.parts \
+            or str(pure) != path or path == ".":
+        raise WorkspaceError(
+            f"target {path!r} must be a relative path inside the workspace, like 'train.py'")
+
+
+def default_workspace_dir() -> Path:
+    return Path(os.environ.get("PAIRLAB_WORKSPACE") or "~/pairlab-workspace").expanduser()
+
+
+def default_tag(today: datetime.date | None = None) -> str:
+    """Today's date the way autoresearch names its runs, e.g. 'nov22'."""
+    today = today or datetime.date.today()
+    return f"{_MONTHS[today.month - 1]}{today.day}"
+
+
+def default_templates() -> dict[str, Path]:
+    """Workspace file name -> template it is copied from."""
+    import engine
+    import nanochat
+
+    return {
+        "train.py": Path(nanochat.__file__).resolve().parent / "train.py",
+        "program.md": Path(engine.__file__).resolve().parent.parent / "program.md",
+    }
+
+
+def is_workspace(directory: str | Path) -> bool:
+    return (Path(directory).expanduser() / ".pairlab" / "config.json").is_file()
+
+
+def init(directory: str | Path, tag: str | None = None,
+         templates: dict[str, Path] | None = None) -> "Workspace":
+    """Create a fresh workspace: templates copied, baseline committed, research branch out."""
+    root = Path(directory).expanduser().resolve()
+    if is_workspace(root):
+        raise WorkspaceError(f"{root} is already a pairlab workspace: run `pairlab` in it")
+    if root.exists() and not root.is_dir():
+        raise WorkspaceError(f"{root} exists and is not a directory")
+    if root.exists() and any(root.iterdir()):
+        raise WorkspaceError(
+            f"{root} is not empty and is not a pairlab workspace: choose a new or empty "
+            f"directory, or, if it is an autoresearch-style git checkout, adopt it with "
+            f"`pairlab init --adopt {directory}`")
+    tag = check_tag(tag or default_tag())
+    templates = default_templates() if templates is None else templates
+    for name, source in templates.items():
+        if not Path(source).is_file():
+            raise WorkspaceError(
+                f"template {source} for {name} is missing: the pairlab installation is "
+                f"incomplete; reinstall it (pip install -e .)")
+
+    root.mkdir(parents=True, exist_ok=True)
+    for name, source in templates.items():
+        shutil.copyfile(source, root / name)
+    (root / ".gitignore").write_text(GITIGNORE)
+    _git(root, "init", "-q", "--initial-branch=main")
+    _git(root, "add", "--", ".gitignore", *templates)
+    _git(root, "commit", "-q", "--no-verify", "-m", "baseline", env=_identity(BASELINE_AUTHOR))
+
+    targets = [name for name in templates if name.endswith(".py")] or ["train.py"]
+    return _become_workspace(root, Config(targets=targets, metric_source="result_file"), tag)
+
+
+def adopt(directory: str | Path, targets: list[str] | None = None,
+          run_command: list[str] | None = None, metric_source: str = "summary_line",
+          tag: str | None = None) -> "Workspace":
+    """Make an existing git checkout (e.g. karpathy/autoresearch) a workspace.
+
+    Nothing of theirs changes but `.git/info/exclude` (so `.pairlab/` stays untracked)
+    and the new research branch, which starts at their HEAD.
+    """
+    root = Path(directory).expanduser().resolve()
+    if is_workspace(root):
+        raise WorkspaceError(f"{root} is already a pairlab workspace: run `pairlab` in it")
+    try:
+        repo = git.Repo(root)
+    except (git.InvalidGitRepositoryError, git.NoSuchPathError) as e:
+        raise WorkspaceError(
+            f"{root} is not a git repository; only a git checkout can be adopted "
+            f"(or run `pairlab init` for a fresh workspace)") from e
+    if Path(repo.working_tree_dir).resolve() != root:
+        raise WorkspaceError(
+            f"{root} is inside the git repository {repo.working_tree_dir}; adopt its top "
+            f"level directory instead")
+    if not repo.head.is_valid():
+        raise WorkspaceError(f"{root} has no commits yet; commit the target files first")
+    tag = check_tag(tag or default_tag())
+    config = Config(targets=list(targets or ["train.py"]), run_command=run_command,
+                    metric_source=metric_source)
+    tracked = set(_git(root, "ls-tree", "-r", "--name-only", "HEAD").decode().splitlines())
+    missing = [t for t in config.targets if t not in tracked]
+    if missing:
+        raise WorkspaceError(
+            f"target {', '.join(missing)} is not a file committed in {root}; "
+            f"commit it first or name the file the agent should edit")
+
+    exclude = Path(repo.git_dir) / "info" / "exclude"
+    exclude.parent.mkdir(exist_ok=True)
+    existing = exclude.read_text() if exclude.exists() else ""
+    if ".pairlab/" not in existing.splitlines():
+        prefix = "" if not existing or existing.endswith("\n") else "\n"
+        exclude.write_text(existing + prefix + ".pairlab/\n")
+    return _become_workspace(root, config, tag)
+
+
+def _become_workspace(root: Path, config: Config, tag: str) -> "Workspace":
+    repo = git.Repo(root)
+    config.tag = _free_tag(repo, tag)
+    config.branch = BRANCH_PREFIX + config.tag
+    _git(root, "checkout", "-q", "-b", config.branch)
+    pairlab_dir = root / ".pairlab"
+    (pairlab_dir / "logs").mkdir(parents=True, exist_ok=True)
+    config.save(pairlab_dir / "config.json")
+    return Workspace(root, config)
+
+
+def check_tag(tag: str) -> str:
+    check = subprocess.run(["git", "check-ref-format", "--branch", BRANCH_PREFIX + tag],
+                           capture_output=True)
+    if check.returncode != 0 or "/" in tag:
+        raise WorkspaceError(f"tag {tag!r} cannot name the branch {BRANCH_PREFIX}{tag}; "
+                             f"use letters, digits and dashes, e.g. 'nov22'")
+    return tag
+
+
+def _free_tag(repo: git.Repo, tag: str) -> str:
+    """The tag itself if its branch is free, else tag-2, tag-3, ..."""
+    taken = {head.name for head in repo.heads}
+    candidate, n = tag, 1
+    while BRANCH_PREFIX + candidate in taken:
+        n += 1
+        candidate = f"{tag}-{n}"
+    return candidate
+
+
+class Workspace:
+    """An opened workspace: its settings and the git operations the session needs."""
+
+    def __init__(self, root: Path, config: Config):
+        self.root = Path(root)
+        self.config = config
+        self.repo = git.Repo(self.root)
+
+    @classmethod
+    def open(cls, directory: str | Path) -> "Workspace":
+        root = Path(directory).expanduser().resolve()
+        if not is_workspace(root):
+            raise WorkspaceError(
+                f"{directory} is not a pairlab workspace: run `pairlab init {directory}`")
+        try:
+            git.Repo(root)
+        except git.InvalidGitRepositoryError as e:
+            raise WorkspaceError(f"{root} has .pairlab/ but is not a git repository") from e
+        config = Config.load(root / ".pairlab" / "config.json")
+        workspace = cls(root, config)
+        workspace.logs_dir.mkdir(parents=True, exist_ok=True)
+        return workspace
+
+    @property
+    def pairlab_dir(self) -> Path:
+        return self.root / ".pairlab"
+
+    @property
+    def logs_dir(self) -> Path:
+        return self.pairlab_dir / "logs"
+
+    @property
+    def config_path(self) -> Path:
+        return self.pairlab_dir / "config.json"
+
+    @property
+    def branch(self) -> str:
+        return self.config.branch
+
+    def save_config(self) -> None:
+        self.config.save(self.config_path)
+
+    # ---- reading history ----
+
+    def head(self) -> str:
+        """The commit the research branch points at."""
+        return self.repo.commit(self.branch).hexsha
+
+    def resolve(self, rev: str) -> str:
+        return self.repo.commit(rev).hexsha
+
+    def file_at(self, commit: str, path: str) -> str:
+        """Text of one file at a commit (UTF-8, exactly as committed)."""
+        result = _git(self.root, "cat-file", "blob", f"{commit}:{path}", check=False)
+        if result is None:
+            raise WorkspaceError(f"{path} does not exist at commit {commit[:12]}")
+        try:
+            return result.decode("utf-8")
+        except UnicodeDecodeError as e:
+            raise WorkspaceError(f"{path} at {commit[:12]} is not UTF-8 text") from e
+
+    def files_at(self, commit: str, paths: list[str] | None = None) -> dict[str, str]:
+        return {p: self.file_at(commit, p) for p in (paths or self.config.targets)}
+
+    def mode_at(self, commit: str, path: str) -> str | None:
+        """Git file mode of path at commit ('100644', '120000' for a symlink), None if absent."""
+        listing = _git(self.root, "ls-tree", commit, "--", path).decode()
+        return listing.split(" ", 1)[0] if listing else None
+
+    def is_ancestor(self, ancestor: str, descendant: str) -> bool:
+        return self.repo.is_ancestor(ancestor, descendant)
+
+    # ---- human edits ----
+
+    def dirty_targets(self) -> list[str]:
+        """Target files whose working-tree or staged content differs from HEAD."""
+        status = _git(self.root, "status", "--porcelain", "-z", "--", *self.config.targets)
+        entries = [e for e in status.decode().split("\0") if e]
+        return sorted({e[3:] for e in entries} & set(self.config.targets))
+
+    def save_human_changes(self, reason: str = "pairlab moved the research branch"
+                           ) -> "SavedChanges | None":
+        """Stash uncommitted edits to target files so a branch move cannot lose them.
+
+        Returns what was saved and under which stash name, or None when nothing was dirty.
+        """
+        dirty = self.dirty_targets()
+        if not dirty:
+            return None
+        when = datetime.datetime.now().strftime("%Y-%m-%d %H:%M:%S")
+        name = f"pairlab: edits to {', '.join(dirty)} saved {when} before {reason}"
+        _git(self.root, "stash", "push", "-q", "-m", name, "--", *dirty,
+             env=_identity(BASELINE_AUTHOR))
+        commit = _git(self.root, "rev-parse", "stash@{0}").decode().strip()
+        return SavedChanges(paths=dirty, name=name, commit=commit)
+
+    def program(self) -> str:
+        """The research program the agent is given (program.md), empty if there is none."""
+        path = self.root / "program.md"
+        return path.read_text(encoding="utf-8") if path.is_file() else ""
+
+    @property
+    def results_tsv_path(self) -> Path:
+        return self.root / "results.tsv"
+
+    def write_results_tsv(self, journal) -> Path:
+        """autoresearch's results.tsv, rewritten from the journal (untracked by git)."""
+        return journal.write_results_tsv(self.results_tsv_path)
+
+    # ---- moving the research branch ----
+
+    def commit_change(self, files: dict[str, str], message: str, parent: str,
+                      author: tuple[str, str] = AGENT_AUTHOR, human: bool = False) -> str:
+        """Commit the given target texts on top of parent and move the branch there.
+
+        The commit is built in a temporary index, so nothing but the target files is
+        touched. Machine-made commits carry AGENT_AUTHOR; human=True (a human edited the
+        agent's patch) makes sure the message says so.
+        """
+        if human and HUMAN_EDIT_TRAILER not in message:
+            message = message.rstrip("\n") + "\n\n" + HUMAN_EDIT_TRAILER + "\n"
+        outside = sorted(set(files) - set(self.config.targets))
+        if outside:
+            raise WorkspaceError(f"{', '.join(outside)} is not a target file of this workspace")
+        parent = self.resolve(parent)
+        with tempfile.TemporaryDirectory() as scratch:
+            index_env = {"GIT_INDEX_FILE": str(Path(scratch) / "index")}
+            _git(self.root, "read-tree", parent, env=index_env)
+            for path, text in files.items():
+                blob = _git(self.root, "hash-object", "-w", "--stdin",
+                            input=text.encode("utf-8")).decode().strip()
+                mode = self.mode_at(parent, path) or "100644"
+                _git(self.root, "update-index", "--add", "--cacheinfo", f"{mode},{blob},{path}",
+                     env=index_env)
+            tree = _git(self.root, "write-tree", env=index_env).decode().strip()
+        commit = _git(self.root, "commit-tree", tree, "-p", parent, "-m", message,
+                      env=_identity(author)).decode().strip()
+        subject = (message.strip().splitlines() or ["a change"])[0]
+        self.reset_to(commit, reason=f"committing '{subject}'")
+        return commit
+
+    def reset_to(self, commit: str, reason: str = "") -> None:
+        """Point the research branch at commit and make the target files match it.
+
+        Human edits to target files are stashed first (see save_human_changes); other files
+        in the working tree are left as they are.
+        """
+        self._require_on_branch()
+        commit = self.resolve(commit)
+        self.save_human_changes(reason or f"moving {self.branch} to {commit[:12]}")
+        # mixed reset: branch and index follow the commit, the working tree is kept...
+        _git(self.root, "reset", "-q", "--mixed", commit)
+        # ...then the targets, and only they, are rewritten from it
+        _git(self.root, "checkout", "-q", commit, "--", *self.config.targets)
+
+    def _require_on_branch(self) -> None:
+        if self.repo.head.is_detached or self.repo.active_branch.name != self.branch:
+            current = "a detached HEAD" if self.repo.head.is_detached \
+                else f"branch {self.repo.active_branch.name}"
+            raise WorkspaceError(
+                f"{self.root} is on {current}, but pairlab runs experiments on {self.branch}: "
+                f"run `git -C {self.root} checkout {self.branch}`")
+
+
+def _identity(who: tuple[str, str]) -> dict[str, str]:
+    name, email = who
+    return {"GIT_AUTHOR_NAME": name, "GIT_AUTHOR_EMAIL": email,
+            "GIT_COMMITTER_NAME": BASELINE_AUTHOR[0], "GIT_COMMITTER_EMAIL": BASELINE_AUTHOR[1]}
+
+
+def _git(root: Path, *args: str, input: bytes | None = None, env: dict[str, str] | None = None,
+         check: bool = True) -> bytes | None:
+    """Run git in root; stdout as bytes. With check=False a failure returns None."""
+    result = subprocess.run(["git", *args], cwd=root, input=input, capture_output=True,
+                            env={**os.environ, **(env or {})})
+    if result.returncode != 0:
+        if not check:
+            return None
+        raise WorkspaceError(f"git {' '.join(args)} failed in {root}: "
+                             f"{result.stderr.decode(errors='replace').strip()}")
+    return result.stdout

@@ -1,0 +1,119 @@
+"""`pairlab report` from a real journal: the PNG is a real image, the Markdown has the numbers."""
+
+from __future__ import annotations
+
+import struct
+
+import pytest
+
+from engine.journal import Journal
+from engine.records import Decision, DecisionKind, Proposal, RunResult, RunStatus, Usage
+from engine.report import summarize, write_report
+
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+
+
+def png_size(path) -> tuple[int, int]:
+    data = path.read_bytes()
+    assert data[:8] == PNG_SIGNATURE and data[12:16] == b"IHDR"
+    return struct.unpack(">II", data[16:24])
+
+
+def add_run(journal, kind, commit, status, val_bpb, description="", proposal_id=None,
+            at=0.0, training_seconds=300.0):
+    run_id = f"run-{commit}-{kind}-{at}"
+    journal.start_run(run_id, commit * 40, kind, proposal_id=proposal_id,
+                      description=description, started_at=at)
+    journal.finish_run(RunResult(run_id=run_id, status=status, val_bpb=val_bpb,
+                                 memory_gb=1.5 if val_bpb else 0.0,
+                                 training_seconds=training_seconds,
+                                 total_seconds=training_seconds + 20),
+                       finished_at=at + training_seconds + 20)
+
+
+def add_proposal(journal, description, decision, who="human", cost=0.10, reason="",
+                 edited_diff=""):
+    pid = journal.add_proposal(Proposal(
+        id=0, description=description, hypothesis="h", diff="d", base_commit="0" * 40,
+        agent="claude", files={"train.py": "x"},
+        usage=Usage(input_tokens=10_000, output_tokens=2_000, cache_read_tokens=5_000,
+                    cache_write_tokens=1_000, cost_usd=cost)))
+    journal.record_decision(Decision(pid, decision, who, reason=reason, edited_diff=edited_diff))
+    return pid
+
+
+@pytest.fixture
+def journal(tmp_path):
+    with Journal.for_workspace(tmp_path / "ws") as j:
+        yield j
+
+
+@pytest.fixture
+def session(journal):
+    """A small research session: baseline, two repeats, keeps, a discard, a crash, a veto."""
+    add_run(journal, "baseline", "0", RunStatus.KEEP, 1.000000, at=0)
+    add_run(journal, "noise", "0", RunStatus.DISCARD, 1.002000, at=400)
+    add_run(journal, "noise", "0", RunStatus.DISCARD, 0.999000, at=800)
+    lr = add_proposal(journal, "raise matrix LR to 0.04", DecisionKind.ACCEPT)
+    add_run(journal, "experiment", "1", RunStatus.KEEP, 0.990000, proposal_id=lr, at=1200)
+    gelu = add_proposal(journal, "switch | ReLU² to GeLU", DecisionKind.ACCEPT, who="auto")
+    add_run(journal, "experiment", "2", RunStatus.DISCARD, 0.995000, proposal_id=gelu, at=1600)
+    wide = add_proposal(journal, "double the MLP width", DecisionKind.ACCEPT)
+    add_run(journal, "experiment", "3", RunStatus.CRASH, None, proposal_id=wide, at=2000)
+    add_proposal(journal, "remove the warmup", DecisionKind.VETO, reason="tried before")
+    depth = add_proposal(journal, "depth 6 with a narrower model", DecisionKind.EDIT,
+                         edited_diff="-DEPTH = 8\n+DEPTH = 6\n")
+    add_run(journal, "experiment", "4", RunStatus.KEEP, 0.975000, proposal_id=depth, at=2400)
+    return journal
+
+
+def test_report_writes_a_png_and_markdown_with_the_right_numbers(tmp_path, session):
+    png, md = write_report(session, tmp_path / "out")
+    assert png.name == "progress.png" and md.name == "report.md"
+    assert png.parent == md.parent == tmp_path / "out"
+    assert png_size(png) == (1600, 800)
+    assert png.stat().st_size > 20_000      # a drawn chart, not an empty canvas
+
+    text = md.read_text()
+    for row in ("| runs (all kinds) | 7 |", "| experiments (proposals trained) | 4 |",
+                "| kept | 2 |", "| discarded | 3 |", "| crashed or timed out | 1 |",
+                "| proposals | 5 |", "| vetoed | 1 |", "| human edits | 1 |"):
+        assert row in text
+    assert "- Baseline: 1.000000 (commit `0000000`)" in text
+    assert "- Best: 0.975000 (commit `4444444`, experiment #7)" in text
+    assert "- Improvement: 0.025000 (2.50%)" in text
+    assert "- Noise band: 0.999000 – 1.002000 (spread 0.003000)" in text
+    kept_table = text[text.index("## Kept changes"):text.index("## Cost")]
+    assert kept_table.index("raise matrix LR to 0.04") < kept_table.index("depth 6 with")
+    assert "| 4 | `1111111` | 0.990000 | -0.010000 | human | raise matrix LR to 0.04 |" in text
+    assert "| 7 | `4444444` | 0.975000 | -0.015000 | human |" in text
+    assert "GeLU" not in kept_table and "remove the warmup" not in text
+    assert "- Agent cost: $0.50 over 5 proposals" in text
+    assert "- Tokens: 50,000 input, 10,000 output, 25,000 cache read, 5,000 cache write" in text
+    assert "- Training: 35m 00s over 7 runs" in text
+    assert "- Wall clock, first run start to last run end: 45m 20s" in text
+    assert "![val_bpb over experiments](progress.png)" in text
+
+
+def test_summary_takes_the_noise_floor_from_state_without_repeats(journal):
+    add_run(journal, "baseline", "0", RunStatus.KEEP, 1.0)
+    journal.set_state("noise_floor", 0.004)
+    summary = summarize(journal)
+    assert summary.noise_band == pytest.approx((0.998, 1.002))
+    assert summary.improvement == 0.0
+
+
+def test_report_of_an_empty_journal_still_writes_both_files(tmp_path, journal):
+    png, md = write_report(journal, tmp_path / "empty")
+    assert png_size(png) == (1600, 800)
+    text = md.read_text()
+    assert "| runs (all kinds) | 0 |" in text
+    assert "No measured run yet." in text and "No change kept yet." in text
+
+
+def test_a_pipe_in_a_description_does_not_break_the_table(tmp_path, journal):
+    add_run(journal, "baseline", "0", RunStatus.KEEP, 1.0)
+    pid = add_proposal(journal, "a | b", DecisionKind.ACCEPT)
+    add_run(journal, "experiment", "1", RunStatus.KEEP, 0.9, proposal_id=pid, at=10)
+    _, md = write_report(journal, tmp_path)
+    assert "| a \\| b |" in md.read_text()
