@@ -1,0 +1,132 @@
+"""
+Training throughput of the default CPU config against a naive port of the same model.
+
+Each configuration is a real `train.py` subprocess for a fixed number of steps on the
+prepared default dataset; tokens/s is the median over the steps after warm-up. The glibc
+allocator setting only takes effect if it is in the environment before Python starts,
+which is why every measured training runs in its own process, with or without it.
+
+    python bench/train_throughput.py [--steps 60]
+
+Prints a table: tokens/s, MFU against the matmul peak measured here (bf16 for bf16
+configurations, fp32 for fp32 ones), speed-up over the naive port, and peak memory.
+train.py trains in bf16 only where the CPU has native bf16; the table also shows the other
+precision, compiled, so the choice can be checked on each machine.
+"""
+
+import argparse
+import json
+import os
+import re
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+import torch  # noqa: E402
+
+from nanochat import harness  # noqa: E402
+
+TEMPLATE = REPO / "nanochat" / "train.py"
+TUNED_MALLOC = {"MALLOC_MMAP_MAX_": "0", "MALLOC_TRIM_THRESHOLD_": str(16 * 2**30)}
+STEP_LINE = re.compile(r"step (\d+) .*?\| dt: (\d+)ms")
+FLOPS_LINE = re.compile(r"flops/token: ([\d.e+]+)")
+WARMUP_STEPS = 10  # compilation and allocator warm-up: not measured
+TARGET_SPEEDUP = 2.5
+MEMORY_LIMIT_MB = 4096
+
+SHIPPED_PRECISION = "use_bf16 = not CPU or harness.cpu_has_native_bf16()"
+
+
+def write_variant(directory, precision):
+    """train.py with its precision as shipped ("shipped"), or forced to "fp32" or "bf16"."""
+    source = TEMPLATE.read_text()
+    assert SHIPPED_PRECISION in source, "train.py's precision line moved: update the bench"
+    if precision != "shipped":
+        source = source.replace(SHIPPED_PRECISION, f"use_bf16 = {precision == 'bf16'}")
+    path = directory / f"train_{precision}.py"
+    path.write_text(source)
+    return path
+
+
+def run_training(script, steps, compiled, tuned_malloc):
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MALLOC_")}
+    env.update(PYTHONPATH=str(REPO), PAIRLAB_DEVICE="cpu", PAIRLAB_MAX_STEPS=str(steps),
+               PAIRLAB_COMPILE="1" if compiled else "0", PAIRLAB_RUN_ID="bench",
+               PAIRLAB_RESULT=str(script.parent / f"result-{time.monotonic_ns()}.json"))
+    if tuned_malloc:
+        env.update(TUNED_MALLOC)
+    proc = subprocess.run([sys.executable, str(script)], cwd=script.parent, env=env,
+                          capture_output=True, text=True)
+    if proc.returncode != 0:
+        sys.exit(f"{script.name} failed (exit {proc.returncode}):\n{proc.stderr[-3000:]}")
+    step_ms = [int(ms) for step, ms in STEP_LINE.findall(proc.stdout) if int(step) >= WARMUP_STEPS]
+    result = json.loads(Path(env["PAIRLAB_RESULT"]).read_text())
+    tokens_per_step = result["total_tokens"] // steps
+    return {
+        "tokens_per_sec": tokens_per_step / (statistics.median(step_ms) / 1000),
+        "flops_per_token": float(FLOPS_LINE.search(proc.stdout).group(1)),
+        "peak_memory_mb": result["peak_memory_mb"],
+        "val_bpb": result["val_bpb"],
+    }
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--steps", type=int, default=40, help="training steps per configuration")
+    args = parser.parse_args()
+    if not (harness.data_dir() / "meta.json").is_file():
+        sys.exit(f"no prepared data at {harness.data_dir()}: run `pairlab prepare`")
+
+    print(f"peak matmul throughput on this machine ({torch.get_num_threads()} threads):")
+    peaks = {
+        True: harness.measure_matmul_flops(torch.bfloat16, size=2048, seconds=2.0),
+        False: harness.measure_matmul_flops(torch.float32, size=2048, seconds=2.0),
+    }
+    print(f"  bf16 {peaks[True] / 1e9:7.1f} GFLOP/s   fp32 {peaks[False] / 1e9:7.1f} GFLOP/s   "
+          f"(native bf16: {'yes' if harness.cpu_has_native_bf16() else 'no'})")
+    print(f"load average before the runs: {os.getloadavg()[0]:.2f} "
+          "(other processes on these cores slow every row)\n")
+
+    shipped = "bf16" if harness.cpu_has_native_bf16() else "fp32"
+    other = "fp32" if shipped == "bf16" else "bf16"
+    # name, precision, torch.compile, tuned malloc
+    configs = [
+        ("naive port: fp32, eager, default malloc", "fp32", False, False),
+        (f"{shipped} (shipped), eager, default malloc", shipped, False, False),
+        (f"{shipped} (shipped), eager, tuned malloc", shipped, False, True),
+        (f"{other} autocast, compiled, tuned malloc", other, True, True),
+        (f"default: {shipped}, compiled, tuned malloc", "shipped", True, True),
+    ]
+    rows = []
+    with tempfile.TemporaryDirectory(prefix="pairlab-bench-") as tmp:
+        for name, precision, compiled, tuned_malloc in configs:
+            print(f"  running {name} ...", flush=True)
+            script = write_variant(Path(tmp), precision)
+            measured = run_training(script, args.steps, compiled, tuned_malloc)
+            bf16 = precision == "bf16" or (precision == "shipped" and shipped == "bf16")
+            measured["mfu"] = measured["flops_per_token"] * measured["tokens_per_sec"] / peaks[bf16]
+            rows.append((name, measured))
+
+    naive = rows[0][1]["tokens_per_sec"]
+    print(f"\n{'configuration':<42} {'tok/s':>9} {'MFU':>7} {'vs naive':>9} {'peak MB':>8} {'val_bpb':>8}")
+    print("-" * 88)
+    for name, m in rows:
+        print(f"{name:<42} {m['tokens_per_sec']:>9,.0f} {100 * m['mfu']:>6.1f}% "
+              f"{m['tokens_per_sec'] / naive:>8.2f}x {m['peak_memory_mb']:>8.0f} {m['val_bpb']:>8.4f}")
+    default = rows[-1][1]
+    speedup = default["tokens_per_sec"] / naive
+    print(f"\ndefault vs naive port: {speedup:.2f}x (target >= {TARGET_SPEEDUP}x: "
+          f"{'met' if speedup >= TARGET_SPEEDUP else 'NOT met'})")
+    print(f"default peak memory: {default['peak_memory_mb']:.0f} MB "
+          f"(limit {MEMORY_LIMIT_MB} MB: {'ok' if default['peak_memory_mb'] < MEMORY_LIMIT_MB else 'EXCEEDED'})")
+    print(f"(val_bpb after {args.steps} steps, evaluated on the full fixed validation set)")
+
+
+if __name__ == "__main__":
+    main()
