@@ -51,6 +51,15 @@ class StateChanged(Event):
 
 
 @dataclass
+class Preparing(Event):
+    """Data and tokenizer preparation on a first run: what it is doing, overall fraction done."""
+
+    type: ClassVar[str] = "preparing"
+    stage: str
+    fraction: float
+
+
+@dataclass
 class ModeChanged(Event):
     type: ClassVar[str] = "mode"
     mode: str                        # "review" | "auto"
@@ -193,7 +202,7 @@ class SessionStopped(Event):
 
 EVENT_TYPES: dict[str, type[Event]] = {
     cls.type: cls
-    for cls in (StateChanged, ModeChanged, DraftStarted, ReasoningDelta, DraftFailed,
+    for cls in (StateChanged, Preparing, ModeChanged, DraftStarted, ReasoningDelta, DraftFailed,
                 ProposalReady, ProposalRebased, ProposalStale, DecisionMade, RunStarted,
                 LogLines, RunProgress, RunFinished, BestUpdated, NoiseFloor, DeviceSample,
                 Notice, SessionStopped)

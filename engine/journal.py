@@ -421,9 +421,10 @@ class Journal:
         return self._read("SELECT COUNT(*) FROM runs")[0][0]
 
     def experiment_count(self) -> int:
-        """Finished experiments (proposals trained), for --max-experiments."""
-        return self._read("SELECT COUNT(*) FROM runs WHERE kind = 'experiment' AND status != ?",
-                          (RUNNING,))[0][0]
+        """Experiments that reached an outcome, for --max-experiments (interrupted ones train again)."""
+        return self._read("SELECT COUNT(*) FROM runs WHERE kind = 'experiment'"
+                          " AND status NOT IN (?, ?)",
+                          (RUNNING, RunStatus.INTERRUPTED.value))[0][0]
 
     def next_proposal_id(self) -> int:
         """The id the next add_proposal will get (one drafter at a time asks)."""
@@ -533,13 +534,15 @@ class Journal:
     def results_tsv(self) -> str:
         """autoresearch's results.tsv: the baseline and every experiment, in order.
 
-        Noise repeats and confirmation re-runs are measurements, not experiments: they stay
-        in the journal and out of the file autoresearch's tools read.
+        Noise repeats and confirmation re-runs are measurements, not experiments, and a run
+        the engine's own stop interrupted trains again: they stay in the journal and out of
+        the file autoresearch's tools read.
         """
         lines = [TSV_HEADER]
         kinds = {r["id"]: r["kind"] for r in self._read("SELECT id, kind FROM runs")}
         for e in self.experiments():
-            if kinds[e.run_id] not in ("baseline", "experiment"):
+            if kinds[e.run_id] not in ("baseline", "experiment") or \
+                    e.status is RunStatus.INTERRUPTED:
                 continue
             status = TSV_STATUS[e.status]
             crashed = status == "crash" or e.val_bpb is None

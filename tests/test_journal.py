@@ -255,14 +255,15 @@ def test_session_state_notices_and_totals(journal):
 
 
 def test_results_tsv_is_autoresearchs_exact_format(tmp_path, journal):
-    # the noise repeat is a measurement, not an experiment: it stays out of results.tsv
+    # the noise repeat is a measurement and the interrupted run trains again: neither is a row
     rows = [
         ("baseline", "abcdef1234567890", RunStatus.KEEP, 0.997900, 44.0, "baseline"),
         ("experiment", "b2c3d4e5f6a7b8c9", RunStatus.KEEP, 0.993212345, 44.24, "increase LR\tto 0.04"),
         ("experiment", "c3d4e5f6a7b8c9d0", RunStatus.DISCARD, 1.005, 44.0, "switch to\nGeLU"),
         ("experiment", "d4e5f6a7b8c9d0e1", RunStatus.CRASH, None, 0.0, "double the width (OOM)"),
         ("experiment", "e5f6a7b8c9d0e1f2", RunStatus.TIMEOUT, None, 12.0, "depth 64"),
-        ("noise", "abcdef1234567890", RunStatus.INTERRUPTED, 0.9981, 44.0, ""),
+        ("noise", "abcdef1234567890", RunStatus.DISCARD, 0.9981, 44.0, ""),
+        ("experiment", "abcdef1234567890", RunStatus.INTERRUPTED, None, 0.0, "trains again"),
         ("experiment", "f6a7b8c9d0e1f2a3", RunStatus.KILLED, 0.99, 3.0, "killed by the human"),
     ]
     for i, (kind, commit, status, val, mem, description) in enumerate(rows):

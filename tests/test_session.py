@@ -1,0 +1,216 @@
+"""The research loop end to end with the offline tuner: real git, real training, real SQLite."""
+
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from engine.agents.tuner import TunerAgent
+from engine.events import DecisionMade, Notice, ProposalReady, RunFinished, SessionStopped
+from engine.journal import Journal, TSV_HEADER
+from engine.records import ProposalState, RunStatus
+from engine.session import Session
+from engine.workspace import Workspace
+from tests.conftest import TINY_ENV
+
+
+def collect(session):
+    events = []
+    session.subscribe(events.append)
+    return events
+
+
+def wait_for(predicate, timeout=120.0, what="condition"):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if predicate():
+            return
+        time.sleep(0.05)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def test_auto_loop_keeps_results_tsv_and_branch_in_step(tiny_workspace, tiny_settings):
+    session = Session(tiny_workspace, TunerAgent(), tiny_settings(max_experiments=2),
+                      monitor=False)
+    events = collect(session)
+    session.start()
+    assert session.wait(timeout=240)
+
+    rows = (tiny_workspace.root / "results.tsv").read_text().splitlines()
+    assert rows[0] + "\n" == TSV_HEADER
+    assert len(rows) == 1 + 2 + 1                       # header, baseline, 2 experiments
+    assert rows[1].endswith("\tkeep\tbaseline")
+    finished = [e for e in events if isinstance(e, RunFinished)]
+    assert [e.experiment.decided_by for e in finished] == ["baseline", "auto", "auto"]
+    for row, event in zip(rows[1:], finished):
+        commit, val_bpb, _, status, description = row.split("\t")
+        assert event.experiment.commit.startswith(commit)
+        assert float(val_bpb) == pytest.approx(event.result.val_bpb, abs=1e-6)
+    # the branch stands on the best kept commit, whatever was discarded
+    assert tiny_workspace.head() == session.best[0]
+    assert isinstance(events[-1], SessionStopped)
+    assert "reached --max-experiments 2" in events[-1].reason
+    # nothing was drafted beyond the cap
+    assert len([e for e in events if isinstance(e, ProposalReady)]) == 2
+
+
+def test_review_mode_waits_for_the_human_and_tells_the_agent_about_a_veto(
+        tiny_workspace, tiny_settings):
+    session = Session(tiny_workspace, TunerAgent(), tiny_settings(mode="review",
+                      max_experiments=1), monitor=False)
+    events = collect(session)
+    session.start()
+    try:
+        wait_for(lambda: session.pending() and session.best, what="a proposal and a baseline")
+        first = session.pending()[0]
+        time.sleep(1.0)                                     # the trainer must not take it
+        assert session.current_run is None and session.state == "reviewing"
+        assert session.journal.experiment_count() == 0
+
+        session.veto(first.id, "MATRIX_LR is already tuned; leave it")
+        assert session.journal.get_proposal(first.id).state is ProposalState.VETOED
+        wait_for(lambda: session.pending(), what="a second proposal")
+        second = session.pending()[0]
+        assert "MATRIX_LR" not in second.diff              # the tuner heard the reason
+        history = session.journal.history()
+        assert any(h.status == "vetoed" and "already tuned" in h.veto_reason for h in history)
+
+        session.accept(second.id)
+        assert session.wait(timeout=120)
+    finally:
+        session.stop()
+    decisions = [e.decision for e in events if isinstance(e, DecisionMade)]
+    assert [(d.kind.value, d.who) for d in decisions] == [("veto", "human"), ("accept", "human")]
+    experiments = session.experiments()
+    assert [e.proposal_id for e in experiments] == [None, second.id]
+    assert experiments[1].decided_by == "human"
+
+
+def test_edit_replaces_the_agents_version_and_refusals_are_precise(tiny_workspace,
+                                                                    tiny_settings):
+    from engine.patch import PatchRefused
+    session = Session(tiny_workspace, TunerAgent(), tiny_settings(mode="review",
+                      max_experiments=1), monitor=False)
+    session.start()
+    try:
+        wait_for(lambda: session.pending(), what="a proposal")
+        proposal = session.pending()[0]
+        text = session.proposal_text(proposal.id, "train.py")
+        with pytest.raises(PatchRefused) as refused:
+            session.edit(proposal.id, {"train.py": text.replace("harness.finish(", "print(")})
+        assert refused.value.rule == "protected"
+        assert session.pending()[0].id == proposal.id       # still waiting, nothing lost
+
+        human = text.replace("SEED = 42", "SEED = 7")
+        session.edit(proposal.id, {"train.py": human})
+        assert session.wait(timeout=120)
+    finally:
+        session.stop()
+    experiment = session.experiments()[-1]
+    trained = tiny_workspace.file_at(experiment.commit, "train.py")
+    assert "SEED = 7" in trained
+    assert experiment.decided_by == "human"
+    message = subprocess.run(["git", "log", "-1", "--format=%B", experiment.commit],
+                             cwd=tiny_workspace.root, capture_output=True, text=True).stdout
+    assert "pairlab-edited-by: human" in message
+    history = session.journal.history()
+    assert "+SEED = 7" in history[-1].human_edit_diff
+
+
+def test_a_crashing_proposal_is_recorded_and_the_loop_goes_on(tiny_workspace, tiny_settings):
+    session = Session(tiny_workspace, TunerAgent(), tiny_settings(mode="review",
+                      max_experiments=2), monitor=False)
+    events = collect(session)
+    session.start()
+    try:
+        wait_for(lambda: session.pending(), what="a proposal")
+        proposal = session.pending()[0]
+        text = session.proposal_text(proposal.id, "train.py")
+        broken = text.replace("SEED = 42", "SEED = 42\nraise RuntimeError('boom in train.py')")
+        session.edit(proposal.id, {"train.py": broken})
+        wait_for(lambda: session.journal.experiment_count() == 1, what="the crash")
+        wait_for(lambda: session.pending(), what="the next proposal")
+        session.accept(session.pending()[0].id)
+        assert session.wait(timeout=120)
+    finally:
+        session.stop()
+    crash = [e for e in events if isinstance(e, RunFinished)][1]
+    assert crash.result.status is RunStatus.CRASH
+    assert "RuntimeError: boom in train.py" in crash.result.message
+    rows = (tiny_workspace.root / "results.tsv").read_text().splitlines()
+    assert rows[2].split("\t")[1:4] == ["0.000000", "0.0", "crash"]
+    assert len(rows) == 4
+    assert tiny_workspace.head() == session.best[0]       # the crash was reset away
+
+
+def _headless(workspace, dataset_dir, *extra, **popen):
+    env = dict(os.environ, **TINY_ENV, PAIRLAB_DATA_DIR=str(dataset_dir),
+               PAIRLAB_MAX_STEPS="6")
+    env.pop("ANTHROPIC_API_KEY", None)
+    return subprocess.Popen(
+        [sys.executable, "-m", "engine", "headless", "--workspace", str(workspace),
+         "--agent", "tuner", "--mode", "auto", "--budget", "5", "--noise-repeats", "0",
+         *extra], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **popen)
+
+
+def test_headless_on_a_fresh_dir_ends_with_results_and_branch_on_best(tmp_path, dataset_dir):
+    from tests.conftest import tiny_train_py
+    from engine.workspace import init
+    ws = init(tmp_path / "ws")
+    (ws.root / "train.py").write_text(tiny_train_py((ws.root / "train.py").read_text()))
+    ws.commit_change({"train.py": (ws.root / "train.py").read_text()}, "tiny", parent=ws.head())
+    proc = _headless(ws.root, dataset_dir, "--max-experiments", "3", "--jsonl")
+    out, err = proc.communicate(timeout=300)
+    assert proc.returncode == 0, err
+    rows = (ws.root / "results.tsv").read_text().splitlines()
+    assert rows[0] == TSV_HEADER.rstrip("\n") and len(rows) == 1 + 1 + 3
+    journal = Journal(ws.pairlab_dir / "journal.db")
+    assert Workspace.open(ws.root).head() == journal.best().commit
+    import json
+    types = [json.loads(line)["type"] for line in out.splitlines()]
+    assert types.count("run_finished") == 4 and types[-1] == "stopped"
+
+
+def test_engine_killed_mid_run_resumes_with_nothing_lost(tiny_workspace, dataset_dir):
+    # A long fixed step count so the kill lands mid-run.
+    proc = _headless(tiny_workspace.root, dataset_dir, "--max-experiments", "1", "--jsonl")
+    journal_path = tiny_workspace.pairlab_dir / "journal.db"
+    wait_for(lambda: journal_path.exists() and any(
+        r["kind"] == "experiment" for r in _runs(journal_path, running=True)),
+        timeout=180, what="an experiment in flight")
+    before = _runs(journal_path)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(timeout=10)
+
+    # Restart: the interrupted experiment is recorded, its proposal trains again.
+    proc = _headless(tiny_workspace.root, dataset_dir, "--max-experiments", "1", "--jsonl")
+    out, err = proc.communicate(timeout=240)
+    assert proc.returncode == 0, err
+    after = _runs(journal_path)
+    assert {r["id"] for r in before} <= {r["id"] for r in after}     # nothing lost
+    statuses = [(r["kind"], r["status"]) for r in after]
+    assert ("experiment", "interrupted") in statuses
+    interrupted = next(r for r in after if r["status"] == "interrupted")
+    retrained = [r for r in after if r["kind"] == "experiment" and r["status"] != "interrupted"]
+    assert retrained and retrained[0]["proposal_id"] == interrupted["proposal_id"]
+    assert "interrupted when the engine stopped" in out
+    journal = Journal(journal_path)
+    assert Workspace.open(tiny_workspace.root).head() == journal.best().commit
+    rows = (tiny_workspace.root / "results.tsv").read_text().splitlines()
+    assert len(rows) == 1 + 2                   # the interrupted run is not an outcome
+
+
+def _runs(journal_path, running=False):
+    import sqlite3
+    db = sqlite3.connect(journal_path)
+    db.row_factory = sqlite3.Row
+    try:
+        rows = db.execute("SELECT * FROM runs ORDER BY experiment").fetchall()
+    except sqlite3.OperationalError:
+        return []
+    finally:
+        db.close()
+    return [dict(r) for r in rows if not running or r["status"] == "running"]
