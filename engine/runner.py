@@ -184,7 +184,7 @@ class Runner:
                 proc = subprocess.Popen(
                     self.command, cwd=self.workspace_root, env=self.child_env(),
                     stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                    start_new_session=True,
+                    start_new_session=True, preexec_fn=_die_with_engine,
                 )
             except OSError as exc:
                 message = f"could not start {' '.join(self.command)}: {exc.strerror or exc}"
@@ -458,6 +458,18 @@ class _OutputCollector:
         self.kept.extend(finished)
         with self._lock:
             self._lines.extend(finished)
+
+
+def _die_with_engine() -> None:
+    """In the child, before exec: on Linux, SIGKILL it if the engine dies (kill -9 included).
+
+    Without this a silent run would go on training for an engine that no longer exists,
+    holding the accelerator while the restarted engine trains the same proposal again.
+    """
+    if sys.platform.startswith("linux"):
+        import ctypes
+        PR_SET_PDEATHSIG = 1
+        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
 
 
 def _has_exited(proc: subprocess.Popen) -> bool:

@@ -182,8 +182,11 @@ def test_engine_killed_mid_run_resumes_with_nothing_lost(tiny_workspace, dataset
         r["kind"] == "experiment" for r in _runs(journal_path, running=True)),
         timeout=180, what="an experiment in flight")
     before = _runs(journal_path)
+    assert _trainers(tiny_workspace.root)
     proc.send_signal(signal.SIGKILL)
     proc.wait(timeout=10)
+    # the orphaned training run dies with the engine instead of holding the accelerator
+    wait_for(lambda: not _trainers(tiny_workspace.root), timeout=10, what="the orphan to die")
 
     # Restart: the interrupted experiment is recorded, its proposal trains again.
     proc = _headless(tiny_workspace.root, dataset_dir, "--max-experiments", "1", "--jsonl")
@@ -214,3 +217,62 @@ def _runs(journal_path, running=False):
     finally:
         db.close()
     return [dict(r) for r in rows if not running or r["status"] == "running"]
+
+
+def _trainers(root):
+    import psutil
+    found = []
+    for proc in psutil.process_iter(["cmdline", "cwd"]):
+        try:
+            if proc.info["cwd"] == str(root) and "train.py" in (proc.info["cmdline"] or []):
+                found.append(proc)
+        except psutil.Error:
+            pass
+    return found
+
+
+def test_headless_review_mode_takes_decisions_on_stdin(tiny_workspace, dataset_dir):
+    env = dict(os.environ, **TINY_ENV, PAIRLAB_DATA_DIR=str(dataset_dir), PAIRLAB_MAX_STEPS="4")
+    env.pop("ANTHROPIC_API_KEY", None)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "engine", "headless", "--workspace", str(tiny_workspace.root),
+         "--agent", "tuner", "--mode", "review", "--noise-repeats", "0", "--max-experiments",
+         "1"], env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        text=True, bufsize=1)
+    seen = []
+
+    def read_until(needle):
+        for line in proc.stdout:
+            seen.append(line)
+            if needle in line:
+                return line
+        raise AssertionError(f"no {needle!r} in output:\n{''.join(seen)}")
+
+    first = read_until("proposal 1:")
+    proc.stdin.write("veto 1 keep the learning rates as they are\n")
+    proc.stdin.flush()
+    read_until("proposal 1: veto by human: keep the learning rates as they are")
+    read_until("proposal 2:")
+    proc.stdin.write("accept 2\n")
+    proc.stdin.flush()
+    out, err = proc.communicate(timeout=180)
+    seen.append(out)
+    text = "".join(seen)
+    assert proc.returncode == 0, err
+    assert "hypothesis:" in first or "hypothesis:" in text
+    assert "proposal 2: accept by human" in text
+    assert "stopped: reached --max-experiments 1" in text
+    assert "| " in text                                   # the training log is shown
+
+
+def test_report_writes_png_and_markdown(tiny_workspace, tiny_settings, tmp_path):
+    from engine.cli import main
+    session = Session(tiny_workspace, TunerAgent(), tiny_settings(max_experiments=1),
+                      monitor=False)
+    session.start()
+    assert session.wait(timeout=120)
+    assert main(["report", "--workspace", str(tiny_workspace.root), "--out",
+                 str(tmp_path)]) == 0
+    assert (tmp_path / "progress.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    report = (tmp_path / "report.md").read_text()
+    assert f"{session.best[1]:.6f}" in report
