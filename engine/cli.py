@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import shlex
 import signal
 import sys
 import threading
@@ -94,10 +95,10 @@ class UserError(Exception):
 
 def _open_session(args):
     from engine.session import Session, SessionSettings
-    from engine.workspace import WorkspaceError, default_workspace_dir, init, Workspace
-    root = args.workspace or default_workspace_dir()
+    from engine.workspace import WorkspaceError, open_or_init
+    from engine.agents import make_agent
     try:
-        workspace = Workspace.open(root) if (root / ".pairlab").is_dir() else init(root)
+        workspace = open_or_init(args.workspace)
     except WorkspaceError as exc:
         raise UserError(str(exc)) from exc
     config = workspace.config
@@ -110,7 +111,6 @@ def _open_session(args):
         noise_repeats=(args.noise_repeats if args.noise_repeats is not None
                        else config.noise_repeats),
         device=args.device or config.device)
-    from engine.agents import make_agent
     agent = make_agent(args.agent, device=settings.device or "cpu", model=args.model)
     return Session(workspace, agent, settings)
 
@@ -120,7 +120,7 @@ def _init(args) -> int:
     try:
         if args.adopt:
             ws = adopt(args.dir, targets=args.targets or ["train.py"],
-                       run_command=args.run_command, metric_source=args.metric or "summary_line",
+                       run_command=shlex.split(args.run_command) if args.run_command else None, metric_source=args.metric or "summary_line",
                        tag=args.tag)
         else:
             if args.targets or args.run_command or args.metric:
@@ -240,6 +240,7 @@ class ReadablePrinter:
         self._lock = threading.Lock()
         self._last_progress = 0.0
         self._reasoning: dict[int, str] = {}
+        self._last_stage = ""
 
     def __call__(self, event: ev.Event) -> None:
         with self._lock:
@@ -291,9 +292,16 @@ class ReadablePrinter:
         if isinstance(event, ev.StateChanged):
             return [f"[{event.state}] {event.detail}".rstrip()]
         if isinstance(event, ev.Preparing):
+            if event.stage == self._last_stage:
+                return []
+            self._last_stage = event.stage
             return [f"preparing: {event.stage} ({event.fraction:.0%})"]
-        if isinstance(event, (ev.ProposalRebased, ev.ProposalStale, ev.DraftFailed)):
-            return [event.to_json()]
+        if isinstance(event, ev.ProposalRebased):
+            return [f"proposal {event.proposal_id} rebased onto {event.base_commit[:7]}"]
+        if isinstance(event, ev.ProposalStale):
+            return [f"proposal {event.proposal_id} is stale: {event.reason}"]
+        if isinstance(event, ev.DraftFailed):
+            return [f"draft {event.draft_id} failed: {event.message}"]
         if isinstance(event, ev.SessionStopped):
             return [f"stopped: {event.reason}", f"  {event.summary}"]
         return []

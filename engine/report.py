@@ -136,7 +136,8 @@ def plot_progress(summary: Summary, path: Path) -> None:
     ax.set_ylabel("validation bits per byte (lower is better)")
     ax.grid(True, alpha=0.25)
     if summary.experiments:
-        ax.legend(loc="upper right", fontsize=9)
+        # progress runs from the top left to the bottom right: the lower left stays empty
+        ax.legend(loc="lower left", fontsize=9)
     else:
         ax.text(0.5, 0.5, "no finished runs yet", transform=ax.transAxes, ha="center")
     fig.tight_layout()

@@ -89,24 +89,23 @@ class Session:
         self._data_checksum: str | None = None
         self._feedback = ""                   # told to the agent with its next draft
         self._up_next: int | None = None      # taken from the queue, about to train
+        self._start_commit = ""               # the branch head when the loop started
         self._monitor = Monitor(interval=1.0, on_sample=self._emit) if monitor else None
 
     # ------------------------------------------------------------------ construction
 
     @classmethod
     def open(cls, workspace_dir: Path | str | None, agent_name: str = "auto",
-             settings: SessionSettings | None = None, **agent_options) -> "Session":
+             settings: SessionSettings | None = None, model: str | None = None) -> "Session":
         """Open (or create) a workspace and make the session with the named agent."""
         from engine.agents import make_agent
-        from engine.workspace import default_workspace_dir, init as init_workspace
-        root = Path(workspace_dir) if workspace_dir else default_workspace_dir()
-        if (root / ".pairlab").is_dir():
-            workspace = Workspace.open(root)
-        else:
-            workspace = init_workspace(root)
-        settings = settings or SessionSettings(mode=workspace.config.mode,
-                                               budget_s=workspace.config.budget_s)
-        agent = make_agent(agent_name, device=settings.device or "cpu", **agent_options)
+        from engine.workspace import open_or_init
+        workspace = open_or_init(workspace_dir)
+        config = workspace.config
+        settings = settings or SessionSettings(
+            mode=config.mode, budget_s=config.budget_s, drafts_ahead=config.drafts_ahead,
+            noise_repeats=config.noise_repeats, device=config.device)
+        agent = make_agent(agent_name, device=settings.device or "cpu", model=model)
         return cls(workspace, agent, settings)
 
     # ------------------------------------------------------------------ events
@@ -358,6 +357,9 @@ class Session:
         if best:
             self._protect_human_changes("pairlab restored the research branch")
             self.workspace.reset_to(best[0])
+        # Read once here, before the loop threads exist: GitPython's Repo is not thread-safe
+        # (two threads asking it at once can hang on its cat-file pipe).
+        self._start_commit = self.workspace.head()
         self._baseline_done = len(self._baseline_values()) >= 1 + self.settings.noise_repeats
         mode = self.journal.get_state("mode")
         if mode in MODES and self.settings.mode == "review":
@@ -427,7 +429,7 @@ class Session:
 
     def _run_baseline(self) -> None:
         """The unchanged train.py, once, then `noise_repeats` more times for the noise floor."""
-        commit = self.best[0] if self.best else self.workspace.head()
+        commit = self.best[0] if self.best else self._start_commit
         wanted = 1 + max(0, self.settings.noise_repeats)
         while not self._stopping.is_set():
             done = len(self._baseline_values())
@@ -638,7 +640,7 @@ class Session:
 
     def _draft_one(self, feedback: str = "") -> None:
         best = self.best
-        base_commit = best[0] if best else self.workspace.head()
+        base_commit = best[0] if best else self._start_commit
         base_files = self._base_files(base_commit)
         draft_id = self.journal.next_proposal_id()
         self._set_state("drafting", self.agent.name)

@@ -184,6 +184,12 @@ def init(directory: str | Path, tag: str | None = None,
     return _become_workspace(root, Config(targets=targets, metric_source="result_file"), tag)
 
 
+def open_or_init(directory: str | Path | None = None) -> "Workspace":
+    """The workspace at directory (default: the default one), created on first use."""
+    root = Path(directory).expanduser() if directory else default_workspace_dir()
+    return Workspace.open(root) if is_workspace(root) else init(root)
+
+
 def adopt(directory: str | Path, targets: list[str] | None = None,
           run_command: list[str] | None = None, metric_source: str = "summary_line",
           tag: str | None = None) -> "Workspace":
