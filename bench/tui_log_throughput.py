@@ -1,0 +1,234 @@
+"""How fast the TUI ingests a training log, and whether it stays responsive meanwhile.
+
+Runs the real app headless (Textual's run_test) on an idle stand-in session and feeds
+LogLines events into the app's engine bridge from a producer thread, exactly as the
+runner's callback would. Prints:
+
+  first paint        process start -> first frame of the main screen (fresh interpreter)
+  per offered rate   lines/s accepted by the app and written into the log widget, and the
+                     worst key-to-screen latency (key press -> next repaint showing its effect)
+  memory             RSS after every 250k of 1M lines, to see that it stays flat
+
+Targets (issue 4): >= 20,000 lines/s, latency < 50 ms, memory flat, first paint < 1.5 s.
+Usage: python bench/tui_log_throughput.py [--seconds 3] [--rates 1000,5000,...]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import psutil
+from textual import events
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from engine.events import LogLines, RunStarted  # noqa: E402
+from tui.app import PairlabApp  # noqa: E402
+from tui.widgets.log import LogPanel  # noqa: E402
+from textual.widgets import Log  # noqa: E402
+
+BATCH_INTERVAL_S = 0.01          # the runner hands over lines in batches; 100 batches a second
+LINE = "step {:07d} (42.0%) | loss: 3.123456 | lrm: 1.00 | dt: 120ms | tok/sec: 28,000 | mfu: 1.2%"
+
+
+class IdleSession:
+    """The snapshot half of the Session API with nothing in it: the bench drives events."""
+
+    state, mode, best, noise_floor, total_cost, current_run = "training", "review", None, None, 0.0, None
+
+    def subscribe(self, callback) -> None:
+        pass
+
+    def start(self) -> None:
+        pass
+
+    def stop(self, timeout: float = 10) -> None:
+        pass
+
+    def pending(self) -> list:
+        return []
+
+    def experiments(self) -> list:
+        return []
+
+
+def produce(bridge, rate: int, seconds: float, start_index: int) -> int:
+    """Offer `rate` lines/s for `seconds` in runner-sized batches; returns lines offered."""
+    per_batch = max(1, int(rate * BATCH_INTERVAL_S))
+    offered = 0
+    begin = time.perf_counter()
+    while (elapsed := time.perf_counter() - begin) < seconds:
+        due = int(rate * elapsed) - offered
+        if due > 0:
+            count = min(due, per_batch * 4)
+            first = start_index + offered
+            bridge(LogLines("bench", [LINE.format(i) for i in range(first, first + count)]))
+            offered += count
+        time.sleep(BATCH_INTERVAL_S)
+    return offered
+
+
+class RepaintClock:
+    """Timestamps of the frames the app hands to its driver (headless: rendered, not written)."""
+
+    def __init__(self, app) -> None:
+        self.times: list[float] = []
+        original = app._display
+
+        def timed_display(screen, renderable) -> None:
+            original(screen, renderable)
+            if renderable is not None:
+                self.times.append(time.perf_counter())
+
+        app._display = timed_display
+
+    async def next_after(self, moment: float, timeout: float = 5.0) -> float:
+        deadline = time.perf_counter() + timeout
+        while time.perf_counter() < deadline:
+            later = [t for t in self.times if t > moment]
+            if later:
+                return later[0]
+            await asyncio.sleep(0.001)
+        return float("inf")
+
+
+async def key_latency(pilot, clock: RepaintClock, acted: list[float], key: str) -> float:
+    """Post `key` as the terminal driver would and time it until the first frame rendered
+    after its action ran."""
+    count = len(acted)
+    start = time.perf_counter()
+    pilot.app.post_message(events.Key(key, None))
+    while len(acted) == count:
+        await asyncio.sleep(0.0005)
+    painted = await clock.next_after(acted[-1])
+    return painted - start
+
+
+def time_action(target, name: str, acted: list[float]) -> None:
+    """Record when `target.<name>` (a key's action) runs."""
+    original = getattr(target, name)
+
+    def timed(*args) -> None:
+        original(*args)
+        acted.append(time.perf_counter())
+
+    setattr(target, name, timed)
+
+
+async def run_rates(rates: list[int], seconds: float) -> None:
+    app = PairlabApp(IdleSession(), autostart=False)
+    async with app.run_test(size=(120, 40)) as pilot:
+        await pilot.pause(0.2)
+        app.bridge(RunStarted("bench", 1, 1, "abc1234", "bench", 300.0, "/dev/null"))
+        await pilot.pause(0.2)
+        panel = app.main.query_one(LogPanel)
+        clock = RepaintClock(app)
+        log = panel.query_one(Log)
+        log.focus()
+        acted: list[float] = []
+        time_action(log, "action_scroll_up", acted)
+        time_action(log, "action_scroll_down", acted)
+        time_action(app.main, "action_toggle_maximize", acted)
+        # up/down scroll the focused log (the common key while a run trains); f re-lays out
+        # the whole screen (full-screen the panel and back): the most expensive key there is.
+        keys = ["up", "down", "f", "f"]
+        print(f"{'offered/s':>10} {'accepted/s':>11} {'written/s':>10} "
+              f"{'scroll key ms':>18} {'full-screen key ms':>19}")
+        print(f"{'':>34}{'worst  median':>18} {'worst  median':>19}")
+        index = 0
+        for rate in rates:
+            accepted0, written0 = app.bridge.lines_accepted, panel.lines_written
+            result: dict[str, int] = {}
+            producer = threading.Thread(
+                target=lambda: result.update(n=produce(app.bridge, rate, seconds, index)))
+            begin = time.perf_counter()
+            producer.start()
+            latencies: dict[str, list[float]] = {"scroll": [], "full": []}
+            presses = 0
+            while producer.is_alive():
+                key = keys[presses % len(keys)]
+                kind = "full" if key == "f" else "scroll"
+                latencies[kind].append(await key_latency(pilot, clock, acted, key))
+                presses += 1
+                await pilot.pause(0.05)
+            producer.join()
+            await pilot.pause(0.2)                    # let the last flush land
+            elapsed = time.perf_counter() - begin
+            index += result["n"]
+            accepted = app.bridge.lines_accepted - accepted0
+            written = panel.lines_written - written0
+            figures = []
+            for kind in ("scroll", "full"):
+                values = sorted(latencies[kind]) or [float("nan")]
+                figures.append(f"{values[-1] * 1000:7.1f} {values[len(values) // 2] * 1000:7.1f}")
+            print(f"{rate:>10,} {accepted / seconds:>11,.0f} {written / seconds:>10,.0f} "
+                  f"{figures[0]:>18} {figures[1]:>19}   ({presses} keys in {elapsed:.1f} s)",
+                  flush=True)
+
+
+async def run_memory(total: int) -> None:
+    app = PairlabApp(IdleSession(), autostart=False)
+    process = psutil.Process()
+    async with app.run_test(size=(120, 40)) as pilot:
+        await pilot.pause(0.2)
+        app.bridge(RunStarted("bench", 1, 1, "abc1234", "bench", 300.0, "/dev/null"))
+        await pilot.pause(0.2)
+        print(f"\nmemory while ingesting {total:,} lines (RSS):")
+        print(f"  {0:>9,} lines  {process.memory_info().rss / 2**20:7.1f} MiB")
+        step = total // 4
+        fed = 0
+        begin = time.perf_counter()
+        while fed < total:
+            chunk_end = fed + step
+            while fed < chunk_end:
+                app.bridge(LogLines("bench", [LINE.format(i) for i in range(fed, fed + 1000)]))
+                fed += 1000
+                if fed % 20_000 == 0:
+                    await pilot.pause(0.01)           # let the app flush as it would live
+            await pilot.pause(0.2)
+            print(f"  {fed:>9,} lines  {process.memory_info().rss / 2**20:7.1f} MiB")
+        print(f"  ({total / (time.perf_counter() - begin):,.0f} lines/s as fast as offered)")
+
+
+def first_paint() -> float:
+    """Seconds from a fresh interpreter's start to the main screen's first frame."""
+    code = (
+        "import time, psutil, os, asyncio\n"
+        "born = psutil.Process(os.getpid()).create_time()\n"
+        "import sys; sys.path.insert(0, %r)\n"
+        "from bench.tui_log_throughput import IdleSession\n"
+        "from tui.app import PairlabApp\n"
+        "async def main():\n"
+        "    app = PairlabApp(IdleSession(), autostart=False)\n"
+        "    async with app.run_test(size=(120, 40)) as pilot:\n"
+        "        await pilot._wait_for_screen()\n"
+        "        print(time.time() - born)\n"
+        "asyncio.run(main())\n"
+    ) % str(Path(__file__).resolve().parents[1])
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         check=True, env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])})
+    return float(out.stdout.strip().splitlines()[-1])
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--seconds", type=float, default=3.0, help="seconds per offered rate")
+    parser.add_argument("--rates", default="1000,5000,20000,50000,100000,200000")
+    parser.add_argument("--memory-lines", type=int, default=1_000_000)
+    args = parser.parse_args()
+    paints = sorted(first_paint() for _ in range(3))
+    print(f"first paint: {paints[1]:.2f} s (median of 3; {', '.join(f'{p:.2f}' for p in paints)})"
+          f"  on {os.cpu_count()} CPUs\n")
+    asyncio.run(run_rates([int(r) for r in args.rates.split(",")], args.seconds))
+    asyncio.run(run_memory(args.memory_lines))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,34 @@
+"""Snapshots of the main screen with a fixed event script (times fixed, no toasts, no
+cursor blink on this screen). Update after a deliberate change with `--snapshot-update`."""
+
+from __future__ import annotations
+
+from test_tui_support import ScriptedSession, history_events
+from tui.app import PairlabApp
+
+
+async def _settle(pilot) -> None:
+    # The bridge flushes at 20 Hz and the chart redraws at 2 Hz: wait past both.
+    await pilot.pause(1.2)
+    await pilot.wait_for_scheduled_animations()
+    await pilot.pause()
+
+
+def test_main_screen_120x40(snap_compare, tmp_path):
+    app = PairlabApp(ScriptedSession(tmp_path, history_events()))
+    assert snap_compare(app, terminal_size=(120, 40), run_before=_settle)
+
+
+def test_main_screen_80x24(snap_compare, tmp_path):
+    app = PairlabApp(ScriptedSession(tmp_path, history_events()))
+    assert snap_compare(app, terminal_size=(80, 24), run_before=_settle)
+
+
+def test_main_screen_80x24_on_the_log_panel(snap_compare, tmp_path):
+    async def to_log(pilot) -> None:
+        await _settle(pilot)
+        await pilot.press("tab", "tab", "tab")
+        await pilot.pause()
+
+    app = PairlabApp(ScriptedSession(tmp_path, history_events()))
+    assert snap_compare(app, terminal_size=(80, 24), run_before=to_log)

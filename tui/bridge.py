@@ -1,0 +1,85 @@
+"""From engine threads to the app's message queue, without ever blocking the engine.
+
+The session calls `EventBridge.__call__` on its own threads. Low-rate events are posted at
+once; high-rate ones (reasoning deltas, log lines, progress) are buffered and flushed by a
+~20 Hz timer on the app, so a training log at 100k lines/s costs the UI twenty messages a
+second. Any buffered data is flushed before a low-rate event is posted, so the app sees
+events in the order the engine emitted them.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections import deque
+
+from textual.message_pump import MessagePump
+
+from engine.events import DeviceSample, Event, LogLines, ReasoningDelta, RunProgress
+from tui.messages import DeviceUpdate, EngineEvent, LogBatch, ProgressBatch, ReasoningBatch
+
+FLUSH_INTERVAL_S = 0.05
+
+
+class EventBridge:
+    def __init__(self, target: MessagePump, max_log_lines: int) -> None:
+        self._target = target
+        self._lock = threading.Lock()
+        self._reasoning_draft: int | None = None
+        self._reasoning: list[tuple[str, str]] = []
+        self._log_run: str | None = None
+        # Bounded: lines beyond what the log panel keeps would be pruned on arrival anyway.
+        self._log: deque[str] = deque(maxlen=max_log_lines)
+        self._log_dropped = 0
+        self._progress: list[RunProgress] = []
+        self.lines_accepted = 0
+
+    def __call__(self, event: Event) -> None:
+        with self._lock:
+            if isinstance(event, LogLines):
+                if event.run_id != self._log_run:
+                    self._flush_log()
+                    self._log_run = event.run_id
+                overflow = len(self._log) + len(event.lines) - self._log.maxlen
+                if overflow > 0:
+                    self._log_dropped += overflow
+                self._log.extend(event.lines)
+                self.lines_accepted += len(event.lines)
+            elif isinstance(event, ReasoningDelta):
+                if event.draft_id != self._reasoning_draft:
+                    self._flush_reasoning()
+                    self._reasoning_draft = event.draft_id
+                if self._reasoning and self._reasoning[-1][0] == event.kind:
+                    kind, text = self._reasoning[-1]
+                    self._reasoning[-1] = (kind, text + event.text)
+                else:
+                    self._reasoning.append((event.kind, event.text))
+            elif isinstance(event, RunProgress):
+                self._progress.append(event)
+            elif isinstance(event, DeviceSample):
+                self._target.post_message(DeviceUpdate(event))
+            else:
+                self._flush_all()
+                self._target.post_message(EngineEvent(event))
+
+    def flush(self) -> None:
+        """Deliver everything buffered (the app's timer calls this)."""
+        with self._lock:
+            self._flush_all()
+
+    def _flush_all(self) -> None:
+        self._flush_reasoning()
+        self._flush_log()
+        if self._progress:
+            self._target.post_message(ProgressBatch(self._progress))
+            self._progress = []
+
+    def _flush_reasoning(self) -> None:
+        if self._reasoning and self._reasoning_draft is not None:
+            self._target.post_message(ReasoningBatch(self._reasoning_draft, self._reasoning))
+        self._reasoning = []
+
+    def _flush_log(self) -> None:
+        if self._log and self._log_run is not None:
+            self._target.post_message(LogBatch(self._log_run, list(self._log), self._log_dropped))
+        self._log.clear()
+        self._log_dropped = 0

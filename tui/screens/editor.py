@@ -1,0 +1,148 @@
+"""Edit a proposal before it trains: a Python editor in the app, or $EDITOR through app
+suspension. On save the engine recomputes and validates the diff; a refusal is shown
+inline and the editor stays open with the text as the human left it."""
+
+from __future__ import annotations
+
+import os
+import shlex
+import subprocess
+import tempfile
+from pathlib import Path
+
+from pygments.lexers import PythonLexer
+from pygments.token import Token
+from textual import work
+from textual.app import ComposeResult, SuspendNotSupported
+from textual.binding import Binding
+from textual.containers import Vertical
+from textual.content import Content
+from textual.screen import Screen
+from textual.widgets import Footer, Static, TabbedContent, TabPane, TextArea
+
+from engine.patch import PatchRefused
+from engine.records import Proposal
+
+# pygments token -> TextArea theme highlight name (the names tree-sitter queries use).
+TOKEN_NAMES = [
+    (Token.Comment, "comment"),
+    (Token.Literal.String.Doc, "string.documentation"),
+    (Token.Literal.String, "string"),
+    (Token.Literal.Number, "number"),
+    (Token.Keyword.Constant, "boolean"),
+    (Token.Keyword, "keyword"),
+    (Token.Operator.Word, "keyword.operator"),
+    (Token.Operator, "operator"),
+    (Token.Name.Builtin, "type.builtin"),
+    (Token.Name.Function, "function"),
+    (Token.Name.Class, "class"),
+    (Token.Name.Decorator, "function"),
+]
+
+
+def _highlight_name(token) -> str | None:
+    for parent, name in TOKEN_NAMES:
+        if token in parent:
+            return name
+    return None
+
+
+class PythonTextArea(TextArea):
+    """TextArea highlighted with pygments, so no tree-sitter install is needed."""
+
+    _lexer = PythonLexer(stripnl=False, ensurenl=False)
+
+    def _build_highlight_map(self) -> None:
+        self._line_cache.clear()
+        highlights = self._highlights
+        highlights.clear()
+        row, column = 0, 0                   # column in UTF-8 bytes, as TextArea expects
+        for token, value in self._lexer.get_tokens(self.text):
+            name = _highlight_name(token)
+            for index, part in enumerate(value.split("\n")):
+                if index:
+                    row, column = row + 1, 0
+                width = len(part.encode())
+                if name and width:
+                    highlights[row].append((column, column + width, name))
+                column += width
+
+
+class EditorScreen(Screen[bool]):
+    BINDINGS = [
+        Binding("ctrl+s", "save", "Save & train", id="save-edit"),
+        Binding("ctrl+o", "external_editor", "Open in $EDITOR", id="external-editor"),
+        Binding("escape", "cancel", "Cancel", id="cancel-edit"),
+    ]
+
+    def __init__(self, session, proposal: Proposal, texts: dict[str, str]) -> None:
+        super().__init__()
+        self.session = session
+        self.proposal = proposal
+        self.texts = texts
+
+    def compose(self) -> ComposeResult:
+        with Vertical(id="editor-body"):
+            yield Static(Content.from_markup(
+                "Editing [b]#$id[/b] $description  [dim](Ctrl+S saves and queues it to train)[/dim]",
+                id=str(self.proposal.id), description=self.proposal.description), id="editor-title")
+            yield Static("", id="edit-error", classes="error")
+            with TabbedContent(id="editor-tabs"):
+                for index, (path, text) in enumerate(self.texts.items()):
+                    with TabPane(path, id=f"file-{index}"):
+                        yield PythonTextArea(text, theme="monokai", show_line_numbers=True,
+                                             tab_behavior="indent", classes="code-editor")
+        yield Footer()
+
+    def on_mount(self) -> None:
+        self.query_one(PythonTextArea).focus()
+
+    def _areas(self) -> dict[str, PythonTextArea]:
+        return dict(zip(self.texts, self.query(PythonTextArea)))
+
+    def _current_area(self) -> PythonTextArea:
+        pane = self.query_one(TabbedContent).active_pane
+        return pane.query_one(PythonTextArea) if pane else self.query_one(PythonTextArea)
+
+    def action_save(self) -> None:
+        self.query_one("#edit-error", Static).update("checking the edit…")
+        self._submit({path: area.text for path, area in self._areas().items()})
+
+    @work(thread=True, exclusive=True, exit_on_error=False)
+    def _submit(self, files: dict[str, str]) -> None:
+        try:
+            self.session.edit(self.proposal.id, files)
+        except PatchRefused as refused:
+            self.app.call_from_thread(self._refused, refused)
+        else:
+            self.app.call_from_thread(self.dismiss, True)
+
+    def _refused(self, refused: PatchRefused) -> None:
+        message = getattr(refused, "message", "") or str(refused)
+        rule = getattr(refused, "rule", "")
+        self.query_one("#edit-error", Static).update(
+            Content.from_markup("[b]Refused[/b] ($rule): $message", rule=rule, message=message))
+
+    def action_cancel(self) -> None:
+        self.dismiss(False)
+
+    def action_external_editor(self) -> None:
+        editor = os.environ.get("VISUAL") or os.environ.get("EDITOR")
+        if not editor:
+            self.notify("Set $EDITOR (or $VISUAL) to edit outside the app.", severity="warning")
+            return
+        area = self._current_area()
+        with tempfile.NamedTemporaryFile("w", suffix=".py", delete=False, encoding="utf-8") as handle:
+            handle.write(area.text)
+        scratch = Path(handle.name)
+        try:
+            with self.app.suspend():
+                subprocess.run([*shlex.split(editor), str(scratch)], check=False)
+        except SuspendNotSupported:
+            self.notify("This terminal cannot hand over to $EDITOR here.", severity="error")
+            return
+        finally:
+            edited = scratch.read_text(encoding="utf-8")
+            scratch.unlink(missing_ok=True)
+        area.load_text(edited)
+        self.action_save()

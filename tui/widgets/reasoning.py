@@ -1,0 +1,93 @@
+"""Agent reasoning: the draft in progress streamed as Markdown, and the proposal in view."""
+
+from __future__ import annotations
+
+from textual.app import ComposeResult
+from textual.containers import VerticalScroll
+from textual.content import Content
+from textual.widget import Widget
+from textual.widgets import Markdown, Static
+from textual.widgets.markdown import MarkdownStream
+
+from engine.records import Proposal
+from tui.widgets.panel import Panel
+
+KIND_HEADINGS = {"thinking": "*thinking*", "text": "", "tool": "`tool`"}
+
+
+def proposal_summary(proposal: Proposal) -> Content:
+    usage = proposal.usage
+    tokens = usage.input_tokens + usage.output_tokens
+    return Content.from_markup(
+        "[b]#$id $description[/b]\n[dim]hypothesis:[/dim] $hypothesis\n"
+        "[dim]$agent · $tokens tokens · $cost[/dim]",
+        id=str(proposal.id), description=proposal.description,
+        hypothesis=proposal.hypothesis or "—", agent=proposal.agent,
+        tokens=f"{tokens:,}", cost=f"${usage.cost_usd:.4f}",
+    )
+
+
+class ReasoningPanel(Panel):
+    TITLE = "agent reasoning"
+
+    def __init__(self, **kwargs) -> None:
+        super().__init__(**kwargs)
+        self.draft_id: int | None = None
+        self._stream: MarkdownStream | None = None
+        self._last_kind: str | None = None
+        self.text = ""          # the whole streamed reasoning of the current draft, as Markdown
+
+    def compose(self) -> ComposeResult:
+        yield Static("waiting for the agent…", id="proposal-summary")
+        with VerticalScroll(id="reasoning-scroll", can_focus=True):
+            yield Markdown(id="reasoning")
+
+    def focus_target(self) -> Widget:
+        return self.query_one("#reasoning-scroll")
+
+    def on_mount(self) -> None:
+        super().on_mount()
+        self.query_one("#reasoning-scroll").anchor()
+
+    def show_proposal(self, proposal: Proposal | None) -> None:
+        summary = self.query_one("#proposal-summary", Static)
+        if proposal is not None:
+            summary.update(proposal_summary(proposal))
+        elif self.draft_id is not None:
+            summary.update(Content.from_markup("[dim]drafting #$id…[/dim]", id=str(self.draft_id)))
+        else:
+            summary.update("waiting for the agent…")
+
+    async def start_draft(self, draft_id: int, agent: str, base_commit: str) -> None:
+        await self._stop_stream()
+        self.draft_id = draft_id
+        self._last_kind = None
+        self.text = ""
+        self.border_subtitle = f"draft #{draft_id} · {agent} · base {base_commit[:7]}"
+        await self.query_one("#reasoning", Markdown).update("")
+        self._stream = Markdown.get_stream(self.query_one("#reasoning", Markdown))
+
+    async def append(self, draft_id: int, chunks: list[tuple[str, str]]) -> None:
+        if draft_id != self.draft_id or self._stream is None:
+            await self.start_draft(draft_id, "agent", "")
+        fragment = []
+        for kind, text in chunks:
+            if kind != self._last_kind:
+                heading = KIND_HEADINGS.get(kind, f"`{kind}`")
+                separator = "\n\n" if self.text or fragment else ""
+                fragment.append(f"{separator}{heading}\n\n" if heading else separator)
+                self._last_kind = kind
+            fragment.append(text)
+        piece = "".join(fragment)
+        self.text += piece
+        await self._stream.write(piece)
+
+    async def end_draft(self, note: str = "") -> None:
+        if note:
+            await self.append(self.draft_id if self.draft_id is not None else -1, [("note", note)])
+        await self._stop_stream()
+
+    async def _stop_stream(self) -> None:
+        if self._stream is not None:
+            await self._stream.stop()
+            self._stream = None
