@@ -14,6 +14,7 @@ resumes where it stopped.
 
 from __future__ import annotations
 
+import copy
 import json
 import os
 import sys
@@ -24,7 +25,7 @@ from pathlib import Path
 from typing import Callable
 
 from engine import patch
-from engine.agents.base import Agent, AgentError, DraftCancelled, DraftContext
+from engine.agents.base import Agent, AgentError, DraftCancelled, DraftContext, HistoryItem
 from engine.events import (BestUpdated, DecisionMade, DraftFailed, DraftStarted, Event,
                            LogLines, ModeChanged, NoiseFloor, Notice, Preparing,
                            ProposalReady, ProposalRebased, ProposalStale, ReasoningDelta,
@@ -651,7 +652,7 @@ class Session:
             harness_source=_harness_source(), history=self.journal.history(limit=200),
             best_val_bpb=best[1] if best else None, noise_floor=self.noise_floor,
             validate=lambda files: self._validation_error(base_commit, base_files, files),
-            feedback=feedback)
+            feedback=feedback, in_flight=self._in_flight())
         emit = lambda kind, text: self._emit(ReasoningDelta(draft_id, kind, text))  # noqa: E731
         try:
             draft = self.agent.draft(ctx, emit, self._cancel_draft)
@@ -682,7 +683,7 @@ class Session:
             now_best = self.best
         if now_best and now_best[0] != base_commit and not self._rebase(proposal, now_best[0]):
             return
-        self._emit(ProposalReady(proposal))
+        self._emit(ProposalReady(copy.deepcopy(proposal)))   # a rebase changes the live one
         if auto and proposal.id in self._review:
             self._decide(proposal.id, Decision(proposal.id, DecisionKind.ACCEPT, "auto"))
 
@@ -694,6 +695,15 @@ class Session:
         except patch.PatchRefused as exc:
             return str(exc)
         return None
+
+    def _in_flight(self) -> list[HistoryItem]:
+        """Proposals waiting, queued or training: the agent must not propose them again."""
+        with self._lock:
+            ids = list(self._review) + list(self._queue) + \
+                ([self._up_next] if self._up_next is not None else [])
+            return [HistoryItem(description=p.description, hypothesis=p.hypothesis,
+                                status=p.state.value, diff=p.diff)
+                    for p in (self._proposals[i] for i in ids if i in self._proposals)]
 
     def _add_feedback(self, note: str) -> None:
         """Queue a note for the agent's next draft; notes pile up until a draft takes them."""

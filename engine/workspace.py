@@ -265,10 +265,12 @@ def _free_tag(repo: git.Repo, tag: str) -> str:
 class Workspace:
     """An opened workspace: its settings and the git operations the session needs."""
 
+    # Reads go through `git` subprocesses, not a shared GitPython Repo: a Repo is not safe
+    # to use from the trainer and drafter threads at once (seen hanging).
+
     def __init__(self, root: Path, config: Config):
         self.root = Path(root)
         self.config = config
-        self.repo = git.Repo(self.root)
 
     @classmethod
     def open(cls, directory: str | Path) -> "Workspace":
@@ -308,10 +310,10 @@ class Workspace:
 
     def head(self) -> str:
         """The commit the research branch points at."""
-        return self.repo.commit(self.branch).hexsha
+        return self.resolve(self.branch)
 
     def resolve(self, rev: str) -> str:
-        return self.repo.commit(rev).hexsha
+        return _git(self.root, "rev-parse", "--verify", f"{rev}^{{commit}}").decode().strip()
 
     def file_at(self, commit: str, path: str) -> str:
         """Text of one file at a commit (UTF-8, exactly as committed)."""
@@ -332,7 +334,8 @@ class Workspace:
         return listing.split(" ", 1)[0] if listing else None
 
     def is_ancestor(self, ancestor: str, descendant: str) -> bool:
-        return self.repo.is_ancestor(ancestor, descendant)
+        return _git(self.root, "merge-base", "--is-ancestor", ancestor, descendant,
+                    check=False) is not None
 
     # ---- human edits ----
 
@@ -418,9 +421,10 @@ class Workspace:
         _git(self.root, "checkout", "-q", commit, "--", *self.config.targets)
 
     def _require_on_branch(self) -> None:
-        if self.repo.head.is_detached or self.repo.active_branch.name != self.branch:
-            current = "a detached HEAD" if self.repo.head.is_detached \
-                else f"branch {self.repo.active_branch.name}"
+        head = _git(self.root, "symbolic-ref", "-q", "--short", "HEAD", check=False)
+        current_branch = head.decode().strip() if head is not None else None
+        if current_branch != self.branch:
+            current = f"branch {current_branch}" if current_branch else "a detached HEAD"
             raise WorkspaceError(
                 f"{self.root} is on {current}, but pairlab runs experiments on {self.branch}: "
                 f"run `git -C {self.root} checkout {self.branch}`")

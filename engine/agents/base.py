@@ -57,7 +57,8 @@ class DraftContext:
     best_val_bpb: float | None = None
     noise_floor: float | None = None
     validate: Validate = lambda files: None
-    feedback: str = ""               # why the previous draft was sent back, if it was
+    feedback: str = ""               # notes from the engine: a stale draft, a human's edit
+    in_flight: list[HistoryItem] = field(default_factory=list)   # pending, queued, training
 
 
 class Agent(Protocol):

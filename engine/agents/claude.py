@@ -229,7 +229,7 @@ class _DraftRun:
         ask = ("Propose the next experiment: edit the target file(s) with "
                "str_replace_based_edit_tool, then call submit_experiment.")
         if ctx.feedback:
-            ask += f"\n\nYour previous draft was sent back: {ctx.feedback}"
+            ask += f"\n\nNotes from pairlab since your last draft:\n{ctx.feedback}"
         self.messages: list[dict] = [{"role": "user", "content": [{"type": "text", "text": ask}]}]
 
     def emit(self, kind: str, text: str) -> None:
@@ -263,7 +263,7 @@ class _DraftRun:
                         return draft
             self.messages.append({"role": "user", "content": answer})
         raise AgentError(f"Claude did not submit an experiment within {self.agent.max_turns} turns",
-                         hint="the draft was dropped; a new one will be requested", retryable=True)
+                         hint="the draft was dropped; press p to resume and the agent drafts again", retryable=True)
 
     # ---- tools --------------------------------------------------------------------------
 
@@ -318,7 +318,7 @@ class _DraftRun:
             raise AgentError(
                 f"Claude made {self.failures} failed edits or submissions in a row; "
                 f"the last: {self.redact(message.splitlines()[0])}",
-                hint="the draft was dropped; a new one will be requested", retryable=True)
+                hint="the draft was dropped; press p to resume and the agent drafts again", retryable=True)
         return message
 
     @staticmethod
@@ -481,6 +481,14 @@ def _dynamic_context(ctx: DraftContext, history_limit: int) -> str:
         lines.append("</experiment>")
         parts.append("\n".join(lines))
     parts.append("</history>")
+
+    if ctx.in_flight:
+        parts.append("<in_flight note=\"already proposed and waiting, queued or training: "
+                     "do not propose these again\">")
+        for item in ctx.in_flight:
+            parts.append(f"<proposal status=\"{item.status}\">description: {item.description}"
+                         f"\n```diff\n{_clip(item.diff)}\n```\n</proposal>")
+        parts.append("</in_flight>")
 
     best = "none yet" if ctx.best_val_bpb is None else f"{ctx.best_val_bpb:.6f}"
     state = f"best val_bpb so far: {best}"

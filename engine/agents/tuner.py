@@ -498,7 +498,7 @@ class TunerAgent:
                              "add literal hyperparameters at module level, or lift the vetoes "
                              "that freeze them")
         if ctx.feedback:
-            say(f"The last draft was sent back: {ctx.feedback}")
+            say(f"Notes from pairlab: {ctx.feedback}")
 
         refusals: list[str] = []
         seen: set[tuple] = set()
