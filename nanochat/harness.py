@@ -7,6 +7,7 @@ the packing of validation rows, bits-per-byte, and the result file the engine re
 """
 
 import bisect
+import hashlib
 import itertools
 import json
 import math
@@ -23,6 +24,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from nanochat.prepare import FORMAT, dataset_checksum
+
 _PROCESS_STARTED = time.time()
 
 # The lines that fence train.py's hand-off to finish(); engine/patch.py refuses patches inside.
@@ -32,7 +35,6 @@ PROTECTED_BEGIN = (
 )
 PROTECTED_END = "# ---- pairlab: protected end ----"
 
-DATASET_FORMAT = 1
 EXIT_SETUP_ERROR = 2  # no data, bad settings: nothing was trained
 EXIT_TRAINING_FAILED = 3  # loss went nan/inf or exploded
 
@@ -120,9 +122,9 @@ def _data_file(directory, name):
 @lru_cache(maxsize=None)
 def _meta(directory):
     meta = json.loads(_data_file(directory, "meta.json").read_text())
-    if meta.get("format") != DATASET_FORMAT:
+    if meta.get("format") != FORMAT:
         fail(f"dataset at {directory} has format {meta.get('format')}, this harness reads "
-             f"format {DATASET_FORMAT}: run `pairlab prepare` again", EXIT_SETUP_ERROR)
+             f"format {FORMAT}: run `pairlab prepare` again", EXIT_SETUP_ERROR)
     return meta
 
 
@@ -320,6 +322,12 @@ def evaluate_bpb(model, batch_size):
     return evaluate(model, batch_size).val_bpb
 
 
+def data_checksum(directory):
+    """prepare.py's meta.json checksum, computed from the files themselves: a meta.json
+    copied next to other validation data must not vouch for it."""
+    return dataset_checksum(Path(directory))
+
+
 # ---------------------------------------------------------------------------
 # Health and efficiency
 # ---------------------------------------------------------------------------
@@ -414,8 +422,13 @@ def _write_json_atomically(path, payload):
 
 def finish(model, *, autocast, batch_size, num_steps, total_tokens, training_seconds,
            flops_per_token, depth):
-    """Evaluates the trained model, writes the result JSON that the engine reads, prints
-    autoresearch's summary block. The only source of val_bpb."""
+    """Evaluates the trained model, prints autoresearch's summary block, writes the result
+    JSON that the engine reads (the only source of val_bpb) and ends the process.
+
+    Ending it here is what keeps the result honest: code after the protected block, an
+    atexit hook or a finally clause in train.py never runs after the result is written,
+    so none of it can rewrite the file."""
+    directory = str(data_dir())
     with autocast:
         evaluation = evaluate(model, batch_size)
     if not math.isfinite(evaluation.val_bpb):
@@ -429,7 +442,7 @@ def finish(model, *, autocast, batch_size, num_steps, total_tokens, training_sec
         "val_bpb": evaluation.val_bpb,
         "eval_tokens": evaluation.tokens,
         "eval_bytes": evaluation.bytes,
-        "data_checksum": load_meta()["checksum"],
+        "data_checksum": data_checksum(directory),
         "training_seconds": training_seconds,
         "total_seconds": time.time() - _PROCESS_STARTED,
         "peak_memory_mb": peak_memory_mb(),
@@ -441,7 +454,6 @@ def finish(model, *, autocast, batch_size, num_steps, total_tokens, training_sec
         "device": DEVICE,
         "seq_len": MAX_SEQ_LEN,
     }
-    _write_json_atomically(RESULT_PATH, result)
     print("---")
     print(f"val_bpb:          {result['val_bpb']:.6f}")
     print(f"training_seconds: {result['training_seconds']:.1f}")
@@ -452,4 +464,7 @@ def finish(model, *, autocast, batch_size, num_steps, total_tokens, training_sec
     print(f"num_steps:        {num_steps}")
     print(f"num_params_M:     {result['num_params'] / 1e6:.1f}")
     print(f"depth:            {depth}")
-    return result
+    _write_json_atomically(RESULT_PATH, result)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)

@@ -74,7 +74,7 @@ TINYSTORIES_TRAIN_BYTES = 200_000_000  # the train file is 2.2 GB; a prefix is p
 DOWNLOAD_TIMEOUT = 30  # seconds without data before a download is given up
 
 SOURCES = ("default", "climbmix", "tinystories")
-FORMAT = 1
+FORMAT = 2
 BOS_TOKEN = "<|bos|>"
 # GPT-4 style split pattern with \p{N}{1,2}, as autoresearch uses
 SPLIT_PATTERN = r"""'(?i:[sdmt]|ll|ve|re)|[^\r\n\p{L}\p{N}]?+\p{L}+|\p{N}{1,2}| ?[^\s\p{L}\p{N}]++[\r\n]*|\s*[\r\n]|\s+(?!\S)|\s+"""
@@ -126,7 +126,26 @@ def default_dataset_dir(cache_dir: str | Path | None = None) -> Path:
 
 def is_prepared(dataset_dir: Path) -> bool:
     names = ("meta.json", "tokenizer.pkl", "token_bytes.npy", "train.bin", "val.bin")
-    return all((Path(dataset_dir) / name).is_file() for name in names)
+    if not all((Path(dataset_dir) / name).is_file() for name in names):
+        return False
+    try:
+        return json.loads((Path(dataset_dir) / "meta.json").read_text()).get("format") == FORMAT
+    except (OSError, ValueError):
+        return False
+
+
+# What val_bpb depends on besides the model: the validation tokens, the tokenizer, and the
+# byte length of each token. The harness recomputes this from the files it evaluated on.
+CHECKSUMMED = ("val.bin", "tokenizer.pkl", "token_bytes.npy")
+
+
+def dataset_checksum(dataset_dir: Path) -> str:
+    digest = hashlib.sha256()
+    for name in CHECKSUMMED:
+        with open(Path(dataset_dir) / name, "rb") as f:
+            for chunk in iter(lambda: f.read(1 << 20), b""):
+                digest.update(chunk)
+    return digest.hexdigest()
 
 
 def custom_dataset_name(paths: Iterable[str | Path]) -> str:
@@ -549,7 +568,7 @@ def prepare_dataset(source: str = "default", cache_dir: str | Path | None = None
             "train_tokens": int(train_ids.size), "val_tokens": int(val_ids.size),
             "train_docs": len(train), "val_docs": len(val),
             "train_bytes": train_bytes, "val_bytes": val_bytes,
-            "checksum": hashlib.sha256(val_ids.astype("<u2").tobytes() + tokenizer_bytes).hexdigest(),
+            "checksum": dataset_checksum(scratch),
             "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
             "max_bytes": max_bytes,
             "prepare_seconds": round(time.time() - started, 1),

@@ -89,9 +89,10 @@ def test_streams_match_meta(dataset_dir):
         assert sum(len(t.encode("utf-8")) for t in texts) == meta[f"{split}_bytes"]
     assert meta["val_tokens"] >= 40_000
     assert 900_000 < meta["train_bytes"] <= 1_000_000  # --max-bytes
-    val_and_tokenizer = (dataset_dir / "val.bin").read_bytes() + (dataset_dir / "tokenizer.pkl").read_bytes()
-    assert meta["checksum"] == prepare.hashlib.sha256(val_and_tokenizer).hexdigest()
-    assert meta["format"] == 1 and meta["source"] == "default"
+    checksummed = b"".join((dataset_dir / name).read_bytes()
+                           for name in ("val.bin", "tokenizer.pkl", "token_bytes.npy"))
+    assert meta["checksum"] == prepare.hashlib.sha256(checksummed).hexdigest()
+    assert meta["format"] == prepare.FORMAT and meta["source"] == "default"
 
 
 def test_val_split_is_fixed_whole_works_and_disjoint(dataset_dir, small_cache):

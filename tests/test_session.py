@@ -182,7 +182,7 @@ def test_engine_killed_mid_run_resumes_with_nothing_lost(tiny_workspace, dataset
         r["kind"] == "experiment" for r in _runs(journal_path, running=True)),
         timeout=180, what="an experiment in flight")
     before = _runs(journal_path)
-    assert _trainers(tiny_workspace.root)
+    wait_for(lambda: _trainers(tiny_workspace.root), timeout=30, what="the training process")
     proc.send_signal(signal.SIGKILL)
     proc.wait(timeout=10)
     # the orphaned training run dies with the engine instead of holding the accelerator

@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 import torch
 
-from nanochat import harness
+from nanochat import harness, prepare
 
 REPO = Path(__file__).resolve().parents[1]
 TEMPLATE = REPO / "nanochat" / "train.py"
@@ -183,7 +183,7 @@ def tiny_val(tmp_path, monkeypatch):
     """A dataset dir holding only what evaluation reads; seq_len 4, 8 eval tokens: 2 rows."""
     np.save(tmp_path / "token_bytes.npy", np.array(TOKEN_BYTES, dtype=np.int32))
     np.array(VAL, dtype=np.uint16).tofile(tmp_path / "val.bin")
-    (tmp_path / "meta.json").write_text(json.dumps({"format": 1, "bos_id": BOS}))
+    (tmp_path / "meta.json").write_text(json.dumps({"format": prepare.FORMAT, "bos_id": BOS}))
     monkeypatch.setenv("PAIRLAB_DATA_DIR", str(tmp_path))
     monkeypatch.setattr(harness, "DEVICE", "cpu")
     monkeypatch.setattr(harness, "MAX_SEQ_LEN", 4)

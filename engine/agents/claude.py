@@ -308,8 +308,10 @@ class _DraftRun:
         self.emit("tool", f"submit_experiment: {problem.splitlines()[0] if problem else 'accepted'}")
         if problem:
             return self.result(answer, call, self.fail(problem), error=True)
-        return Draft(description=description.strip(), hypothesis=hypothesis.strip(), files=files,
-                     reasoning="\n\n".join(self.reasoning), usage=self.usage)
+        # The model's words go into commit messages, events and the screen: never the key.
+        return Draft(description=self.redact(description.strip()),
+                     hypothesis=self.redact(hypothesis.strip()), files=files,
+                     reasoning=self.redact("\n\n".join(self.reasoning)), usage=self.usage)
 
     def fail(self, message: str) -> str:
         """Count a failed edit or submission; abandon the draft after too many in a row."""
