@@ -219,7 +219,10 @@ class Journal:
                     cursor = self._db.execute(sql, params)
                 self._db.execute("COMMIT")
             except BaseException:
-                self._db.execute("ROLLBACK")
+                # a COMMIT that failed (e.g. disk full) has rolled back already; a second
+                # ROLLBACK would raise and hide the real error
+                if self._db.in_transaction:
+                    self._db.execute("ROLLBACK")
                 raise
             return cursor
 

@@ -269,6 +269,10 @@ class Runner:
             return self._result(RunStatus.CRASH, _signal_message(-returncode, kept))
         if returncode != 0:
             return self._result(RunStatus.CRASH, _crash_message(name, returncode, kept))
+        if self._collector.log_error is not None:
+            return self._result(RunStatus.CRASH, f"the run's log could not be written "
+                                f"({self._collector.log_error}): free disk space in "
+                                f"{self.log_path.parent}")
         if self.metric_source == "summary_line":
             summary = _summary_block(kept)
             error = _invalid_val_bpb(summary.get("val_bpb"))
@@ -346,6 +350,7 @@ class _OutputCollector:
         self.log_file = log_file
         self.started = started
         self.kept: deque[str] = deque(maxlen=KEPT_LINES)
+        self.log_error: OSError | None = None
         self.last_output_at = started
         self._decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
         self._buffer = ""
@@ -453,8 +458,12 @@ class _OutputCollector:
     def _write(self, finished: list[str]) -> None:
         if not finished:
             return
-        self.log_file.write("".join(line + "\n" for line in finished))
-        self.log_file.flush()
+        if self.log_error is None:
+            try:
+                self.log_file.write("".join(line + "\n" for line in finished))
+                self.log_file.flush()
+            except OSError as exc:       # e.g. disk full: keep draining the pipe, say so later
+                self.log_error = exc
         self.kept.extend(finished)
         with self._lock:
             self._lines.extend(finished)

@@ -152,6 +152,10 @@ class Session:
             try:
                 target()
             except Exception as exc:
+                full = _disk_full_error(exc)
+                if full is not None:
+                    self._stop_for_full_disk(full)
+                    return
                 import traceback
                 self._notice("error", f"internal error in {threading.current_thread().name}: "
                              f"{type(exc).__name__}: {exc}",
@@ -161,6 +165,23 @@ class Session:
                     traceback.format_exc())
                 self._request_stop("internal error")
         return run
+
+    def _stop_for_full_disk(self, exc: Exception) -> None:
+        """No space left: stop before anything half-written. Everything the journal holds
+        stays; a run cut off here is marked interrupted and trains again on the next start."""
+        message = (f"disk full: no space left on the device of {self.workspace.root} "
+                   f"({exc}); pairlab stopped the loop")
+        hint = ("free some space there, then start pairlab again: it resumes where it "
+                "stopped, and nothing already recorded is lost")
+        if self._stop_reason != "disk full":  # the other loop thread may have said it already
+            try:
+                self.journal.add_notice("error", message, hint)
+            except Exception:                 # the journal is on the full disk too
+                pass
+            self._emit(Notice("error", message, hint))
+        self._request_stop("disk full")
+        if threading.current_thread().name == "pairlab-trainer":
+            self._finish()                    # the trainer's loop ended before its _finish
 
     def wait(self, timeout: float | None = None) -> bool:
         """Block until the loop stops by itself (a cap was reached). True if it stopped."""
@@ -356,6 +377,15 @@ class Session:
                          f"when the engine stopped{again}", "nothing recorded was lost")
         best = self.best
         if best:
+            head = self.workspace.head()
+            if head != best[0]:
+                # e.g. the engine died between committing an experiment and starting its run
+                self._notice(
+                    "warning", f"the research branch stood at {head[:7]}, a commit with no "
+                    f"result in the journal: pairlab reset it to the best kept commit "
+                    f"{best[0][:7]}; an accepted proposal that had not trained yet trains now",
+                    f"nothing recorded was lost; to keep that commit anyway: "
+                    f"`git branch keep-{head[:7]} {head[:7]}`")
             self._protect_human_changes("pairlab restored the research branch")
             self.workspace.reset_to(best[0])
         # Read once here, before the loop threads exist: GitPython's Repo is not thread-safe
@@ -424,6 +454,19 @@ class Session:
                              "--text FILE...` to use your own text")
                 self._request_stop("no training data")
                 return
+        # Missing or corrupt data would crash every run, or worse, change the metric: pause
+        # until the user rebuilds it, then check again.
+        while not self._stopping.is_set():
+            problem = _data_problem(Path(self.settings.data_dir))
+            if problem is None:
+                break
+            self._notice("error", problem, "rebuild it with `pairlab prepare --force` (with "
+                         "your own text: `pairlab prepare --text FILE... --force`), then "
+                         "press p to resume")
+            self.pause("the training data is missing or corrupt")
+            with self._lock:
+                while self._paused and not self._stopping.is_set():
+                    self._wake.wait(0.5)
         meta = Path(self.settings.data_dir) / "meta.json"
         self._data_checksum = json.loads(meta.read_text())["checksum"] if meta.is_file() \
             else None
@@ -791,6 +834,55 @@ def _commit_message(proposal: Proposal, decision: Decision | None) -> str:
     if decision and decision.kind == DecisionKind.EDIT:
         lines.append("pairlab-edited-by: human")
     return "\n".join(lines) + "\n"
+
+
+def _data_problem(directory: Path) -> str | None:
+    """What is wrong with a prepared dataset dir (contracts §1), in words; None if it is whole.
+
+    Sizes against meta.json first (a truncated file says which), then the checksum prepare
+    wrote, which the harness recomputes for every result."""
+    from nanochat import prepare
+    if not directory.is_dir():
+        return f"there is no prepared training data at {directory}"
+    names = ("meta.json", "tokenizer.pkl", "token_bytes.npy", "train.bin", "val.bin")
+    missing = [name for name in names if not (directory / name).is_file()]
+    if missing:
+        return f"the training data at {directory} is incomplete: {', '.join(missing)} missing"
+    try:
+        meta = json.loads((directory / "meta.json").read_text())
+        expected = {"train.bin": 2 * int(meta["train_tokens"]),
+                    "val.bin": 2 * int(meta["val_tokens"])}
+        checksum, version = str(meta["checksum"]), meta.get("format")
+    except (ValueError, KeyError, TypeError, OSError) as exc:
+        return f"the training data at {directory} has an unreadable meta.json ({exc})"
+    if version != prepare.FORMAT:
+        return (f"the training data at {directory} has format {version}; this pairlab "
+                f"reads format {prepare.FORMAT}")
+    for name, size in expected.items():
+        actual = (directory / name).stat().st_size
+        if actual != size:
+            return (f"the training data at {directory} is corrupt: {name} is {actual:,} "
+                    f"bytes, meta.json says {size:,} (truncated or overwritten)")
+    if prepare.dataset_checksum(directory) != checksum:
+        *first, last = prepare.CHECKSUMMED
+        return (f"the training data at {directory} is corrupt: {', '.join(first)} or {last} "
+                f"changed since it was prepared (checksum mismatch)")
+    return None
+
+
+def _disk_full_error(exc: BaseException | None) -> BaseException | None:
+    """The ENOSPC of a file write, SQLite's SQLITE_FULL or git failing for lack of space,
+    also when it caused a later error (a failed ROLLBACK after a full COMMIT); else None."""
+    import errno
+    while exc is not None:
+        if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
+            return exc
+        text = str(exc)
+        if "database or disk is full" in text or "No space left on device" in text \
+                or "Disk quota exceeded" in text:
+            return exc
+        exc = exc.__cause__ or exc.__context__
+    return None
 
 
 def _harness_source() -> str:

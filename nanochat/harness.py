@@ -434,8 +434,9 @@ def finish(model, *, autocast, batch_size, num_steps, total_tokens, training_sec
     if not math.isfinite(evaluation.val_bpb):
         fail(f"val_bpb is {evaluation.val_bpb} after {num_steps} steps", EXIT_TRAINING_FAILED)
     compute_dtype = getattr(autocast, "fast_dtype", torch.float32)  # nullcontext: fp32
-    mfu = (100 * flops_per_token * total_tokens / max(training_seconds, 1e-9)
-           / peak_flops(compute_dtype))
+    # under the untimed warm-up steps nothing was timed: no MFU rather than an absurd one
+    mfu = (100 * flops_per_token * total_tokens / training_seconds / peak_flops(compute_dtype)
+           if training_seconds > 0 else 0.0)
     result = {
         "schema": 1,
         "run_id": RUN_ID,
