@@ -101,12 +101,12 @@ class ChartPanel(Panel, can_focus=True):
         position = {e.run_id: index for index, e in enumerate(rows, 1)}
         scored = [e for e in rows if e.val_bpb is not None]
         if not scored:
-            plt.title("val_bpb: no finished run yet")
+            self.border_subtitle = "no finished run yet"
             plot.refresh()
             return
         low = min(e.val_bpb for e in scored)
         high = max(e.val_bpb for e in scored)
-        baseline = next((e.val_bpb for e in scored if e.id == 0), scored[0].val_bpb)
+        baseline = scored[0].val_bpb            # the first run to finish is the baseline
         if self.noise_floor:
             for edge in (baseline - self.noise_floor, baseline + self.noise_floor):
                 plt.hline(edge, "gray")
@@ -135,8 +135,8 @@ class ChartPanel(Panel, can_focus=True):
             plt.scatter([position[e.run_id] for e in crashed], [crash_y] * len(crashed),
                         color="red", marker="x", label="crashed")
         plt.ylim(low - span * 0.1, crash_y + span * 0.05)
-        plt.xlabel("run (in order)")
-        plt.title(f"val_bpb · best {best:.4f} · baseline {baseline:.4f}")
+        # words go in the border, so that every row of a small terminal is chart
+        self.border_subtitle = f"best {best:.4f} · baseline {baseline:.4f} · x: run"
         plot.refresh()
 
     def _draw_live(self) -> None:
@@ -146,7 +146,6 @@ class ChartPanel(Panel, can_focus=True):
         plt.clear_figure()
         live = self.curves.get(self.live_run_id or "", [])
         if not live:
-            plt.title("loss: waiting for the first step")
             plot.refresh()
             return
         now = live[-1][0]
@@ -159,5 +158,5 @@ class ChartPanel(Panel, can_focus=True):
                 plt.plot([t for t, _ in same_span], [loss for _, loss in same_span],
                          color="green", label="best run")
                 title += f" · best run {same_span[-1][1]:.3f}"
-        plt.title(title)
+        plt.title(title)                       # the loss plot names its own numbers
         plot.refresh()

@@ -47,7 +47,7 @@ class StatusLine(Static):
         self.redraw()
 
     def redraw(self) -> None:
-        compact = self.size.width < 110
+        compact = self.size.width < 140    # the full line needs ~135 columns
         state = STATE_WORDS.get(self.state, self.state)
         state_style = {"paused": "$warning", "stopped": "$error", "training": "$success",
                        "baseline": "$success", "reviewing": "$accent"}.get(self.state, "$primary")
@@ -59,7 +59,7 @@ class StatusLine(Static):
         elif self.detail and not compact:
             parts.append(Content(f" · {self.detail}"))
         bar = " │ " if compact else "  │  "
-        parts.append(Content.from_markup(f"{bar}{'' if compact else 'mode '}[b]$mode[/b]",
+        parts.append(Content.from_markup(f"{bar}mode [b]$mode[/b]",
                                          mode=self.mode))
         if self.best:
             best = f"{self.best[1]:.4f}" if compact else f"{self.best[1]:.6f} @ {self.best[0][:7]}"
