@@ -7,7 +7,6 @@ the packing of validation rows, bits-per-byte, and the result file the engine re
 """
 
 import bisect
-import hashlib
 import itertools
 import json
 import math

@@ -6,7 +6,6 @@ Usage: python train.py   (settings such as the time budget come from PAIRLAB_* v
 """
 
 import gc
-import math
 import time
 from contextlib import nullcontext
 from dataclasses import dataclass

@@ -274,14 +274,6 @@ def run_fault(workspace: Workspace, settings: SessionSettings,
     return outcome
 
 
-def insert_after_constants(text: str, code: str) -> str:
-    """train.py with `code` right after the hyperparameter block (SEED is its last line)."""
-    assert "\nSEED = " in text
-    head, rest = text.split("\nSEED = ", 1)
-    line, tail = rest.split("\n", 1)
-    return f"{head}\nSEED = {line}\n{code}\n{tail}"
-
-
 def prepend(text: str, code: str) -> str:
     """train.py with `code` first: it runs before torch is even imported (fast faults)."""
     return f"{code}\n{text}"

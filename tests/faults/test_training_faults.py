@@ -7,7 +7,7 @@ the user reads names what happened.
 """
 
 from engine.records import RunStatus
-from tests.faults.conftest import (assert_nothing_lost, fault_settings, insert_after_constants,
+from tests.faults.conftest import (assert_nothing_lost, fault_settings,
                                    prepend, results_rows, run_fault)
 
 
