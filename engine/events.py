@@ -194,6 +194,27 @@ class Notice(Event):
 
 
 @dataclass
+class WinHeld(Event):
+    """An unusually large win, confirmed by a re-run, waits for a human: accept keeps it."""
+
+    type: ClassVar[str] = "win_held"
+    proposal_id: int
+    experiment_id: int
+    val_bpb: float
+    best_val_bpb: float
+    diff: str
+
+
+@dataclass
+class SteeringNote(Event):
+    """A note from the human for the agent's next draft."""
+
+    type: ClassVar[str] = "note"
+    note_id: int
+    text: str
+
+
+@dataclass
 class SessionStopped(Event):
     type: ClassVar[str] = "stopped"
     reason: str
@@ -205,5 +226,5 @@ EVENT_TYPES: dict[str, type[Event]] = {
     for cls in (StateChanged, Preparing, ModeChanged, DraftStarted, ReasoningDelta, DraftFailed,
                 ProposalReady, ProposalRebased, ProposalStale, DecisionMade, RunStarted,
                 LogLines, RunProgress, RunFinished, BestUpdated, NoiseFloor, DeviceSample,
-                Notice, SessionStopped)
+                Notice, WinHeld, SteeringNote, SessionStopped)
 }

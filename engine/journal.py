@@ -41,6 +41,8 @@ TSV_STATUS = {
     RunStatus.TIMEOUT: "crash",
     RunStatus.INTERRUPTED: "crash",
     RunStatus.KILLED: "crash",
+    RunStatus.CONFIRMING: "discard",
+    RunStatus.HELD: "discard",
 }
 TSV_HEADER = "commit\tval_bpb\tmemory_gb\tstatus\tdescription\n"
 FAILED_STATUSES = (RunStatus.CRASH, RunStatus.TIMEOUT, RunStatus.INTERRUPTED, RunStatus.KILLED)
@@ -104,6 +106,15 @@ CREATE TABLE IF NOT EXISTS session_state (
     key TEXT PRIMARY KEY,
     value TEXT NOT NULL                        -- JSON
 );
+CREATE TABLE IF NOT EXISTS notes (             -- the human's steering notes for the agent
+    id INTEGER PRIMARY KEY,
+    text TEXT NOT NULL,
+    at REAL NOT NULL
+);
+CREATE TABLE IF NOT EXISTS note_links (        -- which drafts a note went into
+    note_id INTEGER NOT NULL REFERENCES notes(id),
+    proposal_id INTEGER NOT NULL REFERENCES proposals(id)
+);
 CREATE TABLE IF NOT EXISTS notices (
     id INTEGER PRIMARY KEY,
     level TEXT NOT NULL,
@@ -147,12 +158,16 @@ class Totals:
     """Counts and sums over the whole journal, for the status line and the report."""
 
     runs: int = 0                    # finished runs of every kind
-    experiments: int = 0             # finished runs of proposals (kind experiment)
-    kept: int = 0                    # distinct commits kept, baseline excluded
+    experiments: int = 0             # kept + discarded + crashed + vetoed + held + judging
+    kept: int = 0                    # experiments kept (the baseline is not one)
     discarded: int = 0
-    crashed: int = 0                 # crash, timeout, interrupted, killed
+    crashed: int = 0                 # crash, timeout, killed (an interrupted run trains again)
+    vetoed: int = 0                  # proposals vetoed before they trained
+    held: int = 0                    # unusually large wins waiting for a human
+    judging: int = 0                 # trained, waiting for a noise floor or a re-run
+    noise_repeats: int = 0           # baseline repeats that measure the noise floor
+    confirmations: int = 0           # re-runs that confirm a win
     proposals: int = 0
-    vetoed: int = 0                  # proposals with a veto
     human_edits: int = 0             # edit decisions
     usage: Usage = field(default_factory=Usage)
     training_seconds: float = 0.0    # summed over finished runs
@@ -235,17 +250,22 @@ class Journal:
 
     # ---- proposals -----------------------------------------------------------------
 
-    def add_proposal(self, proposal: Proposal) -> int:
-        """Store a new proposal; the journal assigns the id when `proposal.id` is 0."""
+    def add_proposal(self, proposal: Proposal, note_ids: tuple[int, ...] = ()) -> int:
+        """Store a new proposal, linked to the steering notes its draft was given; the
+        journal assigns the id when `proposal.id` is 0."""
         created_at = proposal.created_at or time.time()
         values = self._proposal_values(proposal)
-        cursor = self._write((
-            "INSERT INTO proposals (id, created_at, agent, description, hypothesis, diff, files,"
-            " base_commit, reasoning, input_tokens, output_tokens, cache_read_tokens,"
-            " cache_write_tokens, cost_usd, state)"
-            " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-            (proposal.id or None, created_at, redact(proposal.agent)) + values))
-        proposal.id = cursor.lastrowid
+        with self._lock:
+            proposal_id = proposal.id or self.next_proposal_id()
+            self._write((
+                "INSERT INTO proposals (id, created_at, agent, description, hypothesis, diff,"
+                " files, base_commit, reasoning, input_tokens, output_tokens, cache_read_tokens,"
+                " cache_write_tokens, cost_usd, state)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (proposal_id, created_at, redact(proposal.agent)) + values),
+                *[("INSERT INTO note_links (note_id, proposal_id) VALUES (?, ?)",
+                   (note_id, proposal_id)) for note_id in note_ids])
+        proposal.id = proposal_id
         proposal.created_at = created_at
         return proposal.id
 
@@ -305,12 +325,14 @@ class Journal:
             statements.append(self._proposal_update(proposal))
         statements.append(("UPDATE proposals SET state = ? WHERE id = ?",
                            (state.value, decision.proposal_id)))
-        statements.append((
-            "INSERT INTO decisions (proposal_id, kind, who, reason, edited_diff, at)"
-            " VALUES (?, ?, ?, ?, ?, ?)",
-            (decision.proposal_id, kind.value, redact(decision.who), redact(decision.reason),
-             redact(decision.edited_diff), decision.at)))
+        statements.append(self._decision_insert(decision))
         self._write(*statements)
+
+    def _decision_insert(self, decision: Decision) -> tuple[str, tuple]:
+        return ("INSERT INTO decisions (proposal_id, kind, who, reason, edited_diff, at)"
+                " VALUES (?, ?, ?, ?, ?, ?)",
+                (decision.proposal_id, DecisionKind(decision.kind).value, redact(decision.who),
+                 redact(decision.reason), redact(decision.edited_diff), decision.at))
 
     def decisions(self, proposal_id: int | None = None) -> list[Decision]:
         if proposal_id is None:
@@ -351,33 +373,63 @@ class Journal:
             self._write(*statements)
         return experiment
 
-    def finish_run(self, result: RunResult, finished_at: float | None = None) -> Experiment:
-        """Store a run's outcome (its proposal goes to done) and return its experiments row."""
+    def finish_run(self, result: RunResult, finished_at: float | None = None, *,
+                   proposal_state: ProposalState | None = None,
+                   settles: RunResult | None = None, state: dict | None = None) -> Experiment:
+        """Store a run's outcome and return its experiments row, in one transaction with
+        what follows from it: its proposal's new state (default: done, for an experiment),
+        the final outcome of the experiment it confirmed (`settles`: status, val_bpb,
+        message and metrics of that experiment's run), and session state values."""
         status = RunStatus(result.status)
+        now = time.time() if finished_at is None else finished_at
         with self._lock:
-            if not self._read("SELECT 1 FROM runs WHERE id = ?", (result.run_id,)):
+            rows = self._read("SELECT kind, proposal_id FROM runs WHERE id = ?",
+                              (result.run_id,))
+            if not rows:
                 raise KeyError(f"no run {result.run_id!r} in the journal; start_run it first")
-            self._write(
-                ("UPDATE runs SET status = ?, val_bpb = ?, memory_gb = ?, training_seconds = ?,"
-                 " total_seconds = ?, num_steps = ?, total_tokens = ?, num_params = ?,"
-                 " device = ?, message = ?, log_path = COALESCE(NULLIF(?, ''), log_path),"
-                 " metrics = ?, finished_at = ? WHERE id = ?",
-                 (status.value, result.val_bpb, result.memory_gb, result.training_seconds,
-                  result.total_seconds, result.num_steps, result.total_tokens,
-                  result.num_params, redact(result.device), redact(result.message),
-                  redact(result.log_path), _dumps(result.metrics),
-                  time.time() if finished_at is None else finished_at,
-                  result.run_id)),
-                ("UPDATE proposals SET state = ?"
-                 " WHERE id = (SELECT proposal_id FROM runs WHERE id = ?)",
-                 (ProposalState.DONE.value, result.run_id)))
+            kind, proposal_id = rows[0]["kind"], rows[0]["proposal_id"]
+            if proposal_state is None and kind == "experiment":
+                proposal_state = ProposalState.DONE
+            statements = [self._run_update(result, now)]
+            if settles is not None:
+                statements.append(self._run_update(settles, now))
+            if proposal_state is not None and proposal_id is not None:
+                statements.append(("UPDATE proposals SET state = ? WHERE id = ?",
+                                   (ProposalState(proposal_state).value, proposal_id)))
+            statements += [self._state_upsert(k, v) for k, v in (state or {}).items()]
+            self._write(*statements)
             return self.get_run(result.run_id)
+
+    def settle_held(self, run_id: str, status: RunStatus, decision: Decision) -> Experiment:
+        """A human's decision on a held win: its run becomes keep or discard, its proposal
+        done, and the decision is recorded, in one transaction."""
+        decision.at = decision.at or time.time()
+        with self._lock:
+            self._write(
+                ("UPDATE runs SET status = ?, finished_at = ? WHERE id = ? AND status = ?",
+                 (RunStatus(status).value, decision.at, run_id, RunStatus.HELD.value)),
+                ("UPDATE proposals SET state = ? WHERE id = ?",
+                 (ProposalState.DONE.value, decision.proposal_id)),
+                self._decision_insert(decision))
+            return self.get_run(run_id)
+
+    def _run_update(self, result: RunResult, finished_at: float) -> tuple[str, tuple]:
+        return ("UPDATE runs SET status = ?, val_bpb = ?, memory_gb = ?, training_seconds = ?,"
+                " total_seconds = ?, num_steps = ?, total_tokens = ?, num_params = ?,"
+                " device = ?, message = ?, log_path = COALESCE(NULLIF(?, ''), log_path),"
+                " metrics = ?, finished_at = ? WHERE id = ?",
+                (RunStatus(result.status).value, result.val_bpb, result.memory_gb,
+                 result.training_seconds, result.total_seconds, result.num_steps,
+                 result.total_tokens, result.num_params, redact(result.device),
+                 redact(result.message), redact(result.log_path), _dumps(result.metrics),
+                 finished_at, result.run_id))
 
     def interrupted_runs(self) -> list[Experiment]:
         """Mark runs left 'running' by a crashed engine as interrupted and return them.
 
-        Call once at startup. Their proposals go back to accepted, so `pending_proposals()`
-        re-queues them; the baseline and noise repeats (no proposal) are re-queued from this list.
+        Call once at startup. Their experiments' proposals go back to accepted, so
+        `pending_proposals()` re-queues them; the planner schedules the baseline, noise
+        repeats and confirmations again from what the journal lacks.
         """
         with self._lock:
             rows = self._read("SELECT id FROM runs WHERE status = ? ORDER BY experiment",
@@ -386,7 +438,7 @@ class Journal:
                 return []
             self._write(
                 ("UPDATE proposals SET state = ? WHERE id IN"
-                 " (SELECT proposal_id FROM runs WHERE status = ?)",
+                 " (SELECT proposal_id FROM runs WHERE status = ? AND kind = 'experiment')",
                  (ProposalState.ACCEPTED.value, RUNNING)),
                 ("UPDATE runs SET status = ?, message = ?, finished_at = ? WHERE status = ?",
                  (RunStatus.INTERRUPTED.value, INTERRUPTED_MESSAGE, time.time(), RUNNING)))
@@ -413,10 +465,12 @@ class Journal:
         return [dict(r, metrics=json.loads(r["metrics"])) for r in rows]
 
     def best(self) -> Experiment | None:
-        """The last kept run: the commit the research branch stands on."""
+        """The last run kept (a held win is kept when a human accepts it, after later
+        experiments): the commit the research branch stands on."""
         rows = self._read(_EXPERIMENT_SELECT + " WHERE r.status = ? AND r.val_bpb IS NOT NULL"
                           " AND r.kind IN ('baseline', 'experiment')"
-                          " ORDER BY r.experiment DESC LIMIT 1", (RunStatus.KEEP.value,))
+                          " ORDER BY r.finished_at DESC, r.experiment DESC LIMIT 1",
+                          (RunStatus.KEEP.value,))
         return _experiment(rows[0]) if rows else None
 
     def run_count(self) -> int:
@@ -475,9 +529,30 @@ class Journal:
 
     def set_state(self, key: str, value) -> None:
         """Remember a JSON value (best commit, noise floor, mode ...) across restarts."""
-        self._write(("INSERT INTO session_state (key, value) VALUES (?, ?)"
-                     " ON CONFLICT(key) DO UPDATE SET value = excluded.value",
-                     (key, _dumps(value))))
+        self._write(self._state_upsert(key, value))
+
+    @staticmethod
+    def _state_upsert(key: str, value) -> tuple[str, tuple]:
+        return ("INSERT INTO session_state (key, value) VALUES (?, ?)"
+                " ON CONFLICT(key) DO UPDATE SET value = excluded.value", (key, _dumps(value)))
+
+    def add_note(self, text: str, at: float | None = None) -> int:
+        """A steering note from the human, for the agent's next draft; returns its id."""
+        cursor = self._write(("INSERT INTO notes (text, at) VALUES (?, ?)",
+                              (redact(text), time.time() if at is None else at)))
+        return cursor.lastrowid
+
+    def open_notes(self) -> list[tuple[int, str]]:
+        """Notes no draft has taken yet, oldest first, as (id, text)."""
+        rows = self._read("SELECT id, text FROM notes WHERE id NOT IN"
+                          " (SELECT note_id FROM note_links) ORDER BY id")
+        return [(r["id"], r["text"]) for r in rows]
+
+    def notes_for(self, proposal_id: int) -> list[str]:
+        """The steering notes a proposal's draft was given."""
+        rows = self._read("SELECT n.text FROM notes n JOIN note_links l ON l.note_id = n.id"
+                          " WHERE l.proposal_id = ? ORDER BY n.id", (proposal_id,))
+        return [r["text"] for r in rows]
 
     def get_state(self, key: str, default=None):
         rows = self._read("SELECT value FROM session_state WHERE key = ?", (key,))
@@ -503,20 +578,20 @@ class Journal:
     def totals(self) -> Totals:
         finished = self.run_rows()
         totals = Totals(runs=len(finished))
-        kept_commits = set()
+        outcome = {RunStatus.KEEP: "kept", RunStatus.DISCARD: "discarded",
+                   RunStatus.HELD: "held", RunStatus.CONFIRMING: "judging",
+                   RunStatus.CRASH: "crashed", RunStatus.TIMEOUT: "crashed",
+                   RunStatus.KILLED: "crashed"}
         for r in finished:
             status = RunStatus(r["status"])
-            if r["kind"] == "experiment":
-                totals.experiments += 1
-            if status is RunStatus.KEEP and r["kind"] != "baseline":
-                kept_commits.add(r["commit_sha"])
-            elif status is RunStatus.DISCARD:
-                totals.discarded += 1
-            elif status in FAILED_STATUSES:
-                totals.crashed += 1
+            if r["kind"] == "noise":
+                totals.noise_repeats += 1
+            elif r["kind"] == "rerun":
+                totals.confirmations += 1
+            elif r["kind"] == "experiment" and status in outcome:
+                setattr(totals, outcome[status], getattr(totals, outcome[status]) + 1)
             totals.training_seconds += r["training_seconds"]
             totals.run_seconds += r["total_seconds"]
-        totals.kept = len(kept_commits)
         if finished:
             totals.first_started_at = min(r["started_at"] for r in finished)
             totals.last_finished_at = max(r["finished_at"] for r in finished)
@@ -528,11 +603,25 @@ class Journal:
         totals.usage = Usage(input_tokens=usage[1], output_tokens=usage[2],
                              cache_read_tokens=usage[3], cache_write_tokens=usage[4],
                              cost_usd=usage[5])
-        totals.vetoed = self._read("SELECT COUNT(DISTINCT proposal_id) FROM decisions"
-                                   " WHERE kind = ?", (DecisionKind.VETO.value,))[0][0]
+        # a held win that a human vetoed trained: it counts as discarded, not vetoed
+        totals.vetoed = self._read(
+            "SELECT COUNT(DISTINCT d.proposal_id) FROM decisions d WHERE d.kind = ? AND NOT"
+            " EXISTS (SELECT 1 FROM runs r WHERE r.proposal_id = d.proposal_id"
+            " AND r.kind = 'experiment')", (DecisionKind.VETO.value,))[0][0]
+        totals.experiments = (totals.kept + totals.discarded + totals.crashed + totals.vetoed
+                              + totals.held + totals.judging)
         totals.human_edits = self._read("SELECT COUNT(*) FROM decisions WHERE kind = ?",
                                         (DecisionKind.EDIT.value,))[0][0]
         return totals
+
+    def summary_line(self) -> str:
+        """'3 experiments: 1 kept, 1 discarded, 0 crashed, 1 vetoed; 2 noise repeats, ...'"""
+        t = self.totals()
+        held = f", {t.held} held" if t.held else ""
+        judging = f", {t.judging} being confirmed" if t.judging else ""
+        return (f"{t.experiments} experiments: {t.kept} kept, {t.discarded} discarded, "
+                f"{t.crashed} crashed, {t.vetoed} vetoed{held}{judging}; "
+                f"{t.noise_repeats} noise repeats, {t.confirmations} confirmation re-runs")
 
     def results_tsv(self) -> str:
         """autoresearch's results.tsv: the baseline and every experiment, in order.

@@ -13,6 +13,8 @@ class RunStatus(str, Enum):
     TIMEOUT = "timeout"
     INTERRUPTED = "interrupted"
     KILLED = "killed"
+    CONFIRMING = "confirming"  # measured; the judge wants a noise floor or a re-run first
+    HELD = "held"              # an unusually large win, confirmed, waiting for a human
 
 
 class DecisionKind(str, Enum):
@@ -29,6 +31,7 @@ class ProposalState(str, Enum):
     DONE = "done"
     VETOED = "vetoed"
     STALE = "stale"          # no longer applies to the best; sent back for a redraft
+    HELD = "held"            # trained to an unusually large win: a human keeps or vetoes it
 
 
 @dataclass

@@ -315,6 +315,9 @@ class Workspace:
     def resolve(self, rev: str) -> str:
         return _git(self.root, "rev-parse", "--verify", f"{rev}^{{commit}}").decode().strip()
 
+    def parent_of(self, commit: str) -> str:
+        return self.resolve(f"{commit}^")
+
     def file_at(self, commit: str, path: str) -> str:
         """Text of one file at a commit (UTF-8, exactly as committed)."""
         result = _git(self.root, "cat-file", "blob", f"{commit}:{path}", check=False)

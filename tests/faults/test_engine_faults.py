@@ -15,7 +15,8 @@ from engine.agents.tuner import TunerAgent
 from engine.events import Notice, ProposalReady, SessionStopped
 from engine.journal import Journal
 from engine.records import RunStatus
-from engine.session import Session, _commit_message
+from engine.outcomes import commit_message as _commit_message
+from engine.session import Session
 from engine.workspace import Workspace
 from tests.faults.conftest import (assert_git_matches_journal, assert_nothing_lost,
                                    fault_settings, headless, journal_snapshot, prepend,

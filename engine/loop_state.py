@@ -1,0 +1,77 @@
+"""The loop's state as the coordinator holds it, and the immutable snapshot readers get."""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from engine.events import RunStarted
+from engine.planner import RunPlan
+from engine.records import Proposal
+from engine.runner import Runner
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    """What readers see: immutable, replaced whole after every message."""
+
+    state: str = "starting"
+    detail: str = ""
+    mode: str = "review"
+    paused: bool = False
+    best: tuple[str, float] | None = None
+    noise_floor: float | None = None
+    current_run: RunStarted | None = None
+    pending: tuple[Proposal, ...] = ()
+    queued: tuple[Proposal, ...] = ()
+    open: tuple[Proposal, ...] = ()   # every proposal not yet done: pending to held
+
+
+@dataclass
+class ActiveRun:
+    plan: RunPlan
+    runner: Runner
+    started: RunStarted
+
+
+@dataclass
+class ActiveDraft:
+    draft_id: int
+    cancel: threading.Event
+    feedback: list[str]
+
+
+@dataclass
+class Judging:
+    """A trained experiment the judge has not decided yet (or has held for a human)."""
+
+    proposal_id: int
+    run_id: str
+    commit: str
+    need: str                        # "noise" | "confirm" | "human"
+
+
+@dataclass
+class LoopState:
+    """Everything the coordinator owns in memory; the journal holds the durable part."""
+
+    mode: str
+    paused: bool = False
+    pause_reason: str = ""
+    stopping: bool = False
+    stop_reason: str = ""
+    proposals: dict[int, Proposal] = field(default_factory=dict)
+    review: list[int] = field(default_factory=list)     # waiting for a human, oldest first
+    queue: list[int] = field(default_factory=list)      # accepted, waiting for the trainer
+    judging: dict[int, Judging] = field(default_factory=dict)
+    run: ActiveRun | None = None
+    draft: ActiveDraft | None = None
+    checking_data: bool = False
+    data_ready: bool = False
+    data_dir: Path | None = None
+    data_checksum: str | None = None
+    feedback: list[str] = field(default_factory=list)   # told to the agent with its next draft
+    agent_failures: int = 0
+    draft_allowed_at: float = 0.0
+    start_commit: str = ""

@@ -1,0 +1,112 @@
+"""The planner: given an immutable view of the loop, what to start next. Pure functions.
+
+One trainer slot, one drafter. The order of runs gives a new user a judged experiment after
+two runs without giving up the noise gate (issue 12):
+
+1. the baseline;
+2. the judge's needs first: a noise repeat when a candidate win waits for a noise floor, a
+   re-run when a win must be confirmed;
+3. the next accepted proposal (a result worse than the best needs no noise floor);
+4. with nothing else to train, the remaining noise repeats, so the accelerator works while
+   the human reviews or the agent drafts.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Awaiting:
+    """An experiment that trained and waits for the judge's next run."""
+
+    proposal_id: int
+    commit: str
+    need: str                        # "noise" | "confirm"
+
+
+@dataclass(frozen=True)
+class LoopView:
+    stopping: bool = False
+    paused: bool = False
+    data_ready: bool = False         # the training data was checked and is whole
+    running: bool = False            # the trainer slot is busy
+    running_experiment: bool = False # ...with a proposal's run
+    drafting: bool = False
+    best_commit: str = ""            # the branch's best (the start commit before a baseline)
+    has_baseline: bool = False
+    noise_samples: int = 0           # baseline and noise-repeat values measured
+    noise_repeats: int = 0           # wanted beyond the baseline
+    awaiting: tuple[Awaiting, ...] = ()
+    queue: tuple[int, ...] = ()      # accepted proposals, in order
+    pending: int = 0                 # proposals waiting for review
+    drafts_ahead: int = 1
+    experiments_done: int = 0        # experiments with an outcome (for the cap)
+    max_experiments: int | None = None
+    draft_allowed_at: float = 0.0    # a failed agent waits until then (backoff)
+    now: float = 0.0
+
+    @property
+    def noise_measured(self) -> bool:
+        return self.noise_samples >= 1 + self.noise_repeats
+
+    @property
+    def cap_reached(self) -> bool:
+        return (self.max_experiments is not None
+                and self.experiments_done >= self.max_experiments)
+
+
+@dataclass(frozen=True)
+class RunPlan:
+    kind: str                        # baseline | noise | rerun | experiment
+    commit: str                      # "" for an experiment: committed when it starts
+    proposal_id: int | None
+    label: str
+
+
+def next_run(view: LoopView) -> RunPlan | None:
+    """The run to start now, or None."""
+    if view.stopping or view.paused or view.running or not view.data_ready:
+        return None
+    if not view.has_baseline:
+        return RunPlan("baseline", view.best_commit, None, "baseline")
+    for waiting in view.awaiting:
+        if waiting.need == "noise" and not view.noise_measured:
+            return _noise(view)
+    for waiting in view.awaiting:
+        if waiting.need == "confirm":
+            return RunPlan("rerun", waiting.commit, waiting.proposal_id,
+                           f"re-run of #{waiting.proposal_id} to confirm a win")
+    if view.queue and not view.cap_reached:
+        return RunPlan("experiment", "", view.queue[0], "")
+    if not view.noise_measured and not view.cap_reached:
+        return _noise(view)
+    return None
+
+
+def _noise(view: LoopView) -> RunPlan:
+    done = view.noise_samples
+    return RunPlan("noise", view.best_commit, None,
+                   f"noise repeat {done} of {view.noise_repeats}")
+
+
+def should_draft(view: LoopView) -> bool:
+    """Keep `drafts_ahead` proposals ahead of the trainer; 0 drafts only when it is idle."""
+    if view.stopping or view.paused or view.drafting or view.now < view.draft_allowed_at:
+        return False
+    ahead = view.pending + len(view.queue)
+    if view.drafts_ahead <= 0:
+        if ahead or view.running or not view.has_baseline:
+            return False                 # sequential, like autoresearch
+    elif ahead >= view.drafts_ahead:
+        return False
+    cap = view.max_experiments
+    in_flight = 1 if view.running_experiment else 0
+    if cap is not None and view.experiments_done + ahead + in_flight >= cap:
+        return False
+    return True
+
+
+def cap_stop(view: LoopView) -> bool:
+    """Stop for --max-experiments: the cap is reached and no judgment is still open."""
+    return view.cap_reached and not view.awaiting and not view.running

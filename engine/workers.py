@@ -1,0 +1,162 @@
+"""Workers: the slow parts (agent drafting, training, preparing data), each on its own thread.
+
+A worker gets everything it needs in its job, does the work and posts one result message to
+the coordinator's inbox. Workers change neither git nor the journal: they read git objects
+(a patch check) and emit streaming events (reasoning, log lines, progress) straight to the
+subscribers, since those change no loop state.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import traceback
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+from engine import patch
+from engine.agents.base import Agent, AgentError, DraftCancelled, DraftContext
+from engine.events import Event, LogLines, Preparing, ReasoningDelta, RunProgress
+from engine.planner import RunPlan
+from engine.records import Draft, RunResult
+from engine.runner import Runner
+from engine.workspace import Workspace
+
+Post = Callable[[object], None]
+Emit = Callable[[Event], None]
+
+
+@dataclass
+class DraftDone:
+    draft_id: int
+    base_commit: str
+    base_files: dict[str, str]
+    agent: str
+    draft: Draft | None = None
+    diff: str = ""
+    error: AgentError | None = None
+    refused: str = ""                # the engine refused the agent's patch: why
+    cancelled: bool = False
+    note_ids: tuple[int, ...] = ()   # steering notes this draft was given
+
+
+@dataclass
+class RunDone:
+    plan: RunPlan
+    run_id: str
+    experiment_id: int
+    commit: str
+    result: RunResult
+
+
+@dataclass
+class DataChecked:
+    data_dir: Path | None
+    checksum: str | None = None
+    problem: str = ""                # missing or corrupt data, in words
+    prepare_error: str = ""          # the data could not be prepared at all
+
+
+@dataclass
+class WorkerFailed:
+    """A worker died of an unexpected error: the coordinator decides what that means."""
+
+    worker: str
+    error: BaseException
+    trace: str
+
+
+def start(name: str, post: Post, work: Callable[[], object]) -> threading.Thread:
+    """Run work() on a daemon thread and post what it returns (or how it failed)."""
+    def run():
+        try:
+            message = work()
+        except Exception as exc:
+            message = WorkerFailed(name, exc, traceback.format_exc())
+        post(message)
+    thread = threading.Thread(target=run, name=f"pairlab-{name}", daemon=True)
+    thread.start()
+    return thread
+
+
+def draft(agent: Agent, ctx: DraftContext, draft_id: int, cancel: threading.Event,
+          workspace: Workspace, emit: Emit, note_ids: tuple[int, ...]) -> DraftDone:
+    """One draft by the agent, its patch checked against the base it was drafted on."""
+    done = DraftDone(draft_id, ctx.base_commit, ctx.files, agent.name, note_ids=note_ids)
+    try:
+        done.draft = agent.draft(
+            ctx, lambda kind, text: emit(ReasoningDelta(draft_id, kind, text)), cancel)
+    except DraftCancelled:
+        done.cancelled = True
+        return done
+    except AgentError as exc:
+        done.error = exc
+        return done
+    try:
+        done.diff = patch.validate_change(workspace, ctx.base_commit, ctx.files,
+                                          {**ctx.files, **done.draft.files})
+    except patch.PatchRefused as exc:
+        done.refused = str(exc)
+    return done
+
+
+def train(plan: RunPlan, runner: Runner, experiment_id: int, commit: str, emit: Emit,
+          on_pid: Callable[[int | None], None] | None) -> RunDone:
+    run_id = runner.run_id
+    result = runner.run(on_lines=lambda lines: emit(LogLines(run_id, lines)),
+                        on_progress=lambda *p: emit(RunProgress(run_id, *p)), on_start=on_pid)
+    if on_pid is not None:
+        on_pid(None)
+    return RunDone(plan, run_id, experiment_id, commit, result)
+
+
+def check_data(data_dir: Path | None, emit: Emit) -> DataChecked:
+    """Prepare the default dataset when none is given, then check it is whole."""
+    from nanochat import prepare
+    if data_dir is None:
+        try:
+            data_dir = prepare.prepare_dataset(
+                progress=lambda stage, fraction: emit(Preparing(stage, fraction)))
+        except prepare.PrepareError as exc:
+            return DataChecked(None, prepare_error=str(exc))
+    problem = data_problem(Path(data_dir))
+    if problem:
+        return DataChecked(Path(data_dir), problem=problem)
+    meta = Path(data_dir) / "meta.json"
+    checksum = json.loads(meta.read_text())["checksum"] if meta.is_file() else None
+    return DataChecked(Path(data_dir), checksum=checksum)
+
+
+def data_problem(directory: Path) -> str | None:
+    """What is wrong with a prepared dataset dir (contracts §1), in words; None if it is whole.
+
+    Sizes against meta.json first (a truncated file says which), then the checksum prepare
+    wrote, which the harness recomputes for every result."""
+    from nanochat import prepare
+    if not directory.is_dir():
+        return f"there is no prepared training data at {directory}"
+    names = ("meta.json", "tokenizer.pkl", "token_bytes.npy", "train.bin", "val.bin")
+    missing = [name for name in names if not (directory / name).is_file()]
+    if missing:
+        return f"the training data at {directory} is incomplete: {', '.join(missing)} missing"
+    try:
+        meta = json.loads((directory / "meta.json").read_text())
+        expected = {"train.bin": 2 * int(meta["train_tokens"]),
+                    "val.bin": 2 * int(meta["val_tokens"])}
+        checksum, version = str(meta["checksum"]), meta.get("format")
+    except (ValueError, KeyError, TypeError, OSError) as exc:
+        return f"the training data at {directory} has an unreadable meta.json ({exc})"
+    if version != prepare.FORMAT:
+        return (f"the training data at {directory} has format {version}; this pairlab "
+                f"reads format {prepare.FORMAT}")
+    for name, size in expected.items():
+        actual = (directory / name).stat().st_size
+        if actual != size:
+            return (f"the training data at {directory} is corrupt: {name} is {actual:,} "
+                    f"bytes, meta.json says {size:,} (truncated or overwritten)")
+    if prepare.dataset_checksum(directory) != checksum:
+        *first, last = prepare.CHECKSUMMED
+        return (f"the training data at {directory} is corrupt: {', '.join(first)} or {last} "
+                f"changed since it was prepared (checksum mismatch)")
+    return None
