@@ -47,7 +47,8 @@ class Coordinator(DecisionsMixin, OutcomesMixin):
         self.agent = agent
         self.settings = settings
         self.journal = journal
-        self.emit = emit
+        self.emit_now = emit
+        self._held_events: list[Event] | None = None
         self.on_trainer_pid = on_trainer_pid
         self.inbox: queue.Queue = queue.Queue()
         self.loop = LoopState(mode=settings.mode, data_dir=settings.data_dir)
@@ -113,8 +114,18 @@ class Coordinator(DecisionsMixin, OutcomesMixin):
         finally:
             self._finish()
 
+    def emit(self, event: Event) -> None:
+        """Events of the loop's state wait until the snapshot shows their message applied,
+        so a subscriber that reads a getter on an event never reads the state before it.
+        Streaming events from workers (log lines, reasoning) go out at once."""
+        if self._held_events is not None and self.on_own_thread():
+            self._held_events.append(event)
+        else:
+            self.emit_now(event)
+
     def _step(self, message) -> None:
         answer = None
+        self._held_events = []
         try:
             if isinstance(message, Command):
                 answer = self.apply_command(message)
@@ -126,6 +137,9 @@ class Coordinator(DecisionsMixin, OutcomesMixin):
         try:
             self.publish()
         finally:
+            held, self._held_events = self._held_events, None
+            for event in held:
+                self.emit_now(event)
             if answer is not None:
                 answer()
 
@@ -199,7 +213,7 @@ class Coordinator(DecisionsMixin, OutcomesMixin):
         self._shown = None
         self.snapshot = Snapshot(state="stopped", detail=self.loop.stop_reason,
                                  mode=self.loop.mode, paused=self.loop.paused,
-                                 best=self.snapshot.best, noise_floor=self.snapshot.noise_floor)
+                                 best=self._best(), noise_floor=self.journal.get_state("noise_floor"))
         self.emit(StateChanged("stopped", self.loop.stop_reason))
         self.emit(SessionStopped(self.loop.stop_reason, summary))
 
@@ -313,7 +327,8 @@ class Coordinator(DecisionsMixin, OutcomesMixin):
         if best_commit != proposal.base_commit and not self.rebase(proposal, best_commit):
             return
         self.emit(ProposalReady(copy.deepcopy(proposal)))
-        if loop.mode == "auto":
+        # a client may have decided it already, from a subscriber of ProposalReady
+        if loop.mode == "auto" and proposal.id in loop.review:
             self.decide(proposal.id, Decision(proposal.id, DecisionKind.ACCEPT, "auto"))
 
     def agent_failed(self, error) -> None:

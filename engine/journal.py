@@ -41,8 +41,6 @@ TSV_STATUS = {
     RunStatus.TIMEOUT: "crash",
     RunStatus.INTERRUPTED: "crash",
     RunStatus.KILLED: "crash",
-    RunStatus.CONFIRMING: "discard",
-    RunStatus.HELD: "discard",
 }
 TSV_HEADER = "commit\tval_bpb\tmemory_gb\tstatus\tdescription\n"
 FAILED_STATUSES = (RunStatus.CRASH, RunStatus.TIMEOUT, RunStatus.INTERRUPTED, RunStatus.KILLED)
@@ -615,27 +613,32 @@ class Journal:
         return totals
 
     def summary_line(self) -> str:
-        """'3 experiments: 1 kept, 1 discarded, 0 crashed, 1 vetoed; 2 noise repeats, ...'"""
+        """'3 experiments: 1 kept, 1 discarded, 0 crashed, 1 vetoed; 2 noise repeats, 1
+        confirmation re-runs': the measurements counted apart, when there are any."""
         t = self.totals()
         held = f", {t.held} held" if t.held else ""
         judging = f", {t.judging} being confirmed" if t.judging else ""
-        return (f"{t.experiments} experiments: {t.kept} kept, {t.discarded} discarded, "
-                f"{t.crashed} crashed, {t.vetoed} vetoed{held}{judging}; "
-                f"{t.noise_repeats} noise repeats, {t.confirmations} confirmation re-runs")
+        line = (f"{t.experiments} experiments: {t.kept} kept, {t.discarded} discarded, "
+                f"{t.crashed} crashed, {t.vetoed} vetoed{held}{judging}")
+        if t.noise_repeats or t.confirmations:
+            line += (f"; {t.noise_repeats} noise repeats, {t.confirmations} confirmation "
+                     f"re-runs")
+        return line
 
     def results_tsv(self) -> str:
         """autoresearch's results.tsv: the baseline and every experiment, in order.
 
-        Noise repeats and confirmation re-runs are measurements, not experiments, and a run
-        the engine's own stop interrupted trains again: they stay in the journal and out of
-        the file autoresearch's tools read.
+        Noise repeats and confirmation re-runs are measurements, not experiments, a run the
+        engine's own stop interrupted trains again, and a win being confirmed or held for a
+        human has no outcome yet: they stay in the journal and out of the file
+        autoresearch's tools read.
         """
         lines = [TSV_HEADER]
         kinds = {r["id"]: r["kind"] for r in self._read("SELECT id, kind FROM runs")}
         for e in self.experiments():
-            if kinds[e.run_id] not in ("baseline", "experiment") or \
-                    e.status is RunStatus.INTERRUPTED:
-                continue
+            if kinds[e.run_id] not in ("baseline", "experiment") or e.status not in TSV_STATUS \
+                    or e.status is RunStatus.INTERRUPTED:
+                continue                  # interrupted, or undecided (confirming, held)
             status = TSV_STATUS[e.status]
             crashed = status == "crash" or e.val_bpb is None
             val_bpb = 0.0 if crashed else e.val_bpb

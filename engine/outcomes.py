@@ -244,11 +244,11 @@ class OutcomesMixin:
         proposal.state = ProposalState.HELD
         best = self.snapshot.best
         experiment = self.journal.get_run(waiting.run_id)
-        self.emit(WinHeld(waiting.proposal_id, experiment.id, settled.val_bpb,
-                          best[1] if best else settled.val_bpb, proposal.diff))
         self.notice("warning", f"unusually large win: look before it becomes the best "
                     f"(#{waiting.proposal_id}, val_bpb {settled.val_bpb:.6f})",
                     f"accept #{waiting.proposal_id} to keep it, or veto it to discard it")
+        self.emit(WinHeld(waiting.proposal_id, experiment.id, settled.val_bpb,
+                          best[1] if best else settled.val_bpb, proposal.diff))
 
     def became_best(self, commit: str, val_bpb: float, experiment_id: int) -> None:
         self.snapshot = replace(self.snapshot, best=(commit, val_bpb))

@@ -108,5 +108,6 @@ def should_draft(view: LoopView) -> bool:
 
 
 def cap_stop(view: LoopView) -> bool:
-    """Stop for --max-experiments: the cap is reached and no judgment is still open."""
-    return view.cap_reached and not view.awaiting and not view.running
+    """Stop for --max-experiments: the baseline ran, the cap is reached and no judgment is
+    still open."""
+    return view.cap_reached and view.has_baseline and not view.awaiting and not view.running

@@ -88,16 +88,29 @@ def write_report(journal: Journal, out_dir: Path) -> tuple[Path, Path]:
     return png_path, md_path
 
 
+@dataclass
+class ChartPoints:
+    kept: list[Experiment]
+    others: list[Experiment]         # discarded, measurements, held and undecided wins
+    crashed: list[Experiment]        # crash, timeout, killed
+
+
+def chart_points(summary: Summary) -> ChartPoints:
+    """What progress.png draws. An interrupted run is no outcome (it trains again): not drawn."""
+    shown = [e for e in summary.experiments if e.status is not RunStatus.INTERRUPTED]
+    measured = [e for e in shown if e.val_bpb is not None and e.status not in FAILED_STATUSES]
+    return ChartPoints(kept=[e for e in measured if e.status is RunStatus.KEEP],
+                       others=[e for e in measured if e.status is not RunStatus.KEEP],
+                       crashed=[e for e in shown if e.status in FAILED_STATUSES])
+
+
 def plot_progress(summary: Summary, path: Path) -> None:
     """val_bpb over experiments: grey discards, labelled keeps, running best, crashes on top."""
     fig = Figure(figsize=(16, 8), dpi=100)
     FigureCanvasAgg(fig)
     ax = fig.add_subplot()
-    measured = [e for e in summary.experiments
-                if e.val_bpb is not None and e.status not in FAILED_STATUSES]
-    kept = [e for e in measured if e.status is RunStatus.KEEP]
-    others = [e for e in measured if e.status is not RunStatus.KEEP]
-    crashed = [e for e in summary.experiments if e.status in FAILED_STATUSES]
+    points = chart_points(summary)
+    kept, others, crashed = points.kept, points.others, points.crashed
 
     if summary.noise_band is not None:
         low, high = summary.noise_band
@@ -150,12 +163,15 @@ def markdown(summary: Summary, png_name: str) -> str:
              f"![val_bpb over experiments]({png_name})", "", "## Totals", "",
              "| | |", "|---|---:|",
              f"| runs (all kinds) | {t.runs} |",
-             f"| experiments (proposals trained) | {t.experiments} |",
+             f"| experiments (kept + discarded + crashed + vetoed + held) | {t.experiments} |",
              f"| kept | {t.kept} |",
              f"| discarded | {t.discarded} |",
              f"| crashed or timed out | {t.crashed} |",
-             f"| proposals | {t.proposals} |",
              f"| vetoed | {t.vetoed} |",
+             f"| held for a human or being confirmed | {t.held + t.judging} |",
+             f"| noise repeats (measurements, counted apart) | {t.noise_repeats} |",
+             f"| confirmation re-runs (counted apart) | {t.confirmations} |",
+             f"| proposals | {t.proposals} |",
              f"| human edits | {t.human_edits} |",
              "", "## val_bpb", ""]
     if summary.baseline is not None:

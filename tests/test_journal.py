@@ -245,8 +245,10 @@ def test_session_state_notices_and_totals(journal):
                finished_at=1500.0)
 
     totals = journal.totals()
+    # experiments = kept + discarded + crashed + vetoed; the re-run is counted apart
     assert (totals.runs, totals.experiments, totals.kept, totals.discarded, totals.crashed) == (
-        5, 3, 1, 1, 1)
+        5, 4, 1, 1, 1)
+    assert (totals.confirmations, totals.noise_repeats) == (1, 0)
     assert (totals.proposals, totals.vetoed, totals.human_edits) == (4, 1, 1)
     assert totals.usage.input_tokens == 4000 and totals.usage.cache_read_tokens == 3200
     assert totals.usage.cost_usd == pytest.approx(0.05)

@@ -75,9 +75,13 @@ def test_report_writes_a_png_and_markdown_with_the_right_numbers(tmp_path, sessi
     assert png.stat().st_size > 20_000      # a drawn chart, not an empty canvas
 
     text = md.read_text()
-    for row in ("| runs (all kinds) | 7 |", "| experiments (proposals trained) | 4 |",
-                "| kept | 2 |", "| discarded | 3 |", "| crashed or timed out | 1 |",
-                "| proposals | 5 |", "| vetoed | 1 |", "| human edits | 1 |"):
+    # experiments = kept + discarded + crashed + vetoed; the noise repeats are counted apart
+    for row in ("| runs (all kinds) | 7 |",
+                "| experiments (kept + discarded + crashed + vetoed + held) | 5 |",
+                "| kept | 2 |", "| discarded | 1 |", "| crashed or timed out | 1 |",
+                "| vetoed | 1 |", "| noise repeats (measurements, counted apart) | 2 |",
+                "| confirmation re-runs (counted apart) | 0 |",
+                "| proposals | 5 |", "| human edits | 1 |"):
         assert row in text
     assert "- Baseline: 1.000000 (commit `0000000`)" in text
     assert "- Best: 0.975000 (commit `4444444`, experiment #7)" in text
@@ -117,3 +121,31 @@ def test_a_pipe_in_a_description_does_not_break_the_table(tmp_path, journal):
     add_run(journal, "experiment", "1", RunStatus.KEEP, 0.9, proposal_id=pid, at=10)
     _, md = write_report(journal, tmp_path)
     assert "| a \\| b |" in md.read_text()
+
+
+def test_counts_add_up_with_noise_repeats_and_a_confirmation_counted_apart(journal):
+    """Issue 8/12: one experiment, confirmed by a re-run, after two noise repeats, used to
+    read '2 discarded'; the identity experiments = kept + discarded + crashed + vetoed holds."""
+    add_run(journal, "baseline", "0", RunStatus.KEEP, 1.000, at=0)
+    add_run(journal, "noise", "0", RunStatus.DISCARD, 1.004, at=400)
+    add_run(journal, "noise", "0", RunStatus.DISCARD, 0.998, at=800)
+    pid = add_proposal(journal, "a small win", DecisionKind.ACCEPT)
+    add_run(journal, "experiment", "1", RunStatus.DISCARD, 1.001, proposal_id=pid, at=1200)
+    add_run(journal, "rerun", "1", RunStatus.DISCARD, 1.002, proposal_id=pid, at=1600)
+    add_proposal(journal, "vetoed one", DecisionKind.VETO, reason="no")
+    t = journal.totals()
+    assert (t.experiments, t.kept, t.discarded, t.crashed, t.vetoed) == (2, 0, 1, 0, 1)
+    assert (t.noise_repeats, t.confirmations) == (2, 1)
+    assert journal.summary_line() == ("2 experiments: 0 kept, 1 discarded, 0 crashed, 1 vetoed;"
+                                      " 2 noise repeats, 1 confirmation re-runs")
+
+
+def test_an_interrupted_run_is_not_drawn_as_a_crash(journal):
+    from engine.report import chart_points
+    add_run(journal, "baseline", "0", RunStatus.KEEP, 1.0, at=0)
+    pid = add_proposal(journal, "cut off by a stop", DecisionKind.ACCEPT)
+    add_run(journal, "experiment", "1", RunStatus.INTERRUPTED, None, proposal_id=pid, at=10)
+    add_run(journal, "experiment", "2", RunStatus.CRASH, None, proposal_id=pid, at=400)
+    points = chart_points(summarize(journal))
+    assert [e.commit[0] for e in points.crashed] == ["2"]
+    assert [e.commit[0] for e in points.kept + points.others] == ["0"]

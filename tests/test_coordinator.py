@@ -1,0 +1,489 @@
+"""The coordinator through the Session facade, with stand-in experiments: a real git
+workspace, real SQLite, real subprocesses whose val_bpb is a constant in train.py (plus a
+scripted jitter per run), so every keep, discard, confirmation and hold is deterministic.
+Tests wait on events and hooks, never on sleeps.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from engine.agents.base import AgentError, DraftCancelled
+from engine.commands import CommandRefused
+from engine.events import (BestUpdated, DecisionMade, Notice, ProposalReady, ProposalRebased,
+                           ProposalStale,
+                           RunFinished, RunStarted, SessionStopped, StateChanged, SteeringNote,
+                           WinHeld)
+from engine.records import Draft, ProposalState, RunStatus
+from engine.session import Session, SessionSettings
+from engine.workspace import init
+from tests.faults.conftest import assert_git_matches_journal
+
+STANDIN = '''\
+VALUE = 1.0  # the val_bpb this stand-in reports
+
+import os
+from pathlib import Path
+
+EXTRA = 0  # a second line a proposal can change, far enough from VALUE to merge apart
+
+# each run adds the next scripted jitter; a test can hold every run at a gate (a FIFO)
+counter = Path(".pairlab/standin-runs")
+count = int(counter.read_text()) if counter.exists() else 0
+counter.write_text(str(count + 1))
+jitter = [float(x) for x in os.environ.get("STANDIN_JITTER", "0").split(",")]
+gate = Path(".pairlab/gate")
+if gate.exists():
+    gate.read_text()
+print("---")
+print(f"val_bpb: {VALUE + jitter[count % len(jitter)]:.6f}")
+'''
+WAIT_S = 60.0
+
+
+class Events:
+    """Events collected on the engine's threads; `wait` blocks until one matches."""
+
+    def __init__(self):
+        self.all = []
+        self._changed = threading.Condition()
+
+    def __call__(self, event) -> None:
+        with self._changed:
+            self.all.append(event)
+            self._changed.notify_all()
+
+    def of(self, kind, **fields) -> list:
+        return [e for e in self.all if isinstance(e, kind)
+                and all(getattr(e, k) == v for k, v in fields.items())]
+
+    def wait(self, kind, count: int = 1, **fields):
+        deadline = time.monotonic() + WAIT_S
+        with self._changed:
+            while len(self.of(kind, **fields)) < count:
+                left = deadline - time.monotonic()
+                assert left > 0, f"no {kind.__name__} {fields}; saw " + ", ".join(
+                    type(e).__name__ for e in self.all)
+                self._changed.wait(left)
+        return self.of(kind, **fields)[count - 1]
+
+
+class ScriptedAgent:
+    """Drafts the scripted (old, new) replacements in train.py, one per draft, then waits
+    until the session cancels it."""
+
+    name = "scripted"
+
+    def __init__(self, *changes: tuple[str, str], gate: threading.Semaphore | None = None):
+        self.changes = list(changes)
+        self.contexts = []
+        self.gate = gate                 # when given, each draft waits for a release
+
+    def draft(self, ctx, emit, cancel):
+        self.contexts.append(ctx)
+        while self.gate is not None and not self.gate.acquire(timeout=0.05):
+            if cancel.is_set():
+                raise DraftCancelled()
+        if not self.changes:
+            cancel.wait()
+            raise DraftCancelled()
+        old, new = self.changes.pop(0)
+        text = ctx.files["train.py"]
+        assert old in text, f"{old!r} not in train.py"
+        return Draft(description=f"{old} -> {new}", hypothesis="scripted",
+                     files={"train.py": text.replace(old, new)})
+
+
+class FailingAgent:
+    name = "flaky-api"
+
+    def draft(self, ctx, emit, cancel):
+        raise AgentError("the API answered badly", "check the API status")
+
+
+@pytest.fixture
+def standin(tmp_path):
+    source = tmp_path / "standin.py"
+    source.write_text(STANDIN)
+    program = tmp_path / "program.md"
+    program.write_text("Lower VALUE.\n")
+    ws = init(tmp_path / "ws", tag="standin",
+              templates={"train.py": source, "program.md": program})
+    ws.config.metric_source = "summary_line"
+    ws.save_config()
+    return ws
+
+
+def settings(dataset_dir, **overrides) -> SessionSettings:
+    values = dict(mode="auto", budget_s=5.0, noise_repeats=0, device="cpu",
+                  data_dir=dataset_dir, hard_timeout_s=60.0, agent_backoff_s=0.0)
+    values.update(overrides)
+    jitter = values.pop("jitter", "0")
+    values["extra_env"] = {"STANDIN_JITTER": jitter}
+    return SessionSettings(**values)
+
+
+def started(workspace, agent, config, events: Events | None = None
+            ) -> tuple[Session, Events]:
+    session = Session(workspace, agent, config, monitor=False)
+    events = events or Events()
+    session.subscribe(events)
+    session.start()
+    return session, events
+
+
+def run_kinds(session) -> list[tuple[str, str]]:
+    return [(r["kind"], r["status"]) for r in session.journal.run_rows()]
+
+
+# ---------------------------------------------------------------------- the first result fast
+
+def test_the_first_judged_experiment_comes_after_two_runs(standin, dataset_dir):
+    """Issue 12: a loss needs no noise floor; the noise repeats come after it."""
+    session, events = started(standin, ScriptedAgent(("VALUE = 1.0", "VALUE = 1.1")),
+                              settings(dataset_dir, noise_repeats=2, max_experiments=1))
+    assert session.wait(WAIT_S)
+    first_two = [(e.experiment_id, e.proposal_id) for e in events.of(RunStarted)][:2]
+    assert first_two == [(1, None), (2, 1)]
+    assert run_kinds(session)[:2] == [("baseline", "keep"), ("experiment", "discard")]
+    assert session.journal.summary_line().startswith(
+        "1 experiments: 0 kept, 1 discarded, 0 crashed, 0 vetoed")
+
+
+def test_a_small_win_waits_for_the_noise_floor_then_is_confirmed_and_kept(standin,
+                                                                           dataset_dir):
+    # runs: baseline 1.0, experiment 0.999, noise 1.004 and 0.998 (floor 0.006), re-run 0.999
+    session, events = started(standin, ScriptedAgent(("VALUE = 1.0", "VALUE = 0.999")),
+                              settings(dataset_dir, noise_repeats=2, max_experiments=1,
+                                       jitter="0,0,0.004,-0.002,0"))
+    assert session.wait(WAIT_S)
+    assert run_kinds(session) == [("baseline", "keep"), ("experiment", "keep"),
+                                  ("noise", "discard"), ("noise", "discard"),
+                                  ("rerun", "discard")]
+    best = events.of(BestUpdated)[-1]
+    assert best.val_bpb == pytest.approx(0.999) and session.best[0] == best.commit
+    assert any("inside the noise floor" in n.message for n in events.of(Notice))
+    assert session.journal.summary_line() == (
+        "1 experiments: 1 kept, 0 discarded, 0 crashed, 0 vetoed; 2 noise repeats, "
+        "1 confirmation re-runs")
+    assert_git_matches_journal(standin)
+
+
+def _hold_runs_at_a_gate(workspace, events: Events, releases: int) -> threading.Thread:
+    """Every run waits at a FIFO; let the first `releases` runs through, one at a time: the
+    k-th release waits for the k-th run to start (so the run before it has exited)."""
+    gate = workspace.pairlab_dir / "gate"
+    os.mkfifo(gate)
+
+    def release():
+        for k in range(1, releases + 1):
+            events.wait(RunStarted, count=k)
+            with open(gate, "w") as fifo:        # blocks until that run opens the gate
+                fifo.write("go")
+    thread = threading.Thread(target=release, daemon=True)
+    thread.start()
+    return thread
+
+
+def test_quitting_during_a_confirmation_rerun_requeues_it(standin, dataset_dir):
+    """Issue 8: the stop used to record the experiment as discarded for good."""
+    config = dict(noise_repeats=2, max_experiments=1, jitter="0,0,0.004,-0.002,0")
+    events = Events()
+    _hold_runs_at_a_gate(standin, events, releases=4)  # baseline, experiment, 2 noise repeats
+    session, events = started(standin, ScriptedAgent(("VALUE = 1.0", "VALUE = 0.999")),
+                              settings(dataset_dir, **config), events)
+    rerun = events.wait(RunStarted, proposal_id=1, count=2)
+    assert "re-run" in rerun.description
+    session.stop()
+    assert run_kinds(session)[1:] == [("experiment", "confirming"), ("noise", "discard"),
+                                      ("noise", "discard"), ("rerun", "interrupted")]
+    session.journal.close()
+    assert_git_matches_journal(standin)
+
+    (standin.pairlab_dir / "gate").unlink()
+    again, events = started(standin, ScriptedAgent(), settings(dataset_dir, **config))
+    assert again.wait(WAIT_S)
+    assert [k for k in run_kinds(again)] == [
+        ("baseline", "keep"), ("experiment", "keep"), ("noise", "discard"),
+        ("noise", "discard"), ("rerun", "interrupted"), ("rerun", "discard")]
+    assert again.best[1] == pytest.approx(0.999)
+    again.journal.close()
+    assert_git_matches_journal(standin)
+
+
+# ---------------------------------------------------------------------- an unusually large win
+
+@pytest.mark.parametrize("decide", ["accept", "veto"])
+def test_an_unusually_large_win_is_held_for_a_human_even_in_auto_mode(standin, dataset_dir,
+                                                                      decide):
+    """Issue 9 item 5: 50% better is confirmed by a re-run, then waits for a human."""
+    session, events = started(standin, ScriptedAgent(("VALUE = 1.0", "VALUE = 0.5")),
+                              settings(dataset_dir))
+    try:
+        held = events.wait(WinHeld)
+        baseline = events.of(BestUpdated)[0]
+        assert (held.proposal_id, held.val_bpb, held.best_val_bpb) == (1, 0.5, 1.0)
+        assert "+VALUE = 0.5" in held.diff
+        notice = next(n for n in events.of(Notice) if n.message.startswith("unusually large"))
+        assert notice.message.startswith("unusually large win: look before it becomes the best")
+        assert session.best == (baseline.commit, 1.0)         # not kept automatically
+        assert session.proposal(1).state is ProposalState.HELD
+        assert run_kinds(session) == [("baseline", "keep"), ("experiment", "held"),
+                                      ("rerun", "discard")]
+        assert (session.state, session.pending()) == ("reviewing", [])
+        if decide == "accept":
+            session.accept(1)
+            kept = events.wait(BestUpdated, count=2)
+            assert session.best == (kept.commit, 0.5) and standin.head() == kept.commit
+            assert run_kinds(session)[1] == ("experiment", "keep")
+        else:
+            session.veto(1, "too good to be true")
+            assert session.best == (baseline.commit, 1.0)
+            assert run_kinds(session)[1] == ("experiment", "discard")
+            assert session.journal.totals().vetoed == 0     # it trained: a discard
+        with pytest.raises(CommandRefused, match="#1 has already trained"):
+            session.accept(1)
+    finally:
+        session.stop()
+    session.journal.close()
+    assert_git_matches_journal(standin)
+
+
+def test_the_large_win_limits_are_settings(standin, dataset_dir):
+    session, events = started(standin, ScriptedAgent(("VALUE = 1.0", "VALUE = 0.5")),
+                              settings(dataset_dir, max_experiments=1, large_win_floors=None,
+                                       large_win_fraction=None))
+    assert session.wait(WAIT_S)
+    assert run_kinds(session) == [("baseline", "keep"), ("experiment", "keep")]
+    assert not events.of(WinHeld)
+
+
+# ---------------------------------------------------------------------- human edits carry their base
+
+def test_an_edit_opened_before_the_best_moved_merges_onto_the_new_best(standin, dataset_dir):
+    """Issue 8: saving an edit opened on the old best used to revert the kept change."""
+    agent = ScriptedAgent(("VALUE = 1.0", "VALUE = 0.99"), ("EXTRA = 0", "EXTRA = 1"))
+    session, events = started(standin, agent, settings(dataset_dir, mode="review",
+                                                       drafts_ahead=2))
+    try:
+        events.wait(ProposalReady, count=2)
+        opened_on = session.proposal(2).base_commit
+        opened = session.proposal_text(2, "train.py")       # what the editor shows
+        session.accept(1)
+        kept = events.wait(BestUpdated, count=2)
+        events.wait(ProposalRebased, proposal_id=2)
+        assert session.proposal(2).base_commit == kept.commit != opened_on
+
+        conflicting = opened.replace("VALUE = 1.0", "VALUE = 0.8")
+        with pytest.raises(CommandRefused, match="it reopens on the new base"):
+            session.edit(2, {"train.py": conflicting}, base_commit=opened_on)
+        assert [p.id for p in session.pending()] == [2]     # still waiting, nothing lost
+
+        human = opened.replace("# a second line", "# a second line, set by hand")
+        session.edit(2, {"train.py": human}, base_commit=opened_on)
+        trained = session.proposal(2).files["train.py"]
+        assert "VALUE = 0.99" in trained                    # the kept change stays
+        assert "EXTRA = 1  # a second line, set by hand" in trained
+        assert len(events.of(ProposalRebased, proposal_id=2)) == 1   # rebased once
+    finally:
+        session.stop()
+
+
+# ---------------------------------------------------------------------- decisions never race
+
+def test_an_auto_accept_racing_a_human_accept_is_refused_not_an_internal_error(standin,
+                                                                              dataset_dir):
+    """Issue 8: a human decision made as the proposal arrived used to raise KeyError in the
+    drafter and stop the loop. Now one decision wins and the other is refused in words."""
+    session = Session(standin, ScriptedAgent(("VALUE = 1.0", "VALUE = 1.1")),
+                      settings(dataset_dir, max_experiments=1), monitor=False)
+    events, refusals = Events(), []
+
+    def human_accepts(event):
+        if isinstance(event, ProposalReady):
+            try:
+                session.accept(event.proposal.id)
+            except CommandRefused as refusal:
+                refusals.append(str(refusal))
+    session.subscribe(events)
+    session.subscribe(human_accepts)
+    session.start()
+    assert session.wait(WAIT_S)
+    decisions = [(e.decision.kind.value, e.decision.who) for e in events.of(DecisionMade)]
+    assert decisions == [("accept", "auto")]
+    assert refusals == ["#1 was already accepted and waits to train"] or \
+        refusals == ["#1 was already accepted and is training"]
+    assert not events.of(Notice, level="error")
+    assert events.of(SessionStopped)[0].reason == "reached --max-experiments 1"
+    with pytest.raises(CommandRefused, match="the loop has stopped"):
+        session.accept(1)
+
+
+def test_a_second_decision_on_a_proposal_is_refused_with_what_happened(standin, dataset_dir):
+    session, events = started(standin, ScriptedAgent(("VALUE = 1.0", "VALUE = 1.1")),
+                              settings(dataset_dir, mode="review"))
+    try:
+        events.wait(ProposalReady)
+        session.pause()                                  # decided, but not trained yet
+        session.accept(1)
+        with pytest.raises(CommandRefused, match="#1 was already accepted and waits to train"):
+            session.veto(1, "too late")
+        with pytest.raises(CommandRefused, match="there is no proposal #9"):
+            session.accept(9)
+    finally:
+        session.stop()
+
+
+def test_getters_hand_out_copies_not_the_live_proposals(standin, dataset_dir):
+    session, events = started(standin, ScriptedAgent(("VALUE = 1.0", "VALUE = 0.99")),
+                              settings(dataset_dir, mode="review"))
+    try:
+        events.wait(ProposalReady)
+        mine = session.pending()[0]
+        mine.files["train.py"] = "garbage"
+        mine.description = "changed by a reader"
+        session.proposal(1).diff = "garbage"
+        fresh = session.pending()[0]
+        assert fresh.description == "VALUE = 1.0 -> VALUE = 0.99"
+        assert "VALUE = 0.99" in fresh.files["train.py"] and "+VALUE = 0.99" in fresh.diff
+    finally:
+        session.stop()
+
+
+def test_readers_never_wait_while_the_coordinator_writes(standin, dataset_dir):
+    """Issue 8: journal writes ran under the lock the UI's getters take."""
+    session, events = started(standin, ScriptedAgent(("VALUE = 1.0", "VALUE = 0.99")),
+                              settings(dataset_dir, mode="review"))
+    writing, release = threading.Event(), threading.Event()
+    record = session.journal.record_decision
+
+    def slow_record(*args, **kwargs):
+        writing.set()
+        release.wait(WAIT_S)
+        return record(*args, **kwargs)
+    try:
+        events.wait(ProposalReady)
+        session.journal.record_decision = slow_record
+        accepting = threading.Thread(target=session.accept, args=(1,), daemon=True)
+        accepting.start()
+        assert writing.wait(WAIT_S)
+        read = {}
+        reader = threading.Thread(target=lambda: read.update(
+            pending=session.pending(), state=session.state, best=session.best,
+            proposal=session.proposal(1)), daemon=True)
+        reader.start()
+        reader.join(WAIT_S)
+        assert not reader.is_alive(), "a getter waited for the coordinator's write"
+        assert [p.id for p in read["pending"]] == [1]
+        release.set()
+        accepting.join(WAIT_S)
+        assert not accepting.is_alive()
+    finally:
+        release.set()
+        session.stop()
+
+
+def test_detail_only_state_changes_reach_subscribers(standin, dataset_dir):
+    gate = threading.Semaphore(0)
+    agent = ScriptedAgent(("VALUE = 1.0", "VALUE = 1.1"), ("EXTRA = 0", "EXTRA = 2"),
+                          gate=gate)
+    session, events = started(standin, agent, settings(dataset_dir, mode="review",
+                                                       drafts_ahead=2))
+    try:
+        events.wait(RunFinished)                             # the baseline: trainer idle
+        gate.release()
+        events.wait(StateChanged, state="reviewing", detail="1 waiting for review")
+        gate.release()
+        events.wait(StateChanged, state="reviewing", detail="2 waiting for review")
+        session.veto(1, "no")
+        events.wait(StateChanged, state="reviewing", detail="1 waiting for review", count=2)
+    finally:
+        session.stop()
+
+
+# ---------------------------------------------------------------------- failures
+
+def test_a_trainer_that_dies_stops_the_loop_and_says_so(standin, dataset_dir, monkeypatch):
+    """Issue 8: a trainer dying of anything but a full disk never emitted SessionStopped."""
+    from engine.runner import Runner
+
+    def broken(self, *args, **kwargs):
+        raise RuntimeError("the accelerator fell off the bus")
+    monkeypatch.setattr(Runner, "run", broken)
+    session, events = started(standin, ScriptedAgent(), settings(dataset_dir))
+    assert session.wait(WAIT_S)
+    stopped = events.wait(SessionStopped)
+    assert stopped.reason == "internal error"
+    error = events.of(Notice, level="error")[0]
+    assert error.message == "internal error: RuntimeError: the accelerator fell off the bus"
+    assert "accelerator fell off" in (standin.pairlab_dir / "engine.log").read_text()
+    assert session.stopped and session.state == "stopped"
+
+
+def test_unattended_agent_failures_fall_back_to_the_tuner_and_never_pause(tiny_workspace,
+                                                                        dataset_dir):
+    """Issue 8 item 5: a headless auto loop whose API failed sat paused until killed."""
+    from tests.conftest import TINY_ENV
+    config = SessionSettings(mode="auto", budget_s=5.0, max_steps=2, noise_repeats=0,
+                             device="cpu", data_dir=dataset_dir, extra_env=dict(TINY_ENV),
+                             hard_timeout_s=60.0, agent_backoff_s=0.0)
+    session, events = started(tiny_workspace, FailingAgent(), config)
+    try:
+        ready = events.wait(ProposalReady)
+        assert ready.proposal.agent == "tuner"
+        warnings = [n.message for n in events.of(Notice, level="warning")]
+        assert warnings[:2] == [
+            "the API answered badly (agent failure 1 in a row); retrying in 0s",
+            "the API answered badly (agent failure 2 in a row); retrying in 0s"]
+        assert warnings[2] == ("the flaky-api agent failed 3 times in a row (last: the API "
+                               "answered badly); pairlab switched to the offline tuner so the "
+                               "loop goes on")
+        assert not events.of(StateChanged, state="paused") and not session.paused
+    finally:
+        session.stop()
+
+
+# ---------------------------------------------------------------------- steering notes
+
+def test_a_steering_note_goes_into_the_next_draft_and_the_journal(standin, dataset_dir):
+    agent = ScriptedAgent(("VALUE = 1.0", "VALUE = 1.1"), ("EXTRA = 0", "EXTRA = 3"))
+    session, events = started(standin, agent, settings(dataset_dir, mode="review"))
+    try:
+        events.wait(ProposalReady)
+        note_id = session.note("  try the EXTRA knob  ")
+        assert events.wait(SteeringNote).text == "try the EXTRA knob"
+        with pytest.raises(CommandRefused, match="needs some text"):
+            session.note("   ")
+        session.veto(1, "no")
+        events.wait(ProposalReady, count=2)
+        assert "A steering note from the human: try the EXTRA knob" in agent.contexts[1].feedback
+        assert "EXTRA knob" not in agent.contexts[0].feedback
+        assert session.journal.notes_for(2) == ["try the EXTRA knob"]
+        assert session.journal.notes_for(1) == [] and session.journal.open_notes() == []
+        assert note_id == 1
+    finally:
+        session.stop()
+
+
+def test_stale_marking_and_rebasing_happen_once(standin, dataset_dir):
+    """A proposal that conflicts with the new best is marked stale once, and the agent told."""
+    agent = ScriptedAgent(("VALUE = 1.0", "VALUE = 0.99"), ("VALUE = 1.0", "VALUE = 0.98"))
+    session, events = started(standin, agent, settings(dataset_dir, mode="review",
+                                                       drafts_ahead=2))
+    try:
+        events.wait(ProposalReady, count=2)
+        session.accept(1)
+        events.wait(BestUpdated, count=2)
+        assert session.journal.get_proposal(2).state is ProposalState.STALE
+        assert [p.id for p in session.pending()] == []
+        with pytest.raises(CommandRefused, match="#2 no longer applies to the best"):
+            session.accept(2)
+    finally:
+        session.stop()
+    assert len(events.of(ProposalStale, proposal_id=2)) == 1
+    assert [e.status for e in session.experiments()] == [RunStatus.KEEP, RunStatus.KEEP]
