@@ -213,7 +213,8 @@ class Coordinator(DecisionsMixin, OutcomesMixin):
         self._shown = None
         self.snapshot = Snapshot(state="stopped", detail=self.loop.stop_reason,
                                  mode=self.loop.mode, paused=self.loop.paused,
-                                 best=self._best(), noise_floor=self.journal.get_state("noise_floor"))
+                                 best=self._best(),
+                                 noise_floor=self.journal.get_state("noise_floor"))
         self.emit(StateChanged("stopped", self.loop.stop_reason))
         self.emit(SessionStopped(self.loop.stop_reason, summary))
 
@@ -286,7 +287,7 @@ class Coordinator(DecisionsMixin, OutcomesMixin):
             harness_source=_harness_source(), history=self.journal.history(limit=200),
             best_val_bpb=best[1] if best else None,
             noise_floor=self.journal.get_state("noise_floor"),
-            validate=patch_validator(self.workspace, base_commit, base_files),
+            validate=patch.validator(self.workspace, base_commit),
             feedback="\n\n".join(feedback + steering), in_flight=self.in_flight())
         cancel = threading.Event()
         loop.draft = ActiveDraft(draft_id, cancel, feedback)
@@ -514,17 +515,6 @@ class Coordinator(DecisionsMixin, OutcomesMixin):
                          f"({best[1] - baseline:+.6f}) at {best[0][:7]}")
         parts.append(f"cost ${self.journal.total_cost():.2f}")
         return "; ".join(parts)
-
-
-def patch_validator(workspace: Workspace, base_commit: str, base_files: dict[str, str]):
-    """DraftContext.validate: None when acceptable, else the refusal message for the model."""
-    def validate(files: dict[str, str]) -> str | None:
-        try:
-            patch.validate_change(workspace, base_commit, base_files, {**base_files, **files})
-        except patch.PatchRefused as exc:
-            return str(exc)
-        return None
-    return validate
 
 
 def disk_full_error(exc: BaseException | None) -> BaseException | None:

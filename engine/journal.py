@@ -191,10 +191,6 @@ class Journal:
             self._db.execute("PRAGMA foreign_keys=ON")
             self._create_schema()
 
-    @classmethod
-    def for_workspace(cls, workspace: Path) -> "Journal":
-        return cls(journal_path(workspace))
-
     def close(self) -> None:
         with self._lock:
             self._db.close()
@@ -446,10 +442,6 @@ class Journal:
         """One run as an experiments row; a run still training has status "running"."""
         rows = self._read(_EXPERIMENT_SELECT + " WHERE r.id = ?", (run_id,))
         return _experiment(rows[0]) if rows else None
-
-    def run_kind(self, run_id: str) -> str | None:
-        rows = self._read("SELECT kind FROM runs WHERE id = ?", (run_id,))
-        return rows[0]["kind"] if rows else None
 
     def experiments(self) -> list[Experiment]:
         """Finished runs of every kind, in experiment order, for the experiments table."""

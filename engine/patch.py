@@ -19,6 +19,8 @@ from typing import TYPE_CHECKING, Callable
 
 import unidiff
 
+from engine.workspace import run_git
+
 if TYPE_CHECKING:
     from engine.workspace import Workspace
 
@@ -262,22 +264,15 @@ def git_apply_check(root: Path, base_commit: str, diff: str) -> None:
     """`git apply --check` against base_commit in a temporary index: the working tree and
     the repository's own index are never touched."""
     with tempfile.TemporaryDirectory() as scratch:
-        env = {**os.environ, "GIT_INDEX_FILE": str(Path(scratch) / "index")}
-        _run_git(root, ["read-tree", base_commit], env=env)
+        env = {"GIT_INDEX_FILE": str(Path(scratch) / "index")}
+        run_git(root, "read-tree", base_commit, env=env)
         result = subprocess.run(["git", "apply", "--check", "--cached", "--whitespace=nowarn",
-                                 "-"], cwd=root, input=diff.encode("utf-8"), env=env,
-                                capture_output=True)
+                                 "-"], cwd=root, input=diff.encode("utf-8"),
+                                env={**os.environ, **env}, capture_output=True)
     if result.returncode != 0:
         raise PatchRefused("does-not-apply",
                            f"the diff does not apply to {base_commit[:12]}: "
                            f"{_git_message(result.stderr)}")
-
-
-def _run_git(root: Path, args: list[str], env: dict[str, str] | None = None) -> bytes:
-    result = subprocess.run(["git", *args], cwd=root, env=env, capture_output=True)
-    if result.returncode != 0:
-        raise RuntimeError(f"git {' '.join(args)} failed: {_git_message(result.stderr)}")
-    return result.stdout
 
 
 def _git_message(stderr: bytes) -> str:
@@ -348,7 +343,7 @@ def parse_user_diff(workspace: "Workspace", base_commit: str,
                                         "use one style")
     with tempfile.TemporaryDirectory() as scratch:
         scratch_root = Path(scratch)
-        _run_git(scratch_root, ["init", "-q"])
+        run_git(scratch_root, "init", "-q")
         for path, text in base.items():
             (scratch_root / path).parent.mkdir(parents=True, exist_ok=True)
             (scratch_root / path).write_bytes(text.encode("utf-8"))

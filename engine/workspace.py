@@ -19,8 +19,6 @@ import tempfile
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path, PurePosixPath
 
-import git
-
 BASELINE_AUTHOR = ("pairlab", "pairlab@localhost")
 AGENT_AUTHOR = ("pairlab-agent", "agent@pairlab")
 BRANCH_PREFIX = "autoresearch/"
@@ -88,12 +86,6 @@ class Config:
     def command(self) -> list[str]:
         """The command that trains one experiment, run in the workspace root."""
         return list(self.run_command) if self.run_command else [sys.executable, "train.py"]
-
-    def resolved_agent(self, env: dict[str, str] | None = None) -> str:
-        env = os.environ if env is None else env
-        if self.agent != "auto":
-            return self.agent
-        return "claude" if env.get("ANTHROPIC_API_KEY") else "tuner"
 
     def save(self, path: Path) -> None:
         tmp = path.with_suffix(".tmp")
@@ -176,9 +168,9 @@ def init(directory: str | Path, tag: str | None = None,
     for name, source in templates.items():
         shutil.copyfile(source, root / name)
     (root / ".gitignore").write_text(GITIGNORE)
-    _git(root, "init", "-q", "--initial-branch=main")
-    _git(root, "add", "--", ".gitignore", *templates)
-    _git(root, "commit", "-q", "--no-verify", "-m", "baseline", env=_identity(BASELINE_AUTHOR))
+    run_git(root, "init", "-q", "--initial-branch=main")
+    run_git(root, "add", "--", ".gitignore", *templates)
+    run_git(root, "commit", "-q", "--no-verify", "-m", "baseline", env=_identity(BASELINE_AUTHOR))
 
     targets = [name for name in templates if name.endswith(".py")] or ["train.py"]
     return _become_workspace(root, Config(targets=targets, metric_source="result_file"), tag)
@@ -201,29 +193,30 @@ def adopt(directory: str | Path, targets: list[str] | None = None,
     root = Path(directory).expanduser().resolve()
     if is_workspace(root):
         raise WorkspaceError(f"{root} is already a pairlab workspace: run `pairlab` in it")
-    try:
-        repo = git.Repo(root)
-    except (git.InvalidGitRepositoryError, git.NoSuchPathError) as e:
+    top = run_git(root, "rev-parse", "--show-toplevel", check=False) if root.is_dir() else None
+    if top is None:
         raise WorkspaceError(
             f"{root} is not a git repository; only a git checkout can be adopted "
-            f"(or run `pairlab init` for a fresh workspace)") from e
-    if Path(repo.working_tree_dir).resolve() != root:
+            f"(or run `pairlab init` for a fresh workspace)")
+    top_dir = Path(top.decode().strip()).resolve()
+    if top_dir != root:
         raise WorkspaceError(
-            f"{root} is inside the git repository {repo.working_tree_dir}; adopt its top "
+            f"{root} is inside the git repository {top_dir}; adopt its top "
             f"level directory instead")
-    if not repo.head.is_valid():
+    if run_git(root, "rev-parse", "--verify", "-q", "HEAD", check=False) is None:
         raise WorkspaceError(f"{root} has no commits yet; commit the target files first")
     tag = check_tag(tag or default_tag())
     config = Config(targets=list(targets or ["train.py"]), run_command=run_command,
                     metric_source=metric_source)
-    tracked = set(_git(root, "ls-tree", "-r", "--name-only", "HEAD").decode().splitlines())
+    tracked = set(run_git(root, "ls-tree", "-r", "--name-only", "HEAD").decode().splitlines())
     missing = [t for t in config.targets if t not in tracked]
     if missing:
         raise WorkspaceError(
             f"target {', '.join(missing)} is not a file committed in {root}; "
             f"commit it first or name the file the agent should edit")
 
-    exclude = Path(repo.git_dir) / "info" / "exclude"
+    git_dir = run_git(root, "rev-parse", "--absolute-git-dir").decode().strip()
+    exclude = Path(git_dir) / "info" / "exclude"
     exclude.parent.mkdir(exist_ok=True)
     existing = exclude.read_text() if exclude.exists() else ""
     if ".pairlab/" not in existing.splitlines():
@@ -233,10 +226,9 @@ def adopt(directory: str | Path, targets: list[str] | None = None,
 
 
 def _become_workspace(root: Path, config: Config, tag: str) -> "Workspace":
-    repo = git.Repo(root)
-    config.tag = _free_tag(repo, tag)
+    config.tag = _free_tag(root, tag)
     config.branch = BRANCH_PREFIX + config.tag
-    _git(root, "checkout", "-q", "-b", config.branch)
+    run_git(root, "checkout", "-q", "-b", config.branch)
     pairlab_dir = root / ".pairlab"
     (pairlab_dir / "logs").mkdir(parents=True, exist_ok=True)
     config.save(pairlab_dir / "config.json")
@@ -252,9 +244,10 @@ def check_tag(tag: str) -> str:
     return tag
 
 
-def _free_tag(repo: git.Repo, tag: str) -> str:
+def _free_tag(root: Path, tag: str) -> str:
     """The tag itself if its branch is free, else tag-2, tag-3, ..."""
-    taken = {head.name for head in repo.heads}
+    taken = set(run_git(root, "for-each-ref", "--format=%(refname:short)",
+                        "refs/heads").decode().splitlines())
     candidate, n = tag, 1
     while BRANCH_PREFIX + candidate in taken:
         n += 1
@@ -265,8 +258,7 @@ def _free_tag(repo: git.Repo, tag: str) -> str:
 class Workspace:
     """An opened workspace: its settings and the git operations the session needs."""
 
-    # Reads go through `git` subprocesses, not a shared GitPython Repo: a Repo is not safe
-    # to use from the trainer and drafter threads at once (seen hanging).
+    # Every git operation is a `git` subprocess (run_git): nothing shared between threads.
 
     def __init__(self, root: Path, config: Config):
         self.root = Path(root)
@@ -278,10 +270,8 @@ class Workspace:
         if not is_workspace(root):
             raise WorkspaceError(
                 f"{directory} is not a pairlab workspace: run `pairlab init {directory}`")
-        try:
-            git.Repo(root)
-        except git.InvalidGitRepositoryError as e:
-            raise WorkspaceError(f"{root} has .pairlab/ but is not a git repository") from e
+        if run_git(root, "rev-parse", "--git-dir", check=False) is None:
+            raise WorkspaceError(f"{root} has .pairlab/ but is not a git repository")
         config = Config.load(root / ".pairlab" / "config.json")
         workspace = cls(root, config)
         workspace.logs_dir.mkdir(parents=True, exist_ok=True)
@@ -303,9 +293,6 @@ class Workspace:
     def branch(self) -> str:
         return self.config.branch
 
-    def save_config(self) -> None:
-        self.config.save(self.config_path)
-
     # ---- reading history ----
 
     def head(self) -> str:
@@ -313,14 +300,14 @@ class Workspace:
         return self.resolve(self.branch)
 
     def resolve(self, rev: str) -> str:
-        return _git(self.root, "rev-parse", "--verify", f"{rev}^{{commit}}").decode().strip()
+        return run_git(self.root, "rev-parse", "--verify", f"{rev}^{{commit}}").decode().strip()
 
     def parent_of(self, commit: str) -> str:
         return self.resolve(f"{commit}^")
 
     def file_at(self, commit: str, path: str) -> str:
         """Text of one file at a commit (UTF-8, exactly as committed)."""
-        result = _git(self.root, "cat-file", "blob", f"{commit}:{path}", check=False)
+        result = run_git(self.root, "cat-file", "blob", f"{commit}:{path}", check=False)
         if result is None:
             raise WorkspaceError(f"{path} does not exist at commit {commit[:12]}")
         try:
@@ -333,18 +320,14 @@ class Workspace:
 
     def mode_at(self, commit: str, path: str) -> str | None:
         """Git file mode of path at commit ('100644', '120000' for a symlink), None if absent."""
-        listing = _git(self.root, "ls-tree", commit, "--", path).decode()
+        listing = run_git(self.root, "ls-tree", commit, "--", path).decode()
         return listing.split(" ", 1)[0] if listing else None
-
-    def is_ancestor(self, ancestor: str, descendant: str) -> bool:
-        return _git(self.root, "merge-base", "--is-ancestor", ancestor, descendant,
-                    check=False) is not None
 
     # ---- human edits ----
 
     def dirty_targets(self) -> list[str]:
         """Target files whose working-tree or staged content differs from HEAD."""
-        status = _git(self.root, "status", "--porcelain", "-z", "--", *self.config.targets)
+        status = run_git(self.root, "status", "--porcelain", "-z", "--", *self.config.targets)
         entries = [e for e in status.decode().split("\0") if e]
         return sorted({e[3:] for e in entries} & set(self.config.targets))
 
@@ -359,9 +342,9 @@ class Workspace:
             return None
         when = datetime.datetime.now().strftime("%Y-%m-%d %H:%M:%S")
         name = f"pairlab: edits to {', '.join(dirty)} saved {when} before {reason}"
-        _git(self.root, "stash", "push", "-q", "-m", name, "--", *dirty,
+        run_git(self.root, "stash", "push", "-q", "-m", name, "--", *dirty,
              env=_identity(BASELINE_AUTHOR))
-        commit = _git(self.root, "rev-parse", "stash@{0}").decode().strip()
+        commit = run_git(self.root, "rev-parse", "stash@{0}").decode().strip()
         return SavedChanges(paths=dirty, name=name, commit=commit)
 
     def program(self) -> str:
@@ -395,15 +378,15 @@ class Workspace:
         parent = self.resolve(parent)
         with tempfile.TemporaryDirectory() as scratch:
             index_env = {"GIT_INDEX_FILE": str(Path(scratch) / "index")}
-            _git(self.root, "read-tree", parent, env=index_env)
+            run_git(self.root, "read-tree", parent, env=index_env)
             for path, text in files.items():
-                blob = _git(self.root, "hash-object", "-w", "--stdin",
+                blob = run_git(self.root, "hash-object", "-w", "--stdin",
                             input=text.encode("utf-8")).decode().strip()
                 mode = self.mode_at(parent, path) or "100644"
-                _git(self.root, "update-index", "--add", "--cacheinfo", f"{mode},{blob},{path}",
+                run_git(self.root, "update-index", "--add", "--cacheinfo", f"{mode},{blob},{path}",
                      env=index_env)
-            tree = _git(self.root, "write-tree", env=index_env).decode().strip()
-        commit = _git(self.root, "commit-tree", tree, "-p", parent, "-m", message,
+            tree = run_git(self.root, "write-tree", env=index_env).decode().strip()
+        commit = run_git(self.root, "commit-tree", tree, "-p", parent, "-m", message,
                       env=_identity(author)).decode().strip()
         subject = (message.strip().splitlines() or ["a change"])[0]
         self.reset_to(commit, reason=f"committing '{subject}'")
@@ -419,12 +402,12 @@ class Workspace:
         commit = self.resolve(commit)
         self.save_human_changes(reason or f"moving {self.branch} to {commit[:12]}")
         # mixed reset: branch and index follow the commit, the working tree is kept...
-        _git(self.root, "reset", "-q", "--mixed", commit)
+        run_git(self.root, "reset", "-q", "--mixed", commit)
         # ...then the targets, and only they, are rewritten from it
-        _git(self.root, "checkout", "-q", commit, "--", *self.config.targets)
+        run_git(self.root, "checkout", "-q", commit, "--", *self.config.targets)
 
     def _require_on_branch(self) -> None:
-        head = _git(self.root, "symbolic-ref", "-q", "--short", "HEAD", check=False)
+        head = run_git(self.root, "symbolic-ref", "-q", "--short", "HEAD", check=False)
         current_branch = head.decode().strip() if head is not None else None
         if current_branch != self.branch:
             current = f"branch {current_branch}" if current_branch else "a detached HEAD"
@@ -439,8 +422,8 @@ def _identity(who: tuple[str, str]) -> dict[str, str]:
             "GIT_COMMITTER_NAME": BASELINE_AUTHOR[0], "GIT_COMMITTER_EMAIL": BASELINE_AUTHOR[1]}
 
 
-def _git(root: Path, *args: str, input: bytes | None = None, env: dict[str, str] | None = None,
-         check: bool = True) -> bytes | None:
+def run_git(root: Path, *args: str, input: bytes | None = None,
+            env: dict[str, str] | None = None, check: bool = True) -> bytes | None:
     """Run git in root; stdout as bytes. With check=False a failure returns None."""
     result = subprocess.run(["git", *args], cwd=root, input=input, capture_output=True,
                             env={**os.environ, **(env or {})})

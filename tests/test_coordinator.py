@@ -115,7 +115,7 @@ def standin(tmp_path):
     ws = init(tmp_path / "ws", tag="standin",
               templates={"train.py": source, "program.md": program})
     ws.config.metric_source = "summary_line"
-    ws.save_config()
+    ws.config.save(ws.config_path)
     return ws
 
 
@@ -263,7 +263,7 @@ def test_the_large_win_limits_are_settings(standin, dataset_dir):
     assert not events.of(WinHeld)
 
 
-# ---------------------------------------------------------------------- human edits carry their base
+# ---------------------------------------------------------------------- edits carry their base
 
 def test_an_edit_opened_before_the_best_moved_merges_onto_the_new_best(standin, dataset_dir):
     """Issue 8: saving an edit opened on the old best used to revert the kept change."""

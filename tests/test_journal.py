@@ -54,7 +54,7 @@ def finish(journal, run_id, status, val_bpb=None, memory_gb=0.0, finished_at=Non
 
 @pytest.fixture
 def journal(tmp_path):
-    with Journal.for_workspace(tmp_path) as j:
+    with Journal(journal_path(tmp_path)) as j:
         yield j
 
 
@@ -69,15 +69,15 @@ def test_file_lives_in_the_workspace_in_wal_mode_with_a_schema_version(tmp_path,
 
 
 def test_reopening_keeps_rows_and_a_newer_schema_is_refused(tmp_path):
-    with Journal.for_workspace(tmp_path) as j:
+    with Journal(journal_path(tmp_path)) as j:
         j.add_proposal(make_proposal())
-    with Journal.for_workspace(tmp_path) as j:
+    with Journal(journal_path(tmp_path)) as j:
         assert [p.description for p in j.proposals()] == ["raise the learning rate"]
     raw = sqlite3.connect(journal_path(tmp_path))
     raw.execute(f"PRAGMA user_version={SCHEMA_VERSION + 1}")
     raw.close()
     with pytest.raises(RuntimeError, match="newer pairlab"):
-        Journal.for_workspace(tmp_path)
+        Journal(journal_path(tmp_path))
 
 
 def test_proposal_round_trip_update_and_state(journal):
@@ -197,7 +197,7 @@ def test_history_tells_results_vetoes_and_human_edits_in_order(journal):
 
 
 def test_interrupted_runs_are_found_after_a_restart(tmp_path):
-    with Journal.for_workspace(tmp_path) as j:
+    with Journal(journal_path(tmp_path)) as j:
         pid = j.add_proposal(make_proposal())
         j.record_decision(Decision(pid, DecisionKind.ACCEPT, "human"))
         j.start_run("base", "0" * 40, "baseline")
@@ -205,7 +205,7 @@ def test_interrupted_runs_are_found_after_a_restart(tmp_path):
         j.start_run("e1", "1" * 40, "experiment", proposal_id=pid)
         j.start_run("n1", "0" * 40, "noise")
 
-    with Journal.for_workspace(tmp_path) as j:
+    with Journal(journal_path(tmp_path)) as j:
         found = j.interrupted_runs()
         assert [(e.run_id, e.proposal_id, e.status) for e in found] == [
             ("e1", pid, RunStatus.INTERRUPTED), ("n1", None, RunStatus.INTERRUPTED)]
@@ -296,7 +296,7 @@ def test_redaction_of_keys_in_every_text_column(tmp_path, monkeypatch):
     assert redact("nothing secret") == "nothing secret"
 
     leak = f"{anthropic_key} / {env_key}"
-    with Journal.for_workspace(tmp_path) as j:
+    with Journal(journal_path(tmp_path)) as j:
         pid = j.add_proposal(make_proposal(description=leak, hypothesis=leak, diff=leak,
                                            reasoning=leak, files={"train.py": leak}))
         j.record_decision(Decision(pid, DecisionKind.EDIT, "human", reason=leak,

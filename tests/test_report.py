@@ -6,7 +6,7 @@ import struct
 
 import pytest
 
-from engine.journal import Journal
+from engine.journal import Journal, journal_path
 from engine.records import Decision, DecisionKind, Proposal, RunResult, RunStatus, Usage
 from engine.report import summarize, write_report
 
@@ -44,7 +44,7 @@ def add_proposal(journal, description, decision, who="human", cost=0.10, reason=
 
 @pytest.fixture
 def journal(tmp_path):
-    with Journal.for_workspace(tmp_path / "ws") as j:
+    with Journal(journal_path(tmp_path / "ws")) as j:
         yield j
 
 
