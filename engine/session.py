@@ -99,6 +99,9 @@ class Session:
 
     def stop(self, timeout: float = 15.0) -> None:
         """Stop cleanly: kill the run in flight, cancel drafting, leave git matching the journal."""
+        if self._coordinator.on_own_thread():       # from a subscriber: no waiting on itself
+            self._coordinator.call(commands.Stop())
+            return
         if self._coordinator.running:
             self._coordinator.post(commands.Stop())
             self.wait(timeout)

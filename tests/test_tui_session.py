@@ -36,7 +36,9 @@ def open_session(tmp_path, dataset_dir, **settings) -> Session:
                    extra_env={"PAIRLAB_COMPILE": "0", "PAIRLAB_SEQ_LEN": "64",
                               "PAIRLAB_EVAL_TOKENS": "8192"})
     options.update(settings)
-    return Session.open(tmp_path / "ws", agent_name="tuner", settings=SessionSettings(**options))
+    from engine.agents import make_agent
+    from engine.workspace import open_or_init
+    return Session(open_or_init(tmp_path / "ws"), make_agent("tuner"), SessionSettings(**options))
 
 
 class Recorder:
