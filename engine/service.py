@@ -109,6 +109,8 @@ class EngineService:
         self._clients: set[_Client] = set()
         self._listener: socket.socket | None = None
         self._closed = threading.Event()
+        self._idle = threading.Condition(self._lock)  # notified when a command finishes
+        self._busy = 0                                # commands being run
         # Kept from the event stream for the snapshot: the getters do not hold these.
         self._detail = ""
         self._log_tail: deque[str] = deque(maxlen=LOG_TAIL_LINES)
@@ -136,8 +138,9 @@ class EngineService:
         self.session.subscribe(self._on_event)
         threading.Thread(target=self._accept_loop, name="pairlab-service", daemon=True).start()
 
-    def close(self) -> None:
-        """Stop serving: every client sees the connection end after what was sent."""
+    def close(self, grace_s: float = 5.0) -> None:
+        """Stop serving. Commands in progress (a stop) get their reply, and each client gets
+        what was queued for it (the SessionStopped) before its connection ends."""
         if self._closed.is_set():
             return
         self._closed.set()
@@ -149,9 +152,10 @@ class EngineService:
             self._listener.close()
         self.path.unlink(missing_ok=True)
         with self._lock:
+            self._idle.wait_for(lambda: self._busy == 0, timeout=grace_s)
             clients = list(self._clients)
         for client in clients:
-            client.finish()
+            client.finish(grace_s)
 
     def client_count(self) -> int:
         with self._lock:
@@ -267,8 +271,15 @@ class EngineService:
                     continue
                 if message is None:
                     return
-                reply = self._run_command(message, client.read_only)
-                client.offer(proto.encode(reply), must=True)
+                with self._lock:
+                    self._busy += 1
+                try:
+                    reply = self._run_command(message, client.read_only)
+                    client.offer(proto.encode(reply), must=True)
+                finally:
+                    with self._lock:
+                        self._busy -= 1
+                        self._idle.notify_all()
         except (OSError, proto.ProtocolError):
             return
         finally:
@@ -346,14 +357,17 @@ class _Client:
             self.needs_snapshot = True
             self.resynced = True
 
-    def finish(self) -> None:
+    def finish(self, grace_s: float = 0.0) -> None:
+        """End this connection; with a grace, after the writer sent what is queued."""
         if self._finished.is_set():
             return
-        self._finished.set()
         try:
-            self.queue.put_nowait(None)
+            self.queue.put(None, timeout=grace_s) if grace_s else self.queue.put_nowait(None)
         except queue.Full:
             pass
+        if grace_s and self._thread.is_alive() and self._thread is not threading.current_thread():
+            self._thread.join(grace_s)
+        self._finished.set()
         try:
             self.conn.shutdown(socket.SHUT_RDWR)
         except OSError:
