@@ -32,6 +32,10 @@ class CommandRefused(ValueError):
     """The engine refused a command; str() is its message."""
 
 
+class EngineFailed(CommandRefused):
+    """The command raised an unexpected error inside the engine (its log has the trace)."""
+
+
 @dataclass
 class Resynced(Event):
     """The client's mirror was replaced by a fresh snapshot (it had fallen behind)."""
@@ -245,6 +249,8 @@ class EngineClient:
             return reply.value
         if reply.refusal == "patch":
             raise PatchRefused(reply.rule, reply.error)
+        if reply.refusal == "internal":
+            raise EngineFailed(reply.error)
         raise CommandRefused(reply.error)
 
     def _answer(self, reply: proto.Reply) -> None:
