@@ -60,6 +60,7 @@ def test_two_clients_see_one_veto_and_the_second_decision_is_refused(baselined_w
     assert str(proposal_id) in str(refused.value)
 
     pid = engine_pid(root)
+    assert os.getsid(pid) == pid          # its own session: the terminal closing cannot end it
     second.stop()
     for watch in (first_watch, second_watch):
         assert watch.lost().stopped is True
