@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import itertools
 import socket
+import sys
 import threading
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -26,6 +27,7 @@ from engine.records import DecisionKind, Experiment, Proposal, ProposalState
 from engine.service import ServiceError, reachable
 
 REPLY_TIMEOUT_S = 120.0                 # a stop waits for the run in flight to be killed
+BACKLOG_EVENTS = 10_000                 # kept for the first subscriber, at most
 
 
 class CommandRefused(ValueError):
@@ -83,6 +85,11 @@ class EngineClient:
         self._ids = itertools.count(1)
         self._waiting: dict[int, tuple[threading.Event, list]] = {}
         self._subscribers: list[Callable[[Event], None]] = []
+        # Events that came before anyone subscribed (while the app starts), handed to the
+        # first subscriber so that nothing between the snapshot and the screen is missed.
+        self._backlog: list[Event] | None = []
+        self._delivering = threading.RLock()  # the backlog goes out before newer events
+        self._workspace_handle = None
         self._lost = threading.Event()
         self._stop_seen = False
         self._handshake()
@@ -164,11 +171,26 @@ class EngineClient:
     # ------------------------------------------------------------------ events
 
     def subscribe(self, callback: Callable[[Event], None]) -> None:
-        self._subscribers.append(callback)
+        with self._delivering:
+            with self._lock:
+                backlog, self._backlog = self._backlog or [], None
+                self._subscribers.append(callback)
+            for event in backlog:
+                callback(event)
 
     def _emit(self, event: Event) -> None:
-        for callback in list(self._subscribers):
-            callback(event)
+        with self._lock:
+            if self._backlog is not None:
+                if len(self._backlog) < BACKLOG_EVENTS:
+                    self._backlog.append(event)
+                return
+            subscribers = list(self._subscribers)
+        with self._delivering:
+            for callback in subscribers:
+                try:
+                    callback(event)
+                except Exception as exc:      # a broken subscriber must not end the reading
+                    print(f"pairlab: event subscriber failed: {exc!r}", file=sys.stderr)
 
     def _load(self, snapshot: proto.Snapshot) -> None:
         with self._lock:
@@ -307,10 +329,6 @@ class EngineClient:
         return self._state
 
     @property
-    def detail(self) -> str:
-        return self._snapshot.detail
-
-    @property
     def mode(self) -> str:
         return self._mode
 
@@ -369,5 +387,8 @@ class EngineClient:
 
     @property
     def workspace(self):
+        """The engine's workspace, opened here (same machine, same user)."""
         from engine.workspace import Workspace
-        return Workspace.open(self._workspace)
+        if self._workspace_handle is None:
+            self._workspace_handle = Workspace.open(self._workspace)
+        return self._workspace_handle

@@ -232,3 +232,21 @@ def test_one_engine_per_workspace(tmp_path):
 def test_no_engine_says_so(tmp_path):
     with pytest.raises(ServiceError, match="no engine is running"):
         connect(tmp_path / "engine.sock")
+
+
+def test_a_workspace_deeper_than_a_socket_address_is_served(tmp_path):
+    """sockaddr_un holds 108 bytes; a deeper .pairlab is reached through /proc/self/fd."""
+    deep = tmp_path / ("d" * 60) / ("e" * 60)
+    workspace = init(deep / "ws", tag="test")
+    session = Session(workspace, TunerAgent(), SessionSettings(), monitor=False)
+    service = EngineService(session, socket_path(workspace.pairlab_dir))
+    assert len(os.fsencode(service.path)) > 108
+    service.start()
+    try:
+        client = connect(service.path)
+        assert client.snapshot.workspace == str(workspace.root)
+        client.close()
+    finally:
+        service.close()
+        session.journal.close()
+    assert not service.path.exists()
