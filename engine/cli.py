@@ -1,16 +1,25 @@
-"""`pairlab` command line: the app (default), headless, init, prepare, report."""
+"""`pairlab` command line: the app on the workspace's engine (default), attach, status,
+stop, headless, init, prepare, report.
+
+The engine is its own process: `pairlab` attaches to the workspace's engine if one runs, or
+starts one detached (`pairlab headless` in a new session, its output in .pairlab/engine.log)
+and then attaches; quitting the app leaves it running.
+"""
 
 from __future__ import annotations
 
 import argparse
+import json
 import shlex
-import signal
+import subprocess
 import sys
-import threading
 import time
 from pathlib import Path
 
 from engine import events as ev
+
+ENGINE_ARGS_NAME = "engine.json"      # how the running engine was started: a restart reuses it
+ENGINE_START_TIMEOUT_S = 120.0        # a first start may import torch on a loaded machine
 
 
 def _loop_flags(parser: argparse.ArgumentParser) -> None:
@@ -34,17 +43,38 @@ def _loop_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", default=None, help="Claude model id")
 
 
+# The loop flags as (option, attribute): what `pairlab` hands to the engine it starts.
+LOOP_OPTIONS = (("--agent", "agent"), ("--mode", "mode"), ("--budget", "budget"),
+                ("--max-experiments", "max_experiments"), ("--max-cost", "max_cost"),
+                ("--max-hours", "max_hours"), ("--drafts-ahead", "drafts_ahead"),
+                ("--noise-repeats", "noise_repeats"), ("--device", "device"),
+                ("--model", "model"))
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="pairlab",
         description="A terminal copilot for autonomous LLM-training research. With no "
-                    "command, opens the app on the workspace and starts the loop.")
+                    "command, attaches the app to the workspace's engine, starting the engine "
+                    "(detached: it outlives the app and the terminal) if none runs.")
     _loop_flags(parser)
     sub = parser.add_subparsers(dest="command")
 
-    headless = sub.add_parser("headless", help="run the loop without the app")
+    headless = sub.add_parser("headless", help="run the engine in the foreground, without "
+                                               "the app (apps can attach to it)")
     _loop_flags(headless)
     headless.add_argument("--jsonl", action="store_true", help="print events as JSON lines")
+
+    attach = sub.add_parser("attach", help="open the app on the workspace's running engine")
+    attach.add_argument("--workspace", type=Path, default=None)
+    attach.add_argument("--read-only", action="store_true",
+                        help="watch without deciding: no accept, edit, veto or controls")
+
+    status = sub.add_parser("status", help="print the running engine's state in plain text")
+    status.add_argument("--workspace", type=Path, default=None)
+
+    stop = sub.add_parser("stop", help="stop the workspace's engine (kills the run in flight)")
+    stop.add_argument("--workspace", type=Path, default=None)
 
     init = sub.add_parser("init", help="create a research workspace, or adopt a repo")
     init.add_argument("dir", type=Path)
@@ -79,11 +109,15 @@ def main(argv: list[str] | None = None) -> int:
             return _init(args)
         if args.command == "report":
             return _report(args)
-        session = _open_session(args)
         if args.command == "headless":
-            return _headless(session, jsonl=args.jsonl)
-        from tui.app import run_app
-        return run_app(session)
+            return _headless(args)
+        if args.command == "status":
+            return _status(args)
+        if args.command == "stop":
+            return _stop(args)
+        if args.command == "attach":
+            return _run_app(existing_workspace(args.workspace), read_only=args.read_only)
+        return _run_app(open_workspace(args.workspace), start_args=args)
     except UserError as exc:
         print(f"pairlab: {exc}", file=sys.stderr)
         return 2
@@ -93,16 +127,30 @@ class UserError(Exception):
     """A mistake in what the user asked for; printed without a traceback."""
 
 
-def _open_session(args):
-    from engine.session import Session, SessionSettings
+# ---------------------------------------------------------------------- opening a session
+
+
+def open_workspace(directory: Path | None):
+    """The workspace at `directory` (default: the default one), created on first use."""
     from engine.workspace import WorkspaceError, open_or_init
-    from engine.agents import make_agent
     try:
-        workspace = open_or_init(args.workspace)
+        return open_or_init(directory)
     except WorkspaceError as exc:
         raise UserError(str(exc)) from exc
-    config = workspace.config
-    settings = SessionSettings(
+
+
+def existing_workspace(directory: Path | None):
+    from engine.workspace import WorkspaceError, Workspace, default_workspace_dir
+    try:
+        return Workspace.open(directory or default_workspace_dir())
+    except WorkspaceError as exc:
+        raise UserError(str(exc)) from exc
+
+
+def settings_from_args(args, config):
+    """SessionSettings from the loop flags, the workspace's config filling the rest."""
+    from engine.session import SessionSettings
+    return SessionSettings(
         mode=args.mode or config.mode,
         budget_s=args.budget if args.budget is not None else config.budget_s,
         max_experiments=args.max_experiments, max_cost=args.max_cost,
@@ -111,8 +159,161 @@ def _open_session(args):
         noise_repeats=(args.noise_repeats if args.noise_repeats is not None
                        else config.noise_repeats),
         device=args.device or config.device)
-    agent = make_agent(args.agent, device=settings.device or "cpu", model=args.model)
-    return Session(workspace, agent, settings)
+
+
+def make_session(workspace, agent_name: str, settings, model: str | None = None,
+                 monitor: bool = True):
+    """The one way a Session is opened: the engine process and the tests both come here."""
+    from engine.agents import make_agent
+    from engine.session import Session
+    agent = make_agent(agent_name, device=settings.device or "cpu", model=model)
+    return Session(workspace, agent, settings, monitor=monitor)
+
+
+# ---------------------------------------------------------------------- the engine process
+
+
+def engine_argv(workspace, args=None) -> list[str]:
+    """The command that runs this workspace's engine: `pairlab headless` with the flags."""
+    argv = [sys.executable, "-m", "engine", "headless", "--workspace", str(workspace.root)]
+    for option, attribute in LOOP_OPTIONS if args is not None else ():
+        value = getattr(args, attribute, None)
+        if value is not None and not (attribute == "agent" and value == "auto"):
+            argv += [option, str(value)]
+    return argv
+
+
+def start_engine(workspace, argv: list[str]):
+    """Start the engine detached (new session: it survives the app and the terminal), then
+    attach to it. Its output goes to .pairlab/engine.log."""
+    from engine.client import connect
+    from engine.service import LOG_NAME, ServiceError, socket_path
+    log_path = workspace.pairlab_dir / LOG_NAME
+    with log_path.open("ab") as log:
+        log.write(f"\n--- {time.strftime('%Y-%m-%d %H:%M:%S')} starting: "
+                  f"{shlex.join(argv)}\n".encode())
+        log.flush()
+        process = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=log,
+                                   stderr=subprocess.STDOUT, start_new_session=True)
+    deadline = time.monotonic() + ENGINE_START_TIMEOUT_S
+    while True:
+        try:
+            return connect(socket_path(workspace.pairlab_dir))
+        except ServiceError as exc:
+            if "no engine is running" not in str(exc):
+                raise UserError(str(exc)) from exc
+        code = process.poll()
+        if code is not None:
+            tail = log_path.read_text(errors="replace").splitlines()[-8:]
+            raise UserError(f"the engine exited ({code}) before it served; the end of "
+                            f"{log_path}:\n" + "\n".join(tail))
+        if time.monotonic() > deadline:
+            raise UserError(f"the engine did not start serving in {ENGINE_START_TIMEOUT_S:g} s;"
+                            f" see {log_path}")
+        time.sleep(0.1)
+
+
+def attach(workspace, read_only: bool = False):
+    """A client on the workspace's running engine; UserError if none runs."""
+    from engine.client import connect
+    from engine.service import ServiceError, socket_path
+    try:
+        return connect(socket_path(workspace.pairlab_dir), read_only=read_only)
+    except ServiceError as exc:
+        if "no engine is running" in str(exc):
+            raise UserError(f"no engine is running for {workspace.root}; start one with "
+                            f"`pairlab --workspace {workspace.root}`") from exc
+        raise UserError(str(exc)) from exc
+
+
+def attach_or_start(workspace, args=None):
+    try:
+        return attach(workspace)
+    except UserError as exc:
+        if "no engine is running" not in str(exc):
+            raise
+    return start_engine(workspace, engine_argv(workspace, args))
+
+
+def restart_argv(workspace) -> list[str]:
+    """How the engine that died was started, so the restart runs with the same flags."""
+    saved = workspace.pairlab_dir / ENGINE_ARGS_NAME
+    try:
+        return [sys.executable, *json.loads(saved.read_text())["argv"][1:]]
+    except (OSError, ValueError, KeyError, IndexError):
+        return engine_argv(workspace)
+
+
+def _run_app(workspace, start_args=None, read_only: bool = False) -> int:
+    from tui.app import EXIT_RESTART, run_app
+    client = attach(workspace, read_only) if read_only or start_args is None \
+        else attach_or_start(workspace, start_args)
+    while True:
+        code = run_app(client)
+        if code != EXIT_RESTART:
+            return code
+        client = start_engine(workspace, restart_argv(workspace))
+        if read_only:
+            client.close()
+            client = attach(workspace, read_only=True)
+
+
+def _status(args) -> int:
+    workspace = existing_workspace(args.workspace)
+    client = attach(workspace, read_only=True)
+    try:
+        print(status_text(client))
+    finally:
+        client.close()
+    return 0
+
+
+def status_text(client) -> str:
+    """The engine's state in plain lines, for scripts and small screens."""
+    snap = client.snapshot
+    lines = [f"workspace: {snap.workspace}",
+             f"state: {client.state}" + (f" ({snap.detail})" if snap.detail else ""),
+             f"mode: {client.mode}"]
+    best = client.best
+    lines.append(f"best: {best[1]:.6f} at {best[0][:7]}" if best else "best: none yet")
+    if client.noise_floor is not None:
+        lines.append(f"noise floor: {client.noise_floor:.6f}")
+    lines.append(f"experiments: {len(client.experiments())}")
+    pending = client.pending()
+    lines.append(f"pending: {len(pending)}")
+    lines += [f"  #{p.id} {p.description}" for p in pending]
+    queued = client.queued()
+    if queued:
+        lines.append(f"queued: {len(queued)}")
+        lines += [f"  #{p.id} {p.description}" for p in queued]
+    run = client.current_run
+    if run is None:
+        lines.append("run: none")
+    else:
+        progress = snap.progress[-1] if snap.progress else None
+        where = (f" {progress.percent:.0f}% step {progress.step}, {progress.remaining_s:.0f}s "
+                 f"left" if progress else "")
+        lines.append(f"run: {run.run_id} experiment #{run.experiment_id} {run.description}"
+                     f"{where}")
+    return "\n".join(lines)
+
+
+def _stop(args) -> int:
+    from engine.client import CommandRefused
+    workspace = existing_workspace(args.workspace)
+    client = attach(workspace)
+    stopped: list[ev.SessionStopped] = []
+    client.subscribe(lambda event: stopped.append(event)
+                     if isinstance(event, ev.SessionStopped) else None)
+    try:
+        client.stop()
+    except CommandRefused:
+        if client.connected:          # refused; gone is what stopping looks like too
+            raise
+    client.wait(timeout=60)
+    client.close()
+    print("pairlab: engine stopped" + (f"; {stopped[0].summary}" if stopped else ""))
+    return 0
 
 
 def _init(args) -> int:
@@ -145,163 +346,6 @@ def _report(args) -> int:
     return 0
 
 
-# ---------------------------------------------------------------------- headless
-
-
-def _headless(session, jsonl: bool) -> int:
-    printer = JsonPrinter() if jsonl else ReadablePrinter()
-    session.subscribe(printer)
-    stop_signals = {"count": 0}
-
-    def on_signal(signum, frame):
-        stop_signals["count"] += 1
-        if stop_signals["count"] > 1:
-            raise KeyboardInterrupt
-        print("pairlab: stopping (the run in flight is killed; the journal keeps everything)",
-              file=sys.stderr)
-        threading.Thread(target=session.stop, daemon=True).start()
-
-    signal.signal(signal.SIGINT, on_signal)
-    signal.signal(signal.SIGTERM, on_signal)
-    threading.Thread(target=_read_commands, args=(session,), daemon=True,
-                     name="pairlab-stdin").start()
-    session.start()
-    while not session.wait(timeout=0.5):
-        pass
-    session.stop()
-    return 0
-
-
-COMMANDS_HELP = ("commands: accept ID | veto ID REASON... | pause | resume | kill | "
-                 "mode auto|review | pending | quit")
-
-
-def _read_commands(session) -> None:
-    """Review decisions and controls on stdin, one per line."""
-    for line in sys.stdin:
-        words = line.split()
-        if not words:
-            continue
-        try:
-            reply = _command(session, words)
-        except (KeyError, ValueError) as exc:
-            reply = f"error: {exc.args[0] if exc.args else exc}"
-        except Exception as exc:                  # e.g. a refused edit: say it, keep reading
-            reply = f"error: {exc}"
-        if reply:
-            print(f"pairlab: {reply}", file=sys.stderr, flush=True)
-
-
-def _command(session, words: list[str]) -> str:
-    verb, rest = words[0].lower(), words[1:]
-    if verb == "accept" and len(rest) == 1:
-        session.accept(int(rest[0]))
-        return ""
-    if verb == "veto" and rest:
-        session.veto(int(rest[0]), " ".join(rest[1:]))
-        return ""
-    if verb == "pause":
-        session.pause()
-        return ""
-    if verb == "resume":
-        session.resume()
-        return ""
-    if verb == "kill":
-        return "" if session.kill_run() else "no run in flight"
-    if verb == "mode" and rest:
-        session.set_mode(rest[0])
-        return ""
-    if verb == "pending":
-        return "; ".join(f"{p.id}: {p.description}" for p in session.pending()) or "none"
-    if verb in ("quit", "exit"):
-        threading.Thread(target=session.stop, daemon=True).start()
-        return ""
-    return COMMANDS_HELP
-
-
-class JsonPrinter:
-    def __init__(self):
-        self._lock = threading.Lock()
-
-    def __call__(self, event: ev.Event) -> None:
-        line = event.to_json()
-        with self._lock:
-            sys.stdout.write(line + "\n")
-            sys.stdout.flush()
-
-
-class ReadablePrinter:
-    """One readable line per event; progress at most every few seconds; reasoning by line."""
-
-    PROGRESS_EVERY_S = 5.0
-
-    def __init__(self, out=None):
-        self._out = out or sys.stdout
-        self._lock = threading.Lock()
-        self._last_progress = 0.0
-        self._reasoning: dict[int, str] = {}
-        self._last_stage = ""
-
-    def __call__(self, event: ev.Event) -> None:
-        with self._lock:
-            for line in self._format(event):
-                self._out.write(f"{time.strftime('%H:%M:%S')} {line}\n")
-            self._out.flush()
-
-    def _format(self, event: ev.Event) -> list[str]:
-        if isinstance(event, ev.ReasoningDelta):
-            buffered = self._reasoning.get(event.draft_id, "") + event.text
-            *done, rest = buffered.split("\n")
-            self._reasoning[event.draft_id] = rest
-            return [f"  {event.kind:8} {line}" for line in done if line.strip()]
-        if isinstance(event, ev.ProposalReady):
-            p = event.proposal
-            self._reasoning.pop(p.id, None)
-            return [f"proposal {p.id}: {p.description}", f"  hypothesis: {p.hypothesis}",
-                    *[f"  {line}" for line in p.diff.splitlines()],
-                    f"  ({p.agent}, {p.usage.input_tokens + p.usage.output_tokens} tokens, "
-                    f"${p.usage.cost_usd:.4f})"]
-        if isinstance(event, ev.LogLines):
-            return [f"  | {line}" for line in event.lines]
-        if isinstance(event, ev.RunProgress):
-            now = time.monotonic()
-            if now - self._last_progress < self.PROGRESS_EVERY_S:
-                return []
-            self._last_progress = now
-            return [f"  step {event.step} loss {event.loss:.4f} {event.percent:.0f}% "
-                    f"({event.remaining_s:.0f}s left)"]
-        if isinstance(event, ev.RunStarted):
-            return [f"run {event.run_id} started: {event.description} at {event.commit[:7]}"]
-        if isinstance(event, ev.RunFinished):
-            r, e = event.result, event.experiment
-            bpb = f"{r.val_bpb:.6f}" if r.val_bpb is not None else "-"
-            extra = f" ({r.message})" if r.message else ""
-            return [f"run {r.run_id} finished: {r.status.value} val_bpb {bpb}{extra}"
-                    + (f" [experiment {e.id}]" if e else "")]
-        if isinstance(event, ev.DecisionMade):
-            d = event.decision
-            reason = f": {d.reason}" if d.reason else ""
-            return [f"proposal {d.proposal_id}: {d.kind.value} by {d.who}{reason}"]
-        if isinstance(event, ev.BestUpdated):
-            return [f"best val_bpb {event.val_bpb:.6f} at {event.commit[:7]}"]
-        if isinstance(event, ev.NoiseFloor):
-            return [f"noise floor {event.spread:.6f} from {len(event.samples)} baseline runs"]
-        if isinstance(event, ev.Notice):
-            hint = f" ({event.hint})" if event.hint else ""
-            return [f"{event.level}: {event.message}{hint}"]
-        if isinstance(event, ev.StateChanged):
-            return [f"[{event.state}] {event.detail}".rstrip()]
-        if isinstance(event, ev.Preparing):
-            if event.stage == self._last_stage:
-                return []
-            self._last_stage = event.stage
-            return [f"preparing: {event.stage} ({event.fraction:.0%})"]
-        if isinstance(event, ev.ProposalRebased):
-            return [f"proposal {event.proposal_id} rebased onto {event.base_commit[:7]}"]
-        if isinstance(event, ev.ProposalStale):
-            return [f"proposal {event.proposal_id} is stale: {event.reason}"]
-        if isinstance(event, ev.DraftFailed):
-            return [f"draft {event.draft_id} failed: {event.message}"]
-        if isinstance(event, ev.SessionStopped):
-            return [f"stopped: {event.reason}", f"  {event.summary}"]
-        return []
+def _headless(args) -> int:
+    from engine.headless import run_engine
+    return run_engine(args)

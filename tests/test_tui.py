@@ -16,7 +16,8 @@ from tui.bridge import EventBridge
 from tui.messages import EngineEvent, LogBatch, ReasoningBatch
 from tui.screens.editor import EditorScreen, PythonTextArea
 from tui.screens.log_viewer import LogViewerScreen
-from tui.screens.modals import ConfirmQuitScreen, HelpScreen, VetoScreen
+from tui.screens.main import MainScreen
+from tui.screens.modals import ConfirmStopScreen, HelpScreen, VetoScreen
 from tui.widgets.chart import ChartPanel
 from tui.widgets.device import describe
 from tui.widgets.diff import DiffPanel, HunkView, parse_hunks, render_hunk
@@ -145,6 +146,7 @@ async def test_edit_shows_a_refusal_inline_then_saves_the_human_version(session)
         await settle(pilot)
         assert not isinstance(app.screen, EditorScreen)
         assert ("edit", 7, {"train.py": "LR = 0.025\n"}) in session.calls
+        assert session.edit_bases[-1] == "abc1234def5678"     # the base the editor opened on
         assert list(app.main.diff.queue) == [8]
 
 
@@ -320,30 +322,60 @@ async def test_o_opens_the_selected_runs_log(session, tmp_path):
 
 
 @pilot_test
-async def test_quit_asks_while_a_run_is_in_flight_then_stops_the_session(session):
+async def test_stop_asks_while_a_run_is_in_flight_then_stops_the_session(session):
     app = PairlabApp(session)
     async with app.run_test(size=WIDE) as pilot:
         await settle(pilot)
-        await pilot.press("q")
-        assert isinstance(app.screen, ConfirmQuitScreen)
+        await pilot.press("S")
+        assert isinstance(app.screen, ConfirmStopScreen)
         await pilot.press("n")
         assert app.screen is app.main and ("stop",) not in session.calls
-        await pilot.press("q", "y")
+        await pilot.press("S", "y")
         await settle(pilot, 0.3)
         assert ("stop",) in session.calls
     assert app.return_value == 0
 
 
 @pilot_test
-async def test_quit_without_a_run_exits_at_once(tmp_path):
+async def test_q_detaches_and_leaves_the_loop_running(session):
+    """q while a run trains: the app exits at once and the engine is never told to stop."""
+    app = PairlabApp(session)
+    async with app.run_test(size=WIDE) as pilot:
+        await settle(pilot)
+        assert app.main.run_in_flight is not None
+        footer = {b.binding.description for b in app.screen.active_bindings.values()}
+        assert "Detach (loop goes on)" in footer
+        await pilot.press("q")
+        await settle(pilot, 0.3)
+    assert app.return_value == 0
+    assert ("stop",) not in session.calls and not session.stopped.is_set()
+
+
+@pilot_test
+async def test_stop_without_a_run_stops_at_once(tmp_path):
     session = ScriptedSession(tmp_path, [StateChanged("reviewing", "", at=T0)])
     app = PairlabApp(session)
     async with app.run_test(size=WIDE) as pilot:
         await settle(pilot)
-        await pilot.press("q")
+        await pilot.press("S")
         await settle(pilot, 0.3)
         assert session.stopped.is_set()
     assert app.return_value == 0
+
+
+@pilot_test
+async def test_a_read_only_client_shows_no_decision_keys(session):
+    app = PairlabApp(session, read_only=True)
+    async with app.run_test(size=WIDE) as pilot:
+        await settle(pilot)
+        assert app.main.diff.selected is not None          # a proposal is waiting
+        actions = {b.binding.action for b in app.screen.active_bindings.values()
+                   if app.screen.check_action(b.binding.action, ()) is not False}
+        assert not actions & MainScreen.DECISION_ACTIONS, actions
+        assert "detach" in actions
+        await pilot.press("a", "p", "m", "k")
+        await settle(pilot, 0.3)
+        assert [c for c in session.calls if c[0] != "start"] == []
 
 
 def test_bridge_batches_high_rate_events_and_keeps_their_order():

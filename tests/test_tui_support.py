@@ -119,6 +119,7 @@ class ScriptedSession:
         self.current_run = None
         self._pending: dict[int, Proposal] = {}
         self.stopped = threading.Event()
+        self.edit_bases: list[str | None] = []     # the base each edit said it opened on
 
     # --- driving the app ---------------------------------------------------------------
     def emit(self, event) -> None:
@@ -160,10 +161,12 @@ class ScriptedSession:
         self.calls.append(("veto", proposal_id, reason))
         self._decide(proposal_id, DecisionKind.VETO, reason)
 
-    def edit(self, proposal_id: int, files: dict[str, str]) -> None:
+    def edit(self, proposal_id: int, files: dict[str, str],
+             base_commit: str | None = None) -> None:
         if any("PROTECTED" in text for text in files.values()):
             raise PatchRefused("protected", "train.py line 3: the protected block may not change")
         self.calls.append(("edit", proposal_id, files))
+        self.edit_bases.append(base_commit)
         self._decide(proposal_id, DecisionKind.EDIT)
 
     def pause(self) -> None:

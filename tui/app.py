@@ -1,8 +1,14 @@
 """pairlab's Textual app: attributes down, messages up, the engine never blocked.
 
-`run_app(session)` is the entry point the CLI calls. The app subscribes an `EventBridge`
-to the session (engine threads post messages through it), shows what the session already
-knows, then starts the loop; quitting stops the session in a worker and exits."""
+The app runs on anything with the Session facade: the CLI gives it an `EngineClient`
+attached to the workspace's engine; tests may give it an in-process Session. It subscribes an
+`EventBridge` (events arrive on other threads and are posted through it), shows what the
+engine already knows, then follows the live events.
+
+`q` detaches: the app exits and the engine's loop goes on. Stopping the loop is its own key
+(`S`), which asks first while a run is in flight. If the engine dies, the app says so and
+offers to restart it (exit code EXIT_RESTART: the CLI restarts it, it resumes from the
+journal, and a new app attaches)."""
 
 from __future__ import annotations
 
@@ -10,27 +16,33 @@ from textual import on, work
 from textual.app import App
 from textual.binding import Binding
 
+from engine.client import EngineClient, EngineLost, Resynced
 from engine.events import DraftFailed, DraftStarted
 from tui.bridge import FLUSH_INTERVAL_S, EventBridge
 from tui.messages import DeviceUpdate, EngineEvent, LogBatch, ProgressBatch, ReasoningBatch
 from tui.screens.main import MainScreen
-from tui.screens.modals import ConfirmQuitScreen
+from tui.screens.modals import ConfirmStopScreen, EngineLostScreen
 from tui.widgets.device import DevicePanel
 from tui.widgets.log import MAX_LOG_LINES
+
+
+# The app's exit code when the user asked to restart an engine that died.
+EXIT_RESTART = 75
 
 
 class PairlabApp(App[int]):
     CSS_PATH = "app.tcss"
     TITLE = "pairlab"
     ENABLE_COMMAND_PALETTE = False
-    BINDINGS = [Binding("ctrl+q", "request_quit", "Quit", id="quit-app", show=False, priority=True)]
+    BINDINGS = [Binding("ctrl+q", "detach", "Detach", id="detach-app", show=False, priority=True)]
 
-    def __init__(self, session, *, autostart: bool = True) -> None:
+    def __init__(self, session, *, autostart: bool = True, read_only: bool = False) -> None:
         super().__init__()
         self.session = session
         self.autostart = autostart
+        self.read_only = read_only
         self.bridge = EventBridge(self, max_log_lines=MAX_LOG_LINES)
-        self.main = MainScreen(session)
+        self.main = MainScreen(session, read_only=read_only)
         self._quitting = False
 
     def get_default_screen(self) -> MainScreen:
@@ -57,9 +69,26 @@ class PairlabApp(App[int]):
 
     @on(EngineEvent)
     async def _engine_event(self, message: EngineEvent) -> None:
-        if isinstance(message.event, (DraftStarted, DraftFailed)):
-            await self.main.apply_draft_event(message.event)
-        self.main.apply_event(message.event)
+        event = message.event
+        if isinstance(event, EngineLost):
+            self._engine_lost(event)
+            return
+        if isinstance(event, Resynced):
+            self.main.load_snapshot()
+            return
+        if isinstance(event, (DraftStarted, DraftFailed)):
+            await self.main.apply_draft_event(event)
+        self.main.apply_event(event)
+
+    def _engine_lost(self, event: EngineLost) -> None:
+        self.main.engine_lost(event)
+        if event.stopped or self._quitting:
+            return
+
+        def answered(restart: bool | None) -> None:
+            self.exit(EXIT_RESTART if restart else 1)
+
+        self.push_screen(EngineLostScreen(event.message), answered)
 
     @on(ReasoningBatch)
     async def _reasoning(self, message: ReasoningBatch) -> None:
@@ -77,23 +106,29 @@ class PairlabApp(App[int]):
     def _device(self, message: DeviceUpdate) -> None:
         self.main.query_one(DevicePanel).show(message.sample)
 
-    # ------------------------------------------------------------------ quitting
+    # ------------------------------------------------------------------ leaving
 
-    def action_request_quit(self) -> None:
-        if self._quitting:
+    def action_detach(self) -> None:
+        """Leave the app; the engine's loop goes on."""
+        self._quitting = True
+        self.exit(0)
+
+    def action_request_stop(self) -> None:
+        """Stop the engine's loop (for every client), then leave; asks while a run trains."""
+        if self._quitting or self.read_only:
             return
         run = self.main.run_in_flight
         if run is None:
-            self._begin_shutdown()
+            self._begin_stop()
             return
 
-        def answered(quit_now: bool | None) -> None:
-            if quit_now:
-                self._begin_shutdown()
+        def answered(stop_now: bool | None) -> None:
+            if stop_now:
+                self._begin_stop()
 
-        self.push_screen(ConfirmQuitScreen(run.description), answered)
+        self.push_screen(ConfirmStopScreen(run.description), answered)
 
-    def _begin_shutdown(self) -> None:
+    def _begin_stop(self) -> None:
         self._quitting = True
         self.main.status.state, self.main.status.detail = "stopping", "the journal keeps everything"
         self.main.status.redraw()
@@ -103,15 +138,22 @@ class PairlabApp(App[int]):
     def _stop_session(self) -> None:
         try:
             self.session.stop()
+        except Exception as error:            # e.g. the engine went away meanwhile
+            self.call_from_thread(self.notify, f"stop: {error}", severity="error")
         finally:
             self.call_from_thread(self.exit, 0)
 
 
-def run_app(session) -> int:
-    """Run the app on `session` until the user quits; the session is stopped on the way out."""
-    app = PairlabApp(session)
+def run_app(client: EngineClient) -> int:
+    """The app on an attached engine until the user leaves. Detaching leaves the engine
+    running; the exit code is EXIT_RESTART when the user asked to restart a dead engine."""
+    app = PairlabApp(client, read_only=client.read_only)
     try:
-        code = app.run()
+        code = app.run() or 0
+        engine_goes_on = not client.stopped
     finally:
-        session.stop()
-    return code or 0
+        client.close()
+    if code == 0 and engine_goes_on:
+        print("pairlab: detached; the engine's loop goes on (`pairlab` or `pairlab attach` "
+              "comes back, `pairlab status` shows where it is, `pairlab stop` ends it)")
+    return code

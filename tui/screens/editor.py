@@ -79,6 +79,7 @@ class EditorScreen(Screen[bool]):
         super().__init__()
         self.session = session
         self.proposal = proposal
+        self.base_commit = proposal.base_commit    # what `texts` are: kept if it is rebased
         self.texts = texts
 
     def compose(self) -> ComposeResult:
@@ -111,17 +112,22 @@ class EditorScreen(Screen[bool]):
     @work(thread=True, exclusive=True, exit_on_error=False)
     def _submit(self, files: dict[str, str]) -> None:
         try:
-            self.session.edit(self.proposal.id, files)
-        except PatchRefused as refused:
+            # The base it opened on: if the best moved meanwhile, the engine merges onto it.
+            self.session.edit(self.proposal.id, files, self.base_commit)
+        except (PatchRefused, ValueError, KeyError) as refused:   # refused by the engine
             self.app.call_from_thread(self._refused, refused)
         else:
             self.app.call_from_thread(self.dismiss, True)
 
-    def _refused(self, refused: PatchRefused) -> None:
-        message = getattr(refused, "message", "") or str(refused)
-        rule = getattr(refused, "rule", "")
-        self.query_one("#edit-error", Static).update(
-            Content.from_markup("[b]Refused[/b] ($rule): $message", rule=rule, message=message))
+    def _refused(self, refused: Exception) -> None:
+        if isinstance(refused, PatchRefused):
+            text = Content.from_markup("[b]Refused[/b] ($rule): $message", rule=refused.rule,
+                                       message=refused.message)
+        else:
+            message = refused.args[0] if isinstance(refused, KeyError) and refused.args \
+                else str(refused)
+            text = Content.from_markup("[b]Refused[/b]: $message", message=str(message))
+        self.query_one("#edit-error", Static).update(text)
 
     def action_cancel(self) -> None:
         self.dismiss(False)

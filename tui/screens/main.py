@@ -1,5 +1,6 @@
 """The main screen: status line, six panels, footer. Engine events are applied here;
-keys become Session calls made in thread workers, so the UI never waits on the engine."""
+keys become Session (or engine client) calls made in thread workers, so the UI never waits
+on the engine. A read-only client shows no decision keys."""
 
 from __future__ import annotations
 
@@ -19,6 +20,7 @@ from engine.events import (BestUpdated, DecisionMade, DraftFailed, DraftStarted,
                            ModeChanged, NoiseFloor, Notice, Preparing, ProposalReady,
                            ProposalRebased, ProposalStale, RunFinished, RunProgress, RunStarted,
                            SessionStopped, StateChanged)
+from engine.client import EngineClient, EngineLost
 from engine.records import Experiment, RunStatus
 from tui.messages import ProposalSelected
 from tui.screens.editor import EditorScreen
@@ -55,11 +57,14 @@ def best_value(best) -> tuple[str, float] | None:
 
 class MainScreen(Screen):
     ALLOW_IN_MAXIMIZED_VIEW = "StatusLine, Footer"
-    # Footer order: what matters most first, so a narrow footer cuts the least useful keys.
+    # Footer order: what matters most first, so a narrow footer cuts the least useful keys;
+    # q early, so even an 80-column footer says that leaving does not stop the loop.
     BINDINGS = [
         Binding("a", "accept", "Accept", id="accept", tooltip="Train the selected proposal as is"),
         Binding("e", "edit", "Edit", id="edit", tooltip="Edit the proposal, then train your version"),
         Binding("v", "veto", "Veto", id="veto", tooltip="Reject it, with a reason for the agent"),
+        Binding("q", "detach", "Detach (loop goes on)", id="detach",
+                tooltip="Leave the app; the engine's loop goes on. `pairlab` comes back"),
         Binding("n", "step_proposal(1)", "Next", id="next-proposal"),
         Binding("N", "step_proposal(-1)", "Prev", id="previous-proposal"),
         Binding("p", "pause", "Pause", id="pause", tooltip="Stop starting new runs and drafts"),
@@ -67,16 +72,22 @@ class MainScreen(Screen):
         Binding("k", "kill_run", "Kill", id="kill-run", tooltip="Stop the run in flight"),
         Binding("m", "toggle_mode", "Mode", id="toggle-mode", tooltip="review <-> auto"),
         Binding("question_mark", "help", "Help", id="help"),
-        Binding("q", "app.request_quit", "Quit", id="quit"),
+        Binding("S", "stop_loop", "Stop loop", id="stop-loop",
+                tooltip="Stop the engine's loop for every client (asks while a run trains)"),
         Binding("tab", "cycle_panel(1)", "Next panel", id="focus-next", show=False),
         Binding("shift+tab", "cycle_panel(-1)", "Previous panel", id="focus-previous", show=False),
         Binding("f", "toggle_maximize", "Full", id="maximize", tooltip="Full-screen the panel"),
         Binding("o", "open_log", "Log", id="open-log", tooltip="Open the selected run's log"),
     ]
 
-    def __init__(self, session) -> None:
+    # Keys that change the loop: a read-only client has none of them.
+    DECISION_ACTIONS = frozenset(("accept", "edit", "veto", "pause", "resume", "kill_run",
+                                  "toggle_mode", "stop_loop"))
+
+    def __init__(self, session, read_only: bool = False) -> None:
         super().__init__()
         self.session = session
+        self.read_only = read_only
         self.state = "starting"
         self.run_in_flight: RunStarted | None = None
         self.current_panel = "diff-panel"
@@ -182,6 +193,35 @@ class MainScreen(Screen):
         self.status.state = session.state
         if session.current_run is not None:           # opened on a loop already training
             self.apply_event(session.current_run)
+        if isinstance(session, EngineClient):
+            self._load_attach_extras(session)
+        self._after_change()
+
+    def _load_attach_extras(self, client: EngineClient) -> None:
+        """What only the service kept: the run's log tail and progress, the draft so far."""
+        snapshot = client.snapshot
+        if snapshot.current_run is not None and not snapshot.resync:
+            self.log_panel.write(snapshot.current_run.run_id, snapshot.log_tail, 0)
+        if snapshot.progress:
+            self.apply_progress(snapshot.progress)
+        if snapshot.draft_id is not None and not snapshot.resync:
+            self.app.call_later(self._load_draft, snapshot)
+
+    async def _load_draft(self, snapshot) -> None:
+        await self.reasoning.start_draft(snapshot.draft_id, snapshot.draft_agent,
+                                         snapshot.draft_base)
+        if snapshot.reasoning:
+            await self.reasoning.append(snapshot.draft_id,
+                                        [(c.kind, c.text) for c in snapshot.reasoning])
+        self.reasoning.show_proposal(self.diff.selected_proposal)
+
+    def engine_lost(self, event: EngineLost) -> None:
+        """The connection ended: after a stop, or because the engine died."""
+        self.state = "stopped" if event.stopped else "engine gone"
+        self.run_in_flight = None
+        self.status.state, self.status.detail = self.state, event.message
+        if not event.stopped:
+            self.notify(event.message, title="the engine is gone", severity="error", timeout=30)
         self._after_change()
 
     def apply_event(self, event: Event) -> None:
@@ -300,6 +340,10 @@ class MainScreen(Screen):
     # ------------------------------------------------------------------ keys
 
     def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
+        if action in self.DECISION_ACTIONS and (self.read_only or self.state == "engine gone"):
+            return False
+        if action == "stop_loop":
+            return self.state != "stopped"
         selected = self.diff.selected_proposal if self.is_mounted else None
         if action in ("accept", "edit", "veto"):
             return selected is not None
@@ -354,6 +398,12 @@ class MainScreen(Screen):
                 self.notify(f"your edit of #{proposal.id} is queued to train")
 
         self.app.push_screen(EditorScreen(self.session, proposal, texts), edited)
+
+    def action_detach(self) -> None:
+        self.app.action_detach()
+
+    def action_stop_loop(self) -> None:
+        self.app.action_request_stop()
 
     def action_step_proposal(self, delta: int) -> None:
         self.diff.step(delta)

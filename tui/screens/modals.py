@@ -1,4 +1,5 @@
-"""Small modal screens: the veto reason prompt, the quit confirmation, the key help."""
+"""Small modal screens: the veto reason prompt, the stop confirmation, the dead-engine
+offer to restart, the key help."""
 
 from __future__ import annotations
 
@@ -40,10 +41,12 @@ class VetoScreen(ModalScreen[str | None]):
         self.dismiss(None)
 
 
-class ConfirmQuitScreen(ModalScreen[bool]):
+class ConfirmStopScreen(ModalScreen[bool]):
+    """Stopping the loop kills the run in flight: asked, never assumed."""
+
     BINDINGS = [
-        Binding("y", "answer(True)", "Quit", id="confirm-quit"),
-        Binding("n,escape", "answer(False)", "Stay", id="cancel-quit"),
+        Binding("y", "answer(True)", "Stop", id="confirm-stop"),
+        Binding("n,escape", "answer(False)", "Keep going", id="cancel-stop"),
     ]
 
     def __init__(self, run_description: str) -> None:
@@ -53,12 +56,38 @@ class ConfirmQuitScreen(ModalScreen[bool]):
     def compose(self) -> ComposeResult:
         with Vertical(id="dialog"):
             yield Static(Content.from_markup(
-                "A run is in flight: [b]$run[/b]\n\nQuit now? The run is stopped; the journal "
-                "keeps every proposal, decision and result, and the next start resumes.\n\n"
-                "[b]y[/b] quit   [b]n[/b] stay", run=self.run_description))
+                "A run is in flight: [b]$run[/b]\n\nStop the loop now? The run is killed; the "
+                "journal keeps every proposal, decision and result, and the next start "
+                "resumes.\n(To leave the loop running, press [b]q[/b] instead: that only "
+                "detaches this app.)\n\n[b]y[/b] stop   [b]n[/b] keep going",
+                run=self.run_description))
 
-    def action_answer(self, quit_now: bool) -> None:
-        self.dismiss(quit_now)
+    def action_answer(self, stop_now: bool) -> None:
+        self.dismiss(stop_now)
+
+
+class EngineLostScreen(ModalScreen[bool]):
+    """The engine died under the app: say so, offer a restart (it resumes from the journal)."""
+
+    BINDINGS = [
+        Binding("r", "answer(True)", "Restart", id="restart-engine"),
+        Binding("q,escape", "answer(False)", "Quit", id="leave-dead-engine"),
+    ]
+
+    def __init__(self, message: str) -> None:
+        super().__init__()
+        self.message = message
+
+    def compose(self) -> ComposeResult:
+        with Vertical(id="dialog"):
+            yield Static(Content.from_markup(
+                "[b]The engine stopped unexpectedly.[/b]\n$message\n\nRestart it? It resumes "
+                "from the journal: nothing recorded is lost, and a run that was cut off "
+                "trains again.\n\n[b]r[/b] restart   [b]q[/b] quit", message=self.message),
+                id="engine-lost")
+
+    def action_answer(self, restart: bool) -> None:
+        self.dismiss(restart)
 
 
 class HelpScreen(ModalScreen[None]):
