@@ -140,7 +140,7 @@ def test_attach_gets_a_snapshot_then_live_events_and_every_command_a_reply(serve
     client.pause()                     # returns once the engine applied it and answered
     assert session.paused
     assert paused.wait(10) and client.paused
-    with pytest.raises(CommandRefused, match=r"^proposal 7 is not waiting for review"):
+    with pytest.raises(CommandRefused, match=r"^there is no proposal #7"):
         client.accept(7)
     with pytest.raises(CommandRefused, match="mode must be one of"):
         client.set_mode("turbo")

@@ -85,7 +85,7 @@ def test_a_new_event_class_crosses_with_no_protocol_change():
     event = DraftRetried(2, RunStatus.CRASH, sample(Proposal), at=5.0)
     back = round_trip(proto.EventMessage(event)).event
     assert type(back) is DraftRetried and back == event
-    assert isinstance(back.proposal.usage, Usage) and back.proposal.state is ProposalState.STALE
+    assert isinstance(back.proposal.usage, Usage) and back.proposal.state is list(ProposalState)[-1]
 
 
 def test_nan_becomes_null_not_invalid_json():
@@ -106,7 +106,7 @@ def test_snapshot_and_reply_round_trip_with_nested_records():
     back = round_trip(snapshot)
     assert back == snapshot
     assert isinstance(back.current_run, RunStarted)
-    assert isinstance(back.experiments[0], Experiment) and back.experiments[0].status is RunStatus.KILLED
+    assert isinstance(back.experiments[0], Experiment) and back.experiments[0].status is list(RunStatus)[-1]
     assert isinstance(back.best, tuple) and back.best == snapshot.best
     reply = proto.Reply(3, False, error="#7 was already accepted from another client",
                         refusal="refused")
