@@ -88,7 +88,6 @@ class DecisionsMixin:
         self.decide(command.proposal_id, decision)
 
     def _settle_held(self, held, keep: bool, decision: Decision) -> None:
-        experiment = self.journal.get_run(held.run_id)
         parent = self.workspace.parent_of(held.commit)
         if keep and parent != self.best_commit():
             raise CommandRefused(
