@@ -291,7 +291,7 @@ def test_the_real_template_accepts_a_hyperparameter_edit_and_guards_its_fence(tm
     seed = edit(train, "SEED = 42", "SEED = 7")
     diff = validate_change(real, real.head(), None, {"train.py": seed})
     assert "+SEED = 7" in diff
-    cheat = edit(train, "harness.finish(model,", "harness.finish(model.eval(),")
+    cheat = edit(train, "harness.handoff(model,", "harness.handoff(model.eval(),")
     assert refusal(real, {"train.py": cheat}).rule == "protected"
 
 

@@ -213,7 +213,7 @@ def test_refused_human_edits_name_the_rule_and_change_nothing(baselined_workspac
 def test_refused_agent_patch_goes_back_to_the_agent_and_is_repaired(
         fake_api, baselined_workspace, dataset_dir, monkeypatch):
     monkeypatch.setenv("ANTHROPIC_API_KEY", "sk-ant-test-integrity-0123456789")
-    cheat = ("harness.finish(model,", "harness.finish(model.eval(),")
+    cheat = ("harness.handoff(model,", "harness.handoff(model.eval(),")
     fake_api.script(
         turn(tool_uses=[str_replace("../nanochat/harness.py", "EVAL_TOKENS", "EVAL_TOKENS // 2"),
                         str_replace("train.py", *cheat),
