@@ -120,7 +120,12 @@ def main(argv: list[str]) -> None:
     except Exception as error:
         print(f"\nFAIL: could not confine the training process: {error}", file=sys.stderr)
         raise SystemExit(2)
-    os.execvp(command[0], command)
+    try:
+        os.execvp(command[0], command)
+    except OSError as error:
+        print(f"\nFAIL: could not start {' '.join(command)}: {error.strerror or error}",
+              file=sys.stderr)
+        raise SystemExit(127)
 
 
 if __name__ == "__main__":

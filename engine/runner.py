@@ -329,7 +329,8 @@ class Runner:
         if run.returncode != 0:
             return self._result(RunStatus.CRASH, _crash_message("nanochat.evaluate",
                                                                 abs(run.returncode), run.lines))
-        metrics, error = self._read_result(run.result or b"")
+        metrics, error = check_result(run.result or b"", self.run_id, self.expected_eval_tokens,
+                                      self.expected_checksum)
         if error:
             return self._result(RunStatus.CRASH, f"result rejected: {error}")
         self.result_path.write_bytes(run.result)    # the record; the engine already read it
@@ -352,29 +353,6 @@ class Runner:
         except OSError:
             pass      # the evaluator's outcome is judged all the same
         self._collector.kept.extend(lines)
-
-    def _read_result(self, raw: bytes) -> tuple[dict, str | None]:
-        if len(raw) > MAX_RESULT_BYTES:
-            return {}, "result file is larger than 1 MiB"
-        try:
-            data = json.loads(raw)
-        except (ValueError, UnicodeDecodeError) as exc:
-            return {}, f"not valid JSON ({exc})"
-        if not isinstance(data, dict):
-            return {}, "not a JSON object"
-        if data.get("schema") != RESULT_SCHEMA:
-            return {}, f"schema is {data.get('schema')!r}, expected {RESULT_SCHEMA}"
-        if data.get("run_id") != self.run_id:
-            return {}, f"run_id is {data.get('run_id')!r}, expected {self.run_id!r}"
-        error = _invalid_val_bpb(data.get("val_bpb"))
-        if error:
-            return {}, error
-        if self.expected_eval_tokens is not None and data.get("eval_tokens") != self.expected_eval_tokens:
-            return {}, (f"eval_tokens is {data.get('eval_tokens')!r}, "
-                        f"expected {self.expected_eval_tokens}")
-        if self.expected_checksum is not None and data.get("data_checksum") != self.expected_checksum:
-            return {}, "data_checksum does not match the prepared validation data"
-        return data, None
 
     def _result(self, status: RunStatus, message: str, metrics: dict | None = None) -> RunResult:
         metrics = metrics or {}
@@ -535,6 +513,32 @@ class _OutputCollector:
         self.kept.extend(finished)
         with self._lock:
             self._lines.extend(finished)
+
+
+def check_result(raw: bytes, run_id: str, expected_eval_tokens: int | None,
+                 expected_checksum: str | None) -> tuple[dict, str | None]:
+    """The evaluator's result file, validated: (metrics, None) or ({}, why it is refused)."""
+    if len(raw) > MAX_RESULT_BYTES:
+        return {}, "result file is larger than 1 MiB"
+    try:
+        data = json.loads(raw)
+    except (ValueError, UnicodeDecodeError) as exc:
+        return {}, f"not valid JSON ({exc})"
+    if not isinstance(data, dict):
+        return {}, "not a JSON object"
+    if data.get("schema") != RESULT_SCHEMA:
+        return {}, f"schema is {data.get('schema')!r}, expected {RESULT_SCHEMA}"
+    if data.get("run_id") != run_id:
+        return {}, f"run_id is {data.get('run_id')!r}, expected {run_id!r}"
+    error = _invalid_val_bpb(data.get("val_bpb"))
+    if error:
+        return {}, error
+    if expected_eval_tokens is not None and data.get("eval_tokens") != expected_eval_tokens:
+        return {}, (f"eval_tokens is {data.get('eval_tokens')!r}, "
+                    f"expected {expected_eval_tokens}")
+    if expected_checksum is not None and data.get("data_checksum") != expected_checksum:
+        return {}, "data_checksum does not match the prepared validation data"
+    return data, None
 
 
 def _die_with_engine() -> None:
