@@ -4,11 +4,13 @@ The runner starts train.py through this module's launcher,
 
     python -P -m engine.confine POLICY_JSON -- COMMAND...
 
-which, in the child before exec, enters a new network namespace (nothing but a loopback
-that is down) and applies a Landlock ruleset (py-landlock): reads beneath the policy's read
-paths, writes beneath its write paths, no TCP bind or connect, and no signals or abstract
-sockets out of the confined domain. Landlock survives exec and is inherited by every
-descendant, so a process that leaves the group stays confined.
+which enters a new network namespace (nothing but a loopback that is down), applies a
+Landlock ruleset (py-landlock): reads beneath the policy's read paths, writes beneath its
+write paths, no TCP bind or connect, no signals or abstract sockets out of the confined
+domain; then runs the command as its child. Landlock is inherited by every descendant, so
+a process that leaves the group stays confined; and the launcher is their child subreaper:
+when the command exits, whatever it left running is killed before the launcher exits, so
+nothing of the run is alive when the engine starts the evaluator.
 
 Where the kernel offers no Landlock the run goes unconfined and is recorded as such
 (`probe()` says why); nothing else changes.
@@ -19,12 +21,15 @@ from __future__ import annotations
 import ctypes
 import json
 import os
+import signal
 import sys
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 CLONE_NEWUSER = 0x10000000
 CLONE_NEWNET = 0x40000000
+PR_SET_PDEATHSIG = 1
+PR_SET_CHILD_SUBREAPER = 36
 
 # Read (and execute) everywhere the interpreter, its libraries and the GPU stack live.
 SYSTEM_READ = ("/usr", "/lib", "/lib64", "/bin", "/sbin", "/etc", "/opt", "/proc", "/sys")
@@ -111,6 +116,51 @@ def apply(policy: Policy) -> None:
     ruleset.apply()
 
 
+def _reap_descendants() -> None:
+    """Kill and reap every process still parented to us: as a child subreaper we inherit
+    the orphans, daemons that left the process group included."""
+    me = os.getpid()
+    while True:
+        for entry in os.listdir("/proc"):
+            if not entry.isdigit():
+                continue
+            try:
+                stat = Path(f"/proc/{entry}/stat").read_text()
+            except OSError:
+                continue
+            if int(stat.rsplit(")", 1)[1].split()[1]) == me:   # field 4: the parent's pid
+                try:
+                    os.kill(int(entry), signal.SIGKILL)
+                except OSError:
+                    pass
+        try:
+            if os.waitpid(-1, 0)[0] == 0:
+                continue
+        except ChildProcessError:
+            return
+
+
+def _run(command: list[str]) -> int:
+    """Run command as our child and wait for it; then nothing it started may outlive it.
+    Returns its wait status."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.prctl(PR_SET_CHILD_SUBREAPER, 1)
+    child = os.fork()
+    if child == 0:
+        libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+        try:
+            os.execvp(command[0], command)
+        except OSError as error:
+            print(f"\nFAIL: could not start {' '.join(command)}: {error.strerror or error}",
+                  file=sys.stderr, flush=True)
+        os._exit(127)
+    for signum in (signal.SIGTERM, signal.SIGINT):   # the runner stops the run: pass it on
+        signal.signal(signum, lambda sig, _: os.kill(child, sig))
+    _, status = os.waitpid(child, 0)
+    _reap_descendants()
+    return status
+
+
 def main(argv: list[str]) -> None:
     if len(argv) < 3 or argv[1] != "--":
         raise SystemExit("usage: python -P -m engine.confine POLICY_JSON -- COMMAND...")
@@ -120,12 +170,13 @@ def main(argv: list[str]) -> None:
     except Exception as error:
         print(f"\nFAIL: could not confine the training process: {error}", file=sys.stderr)
         raise SystemExit(2)
-    try:
-        os.execvp(command[0], command)
-    except OSError as error:
-        print(f"\nFAIL: could not start {' '.join(command)}: {error.strerror or error}",
-              file=sys.stderr)
-        raise SystemExit(127)
+    status = _run(command)
+    if os.WIFSIGNALED(status):   # end the way the child ended, for the runner's messages
+        signum = os.WTERMSIG(status)
+        if signum != signal.SIGKILL:       # SIGKILL has no handler to reset
+            signal.signal(signum, signal.SIG_DFL)
+        os.kill(os.getpid(), signum)
+    raise SystemExit(os.waitstatus_to_exitcode(status))
 
 
 if __name__ == "__main__":
