@@ -201,22 +201,23 @@ def evaluate(forward, batch_size, directory, seq_len=None, eval_tokens=None):
 
 @torch.no_grad()
 def check_causal(forward, rows, batch_size, vocab_size, generator):
-    """Refuses a model whose logits at position t change when only tokens after t change.
-    Each row gets its own random cut t (the last position among them); every token after
-    it is replaced by another one."""
+    """Refuses a model whose logits at position t change when only tokens after t change,
+    or whose logits for one row change when only the other rows of the batch change (the
+    next row is the continuation of the text). Each row gets its own random cut t (the
+    last position among them); the tokens after it are replaced by those of another
+    validation row, so the change looks like text, not like noise."""
     for batch_index in range(CAUSAL_BATCHES):
         picked = rows[batch_index * batch_size:(batch_index + 1) * batch_size]
         if len(picked) == 0:
             return
         inputs, _, real = next(_batches(picked, batch_size))
+        others, _, _ = next(_batches(rows[-batch_size:].flip(0), batch_size))
         seq_len = inputs.size(1)
         cuts = torch.randint(0, seq_len - 1, (batch_size,), generator=generator)
         cuts[0] = seq_len - 2
-        after = torch.arange(seq_len)[None, :] > cuts[:, None]
-        shift = torch.randint(1, vocab_size, inputs.shape, generator=generator)
-        changed = torch.where(after.to(DEVICE), (inputs + shift.to(DEVICE)) % vocab_size, inputs)
+        after = (torch.arange(seq_len)[None, :] > cuts[:, None]).to(DEVICE)
         original = _logits(forward, inputs, vocab_size).float()
-        rewritten = _logits(forward, changed, vocab_size).float()
+        rewritten = _logits(forward, torch.where(after, others, inputs), vocab_size).float()
         for row in range(real):
             cut = int(cuts[row])
             moved = (original[row, :cut + 1] - rewritten[row, :cut + 1]).abs().amax(-1)
@@ -227,6 +228,14 @@ def check_causal(forward, rows, batch_size, vocab_size, generator):
                         f"(by {float(moved[position]):.3g}) when only tokens after position "
                         f"{cut} changed; a language model may use only the tokens up to the "
                         "one it predicts from")
+        kept = int(torch.randint(0, real, (), generator=generator))
+        alone = others.clone()
+        alone[kept] = inputs[kept]
+        moved = (original[kept] - _logits(forward, alone, vocab_size)[kept].float()).abs().max()
+        if moved > CAUSAL_ATOL:
+            _refuse(f"the model mixes the rows of a batch: the logits of row {kept} changed "
+                    f"(by {float(moved):.3g}) when only the other rows changed; each row "
+                    "must be predicted from its own tokens")
 
 
 # ---------------------------------------------------------------------------

@@ -161,6 +161,25 @@ def test_a_model_that_looks_ahead_only_at_the_last_position_is_refused(dataset_d
     evaluate.check_causal(Bigram(vocab), rows, 4, vocab, generator)   # a causal one passes
 
 
+def test_a_model_that_reads_the_next_row_of_the_batch_is_refused(dataset_dir, capsys):
+    # The next row is the continuation of the text: its tokens are this row's future.
+    vocab = vocab_of(dataset_dir)
+
+    class ReadsTheNextRow(Bigram):
+        def forward(self, idx):    # the second token of the next row, at every position
+            return self.table[idx] + self.table[torch.roll(idx[:, 1:2], -1, dims=0)]
+
+    rows = evaluate.eval_rows(str(dataset_dir), SEQ_LEN, 2048)
+    with pytest.raises(SystemExit) as refused:
+        evaluate.check_causal(ReadsTheNextRow(vocab), rows, 4, vocab,
+                              torch.Generator().manual_seed(2))
+    assert refused.value.code == evaluate.EXIT_REFUSED
+    assert re.fullmatch(r"FAIL: model refused: the model mixes the rows of a batch: the logits "
+                        r"of row \d changed \(by [\d.e+-]+\) when only the other rows "
+                        r"changed; each row must be predicted from its own tokens",
+                        capsys.readouterr().err.strip())
+
+
 def test_a_pickle_that_would_run_code_on_load_is_refused_unrun(dataset_dir, tmp_path):
     marker = tmp_path / "code-ran"
 
