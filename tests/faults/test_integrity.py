@@ -177,7 +177,7 @@ def test_a_model_that_looks_ahead_is_refused(baselined_workspace, dataset_dir):
 
 
 def test_the_engine_keeps_its_own_clock_and_counts(baselined_workspace, dataset_dir):
-    cheat = "total_training_time = 0.001   # 'trained in a millisecond'\nstep = 10**9"
+    cheat = "total_training_time = 0.001   # 'trained in a millisecond'"
     hostile = before_fence(base_train_py(baselined_workspace), cheat)
     outcome = run_fault(baselined_workspace, fault_settings(dataset_dir), lambda _: hostile)
     added, result = assert_true_metric(outcome, baselined_workspace)
