@@ -30,11 +30,11 @@ from pathlib import Path
 
 import nanochat
 from engine.confine import Policy, python_paths
+from nanochat import PROGRAM_FILE, REPORT_FILE
 
 # What train.py needs of a prepared dataset; val.bin is the evaluator's alone.
 TRAINING_FILES = ("meta.json", "tokenizer.pkl", "token_bytes.npy", "train.bin")
 MODEL_FOLDER = "model"
-REPORTED_FILE = "reported.json"      # nanochat.harness.REPORT_FILE (the engine imports no torch)
 MAX_REPORTED_BYTES = 64 * 1024
 # train.py's own figures that are kept, as figures it reported: they decide nothing.
 REPORTED_KEYS = ("training_seconds", "peak_memory_mb", "num_steps", "total_tokens",
@@ -91,10 +91,14 @@ def training_policy(workspace_root: Path, folders: RunFolders, linked: list[Path
                   write=(str(folders.writable.resolve()), str(Path(compile_cache).resolve())))
 
 
+def handed_over(folders: RunFolders) -> bool:
+    return (folders.model / PROGRAM_FILE).is_file()
+
+
 def read_reported(model_dir: Path) -> dict:
     """The figures train.py reported about its run (reported.json), numbers only."""
     try:
-        with open(Path(model_dir) / REPORTED_FILE, "rb") as f:
+        with open(Path(model_dir) / REPORT_FILE, "rb") as f:
             data = json.loads(f.read(MAX_REPORTED_BYTES))
     except (OSError, ValueError, UnicodeDecodeError):
         return {}

@@ -90,7 +90,8 @@ class Runner:
             hard_timeout_s replaces the whole formula when given.
         silence_timeout_s: kill when the run prints nothing for this long (None: never).
         term_grace_s: SIGTERM first, SIGKILL after this many seconds.
-        metric_source: "result_file" (default, the harness's JSON) or "summary_line".
+        metric_source: "result_file" (default: the evaluator scores the handed-over model) or
+            "summary_line" (an adopted repository's own summary block, not verified).
         expected_eval_tokens, expected_checksum: when given, the result must match them.
         confined: run train.py under engine.confine where the kernel allows it.
         """
@@ -309,7 +310,7 @@ class Runner:
             if error:
                 return self._result(RunStatus.CRASH, f"summary block rejected: {error}")
             return self._result(RunStatus.KEEP, "", metrics=summary)
-        if not (self.folders.model / "program.json").exists():
+        if not evaluation.handed_over(self.folders):
             return self._result(RunStatus.CRASH, f"{name} exited without handing over a model: "
                                                  "did it reach the protected hand-off?")
         return self._evaluate()

@@ -24,6 +24,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from nanochat import PROGRAM_FILE, REPORT_FILE, TENSORS_FILE
 from nanochat.prepare import FORMAT
 
 EXIT_SETUP_ERROR = 2  # no data, bad settings: nothing was trained
@@ -325,10 +326,6 @@ def peak_memory_mb():
 # are read back with torch.load(weights_only=True), which builds tensors and nothing else.
 # (torch.export.save's archive is not used: torch.export.load unpickles with
 # weights_only=False, so a crafted archive would run code in the evaluator.)
-
-PROGRAM_FILE = "program.json"  # the serialized graph (torch._export.serde), JSON
-TENSORS_FILE = "tensors.pt"  # {"state_dict", "constants", "example_inputs"}, tensors only
-REPORT_FILE = "reported.json"  # what train.py says about its run: shown, never trusted
 
 
 def _unwrap(model):
