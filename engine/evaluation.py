@@ -41,6 +41,7 @@ REPORTED_KEYS = ("training_seconds", "peak_memory_mb", "num_steps", "total_token
                  "mfu_percent", "depth")
 EVALUATION_TIMEOUT_S = 900.0
 EXIT_EVALUATOR_TIMEOUT = 124
+EXIT_NOT_STARTED = 127
 SOURCE_ROOT = Path(nanochat.__file__).resolve().parent.parent   # holds nanochat/ and engine/
 
 
@@ -142,9 +143,14 @@ def run_evaluator(model_dir: Path, env: dict[str, str], on_start=None,
             model_copy.mkdir()   # the evaluator says what is missing
         command = [sys.executable, "-S", "-P", "-m", "nanochat.evaluate",
                    "--model", str(model_copy), "--result", str(result_path)]
-        proc = subprocess.Popen(command, cwd=private, env=env, stdin=subprocess.DEVNULL,
-                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                                start_new_session=True)
+        try:
+            proc = subprocess.Popen(command, cwd=private, env=env, stdin=subprocess.DEVNULL,
+                                    stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                    start_new_session=True)
+        except OSError as error:
+            return EvaluatorRun(EXIT_NOT_STARTED, [f"FAIL: could not start the evaluator: "
+                                                   f"{error.strerror or error}"], None,
+                                time.monotonic() - started)
         if on_start is not None:
             on_start(proc)
         try:

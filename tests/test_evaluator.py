@@ -15,7 +15,10 @@ import os
 import pickle
 import re
 import runpy
+import subprocess
+import sys
 from contextlib import nullcontext
+from pathlib import Path
 
 import pytest
 import torch
@@ -243,3 +246,18 @@ def test_a_forward_of_the_wrong_shape_is_refused(dataset_dir, tmp_path):
     assert run.returncode == evaluate.EXIT_REFUSED
     assert fail_line(run).startswith("FAIL: model refused: the forward must return logits of "
                                      "shape [batch, seq_len, >= ")
+
+
+def test_the_eval_overhead_bench_runs_quick(dataset_dir):
+    bench = Path(__file__).resolve().parents[1] / "bench" / "eval_overhead.py"
+    proc = subprocess.run([sys.executable, str(bench), "--quick"], capture_output=True,
+                          text=True, timeout=900,
+                          env={**os.environ, "PAIRLAB_DATA_DIR": str(dataset_dir),
+                               "PAIRLAB_DEVICE": "cpu"})
+    assert proc.returncode == 0, proc.stderr
+    figures = proc.stdout.splitlines()[-6:]
+    assert figures[0].startswith("config: quick | device cpu | seq 64")
+    assert [line.split(":")[0].split(" (")[0] for line in figures[1:5]] == [
+        "in-process evaluation", "hand-off export + save", "evaluator process", "overhead"]
+    in_process, out_of_process = re.findall(r"\d+\.\d{6}", figures[5])
+    assert float(in_process) == pytest.approx(float(out_of_process), abs=1e-4)

@@ -221,6 +221,20 @@ def test_exit_without_hand_off_and_stale_model_or_result_is_not_used(tmp_path):
     assert result.val_bpb is None and not (run_dir / "result.json").exists()
 
 
+def test_a_model_the_evaluator_cannot_load_is_a_crash_of_that_run(tmp_path, dataset_dir):
+    runner = make_runner(tmp_path, '''
+        model = os.environ["PAIRLAB_MODEL"]
+        os.makedirs(model)
+        open(model + "/program.json", "w").write("not a graph")
+        open(model + "/tensors.pt", "w").write("not tensors either")
+    ''', data_dir=dataset_dir, env=EVAL_ENV, hard_timeout_s=300)
+    result, _ = run(runner)
+    assert result.status == RunStatus.CRASH and result.val_bpb is None
+    assert result.message.startswith("nanochat.evaluate failed: model refused: tensors.pt "
+                                     "holds something other than tensors")
+    assert log_lines(result)[-1].startswith("FAIL: model refused: ")
+
+
 def test_python_crash_reports_the_exception(tmp_path):
     runner = make_runner(tmp_path, '''
         print("step 1 fine")
