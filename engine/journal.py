@@ -26,6 +26,7 @@ from engine.records import (
     ProposalState,
     RunResult,
     RunStatus,
+    UNVERIFIED_LABEL,
     Usage,
 )
 
@@ -98,7 +99,9 @@ CREATE TABLE IF NOT EXISTS runs (
     log_path TEXT NOT NULL,
     metrics TEXT NOT NULL DEFAULT '{}',        -- JSON: the whole validated result file
     started_at REAL NOT NULL,
-    finished_at REAL
+    finished_at REAL,
+    confined INTEGER NOT NULL DEFAULT 1,       -- train.py ran under engine.confine
+    metric_verified INTEGER NOT NULL DEFAULT 1 -- 0: val_bpb is train.py's own summary line
 );
 CREATE TABLE IF NOT EXISTS session_state (
     key TEXT PRIMARY KEY,
@@ -212,6 +215,11 @@ class Journal:
             for statement in _SCHEMA.split(";"):
                 if statement.strip():
                     self._db.execute(statement)
+            columns = {r[1] for r in self._db.execute("PRAGMA table_info(runs)")}
+            for column in ("confined", "metric_verified"):   # journals from before them
+                if column not in columns:
+                    self._db.execute(f"ALTER TABLE runs ADD COLUMN {column} INTEGER NOT NULL "
+                                     "DEFAULT 1")
             self._db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
             self._db.execute("COMMIT")
         except BaseException:
@@ -411,12 +419,13 @@ class Journal:
         return ("UPDATE runs SET status = ?, val_bpb = ?, memory_gb = ?, training_seconds = ?,"
                 " total_seconds = ?, num_steps = ?, total_tokens = ?, num_params = ?,"
                 " device = ?, message = ?, log_path = COALESCE(NULLIF(?, ''), log_path),"
-                " metrics = ?, finished_at = ? WHERE id = ?",
+                " metrics = ?, finished_at = ?, confined = ?, metric_verified = ? WHERE id = ?",
                 (RunStatus(result.status).value, result.val_bpb, result.memory_gb,
                  result.training_seconds, result.total_seconds, result.num_steps,
                  result.total_tokens, result.num_params, redact(result.device),
                  redact(result.message), redact(result.log_path), _dumps(result.metrics),
-                 finished_at, result.run_id))
+                 finished_at, int(result.confined), int(result.metric_verified),
+                 result.run_id))
 
     def interrupted_runs(self) -> list[Experiment]:
         """Mark runs left 'running' by a crashed engine as interrupted and return them.
@@ -636,6 +645,8 @@ class Journal:
             val_bpb = 0.0 if crashed else e.val_bpb
             memory_gb = 0.0 if crashed else e.memory_gb
             description = re.sub(r"[\t\r\n]+", " ", e.description).strip()
+            if e.val_bpb is not None and not e.metric_verified:
+                description = f"{description} [{UNVERIFIED_LABEL}]"
             lines.append(f"{e.commit[:7]}\t{val_bpb:.6f}\t{memory_gb:.1f}\t{status}\t"
                          f"{description}\n")
         return "".join(lines)
@@ -665,7 +676,8 @@ def _experiment(r: sqlite3.Row) -> Experiment:
         status=RunStatus(r["status"]) if r["status"] != RUNNING else RUNNING,
         val_bpb=r["val_bpb"], memory_gb=r["memory_gb"], description=r["description"],
         decided_by=r["decided_by"] or r["kind"], run_id=r["id"], started_at=r["started_at"],
-        finished_at=r["finished_at"], log_path=r["log_path"])
+        finished_at=r["finished_at"], log_path=r["log_path"], confined=bool(r["confined"]),
+        metric_verified=bool(r["metric_verified"]))
 
 
 def _proposal(r: sqlite3.Row) -> Proposal:

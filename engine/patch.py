@@ -24,8 +24,8 @@ from engine.workspace import run_git
 if TYPE_CHECKING:
     from engine.workspace import Workspace
 
-# Duplicated from nanochat.harness (the harness exports them too; a test keeps them equal):
-# the engine must not import the training harness, and with it torch, to check a patch.
+# The one definition of the fence around train.py's hand-off (the template, the tuner, the
+# tests import these). The harness and the evaluator never need them.
 PROTECTED_BEGIN = ("# ---- pairlab: protected begin (the harness evaluates the model; "
                    "patches may not change this block) ----")
 PROTECTED_END = "# ---- pairlab: protected end ----"

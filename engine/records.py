@@ -111,6 +111,23 @@ class RunResult:
     log_tail: str = ""
     log_path: str = ""
     metrics: dict = field(default_factory=dict)   # the whole validated result file
+    confined: bool = False           # train.py ran under engine.confine (Landlock, no network)
+    metric_verified: bool = True     # False: the metric is train.py's own summary line
+
+    @property
+    def integrity_label(self) -> str:
+        """What the user is told about where val_bpb came from; "" when nothing to flag."""
+        return integrity_label(self.confined, self.metric_verified)
+
+
+UNVERIFIED_LABEL = "metric reported by train.py (not verified)"
+UNCONFINED_LABEL = "unconfined"
+
+
+def integrity_label(confined: bool, metric_verified: bool) -> str:
+    if not metric_verified:
+        return UNVERIFIED_LABEL
+    return "" if confined else UNCONFINED_LABEL
 
 
 @dataclass
@@ -129,3 +146,9 @@ class Experiment:
     started_at: float
     finished_at: float | None
     log_path: str
+    confined: bool = True
+    metric_verified: bool = True
+
+    @property
+    def integrity_label(self) -> str:
+        return integrity_label(self.confined, self.metric_verified)

@@ -188,6 +188,11 @@ def markdown(summary: Summary, png_name: str) -> str:
         lines.append(f"- Noise band: {low:.6f} – {high:.6f} (spread {high - low:.6f})")
     if summary.baseline is None and summary.best is None:
         lines.append("- No measured run yet.")
+    flagged = sorted({e.integrity_label for e in summary.experiments
+                      if e.val_bpb is not None and e.integrity_label})
+    for label in flagged:
+        lines.append(f"- Some runs are marked \"{label}\": see the README's "
+                     "\"Metric integrity\" section")
 
     lines += ["", "## Kept changes", ""]
     kept = summary.kept_changes()
@@ -197,7 +202,8 @@ def markdown(summary: Summary, png_name: str) -> str:
         previous = summary.baseline.val_bpb if summary.baseline is not None else None
         for e in kept:
             change = f"{e.val_bpb - previous:+.6f}" if previous is not None else ""
-            lines.append(f"| {e.id} | `{e.commit[:7]}` | {e.val_bpb:.6f} | {change} | "
+            label = f" ({e.integrity_label})" if e.integrity_label else ""
+            lines.append(f"| {e.id} | `{e.commit[:7]}` | {e.val_bpb:.6f}{label} | {change} | "
                          f"{e.decided_by} | {_cell(e.description)} |")
             previous = e.val_bpb
     else:

@@ -5,9 +5,11 @@ engine, and a kill takes the whole group, dataloader workers and grandchildren i
 Output is read in raw chunks so that `\\r` progress updates are seen as they happen; they
 are collapsed, so the log file and the line callback only ever get finished lines.
 
-val_bpb comes from the result file the harness writes to the path the engine chose,
-never from anything train.py prints. The one exception, chosen by the user for an adopted
-unmodified autoresearch checkout, is metric_source="summary_line": the `---` summary block.
+val_bpb comes from the evaluator (engine/evaluation.py), a separate process that scores
+the model train.py handed over, never from anything train.py prints or writes; the
+training process runs confined where the kernel allows it (engine/confine.py). The one
+exception, chosen by the user for an adopted unmodified autoresearch checkout, is
+metric_source="summary_line": the `---` summary block, recorded as not verified.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ from collections import deque
 from pathlib import Path
 from typing import Callable, Sequence
 
+from engine import confine, evaluation
 from engine.records import RunResult, RunStatus
 
 # on_lines(lines): a batch of finished log lines
@@ -77,6 +80,7 @@ class Runner:
         metric_source: str = "result_file",
         expected_eval_tokens: int | None = None,
         expected_checksum: str | None = None,
+        confined: bool = True,
     ):
         """
         budget_s: the training budget handed to train.py (PAIRLAB_TIME_BUDGET).
@@ -86,8 +90,10 @@ class Runner:
             hard_timeout_s replaces the whole formula when given.
         silence_timeout_s: kill when the run prints nothing for this long (None: never).
         term_grace_s: SIGTERM first, SIGKILL after this many seconds.
-        metric_source: "result_file" (default, the harness's JSON) or "summary_line".
+        metric_source: "result_file" (default: the evaluator scores the handed-over model) or
+            "summary_line" (an adopted repository's own summary block, not verified).
         expected_eval_tokens, expected_checksum: when given, the result must match them.
+        confined: run train.py under engine.confine where the kernel allows it.
         """
         if metric_source not in METRIC_SOURCES:
             raise ValueError(f"metric_source must be one of {METRIC_SOURCES}, not {metric_source!r}")
@@ -109,13 +115,21 @@ class Runner:
         self.metric_source = metric_source
         self.expected_eval_tokens = expected_eval_tokens
         self.expected_checksum = expected_checksum
+        self.folders = evaluation.RunFolders.of(self.result_path.parent)
+        # Why the run is not confined (None: it is). An adopted repository reads its own
+        # data and caches wherever it keeps them: only pairlab's train.py is confined.
+        self.unconfined_reason = (
+            "not requested" if not confined
+            else "an adopted repository's own train.py" if metric_source == "summary_line"
+            else confine.probe())
 
         self._lock = threading.Lock()
         self._wake = threading.Event()
         self._proc: subprocess.Popen | None = None
         self._kill_request: tuple[RunStatus, str] | None = None
         self._collector: _OutputCollector | None = None
-        self._elapsed_s = 0.0   # wall time of the run, for results without their own
+        self._elapsed_s = 0.0   # wall time of the training process, by the engine's clock
+        self._eval_seconds = 0.0   # wall time of the evaluator
 
     @property
     def pid(self) -> int | None:
@@ -151,13 +165,21 @@ class Runner:
         if self.data_dir:
             env["PAIRLAB_DATA_DIR"] = str(self.data_dir)
         env.update(self.extra_env)
-        # Set last: the result path, run id and budget are the engine's, never overridden.
+        # Set last: the model path, run id and budget are the engine's, never overridden.
         env.update(
             PAIRLAB_TIME_BUDGET=f"{self.budget_s:g}",
-            PAIRLAB_RESULT=str(self.result_path),
+            PAIRLAB_MODEL=str(self.folders.model),
             PAIRLAB_RUN_ID=self.run_id,
             PYTHONUNBUFFERED="1",
         )
+        if self.metric_source == "result_file":
+            # The training split only: where val.bin is stays the evaluator's secret.
+            if self.data_dir:
+                env["PAIRLAB_DATA_DIR"] = str(self.folders.data)
+            cache = self.workspace_root / ".pairlab" / "cache"
+            env.update(TMPDIR=str(self.folders.writable),
+                       TORCHINDUCTOR_CACHE_DIR=str(cache / "inductor"),
+                       TRITON_CACHE_DIR=str(cache / "triton"))
         return env
 
     def _is_cpu_run(self) -> bool:
@@ -175,6 +197,15 @@ class Runner:
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         self.result_path.parent.mkdir(parents=True, exist_ok=True)
         self.result_path.unlink(missing_ok=True)   # a stale result must never count
+        command = self.command
+        if self.metric_source == "result_file":
+            linked = evaluation.prepare_folders(self.folders, self.data_dir)
+            cache = self.workspace_root / ".pairlab" / "cache"
+            cache.mkdir(parents=True, exist_ok=True)
+            if self.unconfined_reason is None:
+                policy = evaluation.training_policy(self.workspace_root, self.folders, linked,
+                                                    cache)
+                command = confine.launcher(policy, self.command)
 
         started = time.monotonic()
         with open(self.log_path, "w", encoding="utf-8") as log_file:
@@ -182,7 +213,7 @@ class Runner:
             self._collector = collector
             try:
                 proc = subprocess.Popen(
-                    self.command, cwd=self.workspace_root, env=self.child_env(),
+                    command, cwd=self.workspace_root, env=self.child_env(),
                     stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                     start_new_session=True, preexec_fn=_die_with_engine,
                 )
@@ -279,53 +310,67 @@ class Runner:
             if error:
                 return self._result(RunStatus.CRASH, f"summary block rejected: {error}")
             return self._result(RunStatus.KEEP, "", metrics=summary)
-        if not self.result_path.exists():
-            return self._result(RunStatus.CRASH, f"{name} exited without a result: "
+        if not evaluation.handed_over(self.folders):
+            return self._result(RunStatus.CRASH, f"{name} exited without handing over a model: "
                                                  "did it reach the protected hand-off?")
-        metrics, error = self._read_result()
+        return self._evaluate()
+
+    def _evaluate(self) -> RunResult:
+        """Score the handed-over model in the evaluator; the training group is gone."""
+        reported = evaluation.read_reported(self.folders.model)
+        run = evaluation.run_evaluator(
+            self.folders.model, evaluation.evaluator_env(self.child_env(), self.data_dir),
+            on_start=self._evaluator_started)
+        with self._lock:
+            self._proc = None
+        self._eval_seconds = run.seconds
+        self._append_to_log(run.lines)
+        if self._kill_request is not None:
+            return self._result(*self._kill_request)
+        if run.returncode != 0:
+            return self._result(RunStatus.CRASH, _crash_message("nanochat.evaluate",
+                                                                abs(run.returncode), run.lines))
+        metrics, error = check_result(run.result or b"", self.run_id, self.expected_eval_tokens,
+                                      self.expected_checksum)
         if error:
             return self._result(RunStatus.CRASH, f"result rejected: {error}")
-        return self._result(RunStatus.KEEP, "", metrics=metrics)
+        self.result_path.write_bytes(run.result)    # the record; the engine already read it
+        merged = {**reported, **metrics}
+        if "training_seconds" in reported:   # replaced by the engine's clock in _result
+            merged["reported_training_seconds"] = reported["training_seconds"]
+        return self._result(RunStatus.KEEP, "", metrics=merged)
 
-    def _read_result(self) -> tuple[dict, str | None]:
+    def _evaluator_started(self, proc: subprocess.Popen) -> None:
+        with self._lock:
+            self._proc = proc
+            kill_early = self._kill_request is not None
+        if kill_early:
+            _signal_group(proc.pid, signal.SIGTERM)
+
+    def _append_to_log(self, lines: list[str]) -> None:
         try:
-            with open(self.result_path, "rb") as f:
-                raw = f.read(MAX_RESULT_BYTES + 1)
-        except OSError as exc:
-            return {}, f"cannot read {self.result_path}: {exc.strerror or exc}"
-        if len(raw) > MAX_RESULT_BYTES:
-            return {}, "result file is larger than 1 MiB"
-        try:
-            data = json.loads(raw)
-        except (ValueError, UnicodeDecodeError) as exc:
-            return {}, f"not valid JSON ({exc})"
-        if not isinstance(data, dict):
-            return {}, "not a JSON object"
-        if data.get("schema") != RESULT_SCHEMA:
-            return {}, f"schema is {data.get('schema')!r}, expected {RESULT_SCHEMA}"
-        if data.get("run_id") != self.run_id:
-            return {}, f"run_id is {data.get('run_id')!r}, expected {self.run_id!r}"
-        error = _invalid_val_bpb(data.get("val_bpb"))
-        if error:
-            return {}, error
-        if self.expected_eval_tokens is not None and data.get("eval_tokens") != self.expected_eval_tokens:
-            return {}, (f"eval_tokens is {data.get('eval_tokens')!r}, "
-                        f"expected {self.expected_eval_tokens}")
-        if self.expected_checksum is not None and data.get("data_checksum") != self.expected_checksum:
-            return {}, "data_checksum does not match the prepared validation data"
-        return data, None
+            with open(self.log_path, "a", encoding="utf-8") as log_file:
+                log_file.write("".join(line + "\n" for line in lines))
+        except OSError:
+            pass      # the evaluator's outcome is judged all the same
+        self._collector.kept.extend(lines)
 
     def _result(self, status: RunStatus, message: str, metrics: dict | None = None) -> RunResult:
         metrics = metrics or {}
         kept = list(self._collector.kept) if self._collector else []
         peak_mb = _number(metrics.get("peak_memory_mb", metrics.get("peak_vram_mb")))
+        verified = self.metric_source == "result_file"
+        if verified:   # the engine's clock: train.py's own figure is kept as reported_*
+            metrics = {**metrics, "training_seconds": self._elapsed_s,
+                       "total_seconds": self._elapsed_s + self._eval_seconds}
         return RunResult(
             run_id=self.run_id,
             status=status,
             val_bpb=float(metrics["val_bpb"]) if "val_bpb" in metrics else None,
             memory_gb=peak_mb / 1024,
             training_seconds=_number(metrics.get("training_seconds")),
-            total_seconds=_number(metrics.get("total_seconds")) or self._elapsed_s,
+            total_seconds=(self._elapsed_s + self._eval_seconds if verified
+                           else _number(metrics.get("total_seconds")) or self._elapsed_s),
             num_steps=int(_number(metrics.get("num_steps"))),
             total_tokens=int(_number(metrics.get("total_tokens"))),
             num_params=int(_number(metrics.get("num_params"))),
@@ -334,6 +379,8 @@ class Runner:
             log_tail="\n".join(kept[-TAIL_LINES:]),
             log_path=str(self.log_path),
             metrics=metrics,
+            confined=self.unconfined_reason is None,
+            metric_verified=verified,
         )
 
 
@@ -467,6 +514,32 @@ class _OutputCollector:
         self.kept.extend(finished)
         with self._lock:
             self._lines.extend(finished)
+
+
+def check_result(raw: bytes, run_id: str, expected_eval_tokens: int | None,
+                 expected_checksum: str | None) -> tuple[dict, str | None]:
+    """The evaluator's result file, validated: (metrics, None) or ({}, why it is refused)."""
+    if len(raw) > MAX_RESULT_BYTES:
+        return {}, "result file is larger than 1 MiB"
+    try:
+        data = json.loads(raw)
+    except (ValueError, UnicodeDecodeError) as exc:
+        return {}, f"not valid JSON ({exc})"
+    if not isinstance(data, dict):
+        return {}, "not a JSON object"
+    if data.get("schema") != RESULT_SCHEMA:
+        return {}, f"schema is {data.get('schema')!r}, expected {RESULT_SCHEMA}"
+    if data.get("run_id") != run_id:
+        return {}, f"run_id is {data.get('run_id')!r}, expected {run_id!r}"
+    error = _invalid_val_bpb(data.get("val_bpb"))
+    if error:
+        return {}, error
+    if expected_eval_tokens is not None and data.get("eval_tokens") != expected_eval_tokens:
+        return {}, (f"eval_tokens is {data.get('eval_tokens')!r}, "
+                    f"expected {expected_eval_tokens}")
+    if expected_checksum is not None and data.get("data_checksum") != expected_checksum:
+        return {}, "data_checksum does not match the prepared validation data"
+    return data, None
 
 
 def _die_with_engine() -> None:

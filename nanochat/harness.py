@@ -1,9 +1,11 @@
 """
-The fixed half of every experiment: run settings, device, data, evaluation, result.
+The fixed half of every experiment: run settings, device, training data, the hand-off.
 
 train.py (the file the agent edits) imports this module; the agent never edits it and it
-is never copied into a workspace. It owns everything the metric depends on: the dataset,
-the packing of validation rows, bits-per-byte, and the result file the engine reads.
+is never copied into a workspace. The training process never sees the validation split:
+the hand-off saves the trained model, and nanochat/evaluate.py, a separate process that
+runs no code from train.py, computes val_bpb from it. The packing of rows lives here
+because the evaluator packs its validation rows the same way.
 """
 
 import bisect
@@ -14,7 +16,6 @@ import os
 import pickle
 import resource
 import sys
-import tempfile
 import time
 from dataclasses import dataclass
 from functools import lru_cache
@@ -23,16 +24,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from nanochat.prepare import FORMAT, dataset_checksum
-
-_PROCESS_STARTED = time.time()
-
-# The lines that fence train.py's hand-off to finish(); engine/patch.py refuses patches inside.
-PROTECTED_BEGIN = (
-    "# ---- pairlab: protected begin "
-    "(the harness evaluates the model; patches may not change this block) ----"
-)
-PROTECTED_END = "# ---- pairlab: protected end ----"
+from nanochat import PROGRAM_FILE, REPORT_FILE, TENSORS_FILE
+from nanochat.prepare import FORMAT
 
 EXIT_SETUP_ERROR = 2  # no data, bad settings: nothing was trained
 EXIT_TRAINING_FAILED = 3  # loss went nan/inf or exploded
@@ -84,11 +77,10 @@ TIME_BUDGET = _env_number("PAIRLAB_TIME_BUDGET", float, 300.0)  # training secon
 MAX_STEPS = _env_number("PAIRLAB_MAX_STEPS", int, None)  # fixed step count, or None: by time
 COMPILE = os.environ.get("PAIRLAB_COMPILE", "1").strip() != "0"
 RUN_ID = os.environ.get("PAIRLAB_RUN_ID", "manual")
-RESULT_PATH = Path(os.environ.get("PAIRLAB_RESULT", "result.json"))
-# Context length and evaluation size are part of the metric, so they live here, per device.
-# A CPU evaluates 128k tokens in a few seconds; on a GPU, autoresearch's 40 x 2^19.
+# Where the hand-off saves the trained model: a folder the engine chose (see handoff()).
+MODEL_DIR = Path(os.environ.get("PAIRLAB_MODEL", "model"))
+# The context length is part of the metric: the evaluator scores rows of this many tokens.
 MAX_SEQ_LEN = _env_number("PAIRLAB_SEQ_LEN", int, 256 if CPU else 2048)
-EVAL_TOKENS = _env_number("PAIRLAB_EVAL_TOKENS", int, 131072 if CPU else 40 * 524288)
 
 
 def progress(step, training_seconds):
@@ -253,81 +245,6 @@ def make_dataloader(batch_size, seed, seq_len=None):
 
 
 # ---------------------------------------------------------------------------
-# Evaluation: the fixed metric
-# ---------------------------------------------------------------------------
-
-@lru_cache(maxsize=4)
-def _eval_rows(directory, seq_len, eval_tokens):
-    """The fixed validation set: EVAL_TOKENS // seq_len rows packed in file order from the
-    start of val.bin (no shuffle, no best fit), so every run scores the same tokens
-    whatever its batch size."""
-    n_rows = eval_tokens // seq_len
-    if n_rows == 0:
-        fail(f"EVAL_TOKENS={eval_tokens} is less than one row of {seq_len} tokens",
-             EXIT_SETUP_ERROR)
-    tokens = _tokens(directory, "val")
-    rows = _pack_rows(tokens, _meta(directory)["bos_id"],
-                      _documents(*_document_bounds(directory, "val"), seed=None), seq_len + 1,
-                      buffer_size=1)
-    try:
-        return torch.from_numpy(np.stack([row for row, _ in itertools.islice(rows, n_rows)]))
-    except _OutOfData:
-        fail(f"val.bin at {directory} holds {len(tokens):,} tokens, too few for "
-             f"{n_rows} rows of {seq_len} (EVAL_TOKENS={eval_tokens:,}): prepare a larger "
-             "validation split or lower PAIRLAB_EVAL_TOKENS", EXIT_SETUP_ERROR)
-
-
-@dataclass(frozen=True)
-class Evaluation:
-    val_bpb: float
-    tokens: int  # target tokens scored (specials excluded)
-    bytes: int  # UTF-8 bytes of those tokens
-
-
-@torch.no_grad()
-def evaluate(model, batch_size):
-    """Bits per byte on the fixed validation rows: summed nats over target tokens divided by
-    ln 2 times their bytes. Specials (0 bytes) count in neither sum, so the metric does not
-    depend on the vocabulary. The last batch is padded with ignored rows (target -1) so a
-    compiled model sees one shape."""
-    directory = str(data_dir())
-    rows = _eval_rows(directory, MAX_SEQ_LEN, EVAL_TOKENS)
-    token_bytes = _token_bytes(directory).to(DEVICE)
-    total_nats = torch.zeros((), dtype=torch.float64, device=DEVICE)
-    total_bytes = torch.zeros((), dtype=torch.int64, device=DEVICE)
-    total_tokens = torch.zeros((), dtype=torch.int64, device=DEVICE)
-    for first in range(0, len(rows), batch_size):
-        batch = rows[first:first + batch_size].to(DEVICE)
-        inputs, targets = batch[:, :-1], batch[:, 1:]
-        padding = batch_size - len(batch)
-        if padding:
-            inputs = torch.cat([inputs, inputs[:1].expand(padding, -1)])
-            targets = torch.cat([targets, torch.full_like(targets[:1], -1).expand(padding, -1)])
-        losses = model(inputs, targets, reduction="none").reshape(-1).double()
-        flat_targets = targets.reshape(-1)
-        nbytes = torch.where(flat_targets >= 0, token_bytes[flat_targets.clamp(min=0)], 0)
-        scored = nbytes > 0
-        total_nats += torch.where(scored, losses, 0.0).sum()
-        total_bytes += nbytes.sum()
-        total_tokens += scored.sum()
-    return Evaluation(
-        val_bpb=total_nats.item() / (math.log(2) * total_bytes.item()),
-        tokens=int(total_tokens.item()),
-        bytes=int(total_bytes.item()),
-    )
-
-
-def evaluate_bpb(model, batch_size):
-    return evaluate(model, batch_size).val_bpb
-
-
-def data_checksum(directory):
-    """prepare.py's meta.json checksum, computed from the files themselves: a meta.json
-    copied next to other validation data must not vouch for it."""
-    return dataset_checksum(Path(directory))
-
-
-# ---------------------------------------------------------------------------
 # Health and efficiency
 # ---------------------------------------------------------------------------
 
@@ -401,70 +318,77 @@ def peak_memory_mb():
 
 
 # ---------------------------------------------------------------------------
-# The protected hand-off: evaluate, write the result, print the summary
+# The protected hand-off: save the trained model, print the summary, exit
 # ---------------------------------------------------------------------------
+# The model leaves this process as a graph of ATen operations from tokens to logits
+# (torch.export) and its tensors: nanochat/evaluate.py loads them without running any of
+# train.py's Python. Neither file is a pickle of objects: the graph is JSON and the tensors
+# are read back with torch.load(weights_only=True), which builds tensors and nothing else.
+# (torch.export.save's archive is not used: torch.export.load unpickles with
+# weights_only=False, so a crafted archive would run code in the evaluator.)
 
-def _write_json_atomically(path, payload):
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+
+def _unwrap(model):
+    """The module itself: torch.compile's wrapper keeps it in _orig_mod."""
+    return getattr(model, "_orig_mod", model)
+
+
+def export_model(model, *, autocast, batch_size, seq_len=None):
+    """torch.export of the forward from a [batch_size, seq_len] token batch to logits."""
+    from torch.export import export
+    module = _unwrap(model).eval()
+    tokens = torch.zeros((batch_size, seq_len or MAX_SEQ_LEN), dtype=torch.long, device=DEVICE)
+    with torch.no_grad(), autocast:
+        return export(module, (tokens,))
+
+
+def save_model(program, directory):
+    from torch._export.serde.serialize import serialize
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    artifact = serialize(program)
+    tensors = {"state_dict": dict(program.state_dict), "constants": dict(program.constants),
+               "example_inputs": program.example_inputs}
+    (directory / PROGRAM_FILE).write_bytes(artifact.exported_program)
+    torch.save(tensors, directory / TENSORS_FILE)
+
+
+def handoff(model, *, autocast, batch_size, num_steps, total_tokens, training_seconds,
+            flops_per_token, depth):
+    """Saves the trained model to MODEL_DIR for the evaluator, prints autoresearch's summary
+    block (without val_bpb, which only the evaluator knows) and ends the process.
+
+    Ending it here means no code of train.py runs after the model is saved: the engine
+    starts the evaluator once this process group is gone."""
     try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(payload, f, indent=2)
-            f.write("\n")
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        os.unlink(tmp)
-        raise
-
-
-def finish(model, *, autocast, batch_size, num_steps, total_tokens, training_seconds,
-           flops_per_token, depth):
-    """Evaluates the trained model, prints autoresearch's summary block, writes the result
-    JSON that the engine reads (the only source of val_bpb) and ends the process.
-
-    Ending it here is what keeps the result honest: code after the protected block, an
-    atexit hook or a finally clause in train.py never runs after the result is written,
-    so none of it can rewrite the file."""
-    directory = str(data_dir())
-    with autocast:
-        evaluation = evaluate(model, batch_size)
-    if not math.isfinite(evaluation.val_bpb):
-        fail(f"val_bpb is {evaluation.val_bpb} after {num_steps} steps", EXIT_TRAINING_FAILED)
+        program = export_model(model, autocast=autocast, batch_size=batch_size)
+    except Exception as error:
+        fail(f"the model could not be exported for the evaluator ({type(error).__name__}: "
+             f"{str(error).strip().splitlines()[0] if str(error).strip() else ''}); the "
+             "forward from tokens to logits must be traceable by torch.export",
+             EXIT_TRAINING_FAILED)
+    save_model(program, MODEL_DIR)
     compute_dtype = getattr(autocast, "fast_dtype", torch.float32)  # nullcontext: fp32
     # under the untimed warm-up steps nothing was timed: no MFU rather than an absurd one
     mfu = (100 * flops_per_token * total_tokens / training_seconds / peak_flops(compute_dtype)
            if training_seconds > 0 else 0.0)
-    result = {
-        "schema": 1,
-        "run_id": RUN_ID,
-        "val_bpb": evaluation.val_bpb,
-        "eval_tokens": evaluation.tokens,
-        "eval_bytes": evaluation.bytes,
-        "data_checksum": data_checksum(directory),
+    reported = {
         "training_seconds": training_seconds,
-        "total_seconds": time.time() - _PROCESS_STARTED,
         "peak_memory_mb": peak_memory_mb(),
         "num_steps": num_steps,
         "total_tokens": total_tokens,
-        "num_params": sum(p.numel() for p in model.parameters()),
         "mfu_percent": mfu,
         "depth": depth,
-        "device": DEVICE,
-        "seq_len": MAX_SEQ_LEN,
     }
+    (MODEL_DIR / REPORT_FILE).write_text(json.dumps(reported, indent=2) + "\n")
     print("---")
-    print(f"val_bpb:          {result['val_bpb']:.6f}")
-    print(f"training_seconds: {result['training_seconds']:.1f}")
-    print(f"total_seconds:    {result['total_seconds']:.1f}")
-    print(f"peak_vram_mb:     {result['peak_memory_mb']:.1f}")
-    print(f"mfu_percent:      {result['mfu_percent']:.2f}")
+    print(f"training_seconds: {training_seconds:.1f}")
+    print(f"peak_vram_mb:     {reported['peak_memory_mb']:.1f}")
+    print(f"mfu_percent:      {mfu:.2f}")
     print(f"total_tokens_M:   {total_tokens / 1e6:.1f}")
     print(f"num_steps:        {num_steps}")
-    print(f"num_params_M:     {result['num_params'] / 1e6:.1f}")
     print(f"depth:            {depth}")
-    _write_json_atomically(RESULT_PATH, result)
+    print("model handed to the evaluator")
     sys.stdout.flush()
     sys.stderr.flush()
     os._exit(0)

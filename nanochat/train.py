@@ -1,7 +1,8 @@
 """
 Pretraining a small GPT for a fixed budget, in one file: model, optimizer, loop.
-This is the file the research agent edits; the fixed parts (data, evaluation, the result
-the engine reads) live in nanochat/harness.py. Cherry-picked from autoresearch/nanochat.
+This is the file the research agent edits; the fixed parts (data, the hand-off of the
+trained model) live in nanochat/harness.py, and val_bpb is computed from the handed-over
+model by nanochat/evaluate.py, in another process. Cherry-picked from autoresearch/nanochat.
 Usage: python train.py   (settings such as the time budget come from PAIRLAB_* variables)
 """
 
@@ -507,7 +508,8 @@ while True:
 
 print()
 # ---- pairlab: protected begin (the harness evaluates the model; patches may not change this block) ----
-harness.finish(model, autocast=autocast_ctx, batch_size=DEVICE_BATCH_SIZE, num_steps=step,
-               total_tokens=step * TOTAL_BATCH_SIZE, training_seconds=total_training_time,
-               flops_per_token=num_flops_per_token, depth=DEPTH)
+fa3 = None  # the evaluator runs ATen operations only: the model is exported with SDPA
+harness.handoff(model, autocast=autocast_ctx, batch_size=DEVICE_BATCH_SIZE, num_steps=step,
+                total_tokens=step * TOTAL_BATCH_SIZE, training_seconds=total_training_time,
+                flops_per_token=num_flops_per_token, depth=DEPTH)
 # ---- pairlab: protected end ----

@@ -11,22 +11,23 @@ import pytest
 from engine.agents.base import AgentError, DraftCancelled, DraftContext, HistoryItem
 from engine.agents.claude import ClaudeAgent
 from engine.agents.editor_tool import ScratchEditor
+from engine.patch import PROTECTED_BEGIN, PROTECTED_END
 from tests.fakeapi import (EDITOR, broken, closed_port, fake_api, insert, overloaded,  # noqa: F401
                            rate_limited, server_error, str_replace, stream_error, submit, turn,
                            unauthorized, view)
 
 KEY = "sk-ant-test-k3y-SECRET-0123456789"
 
-TRAIN_PY = """\
+TRAIN_PY = f"""\
 # ---- hyperparameters: edit these directly ----
 DEPTH = 4            # transformer layers
 MATRIX_LR = 0.02     # Muon learning rate
 WARMUP_STEPS = 10    # linear warmup
 EMBED_LR = 0.02      # embedding learning rate
 
-# ---- pairlab: protected begin (the harness evaluates the model; patches may not change this block) ----
+{PROTECTED_BEGIN}
 harness.evaluate(model)
-# ---- pairlab: protected end ----
+{PROTECTED_END}
 """
 WARMUP_50 = TRAIN_PY.replace("WARMUP_STEPS = 10", "WARMUP_STEPS = 50")
 

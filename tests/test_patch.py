@@ -1,6 +1,5 @@
 """The patch policy, diffs and rebases, checked with real git on temporary repositories."""
 
-import ast
 import subprocess
 from pathlib import Path
 
@@ -229,15 +228,15 @@ def test_a_malformed_fence_at_the_base_is_reported():
         check_protected("train.py", PROTECTED_BEGIN + "\nx\n", "y\n")
 
 
-def test_the_markers_equal_the_harness_ones():
-    # read from the harness source: importing it would import torch (seconds) for two strings
-    import nanochat
-    source = (Path(nanochat.__file__).parent / "harness.py").read_text()
-    constants = {node.targets[0].id: ast.literal_eval(node.value)
-                 for node in ast.parse(source).body
-                 if isinstance(node, ast.Assign) and isinstance(node.targets[0], ast.Name)
-                 and node.targets[0].id in ("PROTECTED_BEGIN", "PROTECTED_END")}
-    assert constants == {"PROTECTED_BEGIN": PROTECTED_BEGIN, "PROTECTED_END": PROTECTED_END}
+def test_the_markers_are_defined_once():
+    # engine/patch.py holds the one definition; everything else imports it (the template
+    # writes the lines themselves, once each)
+    root = Path(__file__).resolve().parents[1]
+    sources = [p for folder in ("engine", "nanochat", "tests", "tui", "bench")
+               for p in (root / folder).rglob("*.py")]
+    prefix = PROTECTED_END[:-len("end ----")]
+    holders = sorted(p.relative_to(root).as_posix() for p in sources if prefix in p.read_text())
+    assert holders == ["engine/patch.py", "nanochat/train.py"]
 
 
 # random edits: inside the fence always refused, outside always accepted
@@ -292,7 +291,7 @@ def test_the_real_template_accepts_a_hyperparameter_edit_and_guards_its_fence(tm
     seed = edit(train, "SEED = 42", "SEED = 7")
     diff = validate_change(real, real.head(), None, {"train.py": seed})
     assert "+SEED = 7" in diff
-    cheat = edit(train, "harness.finish(model,", "harness.finish(model.eval(),")
+    cheat = edit(train, "harness.handoff(model,", "harness.handoff(model.eval(),")
     assert refusal(real, {"train.py": cheat}).rule == "protected"
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import json
+import math
 import textwrap
 import threading
 import time
@@ -11,11 +12,12 @@ import time
 import psutil
 import pytest
 
+from engine import confine
 from engine.records import RunStatus
-from engine.runner import Runner, _OutputCollector
+from engine.runner import Runner, _OutputCollector, check_result
 
-# What every fake train.py can use: the progress line of contracts §3, and the result
-# file the harness writes.
+# What every fake train.py can use: the progress line of contracts §3, and the real
+# hand-off of a model that predicts every token of the vocabulary alike.
 PREAMBLE = textwrap.dedent('''
     import json, os, signal, subprocess, sys, time
 
@@ -23,18 +25,25 @@ PREAMBLE = textwrap.dedent('''
         return (f"step {step:05d} ({100 * step / total:.1f}%) | loss: {5 - step / total:.6f} "
                 f"| lrm: 1.00 | dt: 10ms | tok/sec: 28,000 | mfu: 1.2% | remaining: {total - step}s")
 
-    def write_result(**overrides):
-        result = {"schema": 1, "run_id": os.environ["PAIRLAB_RUN_ID"], "val_bpb": 1.2,
-                  "eval_tokens": 4096, "eval_bytes": 16000, "data_checksum": "abc123",
-                  "training_seconds": 1.0, "total_seconds": 1.5, "peak_memory_mb": 2048.0,
-                  "num_steps": 100, "total_tokens": 51200, "num_params": 3100000,
-                  "mfu_percent": 1.2, "depth": 4, "device": "cpu", "seq_len": 256}
-        result.update(overrides)
-        path = os.environ["PAIRLAB_RESULT"]
-        with open(path + ".tmp", "w") as f:
-            json.dump(result, f)
-        os.replace(path + ".tmp", path)
+    def hand_over(vocab_size):
+        from contextlib import nullcontext
+        import torch
+        from nanochat import harness
+
+        class Uniform(torch.nn.Module):
+            def __init__(self):
+                super().__init__()
+                self.logits = torch.nn.Parameter(torch.zeros(vocab_size))
+
+            def forward(self, idx):
+                return self.logits.expand(*idx.shape, -1)
+
+        harness.handoff(Uniform(), autocast=nullcontext(), batch_size=2, num_steps=100,
+                        total_tokens=51200, training_seconds=0.0, flops_per_token=0, depth=4)
 ''')
+NO_HAND_OFF = "train.py exited without handing over a model: did it reach the protected hand-off?"
+# Rows the evaluator scores in these tests (PAIRLAB_* of the runner's env).
+EVAL_ENV = {"PAIRLAB_SEQ_LEN": "64", "PAIRLAB_EVAL_TOKENS": "1024"}
 
 
 def make_runner(tmp_path, body: str, run_id: str = "r1", **kwargs) -> Runner:
@@ -86,11 +95,10 @@ def test_progress_updates_are_collapsed_and_parsed(tmp_path, style):
             time.sleep(0.002)
         print()
         print("training done")
-        write_result()
     ''')
     result, recorder = run(runner)
 
-    assert result.status == RunStatus.KEEP, result.message
+    assert result.message == NO_HAND_OFF      # the output is what this test is about
     assert [update[0] for update in recorder.progress] == list(range(100))
     step, loss, percent, elapsed_s, remaining_s = recorder.progress[42]
     assert (step, loss, percent, remaining_s) == (42, pytest.approx(4.58), 42.0, 58.0)
@@ -111,27 +119,36 @@ def test_last_progress_state_is_logged_before_an_interrupting_line(tmp_path):
         for step in range(5):
             print(progress_line(step, 10), end="\\r", flush=True)
         print("eval: running validation")
-        write_result()
     ''')
     result, recorder = run(runner)
     assert log_lines(result) == [progress_text(4, 10), "eval: running validation"]
     assert recorder.lines == log_lines(result)
 
 
-def test_metric_comes_from_the_result_file_not_from_printed_lines(tmp_path):
-    runner = make_runner(tmp_path, '''
+def test_metric_comes_from_the_evaluator_not_from_printed_lines(tmp_path, dataset_dir):
+    meta = json.loads((dataset_dir / "meta.json").read_text())
+    runner = make_runner(tmp_path, f'''
         print("---")
         print("val_bpb:          0.100000")
         print("peak_vram_mb:     10.0")
-        write_result(val_bpb=1.2, peak_memory_mb=3072.0)
-    ''')
+        hand_over({meta["vocab_size"]})
+    ''', data_dir=dataset_dir, env=EVAL_ENV, hard_timeout_s=300)
     result, _ = run(runner)
-    assert result.status == RunStatus.KEEP
-    assert result.val_bpb == 1.2
-    assert result.memory_gb == 3.0
-    assert result.num_steps == 100 and result.num_params == 3100000 and result.device == "cpu"
-    assert result.metrics["eval_tokens"] == 4096
+    assert result.status == RunStatus.KEEP, result.message
+    # Uniform logits pay ln(V) nats on every scored token.
+    metrics = result.metrics
+    uniform = math.log(meta["vocab_size"]) * metrics["eval_tokens"] / (math.log(2) *
+                                                                       metrics["eval_bytes"])
+    assert result.val_bpb == pytest.approx(uniform, rel=1e-6)
+    assert 0 < metrics["eval_tokens"] <= 1024 and metrics["data_checksum"] == meta["checksum"]
+    assert result.num_steps == 100 and result.num_params == meta["vocab_size"]
+    assert result.device == "cpu" and result.metric_verified
+    assert result.confined is (confine.probe() is None)
+    # The engine's clock, not train.py's (which said 0.0)
+    assert metrics["reported_training_seconds"] == 0.0
+    assert result.training_seconds > 0 and result.total_seconds > result.training_seconds
     assert "val_bpb:          0.100000" in result.log_tail
+    assert log_lines(result)[-1].startswith(f"val_bpb:          {result.val_bpb:.6f}")
 
 
 def test_summary_line_source_reads_the_summary_block(tmp_path):
@@ -148,31 +165,38 @@ def test_summary_line_source_reads_the_summary_block(tmp_path):
     assert result.val_bpb == 1.34321
     assert result.memory_gb == pytest.approx(1850.2 / 1024)
     assert result.num_steps == 2047
+    assert not result.metric_verified and not result.confined
+    assert result.integrity_label == "metric reported by train.py (not verified)"
 
 
-def test_child_environment(tmp_path, monkeypatch):
+def test_child_environment(tmp_path, monkeypatch, dataset_dir):
     monkeypatch.setenv("ANTHROPIC_API_KEY", "sk-ant-secret")
     monkeypatch.setenv("HF_TOKEN", "hf-secret")
     monkeypatch.setenv("PAIRLAB_TEST_VISIBLE", "yes")
     runner = make_runner(tmp_path, '''
-        keys = ["PAIRLAB_TIME_BUDGET", "PAIRLAB_RESULT", "PAIRLAB_RUN_ID", "PAIRLAB_DEVICE",
+        keys = ["PAIRLAB_TIME_BUDGET", "PAIRLAB_MODEL", "PAIRLAB_RUN_ID", "PAIRLAB_DEVICE",
                 "PAIRLAB_DATA_DIR", "PAIRLAB_COMPILE", "PYTHONUNBUFFERED", "MALLOC_MMAP_MAX_",
-                "MALLOC_TRIM_THRESHOLD_", "PAIRLAB_TEST_VISIBLE", "ANTHROPIC_API_KEY", "HF_TOKEN"]
-        print(json.dumps({"cwd": os.getcwd(), "env": {k: os.environ.get(k) for k in keys}}))
-        write_result()
-    ''', run_id="env-run", budget_s=2.5, data_dir=tmp_path / "data",
-        env={"PAIRLAB_COMPILE": "0", "PAIRLAB_RESULT": "/tmp/elsewhere.json"})
+                "MALLOC_TRIM_THRESHOLD_", "PAIRLAB_TEST_VISIBLE", "ANTHROPIC_API_KEY", "HF_TOKEN",
+                "TMPDIR"]
+        print(json.dumps({"cwd": os.getcwd(), "env": {k: os.environ.get(k) for k in keys},
+                          "data": sorted(os.listdir(os.environ["PAIRLAB_DATA_DIR"]))}))
+    ''', run_id="env-run", budget_s=2.5, data_dir=dataset_dir,
+        env={"PAIRLAB_COMPILE": "0", "PAIRLAB_MODEL": "/tmp/elsewhere"})
     result, recorder = run(runner)
 
-    assert result.status == RunStatus.KEEP, result.message
+    assert result.status == RunStatus.CRASH   # it handed nothing over
     seen = json.loads(recorder.lines[0])
     assert seen["cwd"] == str(tmp_path)
+    run_dir = tmp_path / ".pairlab" / "runs" / "env-run"
+    # The training split without val.bin: where the validation data is stays untold.
+    assert seen["data"] == ["meta.json", "token_bytes.npy", "tokenizer.pkl", "train.bin"]
     assert seen["env"] == {
         "PAIRLAB_TIME_BUDGET": "2.5",
-        "PAIRLAB_RESULT": str(tmp_path / ".pairlab" / "runs" / "env-run" / "result.json"),
+        "PAIRLAB_MODEL": str(run_dir / "train" / "model"),
         "PAIRLAB_RUN_ID": "env-run",
         "PAIRLAB_DEVICE": "cpu",
-        "PAIRLAB_DATA_DIR": str(tmp_path / "data"),
+        "PAIRLAB_DATA_DIR": str(run_dir / "data"),
+        "TMPDIR": str(run_dir / "train"),
         "PAIRLAB_COMPILE": "0",
         "PYTHONUNBUFFERED": "1",
         "MALLOC_MMAP_MAX_": "0",
@@ -184,16 +208,31 @@ def test_child_environment(tmp_path, monkeypatch):
     assert result.log_path == str(tmp_path / ".pairlab" / "logs" / "env-run.log")
 
 
-def test_exit_without_result_and_stale_result_is_not_used(tmp_path):
-    stale = tmp_path / ".pairlab" / "runs" / "r1" / "result.json"
-    stale.parent.mkdir(parents=True)
-    stale.write_text(json.dumps({"schema": 1, "run_id": "r1", "val_bpb": 0.5}))
+def test_exit_without_hand_off_and_stale_model_or_result_is_not_used(tmp_path):
+    run_dir = tmp_path / ".pairlab" / "runs" / "r1"
+    (run_dir / "train" / "model").mkdir(parents=True)
+    (run_dir / "train" / "model" / "program.json").write_text("{}")
+    (run_dir / "result.json").write_text(json.dumps({"schema": 1, "run_id": "r1",
+                                                     "val_bpb": 0.5}))
     runner = make_runner(tmp_path, 'print("trained, but forgot the hand-off")')
     result, _ = run(runner)
     assert result.status == RunStatus.CRASH
-    assert result.message == ("train.py exited without a result: "
-                              "did it reach the protected hand-off?")
-    assert result.val_bpb is None
+    assert result.message == NO_HAND_OFF
+    assert result.val_bpb is None and not (run_dir / "result.json").exists()
+
+
+def test_a_model_the_evaluator_cannot_load_is_a_crash_of_that_run(tmp_path, dataset_dir):
+    runner = make_runner(tmp_path, '''
+        model = os.environ["PAIRLAB_MODEL"]
+        os.makedirs(model)
+        open(model + "/program.json", "w").write("not a graph")
+        open(model + "/tensors.pt", "w").write("not tensors either")
+    ''', data_dir=dataset_dir, env=EVAL_ENV, hard_timeout_s=300)
+    result, _ = run(runner)
+    assert result.status == RunStatus.CRASH and result.val_bpb is None
+    assert result.message.startswith("nanochat.evaluate failed: model refused: tensors.pt "
+                                     "holds something other than tensors")
+    assert log_lines(result)[-1].startswith("FAIL: model refused: ")
 
 
 def test_python_crash_reports_the_exception(tmp_path):
@@ -252,19 +291,17 @@ def test_killed_by_a_signal(tmp_path, signum, message):
     ({"data_checksum": "forged"}, "data_checksum does not match the prepared validation data"),
     ({"schema": 2}, "schema is 2, expected 1"),
 ])
-def test_tampered_result_is_rejected(tmp_path, overrides, reason):
-    runner = make_runner(tmp_path, f"write_result(**json.loads({json.dumps(overrides)!r}))",
-                         expected_eval_tokens=4096, expected_checksum="abc123")
-    result, _ = run(runner)
-    assert result.status == RunStatus.CRASH
-    assert result.message == f"result rejected: {reason}"
-    assert result.val_bpb is None
+def test_a_wrong_evaluator_result_is_refused(overrides, reason):
+    result = {"schema": 1, "run_id": "r1", "val_bpb": 1.2, "eval_tokens": 4096,
+              "eval_bytes": 16000, "data_checksum": "abc123", **overrides}
+    metrics, error = check_result(json.dumps(result).encode(), "r1", 4096, "abc123")
+    assert (metrics, error) == ({}, reason)
 
 
-def test_result_that_is_not_an_object_is_rejected(tmp_path):
-    runner = make_runner(tmp_path, 'open(os.environ["PAIRLAB_RESULT"], "w").write("[1.2]")')
-    result, _ = run(runner)
-    assert result.message == "result rejected: not a JSON object"
+def test_an_evaluator_result_that_is_not_an_object_is_refused():
+    assert check_result(b"[1.2]", "r1", None, None) == ({}, "not a JSON object")
+    assert check_result(json.dumps({"schema": 1, "run_id": "r1", "val_bpb": 1.2}).encode(),
+                        "r1", None, None)[1] is None
 
 
 def wait_gone(pid: int, timeout: float = 5.0) -> bool:
@@ -283,7 +320,7 @@ def test_hard_timeout_kills_the_whole_group(tmp_path):
     # The grandchild keeps the output pipe open too: the runner must not hang on it.
     runner = make_runner(tmp_path, '''
         child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
-        open("grandchild.pid", "w").write(str(child.pid))
+        open(os.path.join(os.environ["TMPDIR"], "grandchild.pid"), "w").write(str(child.pid))
         time.sleep(60)
     ''', budget_s=1.0, grace_s=0.5)
     started = time.monotonic()
@@ -293,7 +330,8 @@ def test_hard_timeout_kills_the_whole_group(tmp_path):
     assert result.message == "no result after 2.5s (budget 1s): killed"
     assert result.total_seconds >= 2.5
     assert time.monotonic() - started < 6
-    assert wait_gone(int((tmp_path / "grandchild.pid").read_text()))
+    pid_file = tmp_path / ".pairlab" / "runs" / "r1" / "train" / "grandchild.pid"
+    assert wait_gone(int(pid_file.read_text()))
     assert runner.pid is None
 
 
@@ -327,11 +365,10 @@ def test_line_flood_arrives_in_few_batches(tmp_path):
     runner = make_runner(tmp_path, '''
         for i in range(20000):
             print(f"line {i}")
-        write_result()
     ''')
     started = time.monotonic()
     result, recorder = run(runner)
-    assert result.status == RunStatus.KEEP
+    assert result.message == NO_HAND_OFF
     expected = [f"line {i}" for i in range(20000)]
     assert recorder.lines == expected
     assert log_lines(result) == expected
@@ -380,7 +417,9 @@ def test_command_that_cannot_start(tmp_path):
     runner = Runner(tmp_path, "r1", budget_s=1, command=["no-such-trainer-binary", "train.py"])
     result = runner.run()
     assert result.status == RunStatus.CRASH
-    assert result.message.startswith("could not start no-such-trainer-binary train.py:")
+    # Confined, the launcher starts it and says so; unconfined, Popen itself fails.
+    assert result.message.endswith("could not start no-such-trainer-binary train.py: "
+                                   "No such file or directory")
 
 
 def test_collector_is_independent_of_chunk_boundaries():

@@ -99,7 +99,7 @@ def test_edit_replaces_the_agents_version_and_refusals_are_precise(tiny_workspac
         proposal = session.pending()[0]
         text = session.proposal_text(proposal.id, "train.py")
         with pytest.raises(PatchRefused) as refused:
-            session.edit(proposal.id, {"train.py": text.replace("harness.finish(", "print(")})
+            session.edit(proposal.id, {"train.py": text.replace("harness.handoff(", "print(")})
         assert refused.value.rule == "protected"
         assert session.pending()[0].id == proposal.id       # still waiting, nothing lost
 

@@ -1,5 +1,5 @@
-"""Training setup: real train.py subprocesses on a tiny config, and the harness's metric on a
-hand-checked example."""
+"""Training setup: real train.py subprocesses on a tiny config, scored by the real evaluator,
+and the evaluator's metric on a hand-checked example."""
 
 import ast
 import json
@@ -15,18 +15,20 @@ import numpy as np
 import pytest
 import torch
 
-from nanochat import harness, prepare
+from engine.evaluation import evaluator_env, read_reported, run_evaluator
+from engine.patch import PROTECTED_BEGIN, PROTECTED_END
+from nanochat import evaluate, harness, prepare
 
 REPO = Path(__file__).resolve().parents[1]
 TEMPLATE = REPO / "nanochat" / "train.py"
 PROGRESS = re.compile(r"step (\d+) \(([\d.]+)%\) \| loss: ([-\w.+]+).*?remaining: (\d+)s")
-SUMMARY_KEYS = ["val_bpb", "training_seconds", "total_seconds", "peak_vram_mb", "mfu_percent",
-                "total_tokens_M", "num_steps", "num_params_M", "depth"]
+SUMMARY_KEYS = ["training_seconds", "peak_vram_mb", "mfu_percent", "total_tokens_M",
+                "num_steps", "depth", "model handed to the evaluator"]
 RESULT_TYPES = {"schema": int, "run_id": str, "val_bpb": float, "eval_tokens": int,
-                "eval_bytes": int, "data_checksum": str, "training_seconds": float,
-                "total_seconds": float, "peak_memory_mb": float, "num_steps": int,
-                "total_tokens": int, "num_params": int, "mfu_percent": float, "depth": int,
-                "device": str, "seq_len": int}
+                "eval_bytes": int, "data_checksum": str, "num_params": int, "device": str,
+                "seq_len": int, "eval_seconds": float}
+REPORTED_KEYS = {"training_seconds", "peak_memory_mb", "num_steps", "total_tokens",
+                 "mfu_percent", "depth"}
 # One layer of width 64 on 8 rows of 64 tokens: a step takes milliseconds.
 TINY = {"DEPTH": "1", "ASPECT_RATIO": "64", "HEAD_DIM": "32", "WINDOW_PATTERN": '"L"',
         "DEVICE_BATCH_SIZE": "8", "TOTAL_BATCH_SIZE": "512"}
@@ -49,17 +51,22 @@ def write_train_py(directory, **constants):
 
 
 def run_train(script, data_dir, **env):
-    result_path = script.parent / "result.json"
+    """train.py, then (if it handed a model over) the evaluator: (process, result, what
+    train.py reported)."""
+    model = script.parent / "model"
     full_env = {
         **os.environ, "PYTHONPATH": str(REPO), "PAIRLAB_DATA_DIR": str(data_dir),
         "PAIRLAB_DEVICE": "cpu", "PAIRLAB_COMPILE": "0", "PAIRLAB_SEQ_LEN": str(SEQ_LEN),
-        "PAIRLAB_EVAL_TOKENS": "4096", "PAIRLAB_RESULT": str(result_path),
+        "PAIRLAB_EVAL_TOKENS": "4096", "PAIRLAB_MODEL": str(model),
         "PAIRLAB_RUN_ID": "test-run", **env,
     }
     proc = subprocess.run([sys.executable, str(script)], cwd=script.parent, env=full_env,
-                          capture_output=True, text=True, timeout=120)
-    result = json.loads(result_path.read_text()) if result_path.exists() else None
-    return proc, result
+                          capture_output=True, text=True, timeout=600)
+    if not (model / harness.PROGRAM_FILE).exists():
+        return proc, None, None
+    evaluation = run_evaluator(model, evaluator_env(full_env, data_dir))
+    assert evaluation.returncode == 0, evaluation.lines
+    return proc, json.loads(evaluation.result), read_reported(model)
 
 
 @pytest.fixture(scope="module")
@@ -70,8 +77,8 @@ def fixed_step_runs(dataset_dir, tmp_path_factory):
         return list(pool.map(lambda s: run_train(s, dataset_dir, PAIRLAB_MAX_STEPS="30"), scripts))
 
 
-def test_training_run_learns_and_reports(fixed_step_runs, dataset_dir):
-    proc, result = fixed_step_runs[0]
+def test_training_run_learns_and_is_scored_by_the_evaluator(fixed_step_runs, dataset_dir):
+    proc, result, reported = fixed_step_runs[0]
     assert proc.returncode == 0, proc.stderr
     losses = [float(m.group(3)) for m in PROGRESS.finditer(proc.stdout)]
     assert len(losses) == 30
@@ -79,8 +86,10 @@ def test_training_run_learns_and_reports(fixed_step_runs, dataset_dir):
 
     assert {k: type(v) for k, v in result.items()} == RESULT_TYPES
     assert result["run_id"] == "test-run" and result["device"] == "cpu"
-    assert result["num_steps"] == 30 and result["total_tokens"] == 30 * 512
-    assert result["seq_len"] == SEQ_LEN and result["depth"] == 1
+    assert result["seq_len"] == SEQ_LEN and result["num_params"] > 0
+    assert set(reported) == REPORTED_KEYS
+    assert reported["num_steps"] == 30 and reported["total_tokens"] == 30 * 512
+    assert reported["depth"] == 1
     meta = json.loads((dataset_dir / "meta.json").read_text())
     assert result["data_checksum"] == meta["checksum"]
     # A model that predicts uniformly over the vocabulary pays log2(V) bits on every scored
@@ -89,29 +98,29 @@ def test_training_run_learns_and_reports(fixed_step_runs, dataset_dir):
     assert 0 < result["val_bpb"] < uniform_bpb - 0.5
     assert 0 < result["eval_tokens"] <= 4096 < result["eval_bytes"]
 
+    # autoresearch's summary block, less val_bpb: train.py does not know it
     summary = proc.stdout.split("\n---\n", 1)[1].splitlines()
     assert [line.split(":")[0] for line in summary] == SUMMARY_KEYS
-    assert summary[0] == f"val_bpb:          {result['val_bpb']:.6f}"
 
 
 def test_fixed_steps_and_seed_give_identical_val_bpb(fixed_step_runs):
-    (first, first_result), (second, second_result) = fixed_step_runs
+    (first, first_result, _), (second, second_result, _) = fixed_step_runs
     assert first.returncode == second.returncode == 0
     assert first_result["val_bpb"] == second_result["val_bpb"]
 
 
 def test_time_budget_stops_training(dataset_dir, tmp_path):
     script = write_train_py(tmp_path, **TINY)
-    proc, result = run_train(script, dataset_dir, PAIRLAB_TIME_BUDGET="1.5")
+    proc, _, reported = run_train(script, dataset_dir, PAIRLAB_TIME_BUDGET="1.5")
     assert proc.returncode == 0, proc.stderr
     # The first steps are not charged (compile warm-up), so the budget is reached just after.
-    assert 1.5 <= result["training_seconds"] < 10
-    assert result["num_steps"] > 10
+    assert 1.5 <= reported["training_seconds"] < 10
+    assert reported["num_steps"] > 10
 
 
 def test_diverging_loss_fails_fast_with_exit_3(dataset_dir, tmp_path):
     script = write_train_py(tmp_path, **TINY, UNEMBEDDING_LR="1e999")  # lr = inf
-    proc, result = run_train(script, dataset_dir, PAIRLAB_MAX_STEPS="50")
+    proc, result, _ = run_train(script, dataset_dir, PAIRLAB_MAX_STEPS="50")
     assert proc.returncode == harness.EXIT_TRAINING_FAILED
     assert proc.stderr.strip().splitlines()[-1] == "FAIL: loss is nan at step 1"
     assert "Traceback" not in proc.stderr
@@ -120,7 +129,7 @@ def test_diverging_loss_fails_fast_with_exit_3(dataset_dir, tmp_path):
 
 def test_missing_data_is_a_clear_error(tmp_path):
     script = write_train_py(tmp_path, **TINY)
-    proc, result = run_train(script, tmp_path / "nowhere")
+    proc, result, _ = run_train(script, tmp_path / "nowhere")
     assert proc.returncode == harness.EXIT_SETUP_ERROR
     assert f"FAIL: no prepared data at {tmp_path / 'nowhere'}" in proc.stderr
     assert "run `pairlab prepare`" in proc.stderr
@@ -132,7 +141,7 @@ def test_crashing_train_py_exits_nonzero_with_traceback(dataset_dir, tmp_path):
     source = script.read_text().replace(
         "\nsmooth_train_loss = 0.0\n", '\nraise RuntimeError("injected crash")\n', 1)
     script.write_text(source)
-    proc, result = run_train(script, dataset_dir, PAIRLAB_MAX_STEPS="5")
+    proc, result, _ = run_train(script, dataset_dir, PAIRLAB_MAX_STEPS="5")
     assert proc.returncode == 1
     assert "Traceback" in proc.stderr and "RuntimeError: injected crash" in proc.stderr
     assert result is None
@@ -144,9 +153,9 @@ def test_crashing_train_py_exits_nonzero_with_traceback(dataset_dir, tmp_path):
 
 def test_template_fences_the_hand_off_exactly_once():
     lines = TEMPLATE.read_text().splitlines()
-    begin, end = lines.index(harness.PROTECTED_BEGIN), lines.index(harness.PROTECTED_END)
-    assert lines.count(harness.PROTECTED_BEGIN) == lines.count(harness.PROTECTED_END) == 1
-    assert begin < end and "harness.finish(" in lines[begin + 1]
+    begin, end = lines.index(PROTECTED_BEGIN), lines.index(PROTECTED_END)
+    assert lines.count(PROTECTED_BEGIN) == lines.count(PROTECTED_END) == 1
+    assert begin < end and "harness.handoff(" in lines[begin + 2]
 
 
 def test_hyperparameters_are_literals_or_per_device_literals():
@@ -179,28 +188,21 @@ VAL = [BOS, 0, 1, 2, BOS, 3, 4, 1, 0, 2, BOS, 4, 4]  # documents of 4, 6 and 3 t
 
 
 @pytest.fixture
-def tiny_val(tmp_path, monkeypatch):
+def tiny_val(tmp_path):
     """A dataset dir holding only what evaluation reads; seq_len 4, 8 eval tokens: 2 rows."""
     np.save(tmp_path / "token_bytes.npy", np.array(TOKEN_BYTES, dtype=np.int32))
     np.array(VAL, dtype=np.uint16).tofile(tmp_path / "val.bin")
     (tmp_path / "meta.json").write_text(json.dumps({"format": prepare.FORMAT, "bos_id": BOS}))
-    monkeypatch.setenv("PAIRLAB_DATA_DIR", str(tmp_path))
-    monkeypatch.setattr(harness, "DEVICE", "cpu")
-    monkeypatch.setattr(harness, "MAX_SEQ_LEN", 4)
-    monkeypatch.setattr(harness, "EVAL_TOKENS", 8)
     return tmp_path
 
 
-class LossIsTargetPlusOneTenths(torch.nn.Module):
-    """Per-token loss 0.1 * (target + 1) nats; 0 for ignored targets (-1)."""
-
-    def forward(self, idx, targets, reduction="mean"):
-        assert reduction == "none"
-        return torch.where(targets >= 0, 0.1 * (targets + 1).double(), 0.0).reshape(-1)
+def rising_logits(idx):
+    """The same logits at every position: 0.1 * v for token v."""
+    return (0.1 * torch.arange(len(TOKEN_BYTES), dtype=torch.float32)).expand(*idx.shape, -1)
 
 
 def test_eval_rows_pack_the_start_of_val_behind_bos(tiny_val):
-    rows = harness._eval_rows(str(tiny_val), 4, 8)
+    rows = evaluate.eval_rows(str(tiny_val), 4, 8)
     # Row 0: the first document whole, then the second one's BOS. Row 1: the rest of the
     # second document behind a fresh BOS, cropped to the row.
     assert rows.tolist() == [[BOS, 0, 1, 2, BOS], [BOS, 3, 4, 1, 0]]
@@ -209,18 +211,18 @@ def test_eval_rows_pack_the_start_of_val_behind_bos(tiny_val):
 @pytest.mark.parametrize("batch_size", [1, 2, 3])
 def test_evaluate_bpb_on_a_hand_checked_example(tiny_val, batch_size):
     # Scored targets (BOS excluded): row 0 -> 0, 1, 2; row 1 -> 3, 4, 1, 0.
-    nats = 0.1 * ((1 + 2 + 3) + (4 + 5 + 2 + 1))
+    log_z = math.log(sum(math.exp(0.1 * v) for v in range(len(TOKEN_BYTES))))
+    nats = sum(log_z - 0.1 * t for t in (0, 1, 2, 3, 4, 1, 0))
     nbytes = (1 + 2 + 3) + (1 + 4 + 2 + 1)
-    evaluation = harness.evaluate(LossIsTargetPlusOneTenths(), batch_size)
+    evaluation = evaluate.evaluate(rising_logits, batch_size, tiny_val, seq_len=4, eval_tokens=8)
     assert evaluation.tokens == 7 and evaluation.bytes == nbytes == 14
-    assert evaluation.val_bpb == pytest.approx(nats / (math.log(2) * nbytes), rel=1e-12)
-    assert harness.evaluate_bpb(LossIsTargetPlusOneTenths(), batch_size) == evaluation.val_bpb
+    # log-softmax in float32, as on real logits
+    assert evaluation.val_bpb == pytest.approx(nats / (math.log(2) * nbytes), rel=1e-6)
 
 
-def test_too_small_validation_split_is_a_clear_error(tiny_val, monkeypatch, capsys):
-    monkeypatch.setattr(harness, "EVAL_TOKENS", 40)
+def test_too_small_validation_split_is_a_clear_error(tiny_val, capsys):
     with pytest.raises(SystemExit) as exit_info:
-        harness.evaluate_bpb(LossIsTargetPlusOneTenths(), 2)
+        evaluate.evaluate(rising_logits, 2, tiny_val, seq_len=4, eval_tokens=40)
     assert exit_info.value.code == harness.EXIT_SETUP_ERROR
     error = capsys.readouterr().err
     assert "FAIL: val.bin at" in error and "PAIRLAB_EVAL_TOKENS" in error

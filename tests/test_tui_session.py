@@ -20,7 +20,7 @@ from engine.events import DecisionMade, RunFinished, RunStarted, StateChanged
 from engine.records import DecisionKind, RunStatus
 from engine.cli import make_session, open_workspace
 from engine.session import Session, SessionSettings
-from nanochat.harness import PROTECTED_BEGIN
+from engine.patch import PROTECTED_BEGIN
 from test_tui_support import pilot_test
 from tui.app import PairlabApp
 from tui.screens.editor import EditorScreen, PythonTextArea

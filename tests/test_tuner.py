@@ -12,8 +12,9 @@ import pytest
 from engine.agents.base import AgentError, DraftCancelled, DraftContext, HistoryItem
 from engine.agents.tuner import (TunerAgent, format_like, parse_constants, parse_description,
                                  rewrite)
+from engine.patch import PROTECTED_BEGIN, PROTECTED_END
 
-TRAIN_PY = '''"""A small GPT trained for a fixed budget (the tuner's test double of train.py)."""
+TRAIN_PY = f'''"""A small GPT trained for a fixed budget (the tuner's test double of train.py)."""
 
 import torch
 
@@ -50,9 +51,9 @@ def get_lr_multiplier(progress):
     return step
 
 
-# ---- pairlab: protected begin (the harness evaluates the model; patches may not change this block) ----
+{PROTECTED_BEGIN}
 PROBE_LR = 0.1
-# ---- pairlab: protected end ----
+{PROTECTED_END}
 '''
 
 IF_EXP_NAMES = ("DEPTH", "ASPECT_RATIO", "HEAD_DIM", "WINDOW_PATTERN", "TOTAL_BATCH_SIZE",

@@ -31,6 +31,7 @@ from typing import Callable, Iterator
 import optuna
 
 from engine.agents.base import AgentError, DraftCancelled, DraftContext, Emit, HistoryItem
+from engine.patch import PROTECTED_BEGIN, PROTECTED_END
 from engine.records import Draft
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -38,7 +39,6 @@ optuna.logging.set_verbosity(optuna.logging.WARNING)
 MAX_VALIDATION_TRIES = 4
 OUTCOMES = ("keep", "discard", "crash", "timeout")
 FAILURES = ("crash", "timeout")
-PROTECTED_MARK = "# ---- pairlab: protected "
 
 # ---------------------------------------------------------------------------
 # Reading and rewriting the constants
@@ -167,11 +167,11 @@ def _literal(node: ast.expr) -> object:
 def _fenced_lines(lines: list[str]) -> set[int]:
     fenced, inside = set(), False
     for row, line in enumerate(lines):
-        if line.startswith(PROTECTED_MARK + "begin"):
+        if line.strip() == PROTECTED_BEGIN:
             inside = True
         if inside:
             fenced.add(row)
-        if line.startswith(PROTECTED_MARK + "end"):
+        if line.strip() == PROTECTED_END:
             inside = False
     return fenced
 

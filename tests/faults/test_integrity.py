@@ -2,7 +2,7 @@
 
 The metric tests train a hostile train.py (the human's edit of the tuner's first proposal,
 on a workspace whose baseline already ran) and check that val_bpb still comes only from
-the harness's result file for the data the engine prepared. The others drive a Session
+the evaluator's scoring of the handed-over model on the data the engine prepared. The others drive a Session
 with the Claude agent against the fake Messages API.
 """
 
@@ -19,8 +19,10 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from engine import confine
 from engine.agents.claude import ClaudeAgent
 from engine.agents.tuner import TunerAgent
+from engine.evaluation import SOURCE_ROOT
 from engine.events import DraftFailed, Notice, ProposalReady, RunFinished, SessionStopped
 from engine.patch import PROTECTED_BEGIN, PROTECTED_END, PatchRefused
 from engine.records import RunStatus
@@ -50,72 +52,146 @@ def baseline_bpb(outcome) -> float:
 
 
 # ---- a metric train.py cannot forge ----------------------------------------------------------
+# The only power train.py has over the metric is the model it hands over. Each hostile
+# train.py below either ends with the true val_bpb recorded (the baseline's: the same
+# config, seed and steps, scored by the same evaluator) or is refused with its reason.
 
 FORGED_SUMMARY = ("---\nval_bpb:          0.000100\ntraining_seconds: 5.0\n"
                   "total_seconds:    6.0\npeak_vram_mb:     1.0\nnum_steps:        4")
 
 
-def test_val_bpb_printed_by_train_py_is_not_trusted(baselined_workspace, dataset_dir):
-    # A perfect summary block and a clean exit, without ever reaching the harness.
-    skip_training = f"print({FORGED_SUMMARY!r})\nraise SystemExit(0)"
-    outcome = run_fault(baselined_workspace, fault_settings(dataset_dir),
-                        lambda _: prepend(base_train_py(baselined_workspace), skip_training))
-
+def assert_true_metric(outcome, workspace):
+    """The hostile run was scored as the honest baseline and is not a new best."""
     added, = assert_nothing_lost(outcome.before, outcome.after)
     result = outcome.finished.result
-    assert "val_bpb:          0.000100" in result.log_tail        # printed, and ignored
-    assert result.message == ("train.py exited without a result: did it reach the protected "
-                              "hand-off?")
+    assert result.val_bpb == pytest.approx(baseline_bpb(outcome), rel=1e-6), result.message
+    assert added["val_bpb"] == result.val_bpb and added["status"] == "discard"
+    assert outcome.head == outcome.before["runs"][0]["commit_sha"]
+    assert outcome.next_proposals, "the loop did not go on"
+    return added, result
+
+
+def assert_refused(outcome, message):
+    added, = assert_nothing_lost(outcome.before, outcome.after)
+    result = outcome.finished.result
     assert result.status is RunStatus.CRASH and result.val_bpb is None
-    assert added["val_bpb"] is None and added["status"] == "crash"
+    assert result.message == message, result.message
+    assert added["val_bpb"] is None and added["message"] == message
     assert outcome.head == outcome.before["runs"][0]["commit_sha"]
     assert outcome.next_proposals, "the loop did not go on"
 
 
-def test_result_file_cannot_be_rewritten_after_the_harness_wrote_it(baselined_workspace,
-                                                                    dataset_dir):
-    rewrite = ("def _forge():\n"
-               "    import json, os\n"
-               "    path = os.environ['PAIRLAB_RESULT']\n"
-               "    forged = dict(json.load(open(path)), val_bpb=0.0001)\n"
-               "    json.dump(forged, open(path, 'w'))\n"
-               "    print('FORGED the result file')\n")
-    base = base_train_py(baselined_workspace)
-    # After the fence (allowed by the patch policy) and in an atexit hook set up before it;
-    # a forged summary line printed too, for good measure.
-    hostile = after_fence(before_fence(base, rewrite + "import atexit\natexit.register(_forge)\n"
-                                       f"print({FORGED_SUMMARY!r})"), "_forge()")
-    outcome = run_fault(baselined_workspace, fault_settings(dataset_dir), lambda _: hostile)
+def test_val_bpb_printed_by_train_py_is_not_trusted(baselined_workspace, dataset_dir):
+    # A perfect summary block and a clean exit, without ever reaching the hand-off.
+    skip_training = f"print({FORGED_SUMMARY!r})\nraise SystemExit(0)"
+    outcome = run_fault(baselined_workspace, fault_settings(dataset_dir),
+                        lambda _: prepend(base_train_py(baselined_workspace), skip_training))
+    assert "val_bpb:          0.000100" in outcome.finished.result.log_tail  # printed, ignored
+    assert_refused(outcome, "train.py exited without handing over a model: did it reach the "
+                            "protected hand-off?")
 
-    added, = assert_nothing_lost(outcome.before, outcome.after)
-    result = outcome.finished.result
+
+# The three attacks of issue 9, each outside the protected block; before, each was kept as
+# the new best (half the true val_bpb, half again, and 0.005).
+ATTACKS = {
+    "rebinding harness and torch functions": ("before_fence", (
+        "import torch.nn.functional as F\n"
+        "_ce = F.cross_entropy\n"
+        "F.cross_entropy = lambda *a, **k: 0.5 * _ce(*a, **k)\n"
+        "_log_softmax = torch.Tensor.log_softmax\n"
+        "torch.Tensor.log_softmax = lambda self, *a, **k: 0.5 * _log_softmax(self, *a, **k)\n"
+        "harness.evaluate = lambda *a, **k: harness.Evaluation(0.005, 1, 1)\n"
+        "harness.data_checksum = lambda directory: 'anything'")),
+    "scaling the model's loss in evaluation": ("in_forward", (
+        "        if reduction == 'none':\n"
+        "            return 0.5 * F.cross_entropy(logits.view(-1, logits.size(-1)),\n"
+        "                                         targets.reshape(-1), ignore_index=-1,\n"
+        "                                         reduction='none')\n")),
+    "a forward that makes up a loss when given targets": ("in_forward", (
+        "        if targets is not None and not torch.is_grad_enabled():\n"
+        "            return torch.full(targets.shape, 0.005, device=idx.device).reshape(-1)\n")),
+}
+
+
+def with_attack(text: str, where: str, code: str) -> str:
+    if where == "before_fence":
+        return before_fence(text, code)
+    anchor = "        if targets is None:\n            return logits\n"
+    assert anchor in text
+    return text.replace(anchor, anchor.replace("        if targets is None", code +
+                                               "        if targets is None"), 1)
+
+
+@pytest.mark.parametrize("attack", list(ATTACKS))
+def test_issue_9_attacks_end_with_the_true_val_bpb(baselined_workspace, dataset_dir, attack):
+    hostile = with_attack(base_train_py(baselined_workspace), *ATTACKS[attack])
+    outcome = run_fault(baselined_workspace, fault_settings(dataset_dir), lambda _: hostile)
+    assert_true_metric(outcome, baselined_workspace)
+
+
+def test_nothing_written_after_the_hand_off_counts(baselined_workspace, dataset_dir):
+    # A daemon that leaves the process group before the hand-off and, once it is done,
+    # rewrites the model and every result file it can guess; an atexit hook and code after
+    # the fence try the same; a forged summary line is printed for good measure.
+    forge = ("def _forge():\n"
+             "    import glob, json, os, time\n"
+             "    for path in glob.glob(os.environ['PAIRLAB_MODEL'] + '/*') + \\\n"
+             "            glob.glob('.pairlab/runs/*/result.json'):\n"
+             "        try:\n"
+             "            open(path, 'w').write(json.dumps({'val_bpb': 0.0001}))\n"
+             "            print('FORGED', path, flush=True)\n"
+             "        except OSError as error:\n"
+             "            print('could not forge', path, error, flush=True)\n"
+             "import atexit, os, time\n"
+             "atexit.register(_forge)\n"
+             "if os.fork() == 0:\n"
+             "    os.setsid()\n"
+             "    time.sleep(2)\n"
+             "    _forge()\n"
+             "    os._exit(0)\n"
+             f"print({FORGED_SUMMARY!r})")
+    hostile = after_fence(before_fence(base_train_py(baselined_workspace), forge), "_forge()")
+    outcome = run_fault(baselined_workspace, fault_settings(dataset_dir), lambda _: hostile)
+    added, result = assert_true_metric(outcome, baselined_workspace)
     log = baselined_workspace.root.joinpath(added["log_path"]).read_text()
     assert "val_bpb:          0.000100" in log and "FORGED" not in log
     on_disk = json.loads((baselined_workspace.pairlab_dir / "runs" / added["id"] /
                           "result.json").read_text())
-    assert on_disk["val_bpb"] == added["val_bpb"] == result.val_bpb
-    assert result.val_bpb == pytest.approx(baseline_bpb(outcome), rel=1e-3)
-    assert outcome.next_proposals and not outcome.notices
+    assert on_disk["val_bpb"] == result.val_bpb
 
 
-def test_result_for_fewer_eval_tokens_is_rejected_as_tampered(baselined_workspace, dataset_dir):
-    expected = baselined_workspace_state(baselined_workspace, "eval_tokens")
-    cheat = "import os\nos.environ['PAIRLAB_EVAL_TOKENS'] = '1024'   # an easier eval set"
-    outcome = run_fault(baselined_workspace, fault_settings(dataset_dir),
-                        lambda _: prepend(base_train_py(baselined_workspace), cheat))
-
-    added, = assert_nothing_lost(outcome.before, outcome.after)
+def test_a_model_that_looks_ahead_is_refused(baselined_workspace, dataset_dir):
+    # Logits at t from the embedding of token t+1 as well: training loss falls fast.
+    peek = ("        x = norm(self.transformer.wte(idx))\n")
+    text = base_train_py(baselined_workspace)
+    assert peek in text
+    hostile = text.replace(peek, peek + "        x = x + norm(self.transformer.wte("
+                                        "torch.roll(idx, -1, dims=1)))\n", 1)
+    outcome = run_fault(baselined_workspace, fault_settings(dataset_dir), lambda _: hostile)
     message = outcome.finished.result.message
-    assert re.fullmatch(rf"result rejected: eval_tokens is \d+, expected {expected}", message)
-    assert added["status"] == "crash" and added["val_bpb"] is None and added["message"] == message
-    assert outcome.head == outcome.before["runs"][0]["commit_sha"]
-    assert outcome.next_proposals, "the loop did not go on"
+    assert re.fullmatch(r"nanochat\.evaluate failed: model refused: the model looks ahead: its "
+                        r"logits at position \d+ changed \(by [\d.e+-]+\) when only tokens "
+                        r"after position \d+ changed; a language model may use only the "
+                        r"tokens up to the one it predicts from", message), message
+    assert_refused(outcome, message)
 
 
-def test_result_for_other_validation_data_is_rejected_as_tampered(baselined_workspace,
-                                                                 dataset_dir, tmp_path):
-    # An easier validation set of the same shape (documents where they were, every token the
-    # most common one), with the real meta.json copied next to it to vouch for it.
+def test_the_engine_keeps_its_own_clock_and_counts(baselined_workspace, dataset_dir):
+    cheat = "total_training_time = 0.001   # 'trained in a millisecond'"
+    hostile = before_fence(base_train_py(baselined_workspace), cheat)
+    outcome = run_fault(baselined_workspace, fault_settings(dataset_dir), lambda _: hostile)
+    added, result = assert_true_metric(outcome, baselined_workspace)
+    expected_tokens = baselined_workspace_state(baselined_workspace, "eval_tokens")
+    assert result.metrics["eval_tokens"] == expected_tokens      # counted by the evaluator
+    assert result.metrics["reported_training_seconds"] == 0.001  # kept as what it said
+    assert result.training_seconds > 0.5 and added["training_seconds"] == result.training_seconds
+    assert result.total_seconds > result.training_seconds
+
+
+def test_settings_train_py_changes_in_its_own_process_do_not_reach_the_evaluator(
+        baselined_workspace, dataset_dir, tmp_path):
+    # An easier eval set, and an easier validation split of the same shape (every token the
+    # most common one) with the real meta.json copied next to it to vouch for it.
     forged = tmp_path / "forged-data"
     shutil.copytree(dataset_dir, forged)
     meta = json.loads((dataset_dir / "meta.json").read_text())
@@ -123,22 +199,40 @@ def test_result_for_other_validation_data_is_rejected_as_tampered(baselined_work
     text = val != meta["bos_id"]
     val[text] = np.bincount(val[text]).argmax()
     val.tofile(forged / "val.bin")
-    assert json.loads((forged / "meta.json").read_text()) == \
-        json.loads((dataset_dir / "meta.json").read_text())
-    cheat = f"import os\nos.environ['PAIRLAB_DATA_DIR'] = {str(forged)!r}"
+    cheat = ("import os\nos.environ['PAIRLAB_EVAL_TOKENS'] = '1024'\n"
+             f"os.environ['PAIRLAB_DATA_DIR'] = {str(forged)!r}")
     outcome = run_fault(baselined_workspace, fault_settings(dataset_dir),
-                        lambda _: prepend(base_train_py(baselined_workspace), cheat))
+                        lambda _: before_fence(base_train_py(baselined_workspace), cheat))
+    _, result = assert_true_metric(outcome, baselined_workspace)
+    assert result.metrics["data_checksum"] == meta["checksum"]
+    assert result.metrics["eval_tokens"] == baselined_workspace_state(baselined_workspace,
+                                                                      "eval_tokens")
 
-    added, = assert_nothing_lost(outcome.before, outcome.after)
-    message = outcome.finished.result.message
-    assert message == "result rejected: data_checksum does not match the prepared validation data"
-    assert added["status"] == "crash" and added["val_bpb"] is None
-    assert outcome.head == outcome.before["runs"][0]["commit_sha"]
-    assert outcome.next_proposals, "the loop did not go on"
-    # The honest baseline's checksum, computed by the harness from the files, is meta.json's.
-    baseline_metrics = json.loads(outcome.before["runs"][0]["metrics"])
-    assert baseline_metrics["data_checksum"] == \
-        json.loads((dataset_dir / "meta.json").read_text())["checksum"]
+
+@pytest.mark.skipif(confine.probe() is not None, reason=f"no confinement: {confine.probe()}")
+def test_the_confined_training_process_reaches_nothing_that_decides_the_metric(
+        baselined_workspace, dataset_dir):
+    # Paths an agent could guess: the prepared data (from the cache), the harness and the
+    # evaluator, the journal and results.tsv; and the network.
+    root = baselined_workspace.root
+    targets = {"read val.bin": ("rb", dataset_dir / "val.bin"),
+               "write val.bin": ("ab", dataset_dir / "val.bin"),
+               "write evaluate.py": ("ab", SOURCE_ROOT / "nanochat" / "evaluate.py"),
+               "write journal": ("ab", root / ".pairlab" / "journal.db"),
+               "write results.tsv": ("ab", root / "results.tsv")}
+    probe = "import socket\n"
+    for name, (mode, path) in targets.items():
+        probe += (f"try:\n    open({str(path)!r}, {mode!r}).close()\n    print('REACHED {name}')\n"
+                  f"except OSError:\n    print('denied: {name}')\n")
+    probe += ("try:\n    socket.create_connection(('127.0.0.1', 9), timeout=2)\n"
+              "    print('REACHED network')\nexcept OSError:\n    print('denied: network')\n")
+    outcome = run_fault(baselined_workspace, fault_settings(dataset_dir),
+                        lambda _: before_fence(base_train_py(baselined_workspace), probe))
+    added, result = assert_true_metric(outcome, baselined_workspace)
+    log = root.joinpath(added["log_path"]).read_text()
+    assert "REACHED" not in log
+    assert all(f"denied: {name}" in log for name in [*targets, "network"])
+    assert result.confined and added["confined"] == 1
 
 
 def baselined_workspace_state(workspace, key: str):
@@ -213,7 +307,7 @@ def test_refused_human_edits_name_the_rule_and_change_nothing(baselined_workspac
 def test_refused_agent_patch_goes_back_to_the_agent_and_is_repaired(
         fake_api, baselined_workspace, dataset_dir, monkeypatch):
     monkeypatch.setenv("ANTHROPIC_API_KEY", "sk-ant-test-integrity-0123456789")
-    cheat = ("harness.finish(model,", "harness.finish(model.eval(),")
+    cheat = ("harness.handoff(model,", "harness.handoff(model.eval(),")
     fake_api.script(
         turn(tool_uses=[str_replace("../nanochat/harness.py", "EVAL_TOKENS", "EVAL_TOKENS // 2"),
                         str_replace("train.py", *cheat),
