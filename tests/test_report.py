@@ -117,3 +117,25 @@ def test_a_pipe_in_a_description_does_not_break_the_table(tmp_path, journal):
     add_run(journal, "experiment", "1", RunStatus.KEEP, 0.9, proposal_id=pid, at=10)
     _, md = write_report(journal, tmp_path)
     assert "| a \\| b |" in md.read_text()
+
+
+def test_runs_without_a_verified_or_confined_metric_are_labelled(tmp_path, journal):
+    add_run(journal, "baseline", "0", RunStatus.KEEP, 1.0)
+    for commit, at, confined, verified in (("1", 10, False, True), ("2", 20, True, False)):
+        pid = add_proposal(journal, f"change {commit}", DecisionKind.ACCEPT)
+        run_id = f"run-{commit}"
+        journal.start_run(run_id, commit * 40, "experiment", proposal_id=pid, started_at=at)
+        journal.finish_run(RunResult(run_id=run_id, status=RunStatus.KEEP,
+                                     val_bpb=1.0 - at / 100, confined=confined,
+                                     metric_verified=verified), finished_at=at + 5)
+    labels = {e.run_id: e.integrity_label for e in journal.experiments()}
+    assert labels["run-1"] == "unconfined"
+    assert labels["run-2"] == "metric reported by train.py (not verified)"
+    _, md = write_report(journal, tmp_path)
+    text = md.read_text()
+    assert "| 0.900000 (unconfined) |" in text
+    assert "| 0.800000 (metric reported by train.py (not verified)) |" in text
+    assert '- Some runs are marked "unconfined"' in text
+    tsv = journal.results_tsv().splitlines()
+    assert tsv[-1].endswith("\tchange 2 [metric reported by train.py (not verified)]")
+    assert tsv[-2].endswith("\tchange 1")          # results.tsv flags only the unverified
