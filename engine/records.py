@@ -111,7 +111,7 @@ class RunResult:
     log_tail: str = ""
     log_path: str = ""
     metrics: dict = field(default_factory=dict)   # the whole validated result file
-    confined: bool = False           # train.py ran under engine.confine (Landlock, no network)
+    confined: bool = True            # False: train.py ran unconfined (the runner sets both)
     metric_verified: bool = True     # False: the metric is train.py's own summary line
 
     @property

@@ -149,3 +149,25 @@ def test_an_interrupted_run_is_not_drawn_as_a_crash(journal):
     points = chart_points(summarize(journal))
     assert [e.commit[0] for e in points.crashed] == ["2"]
     assert [e.commit[0] for e in points.kept + points.others] == ["0"]
+
+
+def test_runs_without_a_verified_or_confined_metric_are_labelled(tmp_path, journal):
+    add_run(journal, "baseline", "0", RunStatus.KEEP, 1.0)
+    for commit, at, confined, verified in (("1", 10, False, True), ("2", 20, True, False)):
+        pid = add_proposal(journal, f"change {commit}", DecisionKind.ACCEPT)
+        run_id = f"run-{commit}"
+        journal.start_run(run_id, commit * 40, "experiment", proposal_id=pid, started_at=at)
+        journal.finish_run(RunResult(run_id=run_id, status=RunStatus.KEEP,
+                                     val_bpb=1.0 - at / 100, confined=confined,
+                                     metric_verified=verified), finished_at=at + 5)
+    labels = {e.run_id: e.integrity_label for e in journal.experiments()}
+    assert labels["run-1"] == "unconfined"
+    assert labels["run-2"] == "metric reported by train.py (not verified)"
+    _, md = write_report(journal, tmp_path)
+    text = md.read_text()
+    assert "| 0.900000 (unconfined) |" in text
+    assert "| 0.800000 (metric reported by train.py (not verified)) |" in text
+    assert '- Some runs are marked "unconfined"' in text
+    tsv = journal.results_tsv().splitlines()
+    assert tsv[-1].endswith("\tchange 2 [metric reported by train.py (not verified)]")
+    assert tsv[-2].endswith("\tchange 1")          # results.tsv flags only the unverified
