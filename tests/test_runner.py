@@ -319,8 +319,55 @@ def test_silence_watchdog(tmp_path):
     started = time.monotonic()
     result, _ = run(runner)
     assert result.status == RunStatus.TIMEOUT
-    assert result.message == "no output for 0.5s (budget 1s): killed"
+    assert result.message == "stalled: no output for 0.5s (budget 1s): killed"
     assert time.monotonic() - started < 5
+
+
+def test_slow_warm_up_that_keeps_printing_steps_is_not_killed(tmp_path):
+    # autoresearch's untimed first steps: the percent stays at 0 while they run, here for
+    # twice the fixed deadline of 2 x budget + grace (2.5 s); then timed steps to the end.
+    runner = make_runner(tmp_path, '''
+        started = time.monotonic()
+        for step in range(10):
+            print("\\r" + progress_line(0, 4), end="", flush=True)
+            time.sleep(0.5)
+        for step in range(1, 5):
+            print("\\r" + progress_line(step, 4), end="", flush=True)
+            time.sleep(0.1)
+        print()
+        write_result(total_seconds=time.monotonic() - started)
+    ''', budget_s=1.0, grace_s=0.5, silence_timeout_s=3.0)
+    result, recorder = run(runner)
+    assert result.status == RunStatus.KEEP, result.message
+    assert result.total_seconds > 2.5
+    assert [update[2] for update in recorder.progress][-1] == 100.0
+
+
+def test_a_run_that_falls_silent_after_its_steps_is_killed_as_stalled(tmp_path):
+    runner = make_runner(tmp_path, '''
+        for step in range(3):
+            print(progress_line(0, 4), flush=True)
+        time.sleep(60)
+    ''', budget_s=1.0, grace_s=60.0, silence_timeout_s=1.0)
+    result, _ = run(runner)
+    assert result.status == RunStatus.TIMEOUT
+    assert result.message == "stalled: no output for 1s (budget 1s): killed"
+
+
+def test_a_timed_run_far_past_its_own_budget_is_killed(tmp_path):
+    # Halfway with 1 s to go says its own budget is 2 s (whatever the engine passed): past
+    # 2 x 2 s + 0.5 s since its timed steps began, it is killed though it still prints.
+    runner = make_runner(tmp_path, '''
+        while True:
+            print(progress_line(1, 2), flush=True)
+            time.sleep(0.2)
+    ''', budget_s=0.5, grace_s=0.5, silence_timeout_s=5.0)
+    started = time.monotonic()
+    result, _ = run(runner)
+    assert result.status == RunStatus.TIMEOUT
+    assert "after its timed training began, far past its budget of 2s " \
+        "(limit 2 x budget + 0.5s): killed" in result.message
+    assert time.monotonic() - started > 3.5
 
 
 def test_line_flood_arrives_in_few_batches(tmp_path):
