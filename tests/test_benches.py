@@ -12,7 +12,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 BENCHES = sorted((ROOT / "bench").glob("*.py"))
-QUICK_TIMEOUT_S = 280          # under pytest's own 300 s per test
+QUICK_TIMEOUT_S = 580          # seconds on a quiet machine; minutes on a loaded 2-core one
 FIGURE = re.compile(r"\d+(\.\d+)?")
 
 
@@ -20,6 +20,7 @@ def test_the_glob_finds_the_benches():
     assert {"keep_rule.py", "loop_efficiency.py"} <= {path.name for path in BENCHES}
 
 
+@pytest.mark.timeout(QUICK_TIMEOUT_S + 20)
 @pytest.mark.parametrize("bench", BENCHES, ids=[path.stem for path in BENCHES])
 def test_bench_quick_mode_completes_and_prints_figures(bench, tmp_path):
     if "--quick" not in bench.read_text():
