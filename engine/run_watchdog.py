@@ -9,7 +9,11 @@ small CPU each of those can take 20 s. So the watchdog reads the progress lines 
   end within `overrun_factor` times its own budget (read from the line: elapsed + remaining)
   plus `grace_s` for start-up and evaluation, counted from when its timed steps began;
 - warming up: steps print but the percent stays at 0: it is alive, only stalls kill it;
-- no progress line ever (a script that prints its own way): the fixed deadline;
+- starting: no progress line yet and nothing printed since its first `grace_s` seconds
+  (imports, data, a silent torch.compile of the first step, minutes on a busy machine):
+  only stalls kill it;
+- no progress line but output beyond start-up (a script that prints its own way): the
+  fixed deadline, `overrun_factor` times the budget plus `grace_s` from the start;
 - `hard_cap_s`, when the user sets one, is an absolute limit from the start.
 
 Pure bookkeeping on times the runner passes in, so it is tested without processes.
@@ -62,7 +66,8 @@ class Watchdog:
                         f"training began, far past its budget of {_secs(own)}s (limit "
                         f"{self.overrun_factor:g} x budget + {_secs(self.grace_s)}s): killed")
             return None
-        if not self.saw_progress:
+        starting = last_output_at - self.started <= self.grace_s
+        if not self.saw_progress and not starting:
             limit = self.overrun_factor * self.budget_s + self.grace_s
             if now - self.started > limit:
                 return f"no result after {_secs(limit)}s (budget {budget}s): killed"

@@ -3,10 +3,19 @@
 from engine.run_watchdog import Watchdog
 
 
-def test_a_run_that_never_reports_progress_gets_the_fixed_deadline():
+def test_a_run_that_prints_its_own_way_gets_the_fixed_deadline():
     dog = Watchdog(budget_s=10, started=0.0, grace_s=5, stall_s=None)
     assert dog.verdict(24.9, last_output_at=24.0) is None
     assert dog.verdict(25.1, last_output_at=25.0) == "no result after 25s (budget 10s): killed"
+
+
+def test_a_silent_start_up_is_left_to_the_stall_limit():
+    # a header at 2 s, then a torch.compile that prints nothing for minutes
+    dog = Watchdog(budget_s=10, started=0.0, grace_s=5, stall_s=300)
+    assert dog.verdict(250.0, last_output_at=2.0) is None
+    assert dog.verdict(303.0, last_output_at=2.0).startswith("stalled: no output for 300s")
+    dog.progress(280.0, percent=0.0, remaining_s=10)   # its first step: now it is warming up
+    assert dog.verdict(290.0, last_output_at=280.0) is None
 
 
 def test_warm_up_steps_keep_a_run_alive_until_it_stalls():

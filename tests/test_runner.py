@@ -285,7 +285,7 @@ def test_hard_timeout_kills_the_whole_group(tmp_path):
         child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
         open("grandchild.pid", "w").write(str(child.pid))
         time.sleep(60)
-    ''', budget_s=1.0, grace_s=0.5)
+    ''', budget_s=1.0, hard_timeout_s=2.5)
     started = time.monotonic()
     result, _ = run(runner)
 
@@ -341,6 +341,31 @@ def test_slow_warm_up_that_keeps_printing_steps_is_not_killed(tmp_path):
     assert result.status == RunStatus.KEEP, result.message
     assert result.total_seconds > 4.0
     assert [update[2] for update in recorder.progress][-1] == 100.0
+
+
+def test_a_silent_start_up_is_not_killed_before_the_stall_limit(tmp_path):
+    # a header, then a start-up (a torch.compile) silent past the fixed deadline (1.5 s)
+    runner = make_runner(tmp_path, '''
+        started = time.monotonic()
+        print("device: cpu | compiling", flush=True)
+        time.sleep(3)
+        print(progress_line(2, 2), flush=True)
+        write_result(total_seconds=time.monotonic() - started)
+    ''', budget_s=0.5, grace_s=0.5, silence_timeout_s=10.0)
+    result, _ = run(runner)
+    assert result.status == RunStatus.KEEP, result.message
+    assert result.total_seconds > 1.5
+
+
+def test_a_run_printing_its_own_way_gets_the_fixed_deadline(tmp_path):
+    runner = make_runner(tmp_path, '''
+        while True:
+            print("epoch 1, still going", flush=True)
+            time.sleep(0.05)
+    ''', budget_s=0.5, grace_s=0.5, silence_timeout_s=10.0)
+    result, _ = run(runner)
+    assert result.status == RunStatus.TIMEOUT
+    assert result.message == "no result after 1.5s (budget 0.5s): killed"
 
 
 def test_a_run_that_falls_silent_after_its_steps_is_killed_as_stalled(tmp_path):
