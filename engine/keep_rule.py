@@ -14,9 +14,9 @@ Pure functions over numbers; the judge calls them with the runs the journal hold
   can come out tiny by chance: k = 2 becomes 4.5 there, 2.3 at 10). At or above the margin:
   keep. At or below zero: discard. In between: confirm with another run, up to a limit; at
   the limit it must clear the margin to be kept.
-- A confirmation runs the best again while its mean rests on fewer runs than the
-  candidate's and than `min_best_runs` (that shrinks the standard error most, and measures
-  the noise alongside the first experiments); else the candidate again.
+- A confirmation runs the best again while it has no more runs than the candidate and
+  fewer than `min_best_runs` (that shrinks the standard error most, and measures the noise
+  alongside the first experiments); else the candidate again.
 """
 
 from __future__ import annotations
@@ -30,7 +30,7 @@ from typing import Iterable, Sequence
 class Action(str, Enum):
     KEEP = "keep"
     DISCARD = "discard"
-    CONFIRM = "confirm"      # run the candidate again, then ask again
+    CONFIRM = "confirm"      # run the best or the candidate again (KeepDecision.rerun), ask again
 
 
 @dataclass(frozen=True)
