@@ -6,8 +6,10 @@ small CPU each of those can take 20 s. So the watchdog reads the progress lines 
 
 - silent: no output at all for `stall_s`: stalled, whatever the phase;
 - timed: once the progress line's percent moves, the run's own clock has started; it must
-  end within `overrun_factor` times its own budget (read from the line: elapsed + remaining)
-  plus `grace_s` for start-up and evaluation, counted from when its timed steps began;
+  end within `overrun_factor` times its budget plus `grace_s` for evaluation, counted from
+  when its timed steps began. The budget is the engine's, or the one the line states
+  (remaining / share left) where that is longer: the line's percent lags its remaining by a
+  step, so with slow steps the stated one comes out short;
 - warming up: steps print but the percent stays at 0: it is alive, only stalls kill it;
 - starting: no progress line yet and nothing printed since its first `grace_s` seconds
   (imports, data, a silent torch.compile of the first step, minutes on a busy machine):
@@ -44,8 +46,8 @@ class Watchdog:
         if self.timed_since is not None or not percent > 0:
             return
         done = min(percent, 100.0) / 100
-        self.own_budget_s = (remaining_s / (1 - done) if done < 1 and remaining_s > 0
-                             else self.budget_s)
+        stated = remaining_s / (1 - done) if done < 1 and remaining_s > 0 else 0.0
+        self.own_budget_s = max(self.budget_s, stated)
         self.timed_since = now - done * self.own_budget_s
 
     def verdict(self, now: float, last_output_at: float) -> str | None:

@@ -42,3 +42,11 @@ def test_a_user_cap_is_absolute():
     dog.progress(1.0, percent=0.0, remaining_s=10)
     assert dog.verdict(49.0, last_output_at=49.0) is None
     assert dog.verdict(51.0, last_output_at=51.0) == "no result after 50s (budget 10s): killed"
+
+
+def test_a_stated_budget_shorter_than_the_engines_does_not_shorten_the_deadline():
+    # 15 s steps: the percent (before the step) lags the remaining (after it), so the line
+    # says 30 s left at 25%: a stated 40 s, while the run's budget is 60 s
+    dog = Watchdog(budget_s=60, started=0.0, grace_s=120, stall_s=None)
+    dog.progress(200.0, percent=25.0, remaining_s=30)
+    assert dog.own_budget_s == 60
