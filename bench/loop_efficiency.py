@@ -5,7 +5,7 @@ fake agent that takes AGENT_SECONDS to draft, like an LLM would, and a stand-in 
 that "trains" for the budget and writes a harness-style result file. Busy fraction = time
 inside runs / wall time from the first run's start to the last run's end.
 
-    python bench/loop_efficiency.py [--runs 8] [--budget 4] [--agent-seconds 2]
+    python bench/loop_efficiency.py [--quick] [--runs 8] [--budget 4] [--agent-seconds 2]
 
 Target: >= 97% busy pipelined in steady state.
 """
@@ -13,6 +13,7 @@ Target: >= 97% busy pipelined in steady state.
 from __future__ import annotations
 
 import argparse
+import json
 import re
 import sys
 import tempfile
@@ -26,6 +27,7 @@ from engine.events import RunFinished, RunStarted                    # noqa: E40
 from engine.records import Draft                                     # noqa: E402
 from engine.session import Session, SessionSettings                  # noqa: E402
 from engine.workspace import init                                    # noqa: E402
+from nanochat import prepare                                         # noqa: E402
 
 # A train.py that spends the budget "training" and reports through the result file, so the
 # figures measure the loop, not the model. val_bpb falls with LR, so some runs are kept.
@@ -53,8 +55,10 @@ while time.time() - start < budget:
     print(f"\\rstep {step:05d} ({pct:.1f}%) | loss: 3.000000 | remaining: {budget - (time.time() - start):.0f}s", end="", flush=True)
 print()
 val_bpb = 2.0 - min(A + B + C + D, 1.0) * 0.1
+with open(os.path.join(os.environ["PAIRLAB_DATA_DIR"], "meta.json")) as f:
+    checksum = json.load(f)["checksum"]   # the engine checks results against its data
 result = {"schema": 1, "run_id": os.environ["PAIRLAB_RUN_ID"], "val_bpb": val_bpb,
-          "eval_tokens": 1024, "eval_bytes": 4096, "data_checksum": "bench",
+          "eval_tokens": 1024, "eval_bytes": 4096, "data_checksum": checksum,
           "training_seconds": budget, "total_seconds": time.time() - start,
           "peak_memory_mb": 10.0, "num_steps": step, "total_tokens": step, "num_params": 1,
           "mfu_percent": 0.0, "depth": 1, "device": "cpu", "seq_len": 1}
@@ -94,6 +98,20 @@ class SlowFakeAgent:
                      files={"train.py": new})
 
 
+def stand_in_data(directory: Path) -> Path:
+    """A dataset directory the engine's data check accepts (sizes, format, checksum), with
+    nothing in it worth training on: the stand-in train.py never reads it."""
+    directory.mkdir()
+    tokens = 16
+    for name, size in (("train.bin", 2 * tokens), ("val.bin", 2 * tokens),
+                       ("tokenizer.pkl", 8), ("token_bytes.npy", 8)):
+        (directory / name).write_bytes(bytes(size))
+    meta = {"format": prepare.FORMAT, "train_tokens": tokens, "val_tokens": tokens,
+            "checksum": prepare.dataset_checksum(directory)}
+    (directory / "meta.json").write_text(json.dumps(meta))
+    return directory
+
+
 def measure(runs: int, budget: float, agent_seconds: float, drafts_ahead: int) -> dict:
     with tempfile.TemporaryDirectory() as tmp:
         template = Path(tmp) / "train.py"
@@ -102,8 +120,7 @@ def measure(runs: int, budget: float, agent_seconds: float, drafts_ahead: int) -
         program.write_text("bench\n")
         ws = init(Path(tmp) / "ws", tag="bench",
                   templates={"train.py": template, "program.md": program})
-        data_dir = Path(tmp) / "data"
-        data_dir.mkdir()
+        data_dir = stand_in_data(Path(tmp) / "data")
         settings = SessionSettings(mode="auto", budget_s=budget, max_experiments=runs,
                                    noise_repeats=0, drafts_ahead=drafts_ahead,
                                    data_dir=data_dir, hard_timeout_s=budget * 4 + 30)
@@ -138,7 +155,11 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=8)
     parser.add_argument("--budget", type=float, default=4.0)
     parser.add_argument("--agent-seconds", type=float, default=2.0)
+    parser.add_argument("--quick", action="store_true",
+                        help="3 runs of 1 s, drafts of 0.5 s: seconds, for the test suite")
     args = parser.parse_args()
+    if args.quick:
+        args.runs, args.budget, args.agent_seconds = 3, 1.0, 0.5
     print(f"{args.runs} experiments of {args.budget:g}s each, agent drafts in "
           f"{args.agent_seconds:g}s\n")
     print(f"{'loop':<26}{'busy':>8}{'steady':>9}{'wall s':>9}{'mean gap s':>12}{'max gap s':>11}")

@@ -330,6 +330,8 @@ def _init(args) -> int:
     except WorkspaceError as exc:
         raise UserError(str(exc)) from exc
     print(f"workspace ready: {ws.root} (branch {ws.config.branch})")
+    if ws.config.budget_from:
+        print(f"training budget {ws.config.budget_s:g}s, as {ws.config.budget_from} states it")
     return 0
 
 

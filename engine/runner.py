@@ -30,6 +30,7 @@ from typing import Callable, Sequence
 
 from engine import confine, evaluation
 from engine.records import RunResult, RunStatus
+from engine.run_watchdog import DEFAULT_STALL_S, Watchdog
 
 # on_lines(lines): a batch of finished log lines
 OnLines = Callable[[list[str]], None]
@@ -75,7 +76,7 @@ class Runner:
         result_path: str | Path | None = None,
         grace_s: float = 120.0,
         hard_timeout_s: float | None = None,
-        silence_timeout_s: float | None = None,
+        silence_timeout_s: float | None = DEFAULT_STALL_S,
         term_grace_s: float = 5.0,
         metric_source: str = "result_file",
         expected_eval_tokens: int | None = None,
@@ -86,8 +87,9 @@ class Runner:
         budget_s: the training budget handed to train.py (PAIRLAB_TIME_BUDGET).
         command: argv; default `python train.py` with the engine's interpreter.
         env: extra variables for the child (PAIRLAB_COMPILE=0, PAIRLAB_MAX_STEPS, ...).
-        grace_s: start-up, torch.compile and evaluation allowance on top of 2 x budget;
-            hard_timeout_s replaces the whole formula when given.
+        grace_s: start-up, torch.compile and evaluation allowance on top of 2 x budget,
+            counted from when the run's timed steps begin (see engine/run_watchdog.py).
+        hard_timeout_s: an absolute limit from the start instead of following progress.
         silence_timeout_s: kill when the run prints nothing for this long (None: never).
         term_grace_s: SIGTERM first, SIGKILL after this many seconds.
         metric_source: "result_file" (default: the evaluator scores the handed-over model) or
@@ -108,8 +110,8 @@ class Runner:
         self.log_path = Path(log_path) if log_path else pairlab_dir / "logs" / f"{run_id}.log"
         self.result_path = (Path(result_path) if result_path
                             else pairlab_dir / "runs" / run_id / "result.json")
-        self.hard_timeout_s = (hard_timeout_s if hard_timeout_s is not None
-                               else 2 * self.budget_s + grace_s)
+        self.grace_s = grace_s
+        self.hard_timeout_s = hard_timeout_s
         self.silence_timeout_s = silence_timeout_s
         self.term_grace_s = term_grace_s
         self.metric_source = metric_source
@@ -128,6 +130,7 @@ class Runner:
         self._proc: subprocess.Popen | None = None
         self._kill_request: tuple[RunStatus, str] | None = None
         self._collector: _OutputCollector | None = None
+        self._watchdog: Watchdog | None = None
         self._elapsed_s = 0.0   # wall time of the training process, by the engine's clock
         self._eval_seconds = 0.0   # wall time of the evaluator
 
@@ -252,19 +255,15 @@ class Runner:
         of the watchdogs killed the run."""
         timed_out_message = None
         term_sent_at = None
+        self._watchdog = Watchdog(self.budget_s, started, grace_s=self.grace_s,
+                                  stall_s=self.silence_timeout_s, hard_cap_s=self.hard_timeout_s)
         while not _has_exited(proc):
             self._wake.wait(LINE_BATCH_INTERVAL_S)
             self._wake.clear()
             self._deliver(collector, on_lines, on_progress)
             now = time.monotonic()
             if timed_out_message is None and self._kill_request is None:
-                if now - started > self.hard_timeout_s:
-                    timed_out_message = (f"no result after {_secs(self.hard_timeout_s)}s "
-                                         f"(budget {_secs(self.budget_s)}s): killed")
-                elif (self.silence_timeout_s is not None
-                      and now - collector.last_output_at > self.silence_timeout_s):
-                    timed_out_message = (f"no output for {_secs(self.silence_timeout_s)}s "
-                                         f"(budget {_secs(self.budget_s)}s): killed")
+                timed_out_message = self._watchdog.verdict(now, collector.last_output_at)
                 if timed_out_message is not None:
                     _signal_group(proc.pid, signal.SIGTERM)
             stopping = timed_out_message is not None or self._kill_request is not None
@@ -282,9 +281,12 @@ class Runner:
 
     def _deliver(self, collector, on_lines, on_progress) -> None:
         lines, progress = collector.take()
-        if on_progress is not None:
-            for update in progress:
-                on_progress(*update)
+        now = time.monotonic()
+        for step, loss, percent, elapsed_s, remaining_s in progress:
+            if self._watchdog is not None:
+                self._watchdog.progress(now, percent, remaining_s)
+            if on_progress is not None:
+                on_progress(step, loss, percent, elapsed_s, remaining_s)
         if lines and on_lines is not None:
             on_lines(lines)
 
@@ -647,7 +649,3 @@ def _number(value) -> float:
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
         return 0.0
     return float(value)
-
-
-def _secs(seconds: float) -> str:
-    return f"{round(seconds, 1):g}"

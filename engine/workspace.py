@@ -9,6 +9,7 @@ tree, and a human's uncommitted edits to them are stashed first, never lost.
 
 from __future__ import annotations
 
+import ast
 import datetime
 import json
 import os
@@ -66,6 +67,7 @@ class Config:
     drafts_ahead: int = 1
     noise_repeats: int = 2
     device: str | None = None                 # None: the harness picks
+    budget_from: str = ""                     # adopted: where the repo states its budget
 
     def __post_init__(self) -> None:
         if self.metric_source not in METRIC_SOURCES:
@@ -214,6 +216,9 @@ def adopt(directory: str | Path, targets: list[str] | None = None,
         raise WorkspaceError(
             f"target {', '.join(missing)} is not a file committed in {root}; "
             f"commit it first or name the file the agent should edit")
+    stated = stated_budget(root, tracked, config.targets)
+    if stated is not None:
+        config.budget_s, config.budget_from = stated
 
     git_dir = run_git(root, "rev-parse", "--absolute-git-dir").decode().strip()
     exclude = Path(git_dir) / "info" / "exclude"
@@ -223,6 +228,33 @@ def adopt(directory: str | Path, targets: list[str] | None = None,
         prefix = "" if not existing or existing.endswith("\n") else "\n"
         exclude.write_text(existing + prefix + ".pairlab/\n")
     return _become_workspace(root, config, tag)
+
+
+BUDGET_NAME = "TIME_BUDGET"   # autoresearch: `TIME_BUDGET = 300` in prepare.py, read by train.py
+
+
+def stated_budget(root: Path, tracked: set[str], targets: list[str]) -> tuple[float, str] | None:
+    """(seconds, "file NAME") where an adopted repo sets its training budget at module level.
+
+    Their train.py trains for its own budget whatever pairlab passes, so the engine's budget
+    (and the deadlines that follow from it) must be theirs. prepare.py first, where
+    autoresearch keeps it, then the targets, then the other top-level Python files."""
+    top_level = sorted(p for p in tracked if "/" not in p and p.endswith(".py"))
+    order = ["prepare.py", *targets, *top_level]
+    for name in dict.fromkeys(p for p in order if p in tracked):
+        try:
+            tree = ast.parse((root / name).read_text(encoding="utf-8"))
+        except (OSError, SyntaxError, UnicodeDecodeError, ValueError):
+            continue
+        for stmt in tree.body:
+            if (isinstance(stmt, ast.Assign) and len(stmt.targets) == 1
+                    and isinstance(stmt.targets[0], ast.Name)
+                    and stmt.targets[0].id == BUDGET_NAME
+                    and isinstance(stmt.value, ast.Constant)
+                    and isinstance(stmt.value.value, (int, float))
+                    and not isinstance(stmt.value.value, bool) and stmt.value.value > 0):
+                return float(stmt.value.value), f"{name} {BUDGET_NAME}"
+    return None
 
 
 def _become_workspace(root: Path, config: Config, tag: str) -> "Workspace":

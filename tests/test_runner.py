@@ -322,7 +322,7 @@ def test_hard_timeout_kills_the_whole_group(tmp_path):
         child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
         open(os.path.join(os.environ["TMPDIR"], "grandchild.pid"), "w").write(str(child.pid))
         time.sleep(60)
-    ''', budget_s=1.0, grace_s=0.5)
+    ''', budget_s=1.0, hard_timeout_s=2.5)
     started = time.monotonic()
     result, _ = run(runner)
 
@@ -357,8 +357,80 @@ def test_silence_watchdog(tmp_path):
     started = time.monotonic()
     result, _ = run(runner)
     assert result.status == RunStatus.TIMEOUT
-    assert result.message == "no output for 0.5s (budget 1s): killed"
+    assert result.message == "stalled: no output for 0.5s (budget 1s): killed"
     assert time.monotonic() - started < 5
+
+
+def test_slow_warm_up_that_keeps_printing_steps_is_not_killed(tmp_path):
+    # autoresearch's untimed first steps: the percent stays at 0 while they run, here for
+    # longer than the fixed deadline of 2 x budget + grace (4 s); then timed steps to the end.
+    runner = make_runner(tmp_path, '''
+        started = time.monotonic()
+        for step in range(10):
+            print("\\r" + progress_line(0, 4), end="", flush=True)
+            time.sleep(0.5)
+        for step in range(1, 5):
+            print("\\r" + progress_line(step, 4), end="", flush=True)
+            time.sleep(0.1)
+        print()
+        write_result(total_seconds=time.monotonic() - started)
+    ''', budget_s=1.0, grace_s=2.0, silence_timeout_s=3.0)
+    result, recorder = run(runner)
+    assert result.status == RunStatus.KEEP, result.message
+    assert result.total_seconds > 4.0
+    assert [update[2] for update in recorder.progress][-1] == 100.0
+
+
+def test_a_silent_start_up_is_not_killed_before_the_stall_limit(tmp_path):
+    # a header, then a start-up (a torch.compile) silent past the fixed deadline (1.5 s)
+    runner = make_runner(tmp_path, '''
+        started = time.monotonic()
+        print("device: cpu | compiling", flush=True)
+        time.sleep(3)
+        print(progress_line(2, 2), flush=True)
+        write_result(total_seconds=time.monotonic() - started)
+    ''', budget_s=0.5, grace_s=0.5, silence_timeout_s=10.0)
+    result, _ = run(runner)
+    assert result.status == RunStatus.KEEP, result.message
+    assert result.total_seconds > 1.5
+
+
+def test_a_run_printing_its_own_way_gets_the_fixed_deadline(tmp_path):
+    runner = make_runner(tmp_path, '''
+        while True:
+            print("epoch 1, still going", flush=True)
+            time.sleep(0.05)
+    ''', budget_s=0.5, grace_s=0.5, silence_timeout_s=10.0)
+    result, _ = run(runner)
+    assert result.status == RunStatus.TIMEOUT
+    assert result.message == "no result after 1.5s (budget 0.5s): killed"
+
+
+def test_a_run_that_falls_silent_after_its_steps_is_killed_as_stalled(tmp_path):
+    runner = make_runner(tmp_path, '''
+        for step in range(3):
+            print(progress_line(0, 4), flush=True)
+        time.sleep(60)
+    ''', budget_s=1.0, grace_s=60.0, silence_timeout_s=1.0)
+    result, _ = run(runner)
+    assert result.status == RunStatus.TIMEOUT
+    assert result.message == "stalled: no output for 1s (budget 1s): killed"
+
+
+def test_a_timed_run_far_past_its_own_budget_is_killed(tmp_path):
+    # Halfway with 1 s to go says its own budget is 2 s (whatever the engine passed): past
+    # 2 x 2 s + 0.5 s since its timed steps began, it is killed though it still prints.
+    runner = make_runner(tmp_path, '''
+        while True:
+            print(progress_line(1, 2), flush=True)
+            time.sleep(0.2)
+    ''', budget_s=0.5, grace_s=0.5, silence_timeout_s=5.0)
+    started = time.monotonic()
+    result, _ = run(runner)
+    assert result.status == RunStatus.TIMEOUT
+    assert "after its timed training began, far past its budget of 2s " \
+        "(limit 2 x budget + 0.5s): killed" in result.message
+    assert time.monotonic() - started > 3.5
 
 
 def test_line_flood_arrives_in_few_batches(tmp_path):

@@ -320,3 +320,95 @@ def test_cancel_stops_the_draft():
 def test_no_tunable_constants_is_an_agent_error():
     with pytest.raises(AgentError):
         draft(TunerAgent(), context("SEED = 1\nNAME = 'x'\n", []))
+
+
+# ---- train.py's own checks --------------------------------------------------------------
+
+TEMPLATE = (Path(__file__).resolve().parent.parent / "nanochat" / "train.py").read_text()
+HARNESS = (Path(__file__).resolve().parent.parent / "nanochat" / "harness.py").read_text()
+
+
+def harness_context(source, history, best):
+    ctx = context(source, history, best)
+    ctx.harness_source = HARNESS
+    return ctx
+
+
+def test_the_tuner_never_proposes_a_batch_the_template_asserts_against():
+    # Smaller batches look better and a veto freezes DEVICE_BATCH_SIZE, so the search pushes
+    # TOTAL_BATCH_SIZE down alone; the template asserts it stays a whole number of
+    # micro-batches (16 rows of 256 tokens).
+    def objective(c):
+        return 1.0 + 0.01 * math.log2(c["TOTAL_BATCH_SIZE"]) + 0.2 * (c["MATRIX_LR"] - 0.04) ** 2
+
+    agent, source, lines = TunerAgent(seed=1, env={}), TEMPLATE, []
+    best = objective(values(source))
+    history = [HistoryItem("baseline", status="keep", val_bpb=best),
+               HistoryItem("DEPTH 4 -> 3", status="vetoed",
+                           veto_reason="leave DEVICE_BATCH_SIZE alone, memory is tight")]
+    proposed = []
+    for _ in range(25):
+        d = draft(agent, harness_context(source, history, best), lines)
+        config = values(d.files["train.py"])
+        proposed.append(config)
+        val = objective(config)
+        status = "keep" if val < best else "discard"
+        diff = "".join(difflib.unified_diff(source.splitlines(True),
+                                            d.files["train.py"].splitlines(True)))
+        history.append(HistoryItem(d.description, d.hypothesis, status, val, val - best,
+                                   diff=diff))
+        if status == "keep":
+            source, best = d.files["train.py"], val
+    for config in proposed:
+        assert config["TOTAL_BATCH_SIZE"] % (config["DEVICE_BATCH_SIZE"] * 256) == 0, config
+    skipped = [text for _, text in lines if text.startswith("Skipping ")]
+    assert skipped, "the search never met the check, so this test would not catch a breach"
+    assert all("TOTAL_BATCH_SIZE must be a multiple of a micro-batch" in t for t in skipped)
+
+
+def test_a_check_added_to_the_template_is_honoured():
+    source = TRAIN_PY + '\nassert MATRIX_LR <= 0.05, "MATRIX_LR above 0.05 diverges"\n'
+    lines = []
+    d = draft(TunerAgent(), context(source, [HistoryItem("baseline", status="keep",
+                                                          val_bpb=1.5)], 1.5), lines)
+    assert values(d.files["train.py"])["MATRIX_LR"] <= 0.05
+    line = source.splitlines().index('assert MATRIX_LR <= 0.05, "MATRIX_LR above 0.05 diverges"')
+    assert (f"Skipping MATRIX_LR 0.04 -> 0.06: train.py's own check at line {line + 1} would "
+            "reject it (MATRIX_LR above 0.05 diverges).\n") in [text for _, text in lines]
+
+
+def test_a_check_the_current_file_fails_is_not_applied():
+    # The tests' tiny config runs with PAIRLAB_SEQ_LEN=64; told nothing, the tuner assumes
+    # 256 and the baseline itself would fail: it says so and proposes anyway.
+    from tests.conftest import tiny_train_py
+    lines = []
+    ctx = harness_context(tiny_train_py(TEMPLATE), [HistoryItem("baseline", status="keep",
+                                                                val_bpb=1.5)], 1.5)
+    draft(TunerAgent(env={}), ctx, lines)
+    assert any(text.startswith("Not applying train.py's check 'TOTAL_BATCH_SIZE must be")
+               for _, text in lines)
+    lines.clear()
+    draft(TunerAgent(env={"PAIRLAB_SEQ_LEN": "64"}), ctx, lines)
+    assert not any(text.startswith("Not applying") for _, text in lines)
+
+
+def test_harness_settings_follow_the_device_and_the_environment():
+    from engine.agents.template_checks import harness_settings
+    assert harness_settings(HARNESS, "cpu", {})["MAX_SEQ_LEN"] == 256
+    assert harness_settings(HARNESS, "cuda", {})["MAX_SEQ_LEN"] == 2048
+    assert harness_settings(HARNESS, "cpu", {"PAIRLAB_SEQ_LEN": "64"})["MAX_SEQ_LEN"] == 64
+
+
+def test_checks_read_the_constants_an_adopted_repo_imports(tmp_path):
+    from engine.agents.template_checks import violations, workspace_settings
+    (tmp_path / "prepare.py").write_text("MAX_SEQ_LEN = 2048\nTIME_BUDGET = 300\n")
+    train = ("from prepare import MAX_SEQ_LEN, TIME_BUDGET\nDEVICE_BATCH_SIZE = 128\n"
+             "TOTAL_BATCH_SIZE = 2**18\ntokens_per_fwdbwd = DEVICE_BATCH_SIZE * MAX_SEQ_LEN\n"
+             "assert TOTAL_BATCH_SIZE % tokens_per_fwdbwd == 0\n")
+    imported = workspace_settings(train, tmp_path)
+    assert imported == {"MAX_SEQ_LEN": 2048, "TIME_BUDGET": 300}
+    assert violations(train, imported) == []
+    bad = violations(train.replace("2**18", "2**17"), imported)
+    assert [(v.line, v.message) for v in bad] == [(5, "TOTAL_BATCH_SIZE % tokens_per_fwdbwd == 0")]
+    # a check on something only the run has is left to the run
+    assert violations("import torch\nassert torch.cuda.is_available()\n", {}) == []

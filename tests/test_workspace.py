@@ -149,6 +149,33 @@ def test_adopt_changes_nothing_of_theirs(tmp_path):
     assert Workspace.open(root).config.run_command == ["uv", "run", "train.py"]
 
 
+def test_adopt_reads_the_budget_their_repo_states(tmp_path):
+    root = make_autoresearch_clone(tmp_path / "autoresearch")
+    (root / "prepare.py").write_text("# data\nMAX_SEQ_LEN = 2048\nTIME_BUDGET = 300  # seconds\n")
+    git(root, "commit", "-qam", "budget")
+    ws = adopt(root)
+    assert (ws.config.budget_s, ws.config.budget_from) == (300.0, "prepare.py TIME_BUDGET")
+    assert Workspace.open(root).config.budget_s == 300.0
+
+
+def test_adopt_without_a_stated_budget_keeps_the_default(tmp_path):
+    root = make_autoresearch_clone(tmp_path / "autoresearch")
+    # not a module-level literal: nothing to read, so pairlab's default stays
+    (root / "prepare.py").write_text("import os\nTIME_BUDGET = int(os.environ['B'])\n")
+    git(root, "commit", "-qam", "budget from the environment")
+    ws = adopt(root)
+    assert (ws.config.budget_s, ws.config.budget_from) == (Config().budget_s, "")
+
+
+def test_init_adopt_says_which_budget_it_read(tmp_path):
+    root = make_autoresearch_clone(tmp_path / "autoresearch")
+    (root / "prepare.py").write_text("TIME_BUDGET = 120\n")
+    git(root, "commit", "-qam", "budget")
+    out = subprocess.run([sys.executable, "-m", "engine", "init", "--adopt", str(root)],
+                         capture_output=True, text=True, check=True).stdout
+    assert "training budget 120s, as prepare.py TIME_BUDGET states it" in out
+
+
 def test_adopt_refuses_what_it_cannot_drive(tmp_path):
     plain = tmp_path / "plain"
     plain.mkdir()

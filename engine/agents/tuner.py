@@ -14,22 +14,25 @@ journal and walks these tiers until a candidate is new, allowed and validated:
   6. sweep     any untried neighbour of the best configuration
 
 Vetoed values are never proposed again, a veto that names a constant freezes it, crashed
-directions are fenced off, SEED is never touched, and no configuration runs twice. The
-same journal and seed give the same proposal.
+directions are fenced off, SEED is never touched, no configuration runs twice, and no
+candidate that train.py's own asserts reject is proposed (engine/agents/template_checks.py).
+The same journal and seed give the same proposal.
 """
 
 from __future__ import annotations
 
 import ast
 import math
+import os
 import re
 import threading
 from collections import Counter, defaultdict
 from dataclasses import dataclass, field
-from typing import Callable, Iterator
+from typing import Callable, Iterator, Mapping
 
 import optuna
 
+from engine.agents import template_checks
 from engine.agents.base import AgentError, DraftCancelled, DraftContext, Emit, HistoryItem
 from engine.patch import PROTECTED_BEGIN, PROTECTED_END
 from engine.records import Draft
@@ -471,9 +474,12 @@ class TunerAgent:
 
     name = "tuner"
 
-    def __init__(self, device: str = "cpu", seed: int = 0):
+    def __init__(self, device: str = "cpu", seed: int = 0, env: Mapping[str, str] | None = None):
+        """env: the training runs' environment (PAIRLAB_SEQ_LEN...), for train.py's checks;
+        default: this process's."""
         self.device = device
         self.seed = seed
+        self.env = os.environ if env is None else env
         # Proposals still in review or training are not in the journal yet; neither are
         # candidates the engine refused. Both must not be handed out again.
         self._handed_out: set[tuple] = set()
@@ -500,6 +506,14 @@ class TunerAgent:
         if ctx.feedback:
             say(f"Notes from pairlab: {ctx.feedback}")
 
+        imported = {**template_checks.harness_settings(ctx.harness_source, self.device, self.env),
+                    **template_checks.workspace_settings(source, ctx.workspace)}
+        # A check the current file already fails is evaluated wrongly here (the runs see
+        # other settings): it cannot tell candidates apart, so it is not applied.
+        unusable = {v.message for v in template_checks.violations(source, imported)}
+        for message in sorted(unusable):
+            say(f"Not applying train.py's check {message!r}: the current file fails it with "
+                "the settings the tuner sees.")
         refusals: list[str] = []
         seen: set[tuple] = set()
         for move in self._candidates(know, len(know.trials)):
@@ -514,6 +528,13 @@ class TunerAgent:
             description = describe(changes, know.constants)
             files = {target: rewrite(source, know.constants, dict(move.changes))}
             if not self._reads_back(files[target], config):
+                continue
+            rejected = [v for v in template_checks.violations(files[target], imported)
+                        if v.message not in unusable]
+            if rejected:
+                say(f"Skipping {description}: train.py's own check at line "
+                    f"{rejected[0].line} would reject it ({rejected[0].message}).")
+                self._handed_out.add(key)
                 continue
             error = ctx.validate(files)
             if error:

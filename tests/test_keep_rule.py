@@ -1,0 +1,144 @@
+"""The keep rule as a pure function: numbers in, a typed decision out."""
+
+import dataclasses
+import math
+
+import pytest
+
+from engine.keep_rule import (Action, KeepRuleSettings, Noise, judge, margin,
+                              pooled_noise, should_rerun_best, student_t_critical)
+
+# Exact Student's t quantiles at the one-sided level of z = 2 (0.97725), from tables.
+T_AT_Z2 = {2: 4.527, 3: 3.307, 5: 2.649, 10: 2.284, 30: 2.088}
+
+
+def noise_of(sigma: float, dof: int) -> Noise:
+    return Noise(sigma, dof, 1)
+
+
+def test_pooled_noise_weights_each_group_by_its_degrees_of_freedom():
+    # group a: mean 2, squares 2 (dof 2); group b: mean 5, squares 8 (dof 1); singles add nothing
+    noise = pooled_noise([[1.0, 2.0, 3.0], [3.0, 7.0], [9.0]])
+    assert noise.dof == 3 and noise.groups == 2
+    assert noise.sigma == pytest.approx(math.sqrt(10 / 3))
+
+
+def test_pooled_noise_without_repeats_is_unknown():
+    assert pooled_noise([[1.0], [2.0]]) == Noise(None, 0, 0)
+
+
+@pytest.mark.parametrize("dof,exact", sorted(T_AT_Z2.items()))
+def test_t_critical_matches_the_tables(dof, exact):
+    assert student_t_critical(2.0, dof) == pytest.approx(exact, rel=0.01)
+
+
+def test_margin_is_k_standard_errors_of_a_difference_of_means():
+    sigma, k = 0.01, 2.0
+    assert margin(sigma, 10, 4, 4, k) == pytest.approx(
+        student_t_critical(k, 10) * sigma * math.sqrt(1 / 4 + 1 / 4))
+    # more runs on either side shrink it
+    assert margin(sigma, 10, 8, 4, k) < margin(sigma, 10, 4, 4, k)
+
+
+def test_the_best_is_the_mean_of_its_runs_not_its_first_draw():
+    # the issue's baseline: a single draw of 1.994282, a mean of 1.991540
+    best = [1.994282, 1.996000, 1.984339]
+    decision = judge(best, [1.992], pooled_noise([best]))
+    assert decision.best_mean == pytest.approx(1.991540, abs=1e-6)
+    assert decision.action is Action.DISCARD          # better than the first draw, not the mean
+    assert "no better than the best" in decision.reason
+
+
+def test_the_issue_kept_change_is_not_a_keep():
+    # WARMDOWN_RATIO 0.5 -> 0.6: mean of two runs 1.987541, a third of the measured spread
+    best = [1.994282, 1.996000, 1.984339]
+    candidate = [1.9885, 1.986582]
+    decision = judge(best, candidate, pooled_noise([best, candidate]))
+    assert decision.action is Action.CONFIRM
+    assert decision.improvement == pytest.approx(0.004, abs=1e-4)
+    assert decision.improvement < decision.margin
+
+
+def test_a_clear_win_is_kept_with_every_figure_recorded():
+    settings = KeepRuleSettings(k=2.0)
+    decision = judge([2.00, 2.01, 1.99, 2.00], [1.90, 1.91], noise_of(0.01, 20), settings)
+    assert decision.action is Action.KEEP
+    assert (decision.n_best, decision.n_candidate, decision.noise_dof) == (4, 2, 20)
+    assert decision.best_mean == pytest.approx(2.0)
+    assert decision.candidate_mean == pytest.approx(1.905)
+    assert decision.sigma == 0.01
+    assert decision.margin == pytest.approx(margin(0.01, 20, 4, 2, 2.0))
+    assert decision.rerun == ""
+    assert "\n" not in decision.reason and "clearing the margin" in decision.reason
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        decision.action = Action.DISCARD  # type: ignore[misc]
+
+
+def test_k_sets_the_margin():
+    best, candidate, noise = [2.0] * 4, [1.985] * 4, noise_of(0.01, 40)
+    # improvement 1.5 sigma; one standard error of the difference is 0.71 sigma
+    assert judge(best, candidate, noise, KeepRuleSettings(k=1.5)).action is Action.KEEP
+    assert judge(best, candidate, noise, KeepRuleSettings(k=3.0)).action is Action.CONFIRM
+
+
+def test_a_small_win_is_confirmed_then_decided_at_the_limit():
+    settings = KeepRuleSettings(k=2.0, max_candidate_runs=3, min_best_runs=1)
+    best, noise = [2.0] * 6, noise_of(0.01, 30)
+    first = judge(best, [1.995], noise, settings)
+    assert first.action is Action.CONFIRM and first.rerun == "candidate"
+    assert "run 2 of at most 3" in first.reason
+    last = judge(best, [1.995, 1.996, 1.994], noise, settings)
+    assert last.action is Action.DISCARD and "not distinguishable from noise" in last.reason
+
+
+def test_confirmation_runs_the_best_while_it_has_fewer_runs():
+    settings = KeepRuleSettings(min_best_runs=4)
+    noise = noise_of(0.01, 5)
+    assert judge([2.0], [1.99], noise, settings).rerun == "best"        # 1 run vs 1
+    assert judge([2.0, 2.0], [1.99], noise, settings).rerun == "candidate"
+    assert judge([2.0, 2.0], [1.99, 1.99], noise, settings).rerun == "best"
+    # never past min_best_runs
+    assert judge([2.0] * 4, [1.995] * 5, noise, settings).rerun == "candidate"
+
+
+def test_without_a_noise_estimate_a_win_is_confirmed_and_a_loss_discarded():
+    unknown = Noise(None, 0, 0)
+    assert judge([2.0], [1.9], unknown).action is Action.CONFIRM
+    assert "no noise estimate" in judge([2.0], [1.9], unknown).reason
+    assert judge([2.0], [2.1], unknown).action is Action.DISCARD
+    capped = judge([2.0], [1.9], unknown, KeepRuleSettings(max_candidate_runs=1))
+    assert capped.action is Action.DISCARD and "never measured" in capped.reason
+
+
+def test_few_degrees_of_freedom_widen_the_margin():
+    best, candidate = [2.0, 2.0, 2.0], [1.97]
+    # a 3-sigma win on a sigma from 2 repeats is not yet a keep; on 30 dof it is
+    assert judge(best, candidate, noise_of(0.01, 2)).action is Action.CONFIRM
+    assert judge(best, candidate, noise_of(0.01, 30)).action is Action.KEEP
+
+
+def test_identical_repeats_make_any_win_a_keep():
+    # fixed-step CPU runs are exactly reproducible: sigma 0
+    decision = judge([2.0, 2.0], [1.999], pooled_noise([[2.0, 2.0]]))
+    assert decision.action is Action.KEEP and decision.sigma == 0.0
+
+
+def test_the_best_is_rerun_to_follow_drift():
+    settings = KeepRuleSettings(best_rerun_every=3)
+    assert not should_rerun_best(2, settings)
+    assert should_rerun_best(3, settings)
+
+
+@pytest.mark.parametrize("field,value", [("k", 0), ("max_candidate_runs", 0),
+                                         ("min_best_runs", 0), ("best_rerun_every", 0)])
+def test_settings_reject_nonsense(field, value):
+    with pytest.raises(ValueError, match=field):
+        KeepRuleSettings(**{field: value})
+
+
+def test_empty_runs_are_an_error():
+    with pytest.raises(ValueError, match="best has no runs"):
+        judge([], [1.0], Noise(None, 0, 0))
+    with pytest.raises(ValueError, match="candidate has no runs"):
+        judge([1.0], [], Noise(None, 0, 0))
+
