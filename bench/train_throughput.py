@@ -29,6 +29,10 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+# The peak below is measured with sleeping OpenMP threads, as train.py trains: spinning ones
+# under-measure it badly on a shared CPU. Every training runs with its own setting.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
 import torch  # noqa: E402
 
 from nanochat import harness  # noqa: E402
