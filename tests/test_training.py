@@ -243,3 +243,28 @@ def test_dataloader_is_bos_aligned_and_seeded(dataset_dir, monkeypatch):
         assert torch.equal(x[:, 1:], y[:, :-1])
         assert torch.equal(x, x2) and torch.equal(y, y2)
     assert not torch.equal(first[0][0], other[0][0])
+
+
+# ---------------------------------------------------------------------------
+# The throughput bench's --quick mode: it runs and prints its figures (never asserted)
+# ---------------------------------------------------------------------------
+
+BENCH_ROW = re.compile(r"^(.+?)\s+([\d,]+)\s+([\d.]+)%\s+([\d.]+)x\s+(\d+)\s+([\d.]+)$", re.M)
+
+
+def test_throughput_bench_quick_runs_every_eager_configuration(dataset_dir):
+    proc = subprocess.run(
+        [sys.executable, str(REPO / "bench" / "train_throughput.py"), "--quick"],
+        env={**os.environ, "PYTHONPATH": str(REPO), "PAIRLAB_DATA_DIR": str(dataset_dir)},
+        capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr
+    rows = {m.group(1): m.groups()[1:] for m in BENCH_ROW.finditer(proc.stdout)}
+    shipped = "bf16" if harness.cpu_has_native_bf16() else "fp32"
+    assert list(rows) == ["naive port: fp32, eager, spinning threads",
+                          f"{shipped} (shipped), eager, default malloc",
+                          f"{shipped} (shipped), eager, tuned malloc"], proc.stdout
+    assert rows["naive port: fp32, eager, spinning threads"][2] == "1.00"
+    # Thread and allocator settings change the speed, never the numbers: same val_bpb.
+    val_bpbs = {row[-1] for name, row in rows.items() if shipped in name}
+    assert len(val_bpbs) == 1, proc.stdout
+    assert "vs naive port:" in proc.stdout and "peak memory:" in proc.stdout
