@@ -14,11 +14,12 @@ import datetime
 import json
 import os
 import shutil
-import subprocess
 import sys
 import tempfile
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path, PurePosixPath
+
+from git.cmd import Git
 
 BASELINE_AUTHOR = ("pairlab", "pairlab@localhost")
 AGENT_AUTHOR = ("pairlab-agent", "agent@pairlab")
@@ -268,9 +269,9 @@ def _become_workspace(root: Path, config: Config, tag: str) -> "Workspace":
 
 
 def check_tag(tag: str) -> str:
-    check = subprocess.run(["git", "check-ref-format", "--branch", BRANCH_PREFIX + tag],
-                           capture_output=True)
-    if check.returncode != 0 or "/" in tag:
+    valid = run_git(Path.cwd(), "check-ref-format", "--branch", BRANCH_PREFIX + tag,
+                    check=False) is not None
+    if not valid or "/" in tag:
         raise WorkspaceError(f"tag {tag!r} cannot name the branch {BRANCH_PREFIX}{tag}; "
                              f"use letters, digits and dashes, e.g. 'nov22'")
     return tag
@@ -290,7 +291,8 @@ def _free_tag(root: Path, tag: str) -> str:
 class Workspace:
     """An opened workspace: its settings and the git operations the session needs."""
 
-    # Every git operation is a `git` subprocess (run_git): nothing shared between threads.
+    # Every git operation goes through run_git (a process per call): nothing shared
+    # between threads.
 
     def __init__(self, root: Path, config: Config):
         self.root = Path(root)
@@ -456,12 +458,18 @@ def _identity(who: tuple[str, str]) -> dict[str, str]:
 
 def run_git(root: Path, *args: str, input: bytes | None = None,
             env: dict[str, str] | None = None, check: bool = True) -> bytes | None:
-    """Run git in root; stdout as bytes. With check=False a failure returns None."""
-    result = subprocess.run(["git", *args], cwd=root, input=input, capture_output=True,
-                            env={**os.environ, **(env or {})})
-    if result.returncode != 0:
+    """Run git in root through GitPython's command layer (a fresh process per call, so any
+    thread may call it); stdout as bytes. With check=False a failure returns None."""
+    with tempfile.TemporaryFile() as stdin:
+        if input is not None:
+            stdin.write(input)
+            stdin.seek(0)
+        status, stdout, stderr = Git(root).execute(
+            ["git", *args], istream=stdin if input is not None else None, env=env,
+            with_extended_output=True, with_exceptions=False, stdout_as_string=False,
+            strip_newline_in_stdout=False)
+    if status != 0:
         if not check:
             return None
-        raise WorkspaceError(f"git {' '.join(args)} failed in {root}: "
-                             f"{result.stderr.decode(errors='replace').strip()}")
-    return result.stdout
+        raise WorkspaceError(f"git {' '.join(args)} failed in {root}: {stderr.strip()}")
+    return stdout
