@@ -27,7 +27,7 @@ from typing import Callable
 from engine import patch
 from engine.agents.base import Agent, AgentError, DraftCancelled, DraftContext, HistoryItem
 from engine.events import (BestUpdated, DecisionMade, DraftFailed, DraftStarted, Event,
-                           LogLines, ModeChanged, NoiseFloor, Notice, Preparing,
+                           LiveLine, LogLines, ModeChanged, NoiseFloor, Notice, Preparing,
                            ProposalReady, ProposalRebased, ProposalStale, ReasoningDelta,
                            RunFinished, RunProgress, RunStarted, SessionStopped, StateChanged)
 from engine.journal import Journal
@@ -548,7 +548,8 @@ class Session:
         self._refresh_state()
         result = runner.run(on_lines=lambda lines: self._emit(LogLines(run_id, lines)),
                             on_progress=lambda *p: self._emit(RunProgress(run_id, *p)),
-                            on_start=self._monitor.set_trainer_pid if self._monitor else None)
+                            on_start=self._monitor.set_trainer_pid if self._monitor else None,
+                            on_live=lambda text: self._emit(LiveLine(run_id, text)))
         if self._monitor:
             self._monitor.set_trainer_pid(None)
         with self._lock:
