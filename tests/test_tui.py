@@ -4,10 +4,10 @@ same subscriber path the engine uses (events posted from another thread)."""
 from __future__ import annotations
 
 import pytest
-from textual.widgets import DataTable, Input, Log
+from textual.widgets import DataTable, Input
 
-from engine.events import (DeviceSample, LogLines, ReasoningDelta, RunFinished, RunStarted,
-                           StateChanged)
+from engine.events import (DeviceSample, LiveLine, LogLines, ReasoningDelta, RunFinished,
+                           RunStarted, StateChanged)
 from engine.records import RunResult, RunStatus
 from test_tui_support import (T0, ScriptedSession, experiment, history_events, pilot_test,
                               proposal)
@@ -21,6 +21,7 @@ from tui.widgets.chart import ChartPanel
 from tui.widgets.device import describe
 from tui.widgets.diff import DiffPanel, HunkView, parse_hunks, render_hunk
 from tui.widgets.experiments import ExperimentsPanel
+from tui.widgets.live_log import LiveLog, terminal_lines
 from tui.widgets.log import LogPanel
 from tui.widgets.reasoning import ReasoningPanel
 
@@ -201,7 +202,7 @@ async def test_log_follows_the_tail_unless_scrolled_up_and_stays_bounded(session
     app = PairlabApp(session)
     async with app.run_test(size=WIDE) as pilot:
         await settle(pilot)
-        log = app.main.query_one(LogPanel).query_one(Log)
+        log = app.main.log_panel.log
         session.emit_from_thread([LogLines("r4", [f"line {i}" for i in range(8000)], at=T0)])
         await settle(pilot)
         assert log.line_count <= 5001                      # max_lines, plus the skip notice
@@ -215,6 +216,67 @@ async def test_log_follows_the_tail_unless_scrolled_up_and_stays_bounded(session
         session.emit_from_thread([LogLines("old-run", ["stale line"], at=T0)])
         await settle(pilot)
         assert "stale line" not in log.lines
+
+
+def visible_rows(widget) -> list[str]:
+    """What the widget shows on screen now, row by row."""
+    return [strip.text.rstrip() for strip in widget.render_lines(widget.size.region)]
+
+
+@pilot_test
+async def test_the_live_line_is_the_last_row_and_is_rewritten_in_place(session):
+    app = PairlabApp(session)
+    async with app.run_test(size=WIDE) as pilot:
+        await settle(pilot)
+        log = app.main.log_panel.log
+        finished = log.line_count
+        for step in range(1, 200):        # a fast writer: only the latest state matters
+            session.emit(LiveLine("r4", f"step {step:05d} (1.0%) | loss: 4.2"))
+        await settle(pilot)
+        assert log.line_count == finished + 1 and log.live == "step 00199 (1.0%) | loss: 4.2"
+        assert visible_rows(log)[log.line_count - 1 - log.scroll_offset.y].startswith("step 00199")
+        session.emit(LiveLine("r4", "step 00200 (1.1%) | loss: 4.1"))
+        await settle(pilot)
+        assert log.line_count == finished + 1                   # rewritten, not appended
+        assert log.lines[-1] == "step 00039 | loss: 5.610000"
+        # the progress line ends: it scrolls up as a finished line, the next one is live
+        session.emit_from_thread([LogLines("r4", ["step 00200 (1.1%) | loss: 4.1"], at=T0),
+                                  LiveLine("r4", "", at=T0), LiveLine("r4", "eval…", at=T0)])
+        await settle(pilot)
+        assert log.lines[-1] == "step 00200 (1.1%) | loss: 4.1" and log.live == "eval…"
+        assert log.is_vertical_scroll_end
+        session.emit_from_thread([LiveLine("old-run", "stale", at=T0)])
+        await settle(pilot)
+        assert log.live == "eval…"
+
+
+def test_raw_output_is_read_as_a_terminal_shows_it():
+    text = "device: cpu\r\n\rstep 1\rstep 2\rstep 3   \nwarn\r\n50%\r60%\r"
+    assert terminal_lines(text) == (["device: cpu", "step 3   ", "warn"], "60%")
+    assert terminal_lines("plain\nopen") == (["plain"], "open")
+
+
+@pilot_test
+async def test_the_log_viewer_follows_the_run_in_flight_with_its_live_line(session, tmp_path):
+    log_file = tmp_path / "r4.log"
+    log_file.write_text("".join(f"old line {i}\n" for i in range(10)))
+    app = PairlabApp(session)
+    async with app.run_test(size=WIDE) as pilot:
+        await settle(pilot)
+        panel = app.main.log_panel
+        panel.log_path = str(log_file)                 # the run in flight writes this file
+        session.emit_from_thread([LiveLine("r4", "step 00003 | loss: 4.0", at=T0)])
+        await settle(pilot)
+        app.push_screen(LogViewerScreen("run r4", log_file))
+        await settle(pilot)
+        viewer = app.screen.query_one(LiveLog)
+        assert viewer.lines[-1] == "old line 9" and viewer.live == "step 00003 | loss: 4.0"
+        with log_file.open("a") as handle:
+            handle.write("step 00003 | loss: 4.0\n")
+        session.emit_from_thread([LiveLine("r4", "step 00004 | loss: 3.9", at=T0)])
+        await settle(pilot, 0.6)
+        assert viewer.lines[-1] == "step 00003 | loss: 4.0"
+        assert viewer.live == "step 00004 | loss: 3.9"
 
 
 @pilot_test
@@ -235,7 +297,7 @@ async def test_run_finished_adds_a_table_row_and_a_chart_point(session):
         assert data.row_count == 5 and len(chart.experiments) == 5
         assert str(data.get_cell("r4", "status")) == "keep"
         assert chart.live_run_id is None
-        assert app.main.log_panel.query_one(Log).lines[-1].startswith("── keep · val_bpb 1.430000")
+        assert app.main.log_panel.log.lines[-1].startswith("── keep · val_bpb 1.430000")
 
 
 @pilot_test
@@ -280,7 +342,7 @@ async def test_narrow_terminal_shows_one_panel_at_a_time(session):
         await pilot.press("tab", "tab", "tab")
         shown = [p.id for p in app.main.panels() if p.region.height > 0]
         assert shown == ["log-panel"]
-        assert app.focused is app.main.log_panel.query_one(Log)
+        assert app.focused is app.main.log_panel.log
 
 
 @pilot_test
@@ -314,7 +376,7 @@ async def test_o_opens_the_selected_runs_log(session, tmp_path):
         await pilot.press("o")
         await settle(pilot)
         assert isinstance(app.screen, LogViewerScreen)
-        assert app.screen.query_one(Log).lines[-1] == "past line 99"
+        assert app.screen.query_one(LiveLog).lines[-1] == "past line 99"
         await pilot.press("escape")
         assert app.screen is app.main
 
@@ -368,6 +430,28 @@ def test_bridge_batches_high_rate_events_and_keeps_their_order():
     assert reasoning.chunks == [("thinking", "".join(f"t{i} " for i in range(50)))]
     assert log.lines[-1] == "line 499" and len(log.lines) == 100 and log.dropped == 400
     assert bridge.lines_accepted == 500
+
+
+def test_bridge_keeps_only_the_latest_live_line_and_sends_it_with_the_lines():
+    class Inbox:
+        def __init__(self):
+            self.messages = []
+
+        def post_message(self, message):
+            self.messages.append(message)
+            return True
+
+    inbox = Inbox()
+    bridge = EventBridge(inbox, max_log_lines=100)
+    bridge(LogLines("r1", ["device: cpu"]))
+    for step in range(1000):
+        bridge(LiveLine("r1", f"step {step}"))
+    bridge.flush()
+    bridge.flush()                                  # nothing new: nothing posted
+    bridge(LiveLine("r2", "step 0 of the next run"))
+    bridge.flush()
+    assert [(m.run_id, m.lines, m.live) for m in inbox.messages] == [
+        ("r1", ["device: cpu"], "step 999"), ("r2", [], "step 0 of the next run")]
 
 
 def test_hunks_carry_line_numbers_and_prefixes():

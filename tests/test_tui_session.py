@@ -12,7 +12,7 @@ import time
 from pathlib import Path
 
 import pytest
-from textual.widgets import Input, Log
+from textual.widgets import Input
 
 from engine.events import DecisionMade, RunFinished, RunStarted, StateChanged
 from engine.records import DecisionKind, RunStatus
@@ -89,7 +89,7 @@ async def test_accept_trains_the_proposal_and_its_log_chart_and_row_appear(tmp_p
         assert len(main.table.rows) == rows_before + 1
         assert run.run_id in main.chart.experiments
         assert str(main.table.query_one("DataTable").get_cell(run.run_id, "status")) != "training"
-        assert main.query_one(LogPanel).query_one(Log).line_count > 1
+        assert main.query_one(LogPanel).log.line_count > 1
         await pilot.press("q")
         await wait_for(pilot, lambda: not app.is_running or session.stopped, timeout=30)
 

@@ -67,7 +67,7 @@ class PairlabApp(App[int]):
 
     @on(LogBatch)
     def _log(self, message: LogBatch) -> None:
-        self.main.log_panel.write(message.run_id, message.lines, message.dropped)
+        self.main.log_panel.write(message.run_id, message.lines, message.dropped, message.live)
 
     @on(ProgressBatch)
     def _progress(self, message: ProgressBatch) -> None:
