@@ -3,6 +3,14 @@ same subscriber path the engine uses (events posted from another thread)."""
 
 from __future__ import annotations
 
+import os
+import shlex
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
 import pytest
 from textual.widgets import DataTable, Input
 
@@ -462,3 +470,69 @@ def test_hunks_carry_line_numbers_and_prefixes():
     assert rendered[2].split() == ["10", "-", "LEARNING_RATE", "=", "0.02", "#", "adam", "lr"]
     assert rendered[3].split()[:2] == ["10", "+"]
     assert rendered[5].split()[:1] == ["12"]
+
+
+@pytest.mark.slow
+def test_in_tmux_the_log_panels_last_line_is_the_live_step_line(tmp_path, dataset_dir):
+    """The real command in a real terminal, training its baseline: the log panel's last row
+    is train.py's `\\r` progress line, and it changes in place while the run trains."""
+    if shutil.which("tmux") is None:
+        pytest.skip("tmux is not installed")
+    from conftest import tiny_train_py
+    from engine import workspace
+    ws = workspace.init(tmp_path / "ws", tag="live")
+    train = ws.root / "train.py"
+    ws.commit_change({"train.py": tiny_train_py(train.read_text())}, "tiny config", parent=ws.head())
+    cache = tmp_path / "cache"
+    (cache / "datasets").mkdir(parents=True)
+    (cache / "datasets" / "default").symlink_to(dataset_dir)
+    env = {"PAIRLAB_CACHE": str(cache), "PAIRLAB_COMPILE": "0", "PAIRLAB_SEQ_LEN": "64",
+           "PAIRLAB_EVAL_TOKENS": "4096", "PAIRLAB_DEVICE": "cpu", "TERM": "screen-256color",
+           "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    # -u: a tmux server started under pytest hands its COLUMNS/LINES (80x24) to the pane
+    command = (f"env -u COLUMNS -u LINES {' '.join(f'{k}={shlex.quote(v)}' for k, v in env.items())} "
+               f"{shlex.quote(sys.executable)} -c 'from engine.cli import main; main()'"
+               f" --workspace {shlex.quote(str(ws.root))} --agent tuner --budget 60"
+               f" --noise-repeats 0")
+    name = f"pairlab-live-{os.getpid()}"
+    tmux = ["tmux", "-L", name]          # a server of its own: no other session's sizes apply
+    subprocess.run([*tmux, "new-session", "-d", "-s", name, "-x", "100", "-y", "30", command],
+                   check=True)
+    subprocess.run([*tmux, "set-option", "-t", name, "remain-on-exit", "on"], check=True)
+
+    def screen() -> str:
+        return subprocess.run([*tmux, "capture-pane", "-p", "-t", name], capture_output=True,
+                              text=True).stdout
+
+    def last_log_row() -> str:
+        """The last row with text inside the training log panel's border (not the scrollbar)."""
+        rows = screen().splitlines()
+        top = next((i for i, row in enumerate(rows) if "─ training log " in row), None)
+        if top is None:
+            return ""
+        left = rows[top].rfind("╭", 0, rows[top].index("─ training log "))
+        right = rows[top].index("╮", left)
+        inside = []
+        for row in rows[top + 1:]:
+            if row[left:left + 1] == "╰":
+                break
+            inside.append(row[left + 1:right].strip())
+        return next((text for text in reversed(inside) if any(c.isalnum() for c in text)), "")
+
+    def wait_for_step_row(other_than: str, timeout: float) -> str:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            row = last_log_row()
+            if row.startswith("step ") and row != other_than:
+                return row
+            time.sleep(0.5)
+        raise AssertionError(f"the log's last row is {last_log_row()!r}, not a new step line;"
+                             f" the screen:\n{screen()}")
+
+    try:
+        first = wait_for_step_row("", 180)
+        time.sleep(3)
+        second = wait_for_step_row(first, 30)
+        assert first != second and first.startswith("step ") and second.startswith("step ")
+    finally:
+        subprocess.run([*tmux, "kill-server"], capture_output=True)
