@@ -536,3 +536,61 @@ def test_in_tmux_the_log_panels_last_line_is_the_live_step_line(tmp_path, datase
         assert first != second and first.startswith("step ") and second.startswith("step ")
     finally:
         subprocess.run([*tmux, "kill-server"], capture_output=True)
+
+
+@pilot_test
+async def test_runs_are_labelled_by_what_they_are_and_totalled(tmp_path):
+    from dataclasses import replace
+    base = experiment(0, "b0", RunStatus.KEEP, 1.45, "baseline", "abc1234", "baseline")
+    noise = replace(experiment(1, "n1", RunStatus.DISCARD, 1.452, "noise repeat 1 of 1",
+                               "abc1234", "noise"), kind="noise")
+    rerun = replace(experiment(2, "c2", RunStatus.DISCARD, 1.44, "re-run to confirm",
+                               "bcd2345", "rerun"), kind="rerun")
+    quit_run = experiment(3, "i3", RunStatus.INTERRUPTED, None, "lr 0.03", "cde3456")
+    events = [RunFinished(e, RunResult(e.run_id, e.status, e.val_bpb), at=T0)
+              for e in (replace(base, kind="baseline"), noise, rerun, quit_run)]
+    events.append(RunStarted("s4", 4, 9, "def4567", "speculative lr 0.05", 300, "/x", at=T0))
+    app = PairlabApp(ScriptedSession(tmp_path, events))
+    async with app.run_test(size=WIDE) as pilot:
+        await settle(pilot)
+        table = app.main.table
+        data = table.query_one(DataTable)
+        labels = {run_id: str(data.get_cell(run_id, "status")) for run_id in table.rows}
+        assert labels == {"b0": "keep", "n1": "noise repeat", "c2": "confirmation",
+                          "i3": "interrupted", "s4": "training"}
+        assert table.border_subtitle == "1 keep · 1 interrupted · 1 noise repeat · 1 confirmation"
+        chart = app.main.chart
+        assert chart.shown == ("history",)             # the interrupted run is not a crash
+        table.upsert(replace(quit_run, run_id="s5", speculative=True), training=True)
+        assert str(data.get_cell("s5", "status")) == "speculative"
+
+
+@pilot_test
+async def test_c_switches_charts_when_only_one_fits_and_small_panels_get_words(session):
+    app = PairlabApp(session)
+    async with app.run_test(size=(100, 30)) as pilot:
+        await settle(pilot, 0.6)
+        chart = app.main.chart
+        assert chart.shown == ("history",)            # 100x30: room for one chart
+        app.main.focus_panel("chart-panel")
+        await pilot.press("c")
+        assert chart.shown == ("loss",) and chart.border_title == "live loss"
+        await pilot.press("c")
+        assert chart.shown == ("history",)
+    app = PairlabApp(ScriptedSession(session.tmp_path, history_events()))
+    async with app.run_test(size=WIDE) as pilot:
+        await settle(pilot, 0.6)
+        assert app.main.chart.shown == ("history", "loss")
+    app = PairlabApp(ScriptedSession(session.tmp_path, history_events()[:2]))
+    async with app.run_test(size=WIDE) as pilot:
+        await settle(pilot, 0.6)
+        assert app.main.chart.shown == ()
+        assert "no finished run yet" in str(app.main.query_one("#chart-note").render())
+
+
+def test_y_ticks_carry_the_decimals_that_tell_them_apart():
+    from tui.widgets.chart import integer_ticks, tick_labels
+    assert tick_labels(1.4370, 1.4630, 3)[1] == ["1.437", "1.450", "1.463"]
+    assert tick_labels(1.43001, 1.43004, 2)[1] == ["1.430010", "1.430040"]
+    assert tick_labels(5.0, 8.0, 4)[1] == ["5.0", "6.0", "7.0", "8.0"]
+    assert integer_ticks(1, 40, 30) == list(range(1, 41, 8))      # 5 labels of 2 digits fit
