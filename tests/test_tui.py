@@ -593,4 +593,4 @@ def test_y_ticks_carry_the_decimals_that_tell_them_apart():
     assert tick_labels(1.4370, 1.4630, 3)[1] == ["1.437", "1.450", "1.463"]
     assert tick_labels(1.43001, 1.43004, 2)[1] == ["1.430010", "1.430040"]
     assert tick_labels(5.0, 8.0, 4)[1] == ["5.0", "6.0", "7.0", "8.0"]
-    assert integer_ticks(1, 40, 30) == list(range(1, 41, 8))      # 5 labels of 2 digits fit
+    assert integer_ticks(1, 40, 30) == list(range(1, 41, 7))      # 6 labels of 2 digits + gaps
