@@ -594,3 +594,56 @@ def test_y_ticks_carry_the_decimals_that_tell_them_apart():
     assert tick_labels(1.43001, 1.43004, 2)[1] == ["1.430010", "1.430040"]
     assert tick_labels(5.0, 8.0, 4)[1] == ["5.0", "6.0", "7.0", "8.0"]
     assert integer_ticks(1, 40, 30) == list(range(1, 41, 7))      # 6 labels of 2 digits + gaps
+
+
+async def wait_until(pilot, condition, timeout: float = 20.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "timed out"
+        await pilot.pause(0.05)
+
+
+@pilot_test
+async def test_a_proposal_waiting_unseen_rings_the_bell_once_until_a_key_is_pressed(
+        session, monkeypatch):
+    monkeypatch.setenv("PAIRLAB_NUDGE_MINUTES", "0.05")           # 3 s
+    app = PairlabApp(session)
+    async with app.run_test(size=WIDE) as pilot:
+        nudge = app.main.diff.nudge
+        await wait_until(pilot, lambda: nudge.rung == 1)
+        assert nudge.waiting
+        assert any("waited 0.05 min for your review" in n.message for n in app._notifications)
+        await pilot.pause(3.5)
+        assert nudge.rung == 1                                      # once per wait
+        for _ in range(4):                                          # someone is looking
+            await pilot.press("down")
+            await pilot.pause(0.3)
+        assert nudge.rung == 1
+        await wait_until(pilot, lambda: nudge.rung == 2)            # and then looks away
+        await pilot.press("a", "a")                                 # nothing waits any more
+        await settle(pilot)
+        assert not nudge.waiting
+        await pilot.pause(3.5)
+        assert nudge.rung == 2
+
+
+@pilot_test
+async def test_the_nudge_is_off_at_zero_and_a_bad_setting_is_named(session, monkeypatch):
+    monkeypatch.setenv("PAIRLAB_NUDGE_MINUTES", "0")
+    app = PairlabApp(session)
+    async with app.run_test(size=WIDE) as pilot:
+        await settle(pilot)
+        await pilot.pause(0.5)
+        assert app.main.diff.nudge.rung == 0 and app.main.diff.nudge.minutes == 0
+    monkeypatch.setenv("PAIRLAB_NUDGE_MINUTES", "soon")
+    app = PairlabApp(ScriptedSession(session.tmp_path, history_events()))
+    async with app.run_test(size=WIDE) as pilot:
+        await settle(pilot)
+        assert app.main.diff.nudge.minutes == 5
+        assert any("PAIRLAB_NUDGE_MINUTES='soon'" in n.message for n in app._notifications)
+
+
+def test_the_nudge_is_a_bell_and_an_osc_9_wrapped_for_tmux():
+    from tui.widgets.nudge import notification
+    assert notification("look", in_tmux=False) == "\a\x1b]9;look\a"
+    assert notification("look", in_tmux=True) == "\a\x1bPtmux;\x1b\x1b]9;look\a\x1b\\"

@@ -6,7 +6,7 @@ knows, then starts the loop; quitting stops the session in a worker and exits.""
 
 from __future__ import annotations
 
-from textual import on, work
+from textual import events, on, work
 from textual.app import App
 from textual.binding import Binding
 
@@ -52,6 +52,11 @@ class PairlabApp(App[int]):
         except Exception as error:
             self.call_from_thread(self.notify, f"the session did not start: {error}",
                                   severity="error", timeout=30)
+
+    async def on_event(self, event: events.Event) -> None:
+        if isinstance(event, events.Key) and self.main.is_mounted:
+            self.main.diff.nudge.key_pressed()      # someone is here: no nudge for a while
+        await super().on_event(event)
 
     # ------------------------------------------------------------------ engine messages
 
