@@ -35,6 +35,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from engine.events import LiveLine, LogLines, RunStarted  # noqa: E402
 from tui.app import PairlabApp  # noqa: E402
 from tui.widgets.log import LogPanel  # noqa: E402
+from tui.widgets.panel import PanelGrid  # noqa: E402
 
 BATCH_INTERVAL_S = 0.01          # the runner hands over lines in batches; 100 batches a second
 LINE = "step {:07d} (42.0%) | loss: 3.123456 | lrm: 1.00 | dt: 120ms | tok/sec: 28,000 | mfu: 1.2%"
@@ -174,8 +175,7 @@ async def run_rates(rates: list[int], seconds: float) -> None:
             print(f"{rate:>10,} {accepted / seconds:>11,.0f} {written / seconds:>10,.0f}   "
                   + " ".join(f"{figure:>15}" for figure in figures)
                   + f"   ({presses} keys in {elapsed:.1f} s)", flush=True)
-            if app.screen.maximized is not None:       # an odd count of f presses
-                app.screen.minimize()
+            app.main.query_one(PanelGrid).restore()    # after an odd count of f presses
 
 
 async def run_memory(total: int) -> None:

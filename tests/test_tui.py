@@ -31,6 +31,7 @@ from tui.widgets.diff import DiffPanel, HunkView, parse_hunks, render_hunk
 from tui.widgets.experiments import ExperimentsPanel
 from tui.widgets.live_log import LiveLog, terminal_lines
 from tui.widgets.log import LogPanel
+from tui.widgets.panel import PanelGrid
 from tui.widgets.reasoning import ReasoningPanel
 
 WIDE = (120, 40)
@@ -334,9 +335,19 @@ async def test_tab_cycles_panels_and_f_full_screens_the_focused_one(session):
         await pilot.press("shift+tab", "shift+tab")
         assert app.main.current_panel == "reasoning-panel"
         await pilot.press("f")
-        assert app.screen.maximized is app.main.query_one(ReasoningPanel)
+        await pilot.pause()
+        reasoning = app.main.query_one(ReasoningPanel)
+        assert app.main.query_one(PanelGrid).full is reasoning
+        assert [p.id for p in app.main.panels() if p.region.height] == ["reasoning-panel"]
+        assert reasoning.region.width == WIDE[0]
+        assert app.main.status.region.height == 1            # the status line stays
         await pilot.press("f")
-        assert app.screen.maximized is None
+        await pilot.pause()
+        assert app.main.query_one(PanelGrid).full is None
+        assert all(p.region.height for p in app.main.panels())
+        await pilot.press("f", "tab")                         # tab leaves full screen
+        await pilot.pause()
+        assert app.main.query_one(PanelGrid).full is None and app.main.current_panel == "diff-panel"
 
 
 @pilot_test
