@@ -135,6 +135,8 @@ async def run_rates(rates: list[int], seconds: float) -> None:
         panel = app.main.query_one(LogPanel)
         clock = RepaintClock(app)
         log = panel.log
+        app.bridge(LogLines("bench", [LINE.format(i) for i in range(500)]))
+        await pilot.pause(0.3)                        # lines to scroll through, even idle
         log.focus()
         acted: list[float] = []
         time_action(log, "action_scroll_up", acted)
@@ -147,7 +149,8 @@ async def run_rates(rates: list[int], seconds: float) -> None:
         print(f"{'offered/s':>10} {'accepted/s':>11} {'written/s':>10}   "
               + " ".join(f"{name:>15}" for name in names))
         print(f"{'':>35}" + " ".join(f"{'worst  median':>15}" for _ in names) + "   (ms)")
-        index = 0
+        index = 500
+        reference: dict[str, float] = {}
         for rate in rates:
             accepted0, written0 = app.bridge.lines_accepted, panel.lines_written
             result: dict[str, int] = {}
@@ -175,6 +178,12 @@ async def run_rates(rates: list[int], seconds: float) -> None:
             print(f"{rate:>10,} {accepted / seconds:>11,.0f} {written / seconds:>10,.0f}   "
                   + " ".join(f"{figure:>15}" for figure in figures)
                   + f"   ({presses} keys in {elapsed:.1f} s)", flush=True)
+            worst = {name: max(latencies[name], default=float("nan")) for name in names}
+            if not reference:
+                reference = worst                      # the first rate: the same run's baseline
+            else:
+                print(f"{'':>35}" + " ".join(f"{worst[n] / reference[n]:>14.1f}x" for n in names)
+                      + f"   (worst vs the {rates[0]:,} lines/s row)")
             app.main.query_one(PanelGrid).restore()    # after an odd count of f presses
 
 

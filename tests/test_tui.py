@@ -658,3 +658,15 @@ def test_the_nudge_is_a_bell_and_an_osc_9_wrapped_for_tmux():
     from tui.widgets.nudge import notification
     assert notification("look", in_tmux=False) == "\a\x1b]9;look\a"
     assert notification("look", in_tmux=True) == "\a\x1bPtmux;\x1b\x1b]9;look\a\x1b\\"
+
+
+@pytest.mark.slow
+def test_the_log_throughput_bench_runs_quick():
+    root = Path(__file__).resolve().parents[1]
+    out = subprocess.run([sys.executable, str(root / "bench" / "tui_log_throughput.py"), "--quick"],
+                         capture_output=True, text=True, timeout=300,
+                         env={**os.environ, "PYTHONPATH": str(root)})
+    assert out.returncode == 0, out.stderr
+    assert "f full" in out.stdout and "f back" in out.stdout
+    row = next(line for line in out.stdout.splitlines() if line.strip().startswith("20,000"))
+    assert len(row.split()) >= 11                 # rate, accepted, written, 2 figures per key
