@@ -493,7 +493,8 @@ def test_in_tmux_the_log_panels_last_line_is_the_live_step_line(tmp_path, datase
     from engine import workspace
     ws = workspace.init(tmp_path / "ws", tag="live")
     train = ws.root / "train.py"
-    ws.commit_change({"train.py": tiny_train_py(train.read_text())}, "tiny config", parent=ws.head())
+    ws.commit_change({"train.py": tiny_train_py(train.read_text())}, "tiny config",
+                     parent=ws.head())
     cache = tmp_path / "cache"
     (cache / "datasets").mkdir(parents=True)
     (cache / "datasets" / "default").symlink_to(dataset_dir)
@@ -501,7 +502,8 @@ def test_in_tmux_the_log_panels_last_line_is_the_live_step_line(tmp_path, datase
            "PAIRLAB_EVAL_TOKENS": "4096", "PAIRLAB_DEVICE": "cpu", "TERM": "screen-256color",
            "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
     # -u: a tmux server started under pytest hands its COLUMNS/LINES (80x24) to the pane
-    command = (f"env -u COLUMNS -u LINES {' '.join(f'{k}={shlex.quote(v)}' for k, v in env.items())} "
+    exports = " ".join(f"{key}={shlex.quote(value)}" for key, value in env.items())
+    command = (f"env -u COLUMNS -u LINES {exports} "
                f"{shlex.quote(sys.executable)} -c 'from engine.cli import main; main()'"
                f" --workspace {shlex.quote(str(ws.root))} --agent tuner --budget 60"
                f" --noise-repeats 0")
@@ -569,7 +571,8 @@ async def test_runs_are_labelled_by_what_they_are_and_totalled(tmp_path):
         labels = {run_id: str(data.get_cell(run_id, "status")) for run_id in table.rows}
         assert labels == {"b0": "keep", "n1": "noise repeat", "c2": "confirmation",
                           "i3": "interrupted", "s4": "training"}
-        assert table.border_subtitle == "1 keep · 1 interrupted · 1 noise repeat · 1 confirmation"
+        assert table.border_subtitle == ("1 keep · 1 interrupted · 1 noise repeat"
+                                         " · 1 confirmation")
         chart = app.main.chart
         assert chart.shown == ("history",)             # the interrupted run is not a crash
         table.upsert(replace(quit_run, run_id="s5", speculative=True), training=True)

@@ -224,7 +224,8 @@ class ChartPanel(Panel, can_focus=True):
         if self.noise_floor:
             for edge in (baseline - self.noise_floor, baseline + self.noise_floor):
                 plt.hline(edge, "gray")
-            low, high = min(low, baseline - self.noise_floor), max(high, baseline + self.noise_floor)
+            low = min(low, baseline - self.noise_floor)
+            high = max(high, baseline + self.noise_floor)
         plt.hline(baseline, "blue")
         span = max(high - low, 0.01 * abs(high), 1e-3)
         crash_y = high + span * 0.05

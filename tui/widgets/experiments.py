@@ -14,7 +14,8 @@ from tui.widgets.panel import Panel
 
 COLUMNS = ("id", "commit", "status", "val_bpb", "Δ best", "description", "by")
 # Fixed widths: DataTable sizes a column from its first values and never shrinks or grows it.
-WIDTHS = {"id": 4, "commit": 7, "status": 12, "val_bpb": 8, "Δ best": 8, "description": 40, "by": 8}
+WIDTHS = {"id": 4, "commit": 7, "status": 12, "val_bpb": 8, "Δ best": 8, "description": 40,
+          "by": 8}
 # What a run is, in words, with its style; keyed by the status value, so a status the engine
 # adds later (held, vetoed) reads as itself.
 LABEL_STYLES = {
