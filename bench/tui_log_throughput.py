@@ -1,16 +1,19 @@
 """How fast the TUI ingests a training log, and whether it stays responsive meanwhile.
 
 Runs the real app headless (Textual's run_test) on an idle stand-in session and feeds
-LogLines events into the app's engine bridge from a producer thread, exactly as the
-runner's callback would. Prints:
+LogLines and LiveLine events into the app's engine bridge from a producer thread, exactly
+as the runner's callbacks would (finished lines, and the `\r` line rewritten in between).
+Prints:
 
   first paint        process start -> first frame of the main screen (fresh interpreter)
-  per offered rate   lines/s accepted by the app and written into the log widget, and the
-                     worst key-to-screen latency (key press -> next repaint showing its effect)
-  memory             RSS after every 250k of 1M lines, to see that it stays flat
+  per offered rate   lines/s accepted by the app and written into the log widget, and per
+                     key the worst and median key-to-screen latency (key press -> next
+                     repaint showing its effect): up/down scroll the log, f full-screens
+                     the focused panel, the second f restores the layout
+  memory             RSS after every quarter of the lines, to see that it stays flat
 
-Targets (issue 4): >= 20,000 lines/s, latency < 50 ms, memory flat, first paint < 1.5 s.
-Usage: python bench/tui_log_throughput.py [--seconds 3] [--rates 1000,5000,...]
+Targets (issues 4 and 10): >= 20,000 lines/s, every key < 50 ms, memory flat, first paint
+< 1.5 s. Usage: python bench/tui_log_throughput.py [--quick] [--seconds 3] [--rates ...]
 """
 
 from __future__ import annotations
@@ -29,10 +32,10 @@ from textual import events
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from engine.events import LogLines, RunStarted  # noqa: E402
+from engine.events import LiveLine, LogLines, RunStarted  # noqa: E402
 from tui.app import PairlabApp  # noqa: E402
 from tui.widgets.log import LogPanel  # noqa: E402
-from textual.widgets import Log  # noqa: E402
+from tui.widgets.panel import PanelGrid  # noqa: E402
 
 BATCH_INTERVAL_S = 0.01          # the runner hands over lines in batches; 100 batches a second
 LINE = "step {:07d} (42.0%) | loss: 3.123456 | lrm: 1.00 | dt: 120ms | tok/sec: 28,000 | mfu: 1.2%"
@@ -70,6 +73,7 @@ def produce(bridge, rate: int, seconds: float, start_index: int) -> int:
             count = min(due, per_batch * 4)
             first = start_index + offered
             bridge(LogLines("bench", [LINE.format(i) for i in range(first, first + count)]))
+            bridge(LiveLine("bench", "\r" + LINE.format(first + count)))
             offered += count
         time.sleep(BATCH_INTERVAL_S)
     return offered
@@ -130,19 +134,23 @@ async def run_rates(rates: list[int], seconds: float) -> None:
         await pilot.pause(0.2)
         panel = app.main.query_one(LogPanel)
         clock = RepaintClock(app)
-        log = panel.query_one(Log)
+        log = panel.log
+        app.bridge(LogLines("bench", [LINE.format(i) for i in range(500)]))
+        await pilot.pause(0.3)                        # lines to scroll through, even idle
         log.focus()
         acted: list[float] = []
         time_action(log, "action_scroll_up", acted)
         time_action(log, "action_scroll_down", acted)
         time_action(app.main, "action_toggle_maximize", acted)
-        # up/down scroll the focused log (the common key while a run trains); f re-lays out
-        # the whole screen (full-screen the panel and back): the most expensive key there is.
-        keys = ["up", "down", "f", "f"]
-        print(f"{'offered/s':>10} {'accepted/s':>11} {'written/s':>10} "
-              f"{'scroll key ms':>18} {'full-screen key ms':>19}")
-        print(f"{'':>34}{'worst  median':>18} {'worst  median':>19}")
-        index = 0
+        # up/down scroll the focused log (the common key while a run trains); f full-screens
+        # the log panel, the next f restores the layout: the most expensive keys there are.
+        keys = [("up", "up"), ("down", "down"), ("f", "f full"), ("f", "f back")]
+        names = [name for _, name in keys]
+        print(f"{'offered/s':>10} {'accepted/s':>11} {'written/s':>10}   "
+              + " ".join(f"{name:>15}" for name in names))
+        print(f"{'':>35}" + " ".join(f"{'worst  median':>15}" for _ in names) + "   (ms)")
+        index = 500
+        reference: dict[str, float] = {}
         for rate in rates:
             accepted0, written0 = app.bridge.lines_accepted, panel.lines_written
             result: dict[str, int] = {}
@@ -150,12 +158,11 @@ async def run_rates(rates: list[int], seconds: float) -> None:
                 target=lambda: result.update(n=produce(app.bridge, rate, seconds, index)))
             begin = time.perf_counter()
             producer.start()
-            latencies: dict[str, list[float]] = {"scroll": [], "full": []}
+            latencies: dict[str, list[float]] = {name: [] for name in names}
             presses = 0
             while producer.is_alive():
-                key = keys[presses % len(keys)]
-                kind = "full" if key == "f" else "scroll"
-                latencies[kind].append(await key_latency(pilot, clock, acted, key))
+                key, name = keys[presses % len(keys)]
+                latencies[name].append(await key_latency(pilot, clock, acted, key))
                 presses += 1
                 await pilot.pause(0.05)
             producer.join()
@@ -165,12 +172,19 @@ async def run_rates(rates: list[int], seconds: float) -> None:
             accepted = app.bridge.lines_accepted - accepted0
             written = panel.lines_written - written0
             figures = []
-            for kind in ("scroll", "full"):
-                values = sorted(latencies[kind]) or [float("nan")]
+            for name in names:
+                values = sorted(latencies[name]) or [float("nan")]
                 figures.append(f"{values[-1] * 1000:7.1f} {values[len(values) // 2] * 1000:7.1f}")
-            print(f"{rate:>10,} {accepted / seconds:>11,.0f} {written / seconds:>10,.0f} "
-                  f"{figures[0]:>18} {figures[1]:>19}   ({presses} keys in {elapsed:.1f} s)",
-                  flush=True)
+            print(f"{rate:>10,} {accepted / seconds:>11,.0f} {written / seconds:>10,.0f}   "
+                  + " ".join(f"{figure:>15}" for figure in figures)
+                  + f"   ({presses} keys in {elapsed:.1f} s)", flush=True)
+            worst = {name: max(latencies[name], default=float("nan")) for name in names}
+            if not reference:
+                reference = worst                      # the first rate: the same run's baseline
+            else:
+                print(f"{'':>35}" + " ".join(f"{worst[n] / reference[n]:>14.1f}x" for n in names)
+                      + f"   (worst vs the {rates[0]:,} lines/s row)")
+            app.main.query_one(PanelGrid).restore()    # after an odd count of f presses
 
 
 async def run_memory(total: int) -> None:
@@ -222,10 +236,15 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=3.0, help="seconds per offered rate")
     parser.add_argument("--rates", default="1000,5000,20000,50000,100000,200000")
     parser.add_argument("--memory-lines", type=int, default=1_000_000)
+    parser.add_argument("--quick", action="store_true",
+                        help="seconds, not minutes: idle (the reference) and 20,000 lines/s, 2 s each")
     args = parser.parse_args()
-    paints = sorted(first_paint() for _ in range(3))
-    print(f"first paint: {paints[1]:.2f} s (median of 3; {', '.join(f'{p:.2f}' for p in paints)})"
-          f"  on {os.cpu_count()} CPUs\n")
+    if args.quick:
+        args.seconds, args.rates, args.memory_lines = 2.0, "0,20000", 100_000
+    samples = 1 if args.quick else 3
+    paints = sorted(first_paint() for _ in range(samples))
+    print(f"first paint: {paints[len(paints) // 2]:.2f} s (median of {samples}; "
+          f"{', '.join(f'{p:.2f}' for p in paints)})  on {os.cpu_count()} CPUs\n")
     asyncio.run(run_rates([int(r) for r in args.rates.split(",")], args.seconds))
     asyncio.run(run_memory(args.memory_lines))
 

@@ -137,6 +137,16 @@ class LogLines(Event):
 
 
 @dataclass
+class LiveLine(Event):
+    """The run's open output line as it stands: a `\\r` progress line being rewritten, or
+    text not yet ended by a newline; "" once it is finished (it then comes in LogLines)."""
+
+    type: ClassVar[str] = "live_line"
+    run_id: str
+    text: str
+
+
+@dataclass
 class RunProgress(Event):
     type: ClassVar[str] = "progress"
     run_id: str
@@ -225,6 +235,6 @@ EVENT_TYPES: dict[str, type[Event]] = {
     cls.type: cls
     for cls in (StateChanged, Preparing, ModeChanged, DraftStarted, ReasoningDelta, DraftFailed,
                 ProposalReady, ProposalRebased, ProposalStale, DecisionMade, RunStarted,
-                LogLines, RunProgress, RunFinished, BestUpdated, NoiseFloor, DeviceSample,
-                Notice, WinHeld, SteeringNote, SessionStopped)
+                LogLines, LiveLine, RunProgress, RunFinished, BestUpdated, NoiseFloor,
+                DeviceSample, Notice, WinHeld, SteeringNote, SessionStopped)
 }

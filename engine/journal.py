@@ -676,8 +676,8 @@ def _experiment(r: sqlite3.Row) -> Experiment:
         status=RunStatus(r["status"]) if r["status"] != RUNNING else RUNNING,
         val_bpb=r["val_bpb"], memory_gb=r["memory_gb"], description=r["description"],
         decided_by=r["decided_by"] or r["kind"], run_id=r["id"], started_at=r["started_at"],
-        finished_at=r["finished_at"], log_path=r["log_path"], confined=bool(r["confined"]),
-        metric_verified=bool(r["metric_verified"]))
+        finished_at=r["finished_at"], log_path=r["log_path"], kind=r["kind"],
+        confined=bool(r["confined"]), metric_verified=bool(r["metric_verified"]))
 
 
 def _proposal(r: sqlite3.Row) -> Proposal:

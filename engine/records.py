@@ -146,6 +146,8 @@ class Experiment:
     started_at: float
     finished_at: float | None
     log_path: str
+    kind: str = "experiment"         # baseline | experiment | noise | rerun
+    speculative: bool = False        # trained before a human accepted it
     confined: bool = True
     metric_verified: bool = True
 

@@ -34,6 +34,8 @@ from engine.run_watchdog import DEFAULT_STALL_S, Watchdog
 
 # on_lines(lines): a batch of finished log lines
 OnLines = Callable[[list[str]], None]
+# on_live(text): the open line changed ("" once it is finished)
+OnLive = Callable[[str], None]
 # on_progress(step, loss, percent, elapsed_s, remaining_s)
 OnProgress = Callable[[int, float, float, float, float], None]
 
@@ -53,6 +55,7 @@ TAIL_LINES = 40               # RunResult.log_tail
 KEPT_LINES = 400              # in memory, for the tail, the traceback and the summary block
 LINE_BATCH_INTERVAL_S = 0.05  # on_lines at most ~20 times a second
 MAX_LINE_CHARS = 64 * 1024    # an endless line without a newline is cut into pieces
+MAX_LIVE_CHARS = 1024         # of the open line sent live: wider than any terminal
 MAX_RESULT_BYTES = 1 << 20
 READ_CHUNK = 64 * 1024
 
@@ -133,6 +136,7 @@ class Runner:
         self._watchdog: Watchdog | None = None
         self._elapsed_s = 0.0   # wall time of the training process, by the engine's clock
         self._eval_seconds = 0.0   # wall time of the evaluator
+        self._on_live: OnLive | None = None
 
     @property
     def pid(self) -> int | None:
@@ -191,10 +195,13 @@ class Runner:
         return not os.path.exists("/dev/nvidiactl")   # the harness would pick cuda there
 
     def run(self, on_lines: OnLines | None = None, on_progress: OnProgress | None = None,
-            on_start: Callable[[int], None] | None = None) -> RunResult:
+            on_start: Callable[[int], None] | None = None,
+            on_live: OnLive | None = None) -> RunResult:
         """Train once and judge it. Callbacks arrive on this thread: on_start with the
         trainer's pid once it runs (for the monitor), on_lines with batches of finished lines
-        (at most ~20 a second), on_progress with each parsed progress update.
+        (at most ~20 a second), on_progress with each parsed progress update, on_live with
+        the open line (a `\\r` progress line as it is rewritten) when it changed, at most as
+        often as on_lines.
         A run with a valid metric comes back as KEEP: usable, not yet compared; the session
         turns it into DISCARD when it does not beat the best."""
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
@@ -211,6 +218,7 @@ class Runner:
                 command = confine.launcher(policy, self.command)
 
         started = time.monotonic()
+        self._on_live = on_live
         with open(self.log_path, "w", encoding="utf-8") as log_file:
             collector = _OutputCollector(log_file, started)
             self._collector = collector
@@ -289,6 +297,9 @@ class Runner:
                 on_progress(step, loss, percent, elapsed_s, remaining_s)
         if lines and on_lines is not None:
             on_lines(lines)
+        live = collector.take_live()
+        if live is not None and self._on_live is not None:
+            self._on_live(live)
 
     def _judge(self, returncode: int, timed_out_message: str | None) -> RunResult:
         kept = list(self._collector.kept)
@@ -393,6 +404,8 @@ class _OutputCollector:
     arrived since the last call. A `\\r`-terminated segment is a progress update: it is
     parsed, and only its last state is written, once, before the next finished line (or at
     the end), unless that next line is itself the newer state of the same progress line.
+    The open line (what a terminal shows on its last row: the text after the last `\\r`, or
+    the last `\\r` state while nothing follows it) is kept for `take_live`.
     """
 
     def __init__(self, log_file, started: float):
@@ -410,6 +423,8 @@ class _OutputCollector:
         self._finished = False
         self._lines: list[str] = []
         self._progress: list[tuple[int, float, float, float, float]] = []
+        self._live = ""                      # the open line now
+        self._live_taken = ""                # the open line take_live last handed over
 
     def read_all(self, fd: int) -> None:
         while True:
@@ -448,6 +463,7 @@ class _OutputCollector:
         if open_segment and open_segment != self._reported and self._parse_progress(open_segment):
             self._reported = open_segment
         self._write(finished)
+        self._set_live(open_segment or self._pending_progress or "")
 
     def finish(self) -> None:
         """End of output: flush what is still open into the log."""
@@ -461,6 +477,7 @@ class _OutputCollector:
                 finished.append(self._pending_progress)
                 self._pending_progress = None
             self._write(finished)
+            self._set_live("")
             self._finished = True
 
     def take(self) -> tuple[list[str], list[tuple[int, float, float, float, float]]]:
@@ -468,6 +485,21 @@ class _OutputCollector:
             lines, self._lines = self._lines, []
             progress, self._progress = self._progress, []
         return lines, progress
+
+    def take_live(self) -> str | None:
+        """The open line if it changed since the last call ("" once none is open), else None:
+        called at the delivery rate, so a writer rewriting its line 10,000 times a second
+        costs the consumer one update per delivery."""
+        with self._lock:
+            live = self._live
+        if live == self._live_taken:
+            return None
+        self._live_taken = live
+        return live
+
+    def _set_live(self, text: str) -> None:
+        with self._lock:
+            self._live = text[:MAX_LIVE_CHARS]
 
     def _segment(self, text: str, terminator: str, finished: list[str]) -> None:
         if terminator == "\r":

@@ -17,7 +17,7 @@ from typing import Callable
 
 from engine import patch
 from engine.agents.base import Agent, AgentError, DraftCancelled, DraftContext
-from engine.events import Event, LogLines, Preparing, ReasoningDelta, RunProgress
+from engine.events import Event, LiveLine, LogLines, Preparing, ReasoningDelta, RunProgress
 from engine.planner import RunPlan
 from engine.records import Draft, RunResult
 from engine.runner import Runner
@@ -105,7 +105,8 @@ def train(plan: RunPlan, runner: Runner, experiment_id: int, commit: str, emit: 
           on_pid: Callable[[int | None], None] | None) -> RunDone:
     run_id = runner.run_id
     result = runner.run(on_lines=lambda lines: emit(LogLines(run_id, lines)),
-                        on_progress=lambda *p: emit(RunProgress(run_id, *p)), on_start=on_pid)
+                        on_progress=lambda *p: emit(RunProgress(run_id, *p)), on_start=on_pid,
+                        on_live=lambda text: emit(LiveLine(run_id, text)))
     if on_pid is not None:
         on_pid(None)
     return RunDone(plan, run_id, experiment_id, commit, result)

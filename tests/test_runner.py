@@ -514,3 +514,47 @@ def test_collector_is_independent_of_chunk_boundaries():
         [(1, 4.0, 10.0), (2, 3.5, 20.0)],
     )
     assert collect(list(stream)) == whole
+
+
+def test_the_open_line_is_handed_over_live_and_cleared_once_finished():
+    collector = _OutputCollector(io.StringIO(), time.monotonic())
+    seen = []
+
+    def feed(text):
+        collector.feed(text)
+        seen.append(collector.take_live())
+
+    feed("device: cpu\n")                                     # a plain line: nothing open
+    feed("\rstep 00001 (10.0%) | loss: 4.000000 | remaining: 9s")   # autoresearch: "\r" first
+    feed("\rstep 00002 (20.0%) | loss: 3.500000 | remaining: 8s")
+    seen.append(collector.take_live())                        # unchanged: nothing to send
+    feed("   \n")                                             # train.py's final print()
+    feed("50%\r")                                             # "text\r" writers
+    feed("60%\r")
+    feed("half a li")                                         # a plain line, cut by a read
+    feed("ne\n")
+    collector.finish()
+    seen.append(collector.take_live())
+    assert seen == [None, "step 00001 (10.0%) | loss: 4.000000 | remaining: 9s",
+                    "step 00002 (20.0%) | loss: 3.500000 | remaining: 8s", None, "", "50%",
+                    "60%", "half a li", "", None]
+    lines, _ = collector.take()
+    assert lines == ["device: cpu", "step 00002 (20.0%) | loss: 3.500000 | remaining: 8s   ",
+                     "60%", "half a line"]
+
+
+def test_a_run_reports_its_progress_line_live_while_it_trains(tmp_path):
+    runner = make_runner(tmp_path, """
+        for step in range(1, 6):
+            print("\\r" + progress_line(step, 5), end="", flush=True)
+            time.sleep(0.3)
+        print()
+        write_result()
+    """)
+    live = []
+    result = runner.run(on_live=live.append)
+    assert result.status == RunStatus.KEEP
+    steps = [text for text in live if text.startswith("step ")]
+    assert len(steps) >= 4 and steps[-1].startswith("step 00005 (100.0%)")
+    assert live[-1] == ""                                     # finished: nothing open
+    assert len(live) < 20                                     # one update per change, no echo

@@ -4,7 +4,6 @@ random commands. Real git, real SQLite, real training (tiny config) or a stand-i
 
 from __future__ import annotations
 
-import inspect
 import os
 import random
 import shutil
@@ -22,16 +21,11 @@ from engine.client import CommandRefused, EngineFailed
 from engine.events import DecisionMade, ProposalReady, RunFinished, RunStarted
 from engine.patch import PatchRefused
 from engine.records import DecisionKind
-from engine.session import Session
 from tests.faults.conftest import (assert_git_matches_journal, assert_nothing_lost,  # noqa: F401
                                    baselined_template, baselined_workspace, journal_snapshot)
 from test_service_support import WAIT_S, Watch, engine_argv, engine_env, engine_pid, wait_gone  # noqa: F401
 
 pytestmark = pytest.mark.slow
-
-EDIT_TAKES_BASE = "base_commit" in inspect.signature(Session.edit).parameters
-HAS_NOTE = hasattr(Session, "note")
-
 
 def first_pending(client, watch: Watch) -> int:
     if client.pending():
@@ -167,12 +161,12 @@ def storm(client, watch: Watch, seed: int, workspace, failures: list) -> None:
                 client.kill_run()
             elif choice == "text":
                 client.proposal_text(target, "train.py")
-            elif choice == "edit" and EDIT_TAKES_BASE:
+            elif choice == "edit":
                 proposal = client.proposal(target)
                 text = client.proposal_text(target, "train.py")
                 client.edit(target, {"train.py": text + f"# stress {number}\n"},
                             proposal.base_commit)
-            elif choice == "note" and HAS_NOTE:
+            elif choice == "note":
                 client.note(f"stress note {number}")
         except EngineFailed as exc:
             failures.append(f"{choice} #{target}: {exc}")
@@ -180,9 +174,6 @@ def storm(client, watch: Watch, seed: int, workspace, failures: list) -> None:
             pass                               # refused with a message: what a race looks like
 
 
-@pytest.mark.xfail(not HAS_NOTE, strict=False, reason=(
-    "before the coordinator (issue 8) lands: an auto-accept racing a human veto raises "
-    "KeyError in the drafter and stops the loop as an internal error"))
 def test_two_clients_storm_the_engine_and_everything_stays_consistent(stand_in_workspace,
                                                                       engine_env):
     root = stand_in_workspace.root

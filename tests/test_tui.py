@@ -3,11 +3,19 @@ same subscriber path the engine uses (events posted from another thread)."""
 
 from __future__ import annotations
 
-import pytest
-from textual.widgets import DataTable, Input, Log
+import os
+import shlex
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
 
-from engine.events import (DeviceSample, LogLines, ReasoningDelta, RunFinished, RunStarted,
-                           StateChanged)
+import pytest
+from textual.widgets import DataTable, Input
+
+from engine.events import (DeviceSample, LiveLine, LogLines, ReasoningDelta, RunFinished,
+                           RunStarted, StateChanged)
 from engine.records import RunResult, RunStatus
 from test_tui_support import (T0, ScriptedSession, experiment, history_events, pilot_test,
                               proposal)
@@ -22,7 +30,9 @@ from tui.widgets.chart import ChartPanel
 from tui.widgets.device import describe
 from tui.widgets.diff import DiffPanel, HunkView, parse_hunks, render_hunk
 from tui.widgets.experiments import ExperimentsPanel
+from tui.widgets.live_log import LiveLog, terminal_lines
 from tui.widgets.log import LogPanel
+from tui.widgets.panel import PanelGrid
 from tui.widgets.reasoning import ReasoningPanel
 
 WIDE = (120, 40)
@@ -203,7 +213,7 @@ async def test_log_follows_the_tail_unless_scrolled_up_and_stays_bounded(session
     app = PairlabApp(session)
     async with app.run_test(size=WIDE) as pilot:
         await settle(pilot)
-        log = app.main.query_one(LogPanel).query_one(Log)
+        log = app.main.log_panel.log
         session.emit_from_thread([LogLines("r4", [f"line {i}" for i in range(8000)], at=T0)])
         await settle(pilot)
         assert log.line_count <= 5001                      # max_lines, plus the skip notice
@@ -217,6 +227,67 @@ async def test_log_follows_the_tail_unless_scrolled_up_and_stays_bounded(session
         session.emit_from_thread([LogLines("old-run", ["stale line"], at=T0)])
         await settle(pilot)
         assert "stale line" not in log.lines
+
+
+def visible_rows(widget) -> list[str]:
+    """What the widget shows on screen now, row by row."""
+    return [strip.text.rstrip() for strip in widget.render_lines(widget.size.region)]
+
+
+@pilot_test
+async def test_the_live_line_is_the_last_row_and_is_rewritten_in_place(session):
+    app = PairlabApp(session)
+    async with app.run_test(size=WIDE) as pilot:
+        await settle(pilot)
+        log = app.main.log_panel.log
+        finished = log.line_count
+        for step in range(1, 200):        # a fast writer: only the latest state matters
+            session.emit(LiveLine("r4", f"step {step:05d} (1.0%) | loss: 4.2"))
+        await settle(pilot)
+        assert log.line_count == finished + 1 and log.live == "step 00199 (1.0%) | loss: 4.2"
+        assert visible_rows(log)[log.line_count - 1 - log.scroll_offset.y].startswith("step 00199")
+        session.emit(LiveLine("r4", "step 00200 (1.1%) | loss: 4.1"))
+        await settle(pilot)
+        assert log.line_count == finished + 1                   # rewritten, not appended
+        assert log.lines[-1] == "step 00039 | loss: 5.610000"
+        # the progress line ends: it scrolls up as a finished line, the next one is live
+        session.emit_from_thread([LogLines("r4", ["step 00200 (1.1%) | loss: 4.1"], at=T0),
+                                  LiveLine("r4", "", at=T0), LiveLine("r4", "eval…", at=T0)])
+        await settle(pilot)
+        assert log.lines[-1] == "step 00200 (1.1%) | loss: 4.1" and log.live == "eval…"
+        assert log.is_vertical_scroll_end
+        session.emit_from_thread([LiveLine("old-run", "stale", at=T0)])
+        await settle(pilot)
+        assert log.live == "eval…"
+
+
+def test_raw_output_is_read_as_a_terminal_shows_it():
+    text = "device: cpu\r\n\rstep 1\rstep 2\rstep 3   \nwarn\r\n50%\r60%\r"
+    assert terminal_lines(text) == (["device: cpu", "step 3   ", "warn"], "60%")
+    assert terminal_lines("plain\nopen") == (["plain"], "open")
+
+
+@pilot_test
+async def test_the_log_viewer_follows_the_run_in_flight_with_its_live_line(session, tmp_path):
+    log_file = tmp_path / "r4.log"
+    log_file.write_text("".join(f"old line {i}\n" for i in range(10)))
+    app = PairlabApp(session)
+    async with app.run_test(size=WIDE) as pilot:
+        await settle(pilot)
+        panel = app.main.log_panel
+        panel.log_path = str(log_file)                 # the run in flight writes this file
+        session.emit_from_thread([LiveLine("r4", "step 00003 | loss: 4.0", at=T0)])
+        await settle(pilot)
+        app.push_screen(LogViewerScreen("run r4", log_file))
+        await settle(pilot)
+        viewer = app.screen.query_one(LiveLog)
+        assert viewer.lines[-1] == "old line 9" and viewer.live == "step 00003 | loss: 4.0"
+        with log_file.open("a") as handle:
+            handle.write("step 00003 | loss: 4.0\n")
+        session.emit_from_thread([LiveLine("r4", "step 00004 | loss: 3.9", at=T0)])
+        await settle(pilot, 0.6)
+        assert viewer.lines[-1] == "step 00003 | loss: 4.0"
+        assert viewer.live == "step 00004 | loss: 3.9"
 
 
 @pilot_test
@@ -237,7 +308,7 @@ async def test_run_finished_adds_a_table_row_and_a_chart_point(session):
         assert data.row_count == 5 and len(chart.experiments) == 5
         assert str(data.get_cell("r4", "status")) == "keep"
         assert chart.live_run_id is None
-        assert app.main.log_panel.query_one(Log).lines[-1].startswith("── keep · val_bpb 1.430000")
+        assert app.main.log_panel.log.lines[-1].startswith("── keep · val_bpb 1.430000")
 
 
 @pilot_test
@@ -266,9 +337,19 @@ async def test_tab_cycles_panels_and_f_full_screens_the_focused_one(session):
         await pilot.press("shift+tab", "shift+tab")
         assert app.main.current_panel == "reasoning-panel"
         await pilot.press("f")
-        assert app.screen.maximized is app.main.query_one(ReasoningPanel)
+        await pilot.pause()
+        reasoning = app.main.query_one(ReasoningPanel)
+        assert app.main.query_one(PanelGrid).full is reasoning
+        assert [p.id for p in app.main.panels() if p.region.height] == ["reasoning-panel"]
+        assert reasoning.region.width == WIDE[0]
+        assert app.main.status.region.height == 1            # the status line stays
         await pilot.press("f")
-        assert app.screen.maximized is None
+        await pilot.pause()
+        assert app.main.query_one(PanelGrid).full is None
+        assert all(p.region.height for p in app.main.panels())
+        await pilot.press("f", "tab")                         # tab leaves full screen
+        await pilot.pause()
+        assert app.main.query_one(PanelGrid).full is None and app.main.current_panel == "diff-panel"
 
 
 @pilot_test
@@ -282,7 +363,7 @@ async def test_narrow_terminal_shows_one_panel_at_a_time(session):
         await pilot.press("tab", "tab", "tab")
         shown = [p.id for p in app.main.panels() if p.region.height > 0]
         assert shown == ["log-panel"]
-        assert app.focused is app.main.log_panel.query_one(Log)
+        assert app.focused is app.main.log_panel.log
 
 
 @pilot_test
@@ -316,7 +397,7 @@ async def test_o_opens_the_selected_runs_log(session, tmp_path):
         await pilot.press("o")
         await settle(pilot)
         assert isinstance(app.screen, LogViewerScreen)
-        assert app.screen.query_one(Log).lines[-1] == "past line 99"
+        assert app.screen.query_one(LiveLog).lines[-1] == "past line 99"
         await pilot.press("escape")
         assert app.screen is app.main
 
@@ -402,6 +483,28 @@ def test_bridge_batches_high_rate_events_and_keeps_their_order():
     assert bridge.lines_accepted == 500
 
 
+def test_bridge_keeps_only_the_latest_live_line_and_sends_it_with_the_lines():
+    class Inbox:
+        def __init__(self):
+            self.messages = []
+
+        def post_message(self, message):
+            self.messages.append(message)
+            return True
+
+    inbox = Inbox()
+    bridge = EventBridge(inbox, max_log_lines=100)
+    bridge(LogLines("r1", ["device: cpu"]))
+    for step in range(1000):
+        bridge(LiveLine("r1", f"step {step}"))
+    bridge.flush()
+    bridge.flush()                                  # nothing new: nothing posted
+    bridge(LiveLine("r2", "step 0 of the next run"))
+    bridge.flush()
+    assert [(m.run_id, m.lines, m.live) for m in inbox.messages] == [
+        ("r1", ["device: cpu"], "step 999"), ("r2", [], "step 0 of the next run")]
+
+
 def test_hunks_carry_line_numbers_and_prefixes():
     hunks = parse_hunks(proposal(1, "x", "0.03").diff)
     assert [(h.path, h.old_start, h.new_start, len(h.lines)) for h in hunks] == [
@@ -410,3 +513,195 @@ def test_hunks_carry_line_numbers_and_prefixes():
     assert rendered[2].split() == ["10", "-", "LEARNING_RATE", "=", "0.02", "#", "adam", "lr"]
     assert rendered[3].split()[:2] == ["10", "+"]
     assert rendered[5].split()[:1] == ["12"]
+
+
+@pytest.mark.slow
+def test_in_tmux_the_log_panels_last_line_is_the_live_step_line(tmp_path, dataset_dir):
+    """The real command in a real terminal, training its baseline: the log panel's last row
+    is train.py's `\\r` progress line, and it changes in place while the run trains."""
+    if shutil.which("tmux") is None:
+        pytest.skip("tmux is not installed")
+    from conftest import tiny_train_py
+    from engine import workspace
+    ws = workspace.init(tmp_path / "ws", tag="live")
+    train = ws.root / "train.py"
+    ws.commit_change({"train.py": tiny_train_py(train.read_text())}, "tiny config",
+                     parent=ws.head())
+    cache = tmp_path / "cache"
+    (cache / "datasets").mkdir(parents=True)
+    (cache / "datasets" / "default").symlink_to(dataset_dir)
+    env = {"PAIRLAB_CACHE": str(cache), "PAIRLAB_COMPILE": "0", "PAIRLAB_SEQ_LEN": "64",
+           "PAIRLAB_EVAL_TOKENS": "4096", "PAIRLAB_DEVICE": "cpu", "TERM": "screen-256color",
+           "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    # -u: a tmux server started under pytest hands its COLUMNS/LINES (80x24) to the pane
+    exports = " ".join(f"{key}={shlex.quote(value)}" for key, value in env.items())
+    command = (f"env -u COLUMNS -u LINES {exports} "
+               f"{shlex.quote(sys.executable)} -c 'from engine.cli import main; main()'"
+               f" --workspace {shlex.quote(str(ws.root))} --agent tuner --budget 60"
+               f" --noise-repeats 0")
+    name = f"pairlab-live-{os.getpid()}"
+    tmux = ["tmux", "-L", name]          # a server of its own: no other session's sizes apply
+    subprocess.run([*tmux, "new-session", "-d", "-s", name, "-x", "100", "-y", "30", command],
+                   check=True)
+    subprocess.run([*tmux, "set-option", "-t", name, "remain-on-exit", "on"], check=True)
+
+    def screen() -> str:
+        return subprocess.run([*tmux, "capture-pane", "-p", "-t", name], capture_output=True,
+                              text=True).stdout
+
+    def last_log_row() -> str:
+        """The last row with text inside the training log panel's border (not the scrollbar)."""
+        rows = screen().splitlines()
+        top = next((i for i, row in enumerate(rows) if "─ training log " in row), None)
+        if top is None:
+            return ""
+        left = rows[top].rfind("╭", 0, rows[top].index("─ training log "))
+        right = rows[top].index("╮", left)
+        inside = []
+        for row in rows[top + 1:]:
+            if row[left:left + 1] == "╰":
+                break
+            inside.append(row[left + 1:right].strip())
+        return next((text for text in reversed(inside) if any(c.isalnum() for c in text)), "")
+
+    def wait_for_step_row(other_than: str, timeout: float) -> str:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            row = last_log_row()
+            if row.startswith("step ") and row != other_than:
+                return row
+            time.sleep(0.5)
+        raise AssertionError(f"the log's last row is {last_log_row()!r}, not a new step line;"
+                             f" the screen:\n{screen()}")
+
+    try:
+        first = wait_for_step_row("", 180)
+        time.sleep(3)
+        second = wait_for_step_row(first, 30)
+        assert first != second and first.startswith("step ") and second.startswith("step ")
+    finally:
+        subprocess.run([*tmux, "kill-server"], capture_output=True)
+
+
+@pilot_test
+async def test_runs_are_labelled_by_what_they_are_and_totalled(tmp_path):
+    from dataclasses import replace
+    base = experiment(0, "b0", RunStatus.KEEP, 1.45, "baseline", "abc1234", "baseline")
+    noise = replace(experiment(1, "n1", RunStatus.DISCARD, 1.452, "noise repeat 1 of 1",
+                               "abc1234", "noise"), kind="noise")
+    rerun = replace(experiment(2, "c2", RunStatus.DISCARD, 1.44, "re-run to confirm",
+                               "bcd2345", "rerun"), kind="rerun")
+    quit_run = experiment(3, "i3", RunStatus.INTERRUPTED, None, "lr 0.03", "cde3456")
+    events = [RunFinished(e, RunResult(e.run_id, e.status, e.val_bpb), at=T0)
+              for e in (replace(base, kind="baseline"), noise, rerun, quit_run)]
+    events.append(RunStarted("s4", 4, 9, "def4567", "speculative lr 0.05", 300, "/x", at=T0))
+    app = PairlabApp(ScriptedSession(tmp_path, events))
+    async with app.run_test(size=WIDE) as pilot:
+        await settle(pilot)
+        table = app.main.table
+        data = table.query_one(DataTable)
+        labels = {run_id: str(data.get_cell(run_id, "status")) for run_id in table.rows}
+        assert labels == {"b0": "keep", "n1": "noise repeat", "c2": "confirmation",
+                          "i3": "interrupted", "s4": "training"}
+        assert table.border_subtitle == ("1 keep · 1 interrupted · 1 noise repeat"
+                                         " · 1 confirmation")
+        chart = app.main.chart
+        assert chart.shown == ("history",)             # the interrupted run is not a crash
+        table.upsert(replace(quit_run, run_id="s5", speculative=True), training=True)
+        assert str(data.get_cell("s5", "status")) == "speculative"
+
+
+@pilot_test
+async def test_c_switches_charts_when_only_one_fits_and_small_panels_get_words(session):
+    app = PairlabApp(session)
+    async with app.run_test(size=(100, 30)) as pilot:
+        await settle(pilot, 0.6)
+        chart = app.main.chart
+        assert chart.shown == ("history",)            # 100x30: room for one chart
+        app.main.focus_panel("chart-panel")
+        await pilot.press("c")
+        assert chart.shown == ("loss",) and chart.border_title == "live loss"
+        await pilot.press("c")
+        assert chart.shown == ("history",)
+    app = PairlabApp(ScriptedSession(session.tmp_path, history_events()))
+    async with app.run_test(size=WIDE) as pilot:
+        await settle(pilot, 0.6)
+        assert app.main.chart.shown == ("history", "loss")
+    app = PairlabApp(ScriptedSession(session.tmp_path, history_events()[:2]))
+    async with app.run_test(size=WIDE) as pilot:
+        await settle(pilot, 0.6)
+        assert app.main.chart.shown == ()
+        assert "no finished run yet" in str(app.main.query_one("#chart-note").render())
+
+
+def test_y_ticks_carry_the_decimals_that_tell_them_apart():
+    from tui.widgets.chart import integer_ticks, tick_labels
+    assert tick_labels(1.4370, 1.4630, 3)[1] == ["1.437", "1.450", "1.463"]
+    assert tick_labels(1.43001, 1.43004, 2)[1] == ["1.430010", "1.430040"]
+    assert tick_labels(5.0, 8.0, 4)[1] == ["5.0", "6.0", "7.0", "8.0"]
+    assert integer_ticks(1, 40, 30) == list(range(1, 41, 7))      # 6 labels of 2 digits + gaps
+
+
+async def wait_until(pilot, condition, timeout: float = 20.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "timed out"
+        await pilot.pause(0.05)
+
+
+@pilot_test
+async def test_a_proposal_waiting_unseen_rings_the_bell_once_until_a_key_is_pressed(
+        session, monkeypatch):
+    monkeypatch.setenv("PAIRLAB_NUDGE_MINUTES", "0.05")           # 3 s
+    app = PairlabApp(session)
+    async with app.run_test(size=WIDE) as pilot:
+        nudge = app.main.diff.nudge
+        await wait_until(pilot, lambda: nudge.rung == 1)
+        assert nudge.waiting
+        assert any("waited 0.05 min for your review" in n.message for n in app._notifications)
+        await pilot.pause(3.5)
+        assert nudge.rung == 1                                      # once per wait
+        for _ in range(4):                                          # someone is looking
+            await pilot.press("down")
+            await pilot.pause(0.3)
+        assert nudge.rung == 1
+        await wait_until(pilot, lambda: nudge.rung == 2)            # and then looks away
+        await pilot.press("a", "a")                                 # nothing waits any more
+        await settle(pilot)
+        assert not nudge.waiting
+        await pilot.pause(3.5)
+        assert nudge.rung == 2
+
+
+@pilot_test
+async def test_the_nudge_is_off_at_zero_and_a_bad_setting_is_named(session, monkeypatch):
+    monkeypatch.setenv("PAIRLAB_NUDGE_MINUTES", "0")
+    app = PairlabApp(session)
+    async with app.run_test(size=WIDE) as pilot:
+        await settle(pilot)
+        await pilot.pause(0.5)
+        assert app.main.diff.nudge.rung == 0 and app.main.diff.nudge.minutes == 0
+    monkeypatch.setenv("PAIRLAB_NUDGE_MINUTES", "soon")
+    app = PairlabApp(ScriptedSession(session.tmp_path, history_events()))
+    async with app.run_test(size=WIDE) as pilot:
+        await settle(pilot)
+        assert app.main.diff.nudge.minutes == 5
+        assert any("PAIRLAB_NUDGE_MINUTES='soon'" in n.message for n in app._notifications)
+
+
+def test_the_nudge_is_a_bell_and_an_osc_9_wrapped_for_tmux():
+    from tui.widgets.nudge import notification
+    assert notification("look", in_tmux=False) == "\a\x1b]9;look\a"
+    assert notification("look", in_tmux=True) == "\a\x1bPtmux;\x1b\x1b]9;look\a\x1b\\"
+
+
+@pytest.mark.slow
+def test_the_log_throughput_bench_runs_quick():
+    root = Path(__file__).resolve().parents[1]
+    out = subprocess.run([sys.executable, str(root / "bench" / "tui_log_throughput.py"), "--quick"],
+                         capture_output=True, text=True, timeout=300,
+                         env={**os.environ, "PYTHONPATH": str(root)})
+    assert out.returncode == 0, out.stderr
+    assert "f full" in out.stdout and "f back" in out.stdout
+    row = next(line for line in out.stdout.splitlines() if line.strip().startswith("20,000"))
+    assert len(row.split()) >= 11                 # rate, accepted, written, 2 figures per key

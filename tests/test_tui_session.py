@@ -3,7 +3,6 @@ SQLite journal, train.py in a subprocess) with the offline tuner agent and tiny 
 
 from __future__ import annotations
 
-import inspect
 import os
 import re
 import shlex
@@ -14,7 +13,7 @@ import time
 from pathlib import Path
 
 import pytest
-from textual.widgets import Input, Log
+from textual.widgets import Input
 
 from engine.events import DecisionMade, RunFinished, RunStarted, StateChanged
 from engine.records import DecisionKind, RunStatus
@@ -102,13 +101,10 @@ async def test_accept_trains_the_proposal_and_its_log_chart_and_row_appear(tmp_p
         assert len(main.table.rows) == rows_before + 1
         assert run.run_id in main.chart.experiments
         assert str(main.table.query_one("DataTable").get_cell(run.run_id, "status")) != "training"
-        assert main.query_one(LogPanel).query_one(Log).line_count > 1
+        assert main.query_one(LogPanel).log.line_count > 1
         await stop_the_loop(pilot, app, session)
 
 
-@pytest.mark.skipif("base_commit" not in inspect.signature(Session.edit).parameters,
-                    reason="the editor sends the base it opened on; today's Session.edit takes "
-                           "no base_commit (the coordinator of issue 8 adds it)")
 @pilot_test
 async def test_veto_reason_reaches_the_engine_and_an_edit_is_what_trains(tmp_path, dataset_dir):
     session = open_session(tmp_path, dataset_dir)

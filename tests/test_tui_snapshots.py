@@ -19,6 +19,33 @@ def test_main_screen_120x40(snap_compare, tmp_path):
     assert snap_compare(app, terminal_size=(120, 40), run_before=_settle)
 
 
+def test_main_screen_100x30(snap_compare, tmp_path):
+    app = PairlabApp(ScriptedSession(tmp_path, history_events()))
+    assert snap_compare(app, terminal_size=(100, 30), run_before=_settle)
+
+
+def test_main_screen_100x30_switched_to_the_live_loss(snap_compare, tmp_path):
+    async def switch(pilot) -> None:
+        await _settle(pilot)
+        pilot.app.main.focus_panel("chart-panel")
+        await pilot.press("c")
+        await _settle(pilot)
+
+    app = PairlabApp(ScriptedSession(tmp_path, history_events()))
+    assert snap_compare(app, terminal_size=(100, 30), run_before=switch)
+
+
+def test_main_screen_200x50(snap_compare, tmp_path):
+    app = PairlabApp(ScriptedSession(tmp_path, history_events()))
+    assert snap_compare(app, terminal_size=(200, 50), run_before=_settle)
+
+
+def test_main_screen_before_the_first_result(snap_compare, tmp_path):
+    events = history_events()
+    app = PairlabApp(ScriptedSession(tmp_path, events[:2]))
+    assert snap_compare(app, terminal_size=(120, 40), run_before=_settle)
+
+
 def test_main_screen_80x24(snap_compare, tmp_path):
     app = PairlabApp(ScriptedSession(tmp_path, history_events()))
     assert snap_compare(app, terminal_size=(80, 24), run_before=_settle)

@@ -12,7 +12,7 @@ journal, and a new app attaches)."""
 
 from __future__ import annotations
 
-from textual import on, work
+from textual import events, on, work
 from textual.app import App
 from textual.binding import Binding
 
@@ -65,6 +65,11 @@ class PairlabApp(App[int]):
             self.call_from_thread(self.notify, f"the session did not start: {error}",
                                   severity="error", timeout=30)
 
+    async def on_event(self, event: events.Event) -> None:
+        if isinstance(event, events.Key) and self.main.is_mounted:
+            self.main.diff.nudge.key_pressed()      # someone is here: no nudge for a while
+        await super().on_event(event)
+
     # ------------------------------------------------------------------ engine messages
 
     @on(EngineEvent)
@@ -96,7 +101,7 @@ class PairlabApp(App[int]):
 
     @on(LogBatch)
     def _log(self, message: LogBatch) -> None:
-        self.main.log_panel.write(message.run_id, message.lines, message.dropped)
+        self.main.log_panel.write(message.run_id, message.lines, message.dropped, message.live)
 
     @on(ProgressBatch)
     def _progress(self, message: ProgressBatch) -> None:

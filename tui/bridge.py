@@ -14,7 +14,7 @@ from collections import deque
 
 from textual.message_pump import MessagePump
 
-from engine.events import DeviceSample, Event, LogLines, ReasoningDelta, RunProgress
+from engine.events import DeviceSample, Event, LiveLine, LogLines, ReasoningDelta, RunProgress
 from tui.messages import DeviceUpdate, EngineEvent, LogBatch, ProgressBatch, ReasoningBatch
 
 FLUSH_INTERVAL_S = 0.05
@@ -30,15 +30,19 @@ class EventBridge:
         # Bounded: lines beyond what the log panel keeps would be pruned on arrival anyway.
         self._log: deque[str] = deque(maxlen=max_log_lines)
         self._log_dropped = 0
+        self._live = ""                  # the run's open line; only its latest state matters
+        self._live_changed = False
         self._progress: list[RunProgress] = []
         self.lines_accepted = 0
 
     def __call__(self, event: Event) -> None:
         with self._lock:
-            if isinstance(event, LogLines):
-                if event.run_id != self._log_run:
-                    self._flush_log()
-                    self._log_run = event.run_id
+            if isinstance(event, (LogLines, LiveLine)) and event.run_id != self._log_run:
+                self._flush_log()
+                self._log_run, self._live = event.run_id, ""
+            if isinstance(event, LiveLine):
+                self._live, self._live_changed = event.text, True
+            elif isinstance(event, LogLines):
                 overflow = len(self._log) + len(event.lines) - self._log.maxlen
                 if overflow > 0:
                     self._log_dropped += overflow
@@ -79,7 +83,9 @@ class EventBridge:
         self._reasoning = []
 
     def _flush_log(self) -> None:
-        if self._log and self._log_run is not None:
-            self._target.post_message(LogBatch(self._log_run, list(self._log), self._log_dropped))
+        if (self._log or self._live_changed) and self._log_run is not None:
+            self._target.post_message(LogBatch(self._log_run, list(self._log), self._log_dropped,
+                                               self._live))
         self._log.clear()
         self._log_dropped = 0
+        self._live_changed = False

@@ -33,11 +33,13 @@ class ReasoningBatch(Message):
 
 @dataclass
 class LogBatch(Message):
-    """Finished log lines of one run; `dropped` lines fell off the bounded buffer."""
+    """Finished log lines of one run, and its open line as it stands after them ("" when
+    none is open); `dropped` lines fell off the bounded buffer."""
 
     run_id: str
     lines: list[str]
     dropped: int = 0
+    live: str = ""
 
 
 @dataclass

@@ -11,7 +11,7 @@ from typing import Callable
 from textual import on, work
 from textual.app import ComposeResult
 from textual.binding import Binding
-from textual.containers import Container, Horizontal
+from textual.containers import Horizontal
 from textual.content import Content
 from textual.screen import Screen
 from textual.widgets import DataTable, Footer, ProgressBar, Static
@@ -31,7 +31,7 @@ from tui.widgets.device import DevicePanel
 from tui.widgets.diff import DiffPanel
 from tui.widgets.experiments import ExperimentsPanel
 from tui.widgets.log import LogPanel
-from tui.widgets.panel import Panel
+from tui.widgets.panel import Panel, PanelGrid
 from tui.widgets.reasoning import ReasoningPanel
 from tui.widgets.status import StatusLine
 
@@ -56,7 +56,6 @@ def best_value(best) -> tuple[str, float] | None:
 
 
 class MainScreen(Screen):
-    ALLOW_IN_MAXIMIZED_VIEW = "StatusLine, Footer"
     # Footer order: what matters most first, so a narrow footer cuts the least useful keys;
     # q early, so even an 80-column footer says that leaving does not stop the loop.
     BINDINGS = [
@@ -102,7 +101,7 @@ class MainScreen(Screen):
             yield Static("preparing data", id="preparing-label")
             yield ProgressBar(id="preparing-bar", show_eta=False)
         yield Static(id="panel-bar")
-        with Container(id="panels"):
+        with PanelGrid(id="panels"):
             yield ReasoningPanel(id="reasoning-panel")
             yield DiffPanel(id="diff-panel")
             yield DevicePanel(id="device-panel")
@@ -425,15 +424,11 @@ class MainScreen(Screen):
     def action_cycle_panel(self, step: int) -> None:
         ids = [panel.id for panel in self.panels()]
         index = ids.index(self.current_panel) if self.current_panel in ids else 0
-        if self.maximized is not None:
-            self.minimize()
+        self.query_one(PanelGrid).restore()
         self.focus_panel(ids[(index + step) % len(ids)])
 
     def action_toggle_maximize(self) -> None:
-        if self.maximized is not None:
-            self.minimize()
-        else:
-            self.maximize(self.query_one(f"#{self.current_panel}", Panel))
+        self.query_one(PanelGrid).toggle_full(self.query_one(f"#{self.current_panel}", Panel))
 
     def action_open_log(self) -> None:
         experiment = self.table.selected

@@ -16,6 +16,7 @@ from textual.widgets import Static
 
 from engine.records import Proposal
 from tui.messages import ProposalSelected
+from tui.widgets.nudge import ReviewNudge
 from tui.widgets.panel import Panel
 
 HUNK_HEADER = re.compile(r"^@@ -(\d+)(?:,\d+)? \+(\d+)(?:,\d+)? @@(.*)$")
@@ -120,6 +121,11 @@ class DiffPanel(Panel):
     def compose(self) -> ComposeResult:
         yield Static("no proposal waiting", id="queue")
         yield HunkScroll(id="hunks")
+        yield ReviewNudge(id="review-nudge")
+
+    @property
+    def nudge(self) -> ReviewNudge:
+        return self.query_one(ReviewNudge)
 
     def focus_target(self) -> Widget:
         return self.query_one("#hunks")
@@ -171,6 +177,7 @@ class DiffPanel(Panel):
             self.post_message(ProposalSelected(proposal_id))
 
     def _draw_queue(self) -> None:
+        self.nudge.proposals_waiting(bool(self.queue))
         queue = self.query_one("#queue", Static)
         if not self.queue:
             queue.update(Content.styled("no proposal waiting", "dim"))

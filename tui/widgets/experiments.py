@@ -14,15 +14,49 @@ from tui.widgets.panel import Panel
 
 COLUMNS = ("id", "commit", "status", "val_bpb", "Δ best", "description", "by")
 # Fixed widths: DataTable sizes a column from its first values and never shrinks or grows it.
-WIDTHS = {"id": 4, "commit": 7, "status": 11, "val_bpb": 8, "Δ best": 8, "description": 40, "by": 8}
-STATUS_STYLES = {
-    RunStatus.KEEP: "bold $text-success",
-    RunStatus.DISCARD: "$text-warning",
-    RunStatus.CRASH: "bold $text-error",
-    RunStatus.TIMEOUT: "$text-error",
-    RunStatus.KILLED: "$text-error",
-    RunStatus.INTERRUPTED: "dim",
+WIDTHS = {"id": 4, "commit": 7, "status": 12, "val_bpb": 8, "Δ best": 8, "description": 40,
+          "by": 8}
+# What a run is, in words, with its style; keyed by the status value, so a status the engine
+# adds later (held, vetoed) reads as itself.
+LABEL_STYLES = {
+    "keep": "bold $text-success",
+    "discard": "$text-warning",
+    "crash": "bold $text-error",
+    "timeout": "$text-error",
+    "killed": "$text-error",
+    "interrupted": "dim",
+    "held": "bold $text-accent",
+    "vetoed": "$text-error",
+    "noise repeat": "$text-muted",
+    "confirmation": "$text-primary",
+    "training": "bold $text-accent",
+    "speculative": "bold italic $text-accent",
 }
+MEASUREMENT_LABELS = {"noise": "noise repeat", "rerun": "confirmation"}
+# A run that produced a metric: its kind says what it was for.
+MEASURED = (RunStatus.KEEP, RunStatus.DISCARD)
+
+
+def run_label(experiment: Experiment, training: bool = False) -> str:
+    """The status column: what the run is, from its record (kind, status, speculative)."""
+    if training:
+        return "speculative" if experiment.speculative else "training"
+    if experiment.status in MEASURED and experiment.kind in MEASUREMENT_LABELS:
+        return MEASUREMENT_LABELS[experiment.kind]
+    return experiment.status.value
+
+
+def totals(experiments: list[Experiment]) -> str:
+    """Finished runs counted by what they are, in the table's order of words."""
+    counts: dict[str, int] = {}
+    for experiment in experiments:
+        if experiment.finished_at is not None:
+            label = run_label(experiment)
+            counts[label] = counts.get(label, 0) + 1
+    order = list(LABEL_STYLES)
+    return " · ".join(f"{n} {label}" for label, n in
+                      sorted(counts.items(), key=lambda item: order.index(item[0])
+                             if item[0] in order else len(order)))
 
 
 class ExperimentsTable(DataTable):
@@ -62,6 +96,7 @@ class ExperimentsPanel(Panel):
         self.rows[experiment.run_id] = experiment
         cells = self._cells(experiment, training)
         key = experiment.run_id
+        self.border_subtitle = totals(list(self.rows.values()))
         try:
             table.get_row(key)
         except RowDoesNotExist:
@@ -86,10 +121,8 @@ class ExperimentsPanel(Panel):
         return Content.styled(f"{delta:+.4f}", "$text-warning" if delta > 0 else "$text-success")
 
     def _cells(self, experiment: Experiment, training: bool) -> list:
-        if training:
-            status = Content.styled("training", "bold $text-accent")
-        else:
-            status = Content.styled(experiment.status.value, STATUS_STYLES.get(experiment.status, ""))
+        label = run_label(experiment, training)
+        status = Content.styled(label, LABEL_STYLES.get(label, ""))
         bpb = "—" if experiment.val_bpb is None else f"{experiment.val_bpb:.6f}"
         number = "—" if experiment.id is None or experiment.id < 0 else str(experiment.id)
         return [number, experiment.commit[:7], status, bpb, self._delta(experiment),

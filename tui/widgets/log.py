@@ -1,13 +1,14 @@
-"""The live training log: the run in flight, tailed; bounded; follows the tail unless the
-user has scrolled up (Log.write_lines only scrolls when the view is at the end)."""
+"""The live training log: the run in flight, tailed like a terminal (finished lines scroll
+up, the `\\r` progress line is the last row, rewritten in place); bounded; follows the tail
+unless the user has scrolled up."""
 
 from __future__ import annotations
 
 from textual.app import ComposeResult
 from textual.widget import Widget
-from textual.widgets import Log
 
 from engine.events import RunStarted
+from tui.widgets.live_log import LiveLog
 from tui.widgets.panel import Panel
 
 MAX_LOG_LINES = 5000
@@ -19,33 +20,39 @@ class LogPanel(Panel):
     def __init__(self, **kwargs) -> None:
         super().__init__(**kwargs)
         self.run_id: str | None = None
+        self.log_path: str | None = None          # of the run shown: the log viewer follows it
         self.lines_written = 0
 
     def compose(self) -> ComposeResult:
-        yield Log(max_lines=MAX_LOG_LINES, id="log")
+        yield LiveLog(max_lines=MAX_LOG_LINES, id="log")
 
     def focus_target(self) -> Widget:
         return self.query_one("#log")
 
+    @property
+    def log(self) -> LiveLog:
+        return self.query_one("#log", LiveLog)
+
     def start_run(self, run: RunStarted) -> None:
-        self.run_id = run.run_id
-        log = self.query_one("#log", Log)
-        log.clear()
-        log.write_line(f"── run {run.run_id} · experiment #{run.experiment_id} · "
-                       f"{run.commit[:7]} · {run.description}")
+        self.run_id, self.log_path = run.run_id, run.log_path
+        self.log.clear()
+        self.log.write_line(f"── run {run.run_id} · experiment #{run.experiment_id} · "
+                            f"{run.commit[:7]} · {run.description}")
         self.border_subtitle = f"run {run.run_id}"
 
-    def write(self, run_id: str, lines: list[str], dropped: int) -> None:
+    def write(self, run_id: str, lines: list[str], dropped: int, live: str = "") -> None:
         if self.run_id is None:
             self.run_id = run_id
         if run_id != self.run_id:
             return                       # late lines of a run that is no longer shown
-        log = self.query_one("#log", Log)
+        log = self.log
         if dropped:
             log.write_line(f"… {dropped:,} lines skipped to keep up (full log on disk) …")
         log.write_lines(lines)
+        log.set_live(live)
         self.lines_written += len(lines)
 
     def finish_run(self, run_id: str, summary: str) -> None:
         if run_id == self.run_id:
-            self.query_one("#log", Log).write_line(f"── {summary}")
+            self.log.set_live("")
+            self.log.write_line(f"── {summary}")
