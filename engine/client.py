@@ -19,8 +19,8 @@ from pathlib import Path
 from typing import Callable, ClassVar
 
 from engine import protocol as proto
-from engine.events import (BestUpdated, DecisionMade, Event, ModeChanged, NoiseFloor,
-                           ProposalReady, ProposalRebased, ProposalStale, RunFinished,
+from engine.events import (BestUpdated, DecisionMade, Event, ExperimentSettled, ModeChanged,
+                           NoiseFloor, ProposalReady, ProposalRebased, ProposalStale, RunFinished,
                            RunStarted, SessionStopped, StateChanged)
 from engine.patch import PatchRefused
 from engine.records import DecisionKind, Experiment, Proposal, ProposalState
@@ -212,7 +212,7 @@ class EngineClient:
             elif isinstance(event, ModeChanged):
                 self._mode = event.mode
             elif isinstance(event, ProposalReady):
-                if event.proposal.state is ProposalState.PENDING:
+                if event.proposal.state in (ProposalState.PENDING, ProposalState.HELD):
                     self._pending[event.proposal.id] = event.proposal
                 self._total_cost += event.proposal.usage.cost_usd
             elif isinstance(event, ProposalRebased):
@@ -226,7 +226,8 @@ class EngineClient:
                 self._queued.pop(event.proposal_id, None)
             elif isinstance(event, DecisionMade):
                 proposal = self._pending.pop(event.decision.proposal_id, None)
-                if proposal is not None and event.decision.kind is not DecisionKind.VETO:
+                if proposal is not None and proposal.state is not ProposalState.HELD \
+                        and event.decision.kind is not DecisionKind.VETO:
                     self._queued[proposal.id] = replace(proposal, state=ProposalState.ACCEPTED)
             elif isinstance(event, RunStarted):
                 self._current_run = event
@@ -237,6 +238,8 @@ class EngineClient:
                     self._current_run = None
                 if event.experiment is not None:
                     self._experiments[event.experiment.id] = event.experiment
+            elif isinstance(event, ExperimentSettled):
+                self._experiments[event.experiment.id] = event.experiment
             elif isinstance(event, BestUpdated):
                 self._best = (event.commit, event.val_bpb)
             elif isinstance(event, NoiseFloor):

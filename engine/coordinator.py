@@ -360,7 +360,9 @@ class Coordinator(DecisionsMixin, DraftingMixin, OutcomesMixin):
             state=state, detail=detail, mode=loop.mode, paused=loop.paused, best=self._best(),
             noise_floor=self.journal.get_state("noise_floor"),
             current_run=copy.deepcopy(loop.run.started) if loop.run else None,
-            pending=tuple(copy.deepcopy(props[i]) for i in loop.review),
+            # Held wins wait for a human too: they are in the review queue, marked held.
+            pending=tuple(copy.deepcopy(props[i]) for i in loop.review + [
+                j.proposal_id for j in loop.judging.values() if j.need == "human"]),
             queued=tuple(copy.deepcopy(props[i]) for i in loop.queue),
             open=tuple(copy.deepcopy(p) for p in props.values()))
         if (state, detail) != self._shown:

@@ -12,7 +12,7 @@ from typing import Callable
 from engine import patch
 from engine.commands import (Accept, Command, CommandRefused, Edit, KillRun, Note, Pause,
                              Resume, SetMode, Stop, Veto)
-from engine.events import DecisionMade, ModeChanged, SteeringNote
+from engine.events import DecisionMade, ExperimentSettled, ModeChanged, SteeringNote
 from engine.records import Decision, DecisionKind, Proposal, ProposalState, RunStatus
 
 MODES = ("review", "auto")
@@ -99,6 +99,7 @@ class DecisionsMixin:
         self.loop.judging.pop(held.proposal_id, None)
         self.loop.proposals.pop(held.proposal_id, None)
         self.emit(DecisionMade(decision))
+        self.emit(ExperimentSettled(experiment))
         self.workspace.write_results_tsv(self.journal)
         if keep:
             self.became_best(held.commit, experiment.val_bpb, experiment.id)

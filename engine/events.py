@@ -204,6 +204,14 @@ class Notice(Event):
 
 
 @dataclass
+class ExperimentSettled(Event):
+    """A held win decided by a human: its run's row as it now stands (keep or discard)."""
+
+    type: ClassVar[str] = "experiment_settled"
+    experiment: Experiment
+
+
+@dataclass
 class WinHeld(Event):
     """An unusually large win, confirmed by a re-run, waits for a human: accept keeps it."""
 
@@ -236,5 +244,5 @@ EVENT_TYPES: dict[str, type[Event]] = {
     for cls in (StateChanged, Preparing, ModeChanged, DraftStarted, ReasoningDelta, DraftFailed,
                 ProposalReady, ProposalRebased, ProposalStale, DecisionMade, RunStarted,
                 LogLines, LiveLine, RunProgress, RunFinished, BestUpdated, NoiseFloor,
-                DeviceSample, Notice, WinHeld, SteeringNote, SessionStopped)
+                DeviceSample, Notice, WinHeld, ExperimentSettled, SteeringNote, SessionStopped)
 }

@@ -12,7 +12,8 @@ import copy
 from dataclasses import replace
 
 from engine import judge, workers
-from engine.events import BestUpdated, NoiseFloor, RunFinished, RunStarted, WinHeld
+from engine.events import (BestUpdated, NoiseFloor, ProposalReady, RunFinished, RunStarted,
+                           WinHeld)
 from engine.journal import FAILED_STATUSES
 from engine.loop_state import ActiveRun, Judging
 from engine.planner import RunPlan
@@ -249,6 +250,8 @@ class OutcomesMixin:
                     f"accept #{waiting.proposal_id} to keep it, or veto it to discard it")
         self.emit(WinHeld(waiting.proposal_id, experiment.id, settled.val_bpb,
                           best[1] if best else settled.val_bpb, proposal.diff))
+        # Back in the review queue, marked held: a human reads its diff, then a or v.
+        self.emit(ProposalReady(copy.deepcopy(proposal)))
 
     def became_best(self, commit: str, val_bpb: float, experiment_id: int) -> None:
         self.snapshot = replace(self.snapshot, best=(commit, val_bpb))

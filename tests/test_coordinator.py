@@ -15,10 +15,9 @@ import pytest
 
 from engine.agents.base import AgentError, DraftCancelled
 from engine.commands import CommandRefused
-from engine.events import (BestUpdated, DecisionMade, Notice, ProposalReady, ProposalRebased,
-                           ProposalStale,
-                           RunFinished, RunStarted, SessionStopped, StateChanged, SteeringNote,
-                           WinHeld)
+from engine.events import (BestUpdated, DecisionMade, ExperimentSettled, Notice, ProposalReady,
+                           ProposalRebased, ProposalStale, RunFinished, RunStarted,
+                           SessionStopped, StateChanged, SteeringNote, WinHeld)
 from engine.records import Draft, ProposalState, RunStatus
 from engine.session import Session, SessionSettings
 from engine.workspace import init
@@ -235,7 +234,10 @@ def test_an_unusually_large_win_is_held_for_a_human_even_in_auto_mode(standin, d
         assert session.proposal(1).state is ProposalState.HELD
         assert run_kinds(session) == [("baseline", "keep"), ("experiment", "held"),
                                       ("rerun", "discard")]
-        assert (session.state, session.pending()) == ("reviewing", [])
+        # Back in the review queue, marked held, for the app to show with its diff.
+        assert session.state == "reviewing"
+        assert [(p.id, p.state) for p in session.pending()] == [(1, ProposalState.HELD)]
+        assert events.of(ProposalReady)[-1].proposal.state is ProposalState.HELD
         if decide == "accept":
             session.accept(1)
             kept = events.wait(BestUpdated, count=2)
@@ -246,6 +248,9 @@ def test_an_unusually_large_win_is_held_for_a_human_even_in_auto_mode(standin, d
             assert session.best == (baseline.commit, 1.0)
             assert run_kinds(session)[1] == ("experiment", "discard")
             assert session.journal.totals().vetoed == 0     # it trained: a discard
+        settled = events.wait(ExperimentSettled).experiment
+        assert settled.status is (RunStatus.KEEP if decide == "accept" else RunStatus.DISCARD)
+        assert session.pending() == []
         with pytest.raises(CommandRefused, match="#1 has already trained"):
             session.accept(1)
     finally:

@@ -9,14 +9,15 @@ import shutil
 import subprocess
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
 from textual.widgets import DataTable, Input
 
-from engine.events import (DeviceSample, LiveLine, LogLines, ReasoningDelta, RunFinished,
-                           RunStarted, StateChanged)
-from engine.records import RunResult, RunStatus
+from engine.events import (DeviceSample, LiveLine, LogLines, ProposalReady, ReasoningDelta,
+                           RunFinished, RunStarted, StateChanged)
+from engine.records import ProposalState, RunResult, RunStatus
 from test_tui_support import (T0, ScriptedSession, experiment, history_events, pilot_test,
                               proposal)
 from tui.app import PairlabApp
@@ -705,3 +706,51 @@ def test_the_log_throughput_bench_runs_quick():
     assert "f full" in out.stdout and "f back" in out.stdout
     row = next(line for line in out.stdout.splitlines() if line.strip().startswith("20,000"))
     assert len(row.split()) >= 11                 # rate, accepted, written, 2 figures per key
+
+
+# ---------------------------------------------------------------------- what a human must look at
+
+@pilot_test
+async def test_a_held_win_waits_in_the_queue_with_its_diff_highlighted_and_no_edit(session):
+    """Issue 9 item 5: an unusually large win comes back to the queue marked held."""
+    app = PairlabApp(session)
+    async with app.run_test(size=WIDE) as pilot:
+        await settle(pilot)
+        held = replace(proposal(9, "lr x3", "0.06"), state=ProposalState.HELD)
+        session.emit_from_thread([ProposalReady(held, at=T0)])
+        await settle(pilot)
+        diff = app.main.diff
+        await pilot.press("n", "n")
+        await settle(pilot)
+        assert diff.selected == 9 and "#9 HELD base abc1234 lr x3" in diff.query_one("#queue").render().plain
+        banner = diff.query_one(".held-banner", HunkView)
+        assert banner.render().plain.startswith(
+            "unusually large win: look before it becomes the best")
+        hunks = list(diff.query(".hunk"))
+        assert hunks and all(view.has_class("held") for view in hunks)
+        assert "edit" not in footer_actions(app) and {"accept", "veto"} <= footer_actions(app)
+        await pilot.press("n")                 # an ordinary proposal can be edited again
+        await settle(pilot)
+        assert diff.selected == 7 and "edit" in footer_actions(app)
+        await pilot.press("N", "a")
+        await settle(pilot)
+        assert ("accept", 9) in session.calls
+
+
+@pilot_test
+async def test_a_run_without_a_verified_or_confined_metric_says_so_in_the_table(session):
+    app = PairlabApp(session)
+    async with app.run_test(size=WIDE) as pilot:
+        await settle(pilot)
+        runs = [replace(experiment(5, "r5", RunStatus.DISCARD, 1.46, "adopted run", "f0f0f0f"),
+                        metric_verified=False),
+                replace(experiment(6, "r6", RunStatus.DISCARD, 1.47, "no landlock", "a1a1a1a"),
+                        confined=False)]
+        session.emit_from_thread([RunFinished(run, RunResult(run.run_id, run.status, run.val_bpb),
+                                              at=T0) for run in runs])
+        await settle(pilot)
+        table = app.main.table.query_one(DataTable)
+        assert str(table.get_cell("r5", "description")) == \
+            "adopted run [metric reported by train.py (not verified)]"
+        assert str(table.get_cell("r6", "description")) == "no landlock [unconfined]"
+        assert str(table.get_cell("r2", "description")) == "depth 4 -> 6"

@@ -17,11 +17,11 @@ from textual.screen import Screen
 from textual.widgets import DataTable, Footer, ProgressBar, Static
 
 from engine.events import (BestUpdated, DecisionMade, DraftFailed, DraftStarted, Event,
-                           ModeChanged, NoiseFloor, Notice, Preparing, ProposalReady,
+                           ExperimentSettled, ModeChanged, NoiseFloor, Notice, Preparing, ProposalReady,
                            ProposalRebased, ProposalStale, RunFinished, RunProgress, RunStarted,
                            SessionStopped, StateChanged)
 from engine.client import EngineClient, EngineLost
-from engine.records import Experiment, RunStatus
+from engine.records import Experiment, ProposalState, RunStatus
 from tui.messages import ProposalSelected
 from tui.screens.editor import EditorScreen
 from tui.screens.log_viewer import LogViewerScreen
@@ -179,8 +179,9 @@ class MainScreen(Screen):
     def load_snapshot(self) -> None:
         """What the session already knows (a resumed journal), before live events arrive."""
         session = self.session
-        for experiment in session.experiments():
-            self._record_experiment(experiment)
+        experiments = session.experiments()
+        self.table.load(experiments)
+        self.chart.load(experiments)
         best = best_value(session.best)
         self._set_best(best)
         self.status.noise_floor = session.noise_floor
@@ -246,6 +247,8 @@ class MainScreen(Screen):
                         severity="warning")
         elif isinstance(event, DecisionMade):
             self.diff.remove(event.decision.proposal_id)
+        elif isinstance(event, ExperimentSettled):
+            self._record_experiment(event.experiment)
         elif isinstance(event, RunStarted):
             self.run_in_flight = event
             self.status.progress = None
@@ -344,7 +347,9 @@ class MainScreen(Screen):
         if action == "stop_loop":
             return self.state != "stopped"
         selected = self.diff.selected_proposal if self.is_mounted else None
-        if action in ("accept", "edit", "veto"):
+        if action == "edit":      # a held win is judged as it ran: accept or veto, no edit
+            return selected is not None and selected.state is not ProposalState.HELD
+        if action in ("accept", "veto"):
             return selected is not None
         if action == "step_proposal":
             return len(self.diff.queue) > 1

@@ -123,6 +123,11 @@ class ChartPanel(Panel, can_focus=True):
         self.experiments[experiment.run_id] = experiment
         self._changed()
 
+    def load(self, experiments: list[Experiment]) -> None:
+        """A whole journal at once: one arrangement, not one per run."""
+        self.experiments.update((e.run_id, e) for e in experiments)
+        self._changed()
+
     def set_best_run(self, run_id: str | None) -> None:
         self.best_run_id = run_id
         self._dirty = True

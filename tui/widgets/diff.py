@@ -14,7 +14,7 @@ from textual.highlight import highlight
 from textual.widget import Widget
 from textual.widgets import Static
 
-from engine.records import Proposal
+from engine.records import Proposal, ProposalState
 from tui.messages import ProposalSelected
 from tui.widgets.nudge import ReviewNudge
 from tui.widgets.panel import Panel
@@ -189,6 +189,7 @@ class DiffPanel(Panel):
             rows.append(Content.assemble(
                 ("▶ " if chosen else "  ", "bold $accent"),
                 (f"#{proposal.id} ", "bold" if chosen else ""),
+                ("HELD " if proposal.state is ProposalState.HELD else "", "bold $text-warning"),
                 (f"base {proposal.base_commit[:7]} ", "dim"),
                 (proposal.description, "bold" if chosen else ""),
             ))
@@ -203,9 +204,15 @@ class DiffPanel(Panel):
         if proposal is None:
             return
         hunks = parse_hunks(proposal.diff)
+        held = proposal.state is ProposalState.HELD
         views = []
+        if held:
+            views.append(HunkView(Content.assemble(
+                ("unusually large win: look before it becomes the best", "bold $text-warning"),
+                ("\nit trained, and a re-run confirmed it: a keeps it, v discards it", "")),
+                classes="held-banner"))
         for number, hunk in enumerate(hunks, 1):
-            view = HunkView(render_hunk(hunk), classes="hunk")
+            view = HunkView(render_hunk(hunk), classes="hunk held" if held else "hunk")
             view.border_title = f"{hunk.path} · hunk {number}/{len(hunks)}"
             view.border_subtitle = hunk.header.split("@@")[-1].strip()[:40]
             views.append(view)
