@@ -26,6 +26,7 @@ MIN_PLOT_ROWS = 7                # x axis (2 rows), then points and two y ticks 
 X_AXIS_ROWS = 2                  # plotext's x axis line and its labels
 Y_TICK_EVERY_ROWS = 3
 FAILED = (RunStatus.CRASH, RunStatus.TIMEOUT)
+MEASUREMENT_KINDS = ("noise", "rerun")   # runs that measure noise or confirm: drawn apart
 EMPTY_HISTORY = "no finished run yet: each run's val_bpb lands here (lower is better)"
 
 
@@ -234,8 +235,8 @@ class ChartPanel(Panel, can_focus=True):
         plt.hline(baseline, "blue")
         span = max(high - low, 0.01 * abs(high), 1e-3)
         crash_y = high + span * 0.05
-        measured = [e for e in scored if e.kind in ("noise", "rerun")]
-        experiments = [e for e in scored if e not in measured]
+        measured = [e for e in scored if e.kind in MEASUREMENT_KINDS]
+        experiments = [e for e in scored if e.kind not in MEASUREMENT_KINDS]
         groups = (
             ([e for e in experiments if e.status == RunStatus.KEEP], "green", "●"),
             ([e for e in experiments if e.status != RunStatus.KEEP], "orange", "○"),
