@@ -35,7 +35,8 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 import torch  # noqa: E402
 
-from nanochat import harness  # noqa: E402
+from engine.evaluation import evaluator_env, run_evaluator  # noqa: E402
+from nanochat import REPORT_FILE, harness  # noqa: E402
 
 TEMPLATE = REPO / "nanochat" / "train.py"
 TUNED_MALLOC = {"MALLOC_MMAP_MAX_": "0", "MALLOC_TRIM_THRESHOLD_": str(16 * 2**30)}
@@ -81,8 +82,9 @@ def run_training(script, steps, warmup_steps, compiled, tuned_malloc, extra_env)
            if not k.startswith("MALLOC_") and k != "OMP_WAIT_POLICY"}
     env.update(PYTHONPATH=str(REPO), PAIRLAB_DEVICE="cpu", PAIRLAB_MAX_STEPS=str(steps),
                PAIRLAB_COMPILE="1" if compiled else "0", PAIRLAB_RUN_ID="bench",
-               PAIRLAB_RESULT=str(script.parent / f"result-{time.monotonic_ns()}.json"),
                **extra_env)
+    model_dir = script.parent / f"model-{time.monotonic_ns()}"
+    env["PAIRLAB_MODEL"] = str(model_dir)
     if tuned_malloc:
         env.update(TUNED_MALLOC)
     proc = subprocess.run([sys.executable, str(script)], cwd=script.parent, env=env,
@@ -90,13 +92,17 @@ def run_training(script, steps, warmup_steps, compiled, tuned_malloc, extra_env)
     if proc.returncode != 0:
         sys.exit(f"{script.name} failed (exit {proc.returncode}):\n{proc.stderr[-3000:]}")
     step_ms = [int(ms) for step, ms in STEP_LINE.findall(proc.stdout) if int(step) >= warmup_steps]
-    result = json.loads(Path(env["PAIRLAB_RESULT"]).read_text())
-    tokens_per_step = result["total_tokens"] // steps
+    reported = json.loads((model_dir / REPORT_FILE).read_text())
+    # val_bpb as pairlab scores it: the evaluator, on the handed-over model.
+    scored = run_evaluator(model_dir, evaluator_env(env, harness.data_dir()))
+    if scored.returncode != 0:
+        sys.exit(f"the evaluator failed on {script.name}:\n" + "\n".join(scored.lines[-20:]))
+    tokens_per_step = reported["total_tokens"] // steps
     return {
         "tokens_per_sec": tokens_per_step / (statistics.median(step_ms) / 1000),
         "flops_per_token": float(FLOPS_LINE.search(proc.stdout).group(1)),
-        "peak_memory_mb": result["peak_memory_mb"],
-        "val_bpb": result["val_bpb"],
+        "peak_memory_mb": reported["peak_memory_mb"],
+        "val_bpb": json.loads(scored.result)["val_bpb"],
     }
 
 
