@@ -19,7 +19,7 @@ from engine.events import (BestUpdated, DecisionMade, Notice, ProposalReady, Pro
                            ProposalStale,
                            RunFinished, RunStarted, SessionStopped, StateChanged, SteeringNote,
                            WinHeld)
-from engine.records import Draft, ProposalState, RunStatus
+from engine.records import Draft, ProposalState
 from engine.session import Session, SessionSettings
 from engine.workspace import init
 from tests.faults.conftest import assert_git_matches_journal
