@@ -25,6 +25,16 @@ STATUS_STYLES = {
 }
 
 
+def status_text(experiment: Experiment) -> str:
+    """The status, and beside a keep (or a held win) its improvement in units of the pooled
+    sigma ("keep 5.0σ"): what the keep rule's margin was measured against. The full figures
+    (n, means, sigma, margin) are in the title of the run's log (enter)."""
+    sigmas = experiment.measure.sigmas if experiment.measure is not None else None
+    if sigmas is None or experiment.status not in (RunStatus.KEEP, RunStatus.HELD):
+        return experiment.status.value
+    return f"{experiment.status.value} {sigmas:.1f}σ"
+
+
 class ExperimentsTable(DataTable):
     pass
 
@@ -89,7 +99,8 @@ class ExperimentsPanel(Panel):
         if training:
             status = Content.styled("training", "bold $text-accent")
         else:
-            status = Content.styled(experiment.status.value, STATUS_STYLES.get(experiment.status, ""))
+            status = Content.styled(status_text(experiment),
+                                    STATUS_STYLES.get(experiment.status, ""))
         bpb = "—" if experiment.val_bpb is None else f"{experiment.val_bpb:.6f}"
         number = "—" if experiment.id is None or experiment.id < 0 else str(experiment.id)
         return [number, experiment.commit[:7], status, bpb, self._delta(experiment),
