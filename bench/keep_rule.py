@@ -1,14 +1,20 @@
 """How often does a keep rule keep noise, and how often does it find a real win?
 
 Stand-in runs: val_bpb = the commit's true value + Gaussian noise of sigma 1 (the figures are
-in units of sigma). Two rules, both seeded the same way:
+in units of sigma; true values sit at 400 sigma, about val_bpb 2.0 with sigma 0.005, so the
+judge's "more than 5% of val_bpb" hold never fires on these wins). Two rules, both seeded the
+same way:
 
-- today's rule (engine/session.py `_judge` before the keep rule): the best is the baseline's
-  first run; the noise floor is the spread (max - min) of the baseline and its 2 repeats; a
-  candidate better than the best by less than the floor is re-run once and the mean of its
-  two runs must beat the best's single draw.
-- the keep rule (engine/keep_rule.py): means of all runs, pooled sigma, k standard errors of
-  the difference, confirmations up to a limit, the best re-run now and then.
+- today's rule, the reference: a copy of the rule engine/judge.py had before the keep rule,
+  kept here only for comparison. The best is the baseline's first run (then the value a
+  change was kept at); the noise floor is the spread (max - min) of the baseline and its 2
+  repeats; a candidate better than the best by less than the floor is re-run once and the
+  mean of its two runs must beat the best.
+- the keep rule as the engine runs it: engine/judge.judge (which applies
+  engine/keep_rule.py and the large-win hold), fed as the coordinator feeds it: means of all
+  runs, sigma pooled over every repeated commit, confirmations re-running the best or the
+  candidate as the judge asks, the best re-run every `best_rerun_every` candidate runs
+  (keep_rule.should_rerun_best). A held win counts as kept (the human accepts it).
 
 Part 1 judges one candidate against a fresh baseline (3 runs), for true improvements of 0, 1,
 2 and 3 sigma. Part 2 runs whole sessions at equal compute (the same number of runs for
@@ -31,10 +37,12 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from engine.keep_rule import Action, KeepRuleSettings, judge, pooled_noise, should_rerun_best  # noqa: E402
+from engine.judge import JudgeRules, Verdict, judge  # noqa: E402
+from engine.keep_rule import KeepRuleSettings, pooled_noise, should_rerun_best  # noqa: E402
 
 BASELINE_RUNS = 3          # the baseline and its 2 noise repeats, as `make run` does today
 MIX = ((2.0, 0.3), (0.0, 0.4), (-2.0, 0.3))   # (true improvement in sigma, share)
+BASE = 400.0               # the baseline's true value, in sigma
 
 
 class Machine:
@@ -63,7 +71,7 @@ class Best:
 
 def today_judge(machine: Machine, best: Best, floor: float, true_value: float
                 ) -> tuple[bool, list[float]]:
-    """session.py `_judge` as it was: a win inside the noise floor is re-run once."""
+    """The reference: the rule before the keep rule; a win inside the floor is re-run once."""
     first = machine.run(true_value)
     improvement = best.runs[0] - first
     if improvement <= 1e-9:
@@ -76,18 +84,18 @@ def today_judge(machine: Machine, best: Best, floor: float, true_value: float
 
 
 def rule_judge(machine: Machine, best: Best, others: list[list[float]], true_value: float,
-               settings: KeepRuleSettings) -> tuple[bool, list[float]]:
+               rules: JudgeRules) -> tuple[bool, list[float]]:
     runs = [machine.run(true_value)]
     while True:
         noise = pooled_noise([best.runs, runs, *others])
-        decision = judge(best.runs, runs, noise, settings)
-        if decision.action is Action.CONFIRM:
-            if decision.rerun == "best":
+        judgment = judge(runs, best.runs, noise, rules)
+        if judgment.verdict is Verdict.CONFIRM:
+            if judgment.rerun == "best":
                 best.runs.append(machine.run(best.true_value))
             else:
                 runs.append(machine.run(true_value))
             continue
-        return decision.action is Action.KEEP, runs
+        return judgment.verdict in (Verdict.KEEP, Verdict.HOLD), runs
 
 
 # ---------------------------------------------------------------------------
@@ -95,19 +103,20 @@ def rule_judge(machine: Machine, best: Best, others: list[list[float]], true_val
 # ---------------------------------------------------------------------------
 
 
-def single(rule: str, improvement: float, trials: int, settings: KeepRuleSettings,
+def single(rule: str, improvement: float, trials: int, rules: JudgeRules,
            seed: int) -> tuple[float, float]:
     """(rate of keeps, mean runs per candidate) for a candidate `improvement` sigma better."""
     rng = random.Random(seed)
     kept = runs = 0
     for _ in range(trials):
         machine = Machine(rng)
-        baseline = [machine.run(0.0) for _ in range(BASELINE_RUNS)]
+        baseline = [machine.run(BASE) for _ in range(BASELINE_RUNS)]
         if rule == "today":
-            best = Best(0.0, baseline[:1])
-            keep, _ = today_judge(machine, best, max(baseline) - min(baseline), -improvement)
+            best = Best(BASE, baseline[:1])
+            keep, _ = today_judge(machine, best, max(baseline) - min(baseline),
+                                  BASE - improvement)
         else:
-            keep, _ = rule_judge(machine, Best(0.0, baseline), [], -improvement, settings)
+            keep, _ = rule_judge(machine, Best(BASE, baseline), [], BASE - improvement, rules)
         kept += keep
         runs += machine.runs - BASELINE_RUNS
     return kept / trials, runs / trials
@@ -126,16 +135,16 @@ class Tally:
     candidates: int = 0
 
 
-def session(rule: str, total_runs: int, rng: random.Random, settings: KeepRuleSettings,
+def session(rule: str, total_runs: int, rng: random.Random, rules: JudgeRules,
             drift_per_run: float, tally: Tally) -> None:
     machine = Machine(rng, drift_per_run)
-    baseline = [machine.run(0.0) for _ in range(BASELINE_RUNS)]
+    baseline = [machine.run(BASE) for _ in range(BASELINE_RUNS)]
     floor = max(baseline) - min(baseline)
-    best = Best(0.0, baseline[:1] if rule == "today" else baseline)
+    best = Best(BASE, baseline[:1] if rule == "today" else baseline)
     finished: list[list[float]] = []          # repeats of commits no longer the best
     since_best_ran = 0
     while machine.runs < BASELINE_RUNS + total_runs:
-        if rule == "rule" and should_rerun_best(since_best_ran, settings):
+        if rule == "rule" and should_rerun_best(since_best_ran, rules.keep):
             best.runs.append(machine.run(best.true_value))
             since_best_ran = 0
             continue
@@ -144,7 +153,7 @@ def session(rule: str, total_runs: int, rng: random.Random, settings: KeepRuleSe
         if rule == "today":
             keep, runs = today_judge(machine, best, floor, candidate)
         else:
-            keep, runs = rule_judge(machine, best, finished, candidate, settings)
+            keep, runs = rule_judge(machine, best, finished, candidate, rules)
             since_best_ran += len(runs)
         tally.candidates += 1
         tally.judged[improvement] += 1
@@ -156,15 +165,15 @@ def session(rule: str, total_runs: int, rng: random.Random, settings: KeepRuleSe
             since_best_ran = 0
         elif rule == "rule":
             finished.append(runs)
-    tally.gain += -best.true_value
+    tally.gain += BASE - best.true_value
 
 
-def sessions(rule: str, count: int, total_runs: int, settings: KeepRuleSettings,
+def sessions(rule: str, count: int, total_runs: int, rules: JudgeRules,
              drift_per_run: float, seed: int) -> Tally:
     rng = random.Random(seed)
     tally = Tally({m: 0 for m, _ in MIX}, {m: 0 for m, _ in MIX})
     for _ in range(count):
-        session(rule, total_runs, rng, settings, drift_per_run, tally)
+        session(rule, total_runs, rng, rules, drift_per_run, tally)
     return tally
 
 
@@ -181,15 +190,16 @@ def main() -> None:
     if args.quick:
         args.trials, args.sessions, args.runs = 500, 40, 30
     settings = KeepRuleSettings(k=args.k, max_candidate_runs=args.max_runs)
-    rules = (("today", "today's rule"),
+    rules = JudgeRules(keep=settings)
+    compared = (("today", "today's rule"),
              ("rule", f"keep rule k={settings.k:g}, <= {settings.max_candidate_runs} runs"))
 
     print(f"Part 1: one candidate against a fresh baseline of {BASELINE_RUNS} runs, "
           f"{args.trials} trials per cell")
     print("true improvement (sigma):     " + "".join(f"{'keep@' + format(d, 'g'):>10}"
                                                       for d in (0, 1, 2, 3)) + f"{'runs@0':>9}{'runs@2':>9}")
-    for rule, label in rules:
-        cells = [single(rule, d, args.trials, settings, args.seed + i)
+    for rule, label in compared:
+        cells = [single(rule, d, args.trials, rules, args.seed + i)
                  for i, d in enumerate((0.0, 1.0, 2.0, 3.0))]
         print(f"{label:<30}" + "".join(f"{rate:>10.1%}" for rate, _ in cells)
               + f"{cells[0][1]:>9.2f}{cells[2][1]:>9.2f}")
@@ -199,8 +209,8 @@ def main() -> None:
     print(f"{'rule':<30}{'drift/run':>10}{'cands':>7}{'false keeps':>13}{'of no-change':>14}"
           f"{'wins found':>12}{'gain sigma':>12}")
     for drift in (0.0, -0.02):
-        for rule, label in rules:
-            t = sessions(rule, args.sessions, args.runs, settings, drift, args.seed)
+        for rule, label in compared:
+            t = sessions(rule, args.sessions, args.runs, rules, drift, args.seed)
             wins = t.kept[2.0] / max(1, t.judged[2.0])
             no_wins = t.judged[0.0] + t.judged[-2.0]
             false = (t.kept[0.0] + t.kept[-2.0]) / max(1, no_wins)

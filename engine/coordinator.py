@@ -22,7 +22,7 @@ from concurrent.futures import Future
 from dataclasses import replace
 from typing import Callable
 
-from engine import planner, workers
+from engine import keep_rule, planner, workers
 from engine.agents.base import Agent
 from engine.commands import Command, CommandRefused
 from engine.decisions import DecisionsMixin
@@ -230,6 +230,8 @@ class Coordinator(DecisionsMixin, DraftingMixin, OutcomesMixin):
             noise_samples=len(values), noise_repeats=max(0, self.settings.noise_repeats),
             awaiting=tuple(planner.Awaiting(j.proposal_id, j.commit, j.need)
                            for j in loop.judging.values() if j.need != "human"),
+            best_rerun_due=keep_rule.should_rerun_best(self.runs_since_best_ran(),
+                                                       self.rules().keep),
             queue=tuple(loop.queue), pending=len(loop.review),
             drafts_ahead=self.settings.drafts_ahead,
             experiments_done=self.journal.experiment_count(),
@@ -303,7 +305,7 @@ class Coordinator(DecisionsMixin, DraftingMixin, OutcomesMixin):
                                                 RunStatus.CONFIRMING.value):
                 proposal = self.journal.get_proposal(row["proposal_id"])
                 loop.proposals[proposal.id] = proposal
-                need = "human" if held else self.need_of(row["proposal_id"])
+                need = "human" if held else self.need_of(row["commit_sha"])
                 loop.judging[proposal.id] = Judging(proposal.id, row["id"], row["commit_sha"],
                                                     need)
         if best:

@@ -22,6 +22,7 @@ from engine.records import (
     Decision,
     DecisionKind,
     Experiment,
+    KeepMeasure,
     Proposal,
     ProposalState,
     RunResult,
@@ -102,6 +103,17 @@ CREATE TABLE IF NOT EXISTS runs (
     finished_at REAL,
     confined INTEGER NOT NULL DEFAULT 1,       -- train.py ran under engine.confine
     metric_verified INTEGER NOT NULL DEFAULT 1 -- 0: val_bpb is train.py's own summary line
+);
+CREATE TABLE IF NOT EXISTS measures (          -- what the judge's last decision on a run rested on
+    run_id TEXT PRIMARY KEY REFERENCES runs(id),
+    n_best INTEGER NOT NULL,
+    best_mean REAL NOT NULL,
+    n_candidate INTEGER NOT NULL,
+    candidate_mean REAL NOT NULL,
+    sigma REAL,                                -- NULL while no commit has been run twice
+    noise_dof INTEGER NOT NULL,
+    improvement REAL NOT NULL,
+    margin REAL                                -- NULL without a sigma
 );
 CREATE TABLE IF NOT EXISTS session_state (
     key TEXT PRIMARY KEY,
@@ -377,11 +389,15 @@ class Journal:
 
     def finish_run(self, result: RunResult, finished_at: float | None = None, *,
                    proposal_state: ProposalState | None = None,
-                   settles: RunResult | None = None, state: dict | None = None) -> Experiment:
+                   settles: RunResult | None = None, state: dict | None = None,
+                   measure: KeepMeasure | None = None,
+                   measured_run: str | None = None) -> Experiment:
         """Store a run's outcome and return its experiments row, in one transaction with
         what follows from it: its proposal's new state (default: done, for an experiment),
         the final outcome of the experiment it confirmed (`settles`: status, val_bpb,
-        message and metrics of that experiment's run), and session state values."""
+        message and metrics of that experiment's run), the judge's figures for the
+        experiment judged (`measure`: of `measured_run`, default `settles`, else this run), and
+        session state values."""
         status = RunStatus(result.status)
         now = time.time() if finished_at is None else finished_at
         with self._lock:
@@ -395,12 +411,27 @@ class Journal:
             statements = [self._run_update(result, now)]
             if settles is not None:
                 statements.append(self._run_update(settles, now))
+            if measure is not None:
+                statements.append(self._measure_upsert(
+                    measured_run or (settles or result).run_id, measure))
             if proposal_state is not None and proposal_id is not None:
                 statements.append(("UPDATE proposals SET state = ? WHERE id = ?",
                                    (ProposalState(proposal_state).value, proposal_id)))
             statements += [self._state_upsert(k, v) for k, v in (state or {}).items()]
             self._write(*statements)
             return self.get_run(result.run_id)
+
+    def record_measure(self, run_id: str, measure: KeepMeasure) -> None:
+        """The judge's figures for an experiment still being confirmed (no run finished)."""
+        self._write(self._measure_upsert(run_id, measure))
+
+    @staticmethod
+    def _measure_upsert(run_id: str, m: KeepMeasure) -> tuple[str, tuple]:
+        return ("INSERT OR REPLACE INTO measures (run_id, n_best, best_mean, n_candidate,"
+                " candidate_mean, sigma, noise_dof, improvement, margin)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (run_id, m.n_best, m.best_mean, m.n_candidate, m.candidate_mean, m.sigma,
+                 m.noise_dof, m.improvement, m.margin))
 
     def settle_held(self, run_id: str, status: RunStatus, decision: Decision) -> Experiment:
         """A human's decision on a held win: its run becomes keep or discard, its proposal
@@ -665,8 +696,12 @@ SELECT r.*, p.hypothesis AS hypothesis, p.diff AS diff,
     (SELECT d.who FROM decisions d WHERE d.proposal_id = r.proposal_id AND d.kind != 'veto'
         ORDER BY d.id DESC LIMIT 1) AS decided_by,
     (SELECT d.edited_diff FROM decisions d WHERE d.proposal_id = r.proposal_id AND d.kind = 'edit'
-        ORDER BY d.id DESC LIMIT 1) AS human_edit_diff
-FROM runs r LEFT JOIN proposals p ON p.id = r.proposal_id"""
+        ORDER BY d.id DESC LIMIT 1) AS human_edit_diff,
+    m.n_best AS m_n_best, m.best_mean AS m_best_mean, m.n_candidate AS m_n_candidate,
+    m.candidate_mean AS m_candidate_mean, m.sigma AS m_sigma, m.noise_dof AS m_noise_dof,
+    m.improvement AS m_improvement, m.margin AS m_margin
+FROM runs r LEFT JOIN proposals p ON p.id = r.proposal_id
+    LEFT JOIN measures m ON m.run_id = r.id"""
 
 
 def _experiment(r: sqlite3.Row) -> Experiment:
@@ -677,7 +712,12 @@ def _experiment(r: sqlite3.Row) -> Experiment:
         val_bpb=r["val_bpb"], memory_gb=r["memory_gb"], description=r["description"],
         decided_by=r["decided_by"] or r["kind"], run_id=r["id"], started_at=r["started_at"],
         finished_at=r["finished_at"], log_path=r["log_path"], kind=r["kind"],
-        confined=bool(r["confined"]), metric_verified=bool(r["metric_verified"]))
+        confined=bool(r["confined"]),
+        metric_verified=bool(r["metric_verified"]), measure=None if r["m_n_best"] is None else
+        KeepMeasure(n_best=r["m_n_best"], best_mean=r["m_best_mean"],
+                    n_candidate=r["m_n_candidate"], candidate_mean=r["m_candidate_mean"],
+                    sigma=r["m_sigma"], noise_dof=r["m_noise_dof"],
+                    improvement=r["m_improvement"], margin=r["m_margin"]))
 
 
 def _proposal(r: sqlite3.Row) -> Proposal:

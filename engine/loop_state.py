@@ -49,7 +49,7 @@ class Judging:
     proposal_id: int
     run_id: str
     commit: str
-    need: str                        # "noise" | "confirm" | "human"
+    need: str                        # "best" | "candidate" (the run it waits for) | "human"
 
 
 @dataclass

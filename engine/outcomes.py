@@ -11,7 +11,7 @@ from __future__ import annotations
 import copy
 from dataclasses import replace
 
-from engine import judge, workers
+from engine import judge, keep_rule, workers
 from engine.events import (BestUpdated, NoiseFloor, ProposalReady, RunFinished, RunStarted,
                            WinHeld)
 from engine.journal import FAILED_STATUSES
@@ -19,7 +19,6 @@ from engine.loop_state import ActiveRun, Judging
 from engine.planner import RunPlan
 from engine.records import Decision, DecisionKind, Proposal, ProposalState, RunResult, RunStatus
 from engine.runner import Runner
-
 
 
 class OutcomesMixin:
@@ -124,14 +123,18 @@ class OutcomesMixin:
         self.reset_to_best()
 
     def on_measurement(self, done: workers.RunDone, state: dict, measured: bool) -> None:
+        """The baseline, or a run of the best again: a noise repeat, a confirmation that
+        re-runs the best, or a re-run that follows drift."""
         plan, result = done.plan, done.result
         if measured and plan.kind == "noise":
-            result.status = RunStatus.DISCARD          # a noise repeat only measures
-        samples = self.noise_values() + ([result.val_bpb] if measured else [])
-        complete = measured and len(samples) >= 1 + self.settings.noise_repeats > 1 and \
-            self.journal.get_state("noise_floor") is None
-        if complete:
-            state["noise_floor"] = max(samples) - min(samples)
+            result.status = RunStatus.DISCARD          # a run of the best only measures
+        noise = None
+        if measured:
+            groups = self.run_groups()
+            groups.setdefault(done.commit, []).append(result.val_bpb)
+            noise = keep_rule.pooled_noise(groups.values())
+            if noise.sigma is not None:
+                state["noise_floor"] = noise.sigma
         experiment = self.journal.finish_run(result, state=state)
         if measured and plan.kind == "baseline":
             self.emit(BestUpdated(done.commit, result.val_bpb, experiment.id))
@@ -140,11 +143,12 @@ class OutcomesMixin:
             self.notice("error", f"the {plan.label} did not train: {result.message}",
                         "read its log, fix train.py or the data, then press p to resume")
             self.pause(f"the {plan.label} failed")
-        if complete:
-            self.emit(NoiseFloor(state["noise_floor"], samples))
-            for waiting in list(self.loop.judging.values()):
-                if waiting.need == "noise":
-                    self.judge_again(waiting)
+            return
+        if noise.sigma is not None:
+            self.emit(NoiseFloor(noise.sigma, self.run_groups()[done.commit]))
+        for waiting in list(self.loop.judging.values()):
+            if waiting.need == "best":
+                self.rejudge(waiting, None)
 
     def on_experiment(self, done: workers.RunDone, state: dict, measured: bool) -> None:
         result, proposal_id = done.result, done.plan.proposal_id
@@ -155,88 +159,99 @@ class OutcomesMixin:
             loop.proposals.pop(proposal_id, None)
             self.emit(RunFinished(experiment, result))
             return
+        # a result no better than the best is discarded here, before any noise estimate
         verdict = judge.judge([result.val_bpb], self.best_runs(), self.noise(), self.rules())
-        if verdict.verdict in (judge.Verdict.CONFIRM, judge.Verdict.NEED_NOISE):
+        result.message = verdict.reason
+        if verdict.verdict is judge.Verdict.CONFIRM:
             result.status = RunStatus.CONFIRMING
-            result.message = verdict.reason
             experiment = self.journal.finish_run(result, proposal_state=ProposalState.TRAINING,
-                                                 state=state)
+                                                 state=state, measure=verdict.measure)
             loop.proposals[proposal_id].state = ProposalState.TRAINING
-            need = "noise" if verdict.verdict is judge.Verdict.NEED_NOISE else "confirm"
-            loop.judging[proposal_id] = Judging(proposal_id, done.run_id, done.commit, need)
+            loop.judging[proposal_id] = Judging(proposal_id, done.run_id, done.commit,
+                                                verdict.rerun)
             self.emit(RunFinished(experiment, result))
-            self.notice("info", verdict.reason)
+            self.notice("info", f"#{proposal_id}: {verdict.reason}")
             return
         result.status = RunStatus.KEEP if verdict.verdict is judge.Verdict.KEEP \
             else RunStatus.DISCARD
-        experiment = self.journal.finish_run(result, state=state)
+        experiment = self.journal.finish_run(result, state=state, measure=verdict.measure)
         loop.proposals.pop(proposal_id, None)
         self.emit(RunFinished(experiment, result))
         if result.status is RunStatus.KEEP:
             self.became_best(done.commit, result.val_bpb, experiment.id)
 
     def on_rerun(self, done: workers.RunDone, state: dict, measured: bool) -> None:
-        result, proposal_id = done.result, done.plan.proposal_id
-        waiting = self.loop.judging[proposal_id]
-        first = self.journal.get_run(waiting.run_id)
-        row = next(r for r in self.journal.run_rows() if r["id"] == waiting.run_id)
-        settled = RunResult(run_id=waiting.run_id, status=RunStatus.DISCARD,
-                            val_bpb=first.val_bpb, memory_gb=row["memory_gb"],
-                            training_seconds=row["training_seconds"],
-                            total_seconds=row["total_seconds"], num_steps=row["num_steps"],
-                            total_tokens=row["total_tokens"], num_params=row["num_params"],
-                            device=row["device"], metrics=dict(row["metrics"]))
+        result, waiting = done.result, self.loop.judging[done.plan.proposal_id]
         if measured:
             result.status = RunStatus.DISCARD          # the re-run only measures
-            runs = self.candidate_runs(proposal_id) + [result.val_bpb]
-            verdict = judge.judge(runs, self.best_runs(), self.noise(), self.rules())
-            settled.metrics["first_val_bpb"] = runs[0]
-            settled.metrics["rerun_val_bpb"] = result.val_bpb
-            settled.val_bpb = verdict.value
-            settled.message = verdict.reason
-            settled.status = {judge.Verdict.KEEP: RunStatus.KEEP,
-                              judge.Verdict.HOLD: RunStatus.HELD}.get(verdict.verdict,
-                                                                      RunStatus.DISCARD)
-        else:
-            settled.message = "the re-run to confirm a win did not produce a metric"
-        held = settled.status is RunStatus.HELD
-        proposal_state = ProposalState.HELD if held else ProposalState.DONE
-        rerun = self.journal.finish_run(result, proposal_state=proposal_state, settles=settled,
-                                        state=state)
-        experiment = self.journal.get_run(waiting.run_id)
+            self.rejudge(waiting, result, state)
+            return
+        settled = self.settled_result(waiting, RunStatus.DISCARD,
+                                      "the re-run to confirm a win did not produce a metric")
+        rerun = self.journal.finish_run(result, proposal_state=ProposalState.DONE,
+                                        settles=settled, state=state)
         self.emit(RunFinished(rerun, result))
+        self.emit(RunFinished(self.journal.get_run(waiting.run_id), settled))
+        self.loop.judging.pop(waiting.proposal_id, None)
+        self.loop.proposals.pop(waiting.proposal_id, None)
+
+    def rejudge(self, waiting: Judging, rerun: RunResult | None, state: dict | None = None
+                ) -> None:
+        """Judge a waiting experiment again, after a re-run of it (`rerun`, not yet in the
+        journal) or of the best (already there)."""
+        runs = self.candidate_runs(waiting.commit) + ([rerun.val_bpb] if rerun else [])
+        best_runs = self.best_runs()
+        groups = self.run_groups()
+        if rerun is not None:
+            groups.setdefault(waiting.commit, []).append(rerun.val_bpb)
+        verdict = judge.judge(runs, best_runs, keep_rule.pooled_noise(groups.values()),
+                              self.rules())
+        if verdict.verdict is judge.Verdict.CONFIRM:
+            waiting.need = verdict.rerun
+            if rerun is None:
+                self.journal.record_measure(waiting.run_id, verdict.measure)
+            else:
+                finished = self.journal.finish_run(
+                    rerun, proposal_state=ProposalState.TRAINING, state=state,
+                    measure=verdict.measure, measured_run=waiting.run_id)
+                self.emit(RunFinished(finished, rerun))
+            self.notice("info", f"#{waiting.proposal_id}: {verdict.reason}")
+            return
+        status = {judge.Verdict.KEEP: RunStatus.KEEP,
+                  judge.Verdict.HOLD: RunStatus.HELD}.get(verdict.verdict, RunStatus.DISCARD)
+        settled = self.settled_result(waiting, status, verdict.reason)
+        settled.val_bpb = verdict.value
+        settled.metrics["first_val_bpb"] = runs[0]
+        held = status is RunStatus.HELD
+        proposal_state = ProposalState.HELD if held else ProposalState.DONE
+        if rerun is None:
+            self.journal.finish_run(settled, proposal_state=proposal_state,
+                                    measure=verdict.measure)
+        else:
+            finished = self.journal.finish_run(rerun, proposal_state=proposal_state,
+                                               settles=settled, state=state,
+                                               measure=verdict.measure)
+            self.emit(RunFinished(finished, rerun))
+        experiment = self.journal.get_run(waiting.run_id)
         self.emit(RunFinished(experiment, settled))
         if held:
             self.hold(waiting, settled)
             return
-        self.loop.judging.pop(proposal_id, None)
-        self.loop.proposals.pop(proposal_id, None)
-        if settled.status is RunStatus.KEEP:
-            self.became_best(waiting.commit, settled.val_bpb, experiment.id)
-
-    def judge_again(self, waiting) -> None:
-        """The noise floor a waiting win needed is measured: judge it now."""
-        experiment = self.journal.get_run(waiting.run_id)
-        verdict = judge.judge(self.candidate_runs(waiting.proposal_id), self.best_runs(),
-                              self.noise(), self.rules())
-        if verdict.verdict is judge.Verdict.CONFIRM:
-            waiting.need = "confirm"
-            self.notice("info", verdict.reason)
-            return
-        row = next(r for r in self.journal.run_rows() if r["id"] == waiting.run_id)
-        settled = RunResult(run_id=waiting.run_id, status=RunStatus.KEEP if verdict.verdict is
-                            judge.Verdict.KEEP else RunStatus.DISCARD, val_bpb=experiment.val_bpb,
-                            memory_gb=row["memory_gb"], training_seconds=row["training_seconds"],
-                            total_seconds=row["total_seconds"], num_steps=row["num_steps"],
-                            total_tokens=row["total_tokens"], num_params=row["num_params"],
-                            device=row["device"], message=verdict.reason,
-                            metrics=dict(row["metrics"]))
-        experiment = self.journal.finish_run(settled, proposal_state=ProposalState.DONE)
         self.loop.judging.pop(waiting.proposal_id, None)
         self.loop.proposals.pop(waiting.proposal_id, None)
-        self.emit(RunFinished(experiment, settled))
-        if settled.status is RunStatus.KEEP:
+        if status is RunStatus.KEEP:
             self.became_best(waiting.commit, settled.val_bpb, experiment.id)
+
+    def settled_result(self, waiting: Judging, status: RunStatus, message: str) -> RunResult:
+        """The waiting experiment's run as recorded, with its final status and message."""
+        row = next(r for r in self.journal.run_rows() if r["id"] == waiting.run_id)
+        return RunResult(run_id=waiting.run_id, status=status, val_bpb=row["val_bpb"],
+                         memory_gb=row["memory_gb"], training_seconds=row["training_seconds"],
+                         total_seconds=row["total_seconds"], num_steps=row["num_steps"],
+                         total_tokens=row["total_tokens"], num_params=row["num_params"],
+                         device=row["device"], message=message, metrics=dict(row["metrics"]),
+                         confined=bool(row["confined"]),
+                         metric_verified=bool(row["metric_verified"]))
 
     def hold(self, waiting, settled: RunResult) -> None:
         """An unusually large win waits for a human, in every mode."""
@@ -269,40 +284,55 @@ class OutcomesMixin:
 
     def rules(self) -> judge.JudgeRules:
         s = self.settings
-        return judge.JudgeRules(rerun_small_wins=s.rerun_small_wins,
-                                noise_gate=s.noise_repeats > 0,
-                                large_win_floors=s.large_win_floors,
-                                large_win_fraction=s.large_win_fraction)
+        return judge.JudgeRules(
+            keep=keep_rule.KeepRuleSettings(k=s.keep_k, max_candidate_runs=s.max_candidate_runs,
+                                            min_best_runs=s.min_best_runs,
+                                            best_rerun_every=s.best_rerun_every),
+            large_win_sigmas=s.large_win_sigmas, large_win_fraction=s.large_win_fraction)
 
-    def noise(self) -> float | None:
-        return self.journal.get_state("noise_floor")
+    def run_groups(self) -> dict[str, list[float]]:
+        """Every measured val_bpb, grouped by commit in run order: the runs of one commit
+        are repeats of each other (the baseline and its repeats, an experiment and its
+        confirmations, the best and its re-runs)."""
+        failed = {s.value for s in FAILED_STATUSES}
+        groups: dict[str, list[float]] = {}
+        for r in self.journal.run_rows():
+            if r["val_bpb"] is None or r["status"] in failed:
+                continue
+            # a settled experiment's row holds the mean of its runs; its own run is kept apart
+            value = r["metrics"].get("first_val_bpb", r["val_bpb"]) \
+                if r["kind"] == "experiment" else r["val_bpb"]
+            groups.setdefault(r["commit_sha"], []).append(value)
+        return groups
 
-    def noise_values(self) -> list[float]:
-        return [r["val_bpb"] for r in self.journal.run_rows()
-                if r["kind"] in ("baseline", "noise") and r["val_bpb"] is not None
-                and r["status"] in (RunStatus.KEEP.value, RunStatus.DISCARD.value)]
+    def noise(self) -> keep_rule.Noise:
+        return keep_rule.pooled_noise(self.run_groups().values())
 
-    def candidate_runs(self, proposal_id: int) -> list[float]:
-        """The measured runs of a proposal's experiment: its first run, then its re-runs."""
-        rows = [r for r in self.journal.run_rows() if r["proposal_id"] == proposal_id
-                and r["val_bpb"] is not None and r["status"] not in
-                [s.value for s in FAILED_STATUSES]]
-        first = [r["metrics"].get("first_val_bpb", r["val_bpb"]) for r in rows
-                 if r["kind"] == "experiment"]
-        return first[-1:] + [r["val_bpb"] for r in rows if r["kind"] == "rerun"]
+    def candidate_runs(self, commit: str) -> list[float]:
+        """The measured runs of an experiment's commit: its first run, then its re-runs."""
+        return self.run_groups().get(commit, [])
 
     def best_runs(self) -> list[float]:
-        """The runs the best's value stands on."""
+        """Every run of the best commit: the runs it was kept on and its re-runs since."""
         best = self.journal.best()
-        if best.proposal_id is None:
-            return [best.val_bpb]
-        return self.candidate_runs(best.proposal_id) or [best.val_bpb]
+        return self.run_groups().get(best.commit) or [best.val_bpb]
 
-    def need_of(self, proposal_id: int) -> str:
-        """What a restored, undecided experiment waits for."""
-        verdict = judge.judge(self.candidate_runs(proposal_id), self.best_runs(), self.noise(),
+    def runs_since_best_ran(self) -> int:
+        """Candidate runs judged against the best since the best itself last ran."""
+        best = self.journal.best()
+        count = 0
+        for r in self.journal.run_rows():
+            if best is not None and r["commit_sha"] == best.commit:
+                count = 0
+            elif r["kind"] in ("experiment", "rerun") and r["val_bpb"] is not None:
+                count += 1
+        return count
+
+    def need_of(self, commit: str) -> str:
+        """Which run a restored, undecided experiment waits for: the best's or its own."""
+        verdict = judge.judge(self.candidate_runs(commit), self.best_runs(), self.noise(),
                               self.rules())
-        return "noise" if verdict.verdict is judge.Verdict.NEED_NOISE else "confirm"
+        return verdict.rerun or "candidate"
 
 
 def commit_message(proposal: Proposal, decision: Decision | None) -> str:

@@ -4,9 +4,10 @@ One trainer slot, one drafter. The order of runs gives a new user a judged exper
 two runs without giving up the noise gate (issue 12):
 
 1. the baseline;
-2. the judge's needs first: a noise repeat when a candidate win waits for a noise floor, a
-   re-run when a win must be confirmed;
-3. the next accepted proposal (a result worse than the best needs no noise floor);
+2. the judge's needs first: a win inside the keep rule's margin is confirmed by a run of the
+   best (which also measures the noise) or of the candidate, as the judge asked;
+3. the next accepted proposal (a result no better than the best needs no noise estimate),
+   after a re-run of the best when one is due to follow drift;
 4. with nothing else to train, the remaining noise repeats, so the accelerator works while
    the human reviews or the agent drafts.
 """
@@ -22,7 +23,7 @@ class Awaiting:
 
     proposal_id: int
     commit: str
-    need: str                        # "noise" | "confirm"
+    need: str                        # "best" | "candidate": the run the judge asked for
 
 
 @dataclass(frozen=True)
@@ -38,6 +39,7 @@ class LoopView:
     noise_samples: int = 0           # baseline and noise-repeat values measured
     noise_repeats: int = 0           # wanted beyond the baseline
     awaiting: tuple[Awaiting, ...] = ()
+    best_rerun_due: bool = False     # keep_rule.should_rerun_best: the best runs again first
     queue: tuple[int, ...] = ()      # accepted proposals, in order
     pending: int = 0                 # proposals waiting for review
     drafts_ahead: int = 1
@@ -71,13 +73,16 @@ def next_run(view: LoopView) -> RunPlan | None:
     if not view.has_baseline:
         return RunPlan("baseline", view.best_commit, None, "baseline")
     for waiting in view.awaiting:
-        if waiting.need == "noise" and not view.noise_measured:
-            return _noise(view)
+        if waiting.need == "best":
+            return RunPlan("noise", view.best_commit, None,
+                           f"re-run of the best to judge #{waiting.proposal_id}")
     for waiting in view.awaiting:
-        if waiting.need == "confirm":
+        if waiting.need == "candidate":
             return RunPlan("rerun", waiting.commit, waiting.proposal_id,
                            f"re-run of #{waiting.proposal_id} to confirm a win")
     if view.queue and not view.cap_reached:
+        if view.best_rerun_due:
+            return RunPlan("noise", view.best_commit, None, "re-run of the best to follow drift")
         return RunPlan("experiment", "", view.queue[0], "")
     if not view.noise_measured and not view.cap_reached:
         return _noise(view)

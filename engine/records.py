@@ -131,6 +131,34 @@ def integrity_label(confined: bool, metric_verified: bool) -> str:
 
 
 @dataclass
+class KeepMeasure:
+    """What a keep decision rested on (engine/keep_rule.py): the runs of the best and of the
+    candidate, the pooled noise sigma and the margin the improvement had to clear."""
+
+    n_best: int
+    best_mean: float
+    n_candidate: int
+    candidate_mean: float
+    sigma: float | None            # None while no commit has been run twice
+    noise_dof: int
+    improvement: float             # best_mean - candidate_mean: positive is better
+    margin: float | None           # None without a sigma
+
+    @property
+    def sigmas(self) -> float | None:
+        """The improvement in units of sigma."""
+        return self.improvement / self.sigma if self.sigma else None
+
+    def describe(self) -> str:
+        """'n=3 mean 0.991200 sigma 0.002100 margin 0.004300 (+2.4 sigma)'."""
+        sigma = "sigma n/a" if self.sigma is None else f"sigma {self.sigma:.6f}"
+        margin = "" if self.margin is None else f" margin {self.margin:.6f}"
+        sigmas = "" if self.sigmas is None else f" ({self.sigmas:+.1f} sigma)"
+        return (f"n={self.n_candidate} mean {self.candidate_mean:.6f} vs best "
+                f"{self.best_mean:.6f} (n={self.n_best}), {sigma}{margin}{sigmas}")
+
+
+@dataclass
 class Experiment:
     """One row of the experiments table: a proposal that trained (or the baseline)."""
 
@@ -150,6 +178,7 @@ class Experiment:
     speculative: bool = False        # trained before a human accepted it
     confined: bool = True
     metric_verified: bool = True
+    measure: KeepMeasure | None = None   # the judge's figures, for a judged experiment
 
     @property
     def integrity_label(self) -> str:

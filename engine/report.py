@@ -10,7 +10,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
 from engine.journal import FAILED_STATUSES, Journal, Totals
-from engine.records import Experiment, RunStatus
+from engine.records import Experiment, KeepMeasure, RunStatus
 
 PNG_NAME = "progress.png"
 MD_NAME = "report.md"
@@ -197,15 +197,21 @@ def markdown(summary: Summary, png_name: str) -> str:
     lines += ["", "## Kept changes", ""]
     kept = summary.kept_changes()
     if kept:
-        lines += ["| # | commit | val_bpb | change | decided by | description |",
-                  "|---:|---|---:|---:|---|---|"]
+        lines += ["| # | commit | val_bpb | change | n | best (n) | sigma | margin "
+                  "| decided by | description |",
+                  "|---:|---|---:|---:|---:|---:|---:|---:|---|---|"]
         previous = summary.baseline.val_bpb if summary.baseline is not None else None
         for e in kept:
             change = f"{e.val_bpb - previous:+.6f}" if previous is not None else ""
             label = f" ({e.integrity_label})" if e.integrity_label else ""
             lines.append(f"| {e.id} | `{e.commit[:7]}` | {e.val_bpb:.6f}{label} | {change} | "
-                         f"{e.decided_by} | {_cell(e.description)} |")
+                         f"{_measure_cells(e.measure)} | {e.decided_by} | "
+                         f"{_cell(e.description)} |")
             previous = e.val_bpb
+        lines += ["", "n: runs of the change (val_bpb is their mean); best (n): the mean of "
+                  "the best it was judged against and its runs; sigma: the run-to-run noise "
+                  "pooled over every repeated commit; margin: the improvement it had to clear "
+                  "(k standard errors of the difference)."]
     else:
         lines.append("No change kept yet.")
 
@@ -221,6 +227,16 @@ def markdown(summary: Summary, png_name: str) -> str:
         lines.append(f"- Wall clock, first run start to last run end: "
                      f"{_duration(t.last_finished_at - t.first_started_at)}")
     return "\n".join(lines) + "\n"
+
+
+def _measure_cells(m: KeepMeasure | None) -> str:
+    """n | best (n) | sigma | margin, as the judge recorded them; blank where it did not
+    (a journal from before the keep rule)."""
+    if m is None:
+        return "— | — | — | —"
+    sigma = "—" if m.sigma is None else f"{m.sigma:.6f}"
+    margin = "—" if m.margin is None else f"{m.margin:.6f}"
+    return f"{m.n_candidate} | {m.best_mean:.6f} ({m.n_best}) | {sigma} | {margin}"
 
 
 def _shorten(text: str) -> str:

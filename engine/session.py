@@ -34,9 +34,12 @@ class SessionSettings:
     max_cost: float | None = None         # USD of agent tokens, then stop
     max_hours: float | None = None        # wall-clock hours, then stop
     drafts_ahead: int = 1                 # proposals kept ready ahead of the trainer
-    noise_repeats: int = 2                # extra baseline runs to measure the noise floor
-    rerun_small_wins: bool = True         # re-run a win smaller than the noise floor
-    large_win_floors: float | None = 20.0   # a win above this many noise floors waits for a human
+    noise_repeats: int = 2                # baseline repeats run while the trainer is idle
+    keep_k: float = 2.0                   # a keep clears k standard errors of the difference
+    max_candidate_runs: int = 8           # runs of one candidate, its confirmations included
+    min_best_runs: int = 6                # confirmations re-run the best up to this many runs
+    best_rerun_every: int = 10            # candidate runs between re-runs of the best (drift)
+    large_win_sigmas: float | None = 20.0   # a win above this many sigma waits for a human
     large_win_fraction: float | None = 0.05  # ...as does one above this fraction of val_bpb
     agent_backoff_s: float = 5.0          # auto mode: first wait after an agent failure
     device: str | None = None             # cpu | cuda | mps; None: the harness decides

@@ -25,6 +25,7 @@ from engine.journal import (
 from engine.records import (
     Decision,
     DecisionKind,
+    KeepMeasure,
     Proposal,
     ProposalState,
     RunResult,
@@ -387,3 +388,39 @@ def test_report_reader_in_another_process_sees_committed_rows(tmp_path, journal)
         capture_output=True, text=True, env=dict(os.environ, PYTHONPATH=str(REPO_ROOT)),
         check=True)
     assert json.loads(reader.stdout) == [1.25]
+
+
+def test_a_decision_records_n_means_sigma_and_margin_as_a_typed_record(tmp_path, journal):
+    """Issue 12 item 2: stored as numbers, not written into the message and parsed back."""
+    journal.start_run("exp", "1" * 40, "experiment")
+    journal.start_run("again", "1" * 40, "rerun")
+    first = KeepMeasure(n_best=1, best_mean=1.0, n_candidate=1, candidate_mean=0.99,
+                        sigma=None, noise_dof=0, improvement=0.01, margin=None)
+    row = journal.finish_run(RunResult(run_id="exp", status=RunStatus.CONFIRMING,
+                                       val_bpb=0.99), measure=first)
+    assert row.measure == first and row.measure.sigmas is None
+    # the re-run's outcome settles the experiment; the measure goes to the experiment's row
+    final = KeepMeasure(n_best=2, best_mean=1.0005, n_candidate=2, candidate_mean=0.998,
+                        sigma=0.0005, noise_dof=2, improvement=0.0025, margin=0.002244)
+    journal.finish_run(RunResult(run_id="again", status=RunStatus.DISCARD, val_bpb=0.996),
+                       settles=RunResult(run_id="exp", status=RunStatus.KEEP, val_bpb=0.998),
+                       measure=final)
+    assert journal.get_run("exp").measure == final
+    assert journal.get_run("again").measure is None
+    assert final.sigmas == pytest.approx(5.0)
+    assert final.describe() == ("n=2 mean 0.998000 vs best 1.000500 (n=2), sigma 0.000500 "
+                                "margin 0.002244 (+5.0 sigma)")
+    journal.close()
+    with Journal(journal_path(tmp_path)) as again:
+        assert [e.measure for e in again.experiments()] == [final, None]
+
+
+def test_a_journal_from_before_the_keep_rule_opens_with_no_measures(tmp_path):
+    path = journal_path(tmp_path)
+    with Journal(path) as j:
+        j.start_run("b", "0" * 40, "baseline")
+        finish(j, "b", RunStatus.KEEP, 1.0)
+    with sqlite3.connect(path) as db:
+        db.execute("DROP TABLE measures")
+    with Journal(path) as j:
+        assert [e.measure for e in j.experiments()] == [None]

@@ -38,18 +38,27 @@ def test_after_the_baseline_the_first_proposal_trains_before_the_noise_repeats()
     assert (plan.kind, plan.proposal_id) == ("experiment", 7)
 
 
-def test_a_candidate_win_gets_its_noise_repeats_before_anything_else():
+def test_a_win_waiting_for_the_best_runs_the_best_before_anything_else():
     view = replace(READY, has_baseline=True, noise_samples=1, queue=(8,),
-                   awaiting=(Awaiting(7, "c" * 40, "noise"),))
+                   awaiting=(Awaiting(7, "c" * 40, "best"),))
     plan = next_run(view)
-    assert (plan.kind, plan.commit, plan.label) == ("noise", "b" * 40, "noise repeat 1 of 2")
+    assert (plan.kind, plan.commit, plan.proposal_id, plan.label) == (
+        "noise", "b" * 40, None, "re-run of the best to judge #7")
 
 
 def test_a_confirmation_rerun_comes_before_the_next_proposal():
     view = replace(READY, has_baseline=True, noise_samples=3, queue=(8,),
-                   awaiting=(Awaiting(7, "c" * 40, "confirm"),))
+                   awaiting=(Awaiting(7, "c" * 40, "candidate"),))
     plan = next_run(view)
     assert (plan.kind, plan.commit, plan.proposal_id) == ("rerun", "c" * 40, 7)
+
+
+def test_a_due_rerun_of_the_best_comes_before_the_next_proposal():
+    view = replace(READY, has_baseline=True, noise_samples=3, queue=(8,), best_rerun_due=True)
+    plan = next_run(view)
+    assert (plan.kind, plan.commit, plan.label) == (
+        "noise", "b" * 40, "re-run of the best to follow drift")
+    assert next_run(replace(view, queue=())) is None     # only before an experiment
 
 
 def test_noise_repeats_fill_the_idle_trainer_and_stop_once_measured():
@@ -60,7 +69,7 @@ def test_noise_repeats_fill_the_idle_trainer_and_stop_once_measured():
 
 def test_a_whole_session_order_a_loss_then_a_small_win():
     """baseline, a losing experiment (judged at once), then, with the next proposal a win,
-    the noise repeats it needs, its re-run, and only then the idle noise work is done."""
+    the run of the best it needs, its own re-run, and only then the idle noise work."""
     def outcomes(view, plan):
         if plan.kind == "baseline":
             return replace(view, has_baseline=True, noise_samples=1, queue=(1, 2))
@@ -68,21 +77,20 @@ def test_a_whole_session_order_a_loss_then_a_small_win():
             return replace(view, queue=(2,), experiments_done=1)          # worse: discarded
         if plan.kind == "experiment":
             return replace(view, queue=(), experiments_done=2,
-                           awaiting=(Awaiting(2, "c" * 40, "noise"),))
+                           awaiting=(Awaiting(2, "c" * 40, "best"),))
         if plan.kind == "noise":
-            samples = view.noise_samples + 1
-            awaiting = (Awaiting(2, "c" * 40, "confirm"),) if samples == 3 else view.awaiting
-            return replace(view, noise_samples=samples, awaiting=awaiting)
+            awaiting = (Awaiting(2, "c" * 40, "candidate"),) if view.awaiting else ()
+            return replace(view, noise_samples=view.noise_samples + 1, awaiting=awaiting)
         return replace(view, awaiting=())                                  # rerun: decided
     assert kinds_until_idle(READY, outcomes) == [
-        "baseline", "experiment", "experiment", "noise", "noise", "rerun"]
+        "baseline", "experiment", "experiment", "noise", "rerun", "noise"]
 
 
 def test_the_cap_stops_experiments_and_idle_noise_but_not_an_open_judgment():
     view = replace(READY, has_baseline=True, noise_samples=1, queue=(3,), experiments_done=1,
                    max_experiments=1)
     assert next_run(view) is None and cap_stop(view)
-    judging = replace(view, awaiting=(Awaiting(2, "c" * 40, "noise"),))
+    judging = replace(view, awaiting=(Awaiting(2, "c" * 40, "best"),))
     assert next_run(judging).kind == "noise" and not cap_stop(judging)
     assert not cap_stop(replace(view, has_baseline=False))
 

@@ -7,7 +7,8 @@ import struct
 import pytest
 
 from engine.journal import Journal, journal_path
-from engine.records import Decision, DecisionKind, Proposal, RunResult, RunStatus, Usage
+from engine.records import (Decision, DecisionKind, KeepMeasure, Proposal, RunResult, RunStatus,
+                            Usage)
 from engine.report import summarize, write_report
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
@@ -20,7 +21,7 @@ def png_size(path) -> tuple[int, int]:
 
 
 def add_run(journal, kind, commit, status, val_bpb, description="", proposal_id=None,
-            at=0.0, training_seconds=300.0):
+            at=0.0, training_seconds=300.0, measure=None):
     run_id = f"run-{commit}-{kind}-{at}"
     journal.start_run(run_id, commit * 40, kind, proposal_id=proposal_id,
                       description=description, started_at=at)
@@ -28,7 +29,7 @@ def add_run(journal, kind, commit, status, val_bpb, description="", proposal_id=
                                  memory_gb=1.5 if val_bpb else 0.0,
                                  training_seconds=training_seconds,
                                  total_seconds=training_seconds + 20),
-                       finished_at=at + training_seconds + 20)
+                       finished_at=at + training_seconds + 20, measure=measure)
 
 
 def add_proposal(journal, description, decision, who="human", cost=0.10, reason="",
@@ -55,7 +56,10 @@ def session(journal):
     add_run(journal, "noise", "0", RunStatus.DISCARD, 1.002000, at=400)
     add_run(journal, "noise", "0", RunStatus.DISCARD, 0.999000, at=800)
     lr = add_proposal(journal, "raise matrix LR to 0.04", DecisionKind.ACCEPT)
-    add_run(journal, "experiment", "1", RunStatus.KEEP, 0.990000, proposal_id=lr, at=1200)
+    add_run(journal, "experiment", "1", RunStatus.KEEP, 0.990000, proposal_id=lr, at=1200,
+            measure=KeepMeasure(n_best=3, best_mean=1.000333, n_candidate=1,
+                                candidate_mean=0.99, sigma=0.001528, noise_dof=2,
+                                improvement=0.010333, margin=0.007929))
     gelu = add_proposal(journal, "switch | ReLU² to GeLU", DecisionKind.ACCEPT, who="auto")
     add_run(journal, "experiment", "2", RunStatus.DISCARD, 0.995000, proposal_id=gelu, at=1600)
     wide = add_proposal(journal, "double the MLP width", DecisionKind.ACCEPT)
@@ -89,8 +93,10 @@ def test_report_writes_a_png_and_markdown_with_the_right_numbers(tmp_path, sessi
     assert "- Noise band: 0.999000 – 1.002000 (spread 0.003000)" in text
     kept_table = text[text.index("## Kept changes"):text.index("## Cost")]
     assert kept_table.index("raise matrix LR to 0.04") < kept_table.index("depth 6 with")
-    assert "| 4 | `1111111` | 0.990000 | -0.010000 | human | raise matrix LR to 0.04 |" in text
-    assert "| 7 | `4444444` | 0.975000 | -0.015000 | human |" in text
+    # beside each keep, what the judge rested it on: n, the best's mean (n), sigma, margin
+    assert ("| 4 | `1111111` | 0.990000 | -0.010000 | 1 | 1.000333 (3) | 0.001528 | 0.007929 "
+            "| human | raise matrix LR to 0.04 |") in text
+    assert "| 7 | `4444444` | 0.975000 | -0.015000 | — | — | — | — | human |" in text
     assert "GeLU" not in kept_table and "remove the warmup" not in text
     assert "- Agent cost: $0.50 over 5 proposals" in text
     assert "- Tokens: 50,000 input, 10,000 output, 25,000 cache read, 5,000 cache write" in text

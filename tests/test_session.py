@@ -170,7 +170,18 @@ def test_headless_on_a_fresh_dir_ends_with_results_and_branch_on_best(tmp_path, 
     assert Workspace.open(ws.root).head() == journal.best().commit
     import json
     types = [json.loads(line)["type"] for line in out.splitlines()]
-    assert types.count("run_finished") == 4 and types[-1] == "stopped"
+    # the baseline and 3 experiments, plus any runs the keep rule asked for to confirm a win
+    # (re-runs of the best, of the candidate), each finished once, and a settled experiment
+    # finished again with its outcome
+    kinds = [r["kind"] for r in journal.run_rows()]
+    assert (kinds.count("baseline"), kinds.count("experiment")) == (1, 3)
+    settled = sum(1 for r in journal.run_rows() if r["kind"] == "experiment"
+                  and any(k["kind"] in ("noise", "rerun") and k["experiment"] > r["experiment"]
+                          for k in journal.run_rows()))
+    assert len(kinds) <= types.count("run_finished") <= len(kinds) + settled
+    assert types[-1] == "stopped"
+    t = journal.totals()
+    assert t.experiments == t.kept + t.discarded + t.crashed + t.vetoed == 3
 
 
 def test_headless_review_mode_takes_decisions_on_stdin(tiny_workspace, dataset_dir):

@@ -17,7 +17,7 @@ from textual.widgets import DataTable, Input
 
 from engine.events import (DeviceSample, LiveLine, LogLines, ProposalReady, ReasoningDelta,
                            RunFinished, RunStarted, StateChanged)
-from engine.records import ProposalState, RunResult, RunStatus
+from engine.records import KeepMeasure, ProposalState, RunResult, RunStatus
 from test_tui_support import (T0, ScriptedSession, experiment, history_events, pilot_test,
                               proposal)
 from tui.app import PairlabApp
@@ -304,10 +304,13 @@ async def test_run_finished_adds_a_table_row_and_a_chart_point(session):
         assert str(data.get_cell("r1", "Δ best")) == "best"
         assert chart.live_run_id == "r4" and chart.best_run_id == "r1"
         done = experiment(4, "r4", RunStatus.KEEP, 1.4300, "raise the learning rate", "efa5678")
+        done.measure = KeepMeasure(n_best=3, best_mean=1.4425, n_candidate=2,
+                                   candidate_mean=1.43, sigma=0.0025, noise_dof=3,
+                                   improvement=0.0125, margin=0.0081)
         session.emit_from_thread([RunFinished(done, RunResult("r4", RunStatus.KEEP, 1.43), at=T0)])
         await settle(pilot)
         assert data.row_count == 5 and len(chart.experiments) == 5
-        assert str(data.get_cell("r4", "status")) == "keep"
+        assert str(data.get_cell("r4", "status")) == "keep 5.0σ"     # the win in pooled sigma
         assert chart.live_run_id is None
         assert app.main.log_panel.log.lines[-1].startswith("── keep · val_bpb 1.430000")
 

@@ -441,8 +441,10 @@ class MainScreen(Screen):
             return
         path = experiment.log_path or str(self.session.log_path(experiment.id))
         number = "—" if experiment.id is None or experiment.id < 0 else f"#{experiment.id}"
+        judged = f" · {experiment.measure.describe()}" if experiment.measure else ""
         self.app.push_screen(LogViewerScreen(
-            f"run {experiment.run_id} · experiment {number} · {experiment.description}", Path(path)))
+            f"run {experiment.run_id} · experiment {number} · {experiment.description}{judged}",
+            Path(path)))
 
     def action_help(self) -> None:
         rows = []

@@ -59,6 +59,17 @@ def totals(experiments: list[Experiment]) -> str:
                              if item[0] in order else len(order)))
 
 
+def status_text(experiment: Experiment, training: bool = False) -> str:
+    """What the run is, and beside a keep (or a held win) its improvement in units of the
+    pooled sigma ("keep 5.0σ"): what the keep rule's margin was measured against. The full
+    figures (n, means, sigma, margin) are in the title of the run's log (enter)."""
+    label = run_label(experiment, training)
+    sigmas = experiment.measure.sigmas if experiment.measure is not None else None
+    if training or sigmas is None or experiment.status not in (RunStatus.KEEP, RunStatus.HELD):
+        return label
+    return f"{label} {sigmas:.1f}σ"
+
+
 class ExperimentsTable(DataTable):
     pass
 
@@ -138,7 +149,7 @@ class ExperimentsPanel(Panel):
 
     def _cells(self, experiment: Experiment, training: bool) -> list:
         label = run_label(experiment, training)
-        status = Content.styled(label, LABEL_STYLES.get(label, ""))
+        status = Content.styled(status_text(experiment, training), LABEL_STYLES.get(label, ""))
         bpb = "—" if experiment.val_bpb is None else f"{experiment.val_bpb:.6f}"
         number = "—" if experiment.id is None or experiment.id < 0 else str(experiment.id)
         # What the metric rests on, when it is less than the evaluator on a confined run.
