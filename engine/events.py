@@ -125,6 +125,7 @@ class RunStarted(Event):
     description: str
     budget_s: float
     log_path: str
+    kind: str = "experiment"         # baseline | experiment | noise | rerun: what the run is for
 
 
 @dataclass

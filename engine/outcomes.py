@@ -64,7 +64,7 @@ class OutcomesMixin:
             run_id, commit, plan.kind, proposal_id=plan.proposal_id, description=description,
             log_path=str(runner.log_path))
         started = RunStarted(run_id, experiment_id, plan.proposal_id, commit, description,
-                             s.budget_s, str(runner.log_path))
+                             s.budget_s, str(runner.log_path), kind=plan.kind)
         self.loop.run = ActiveRun(plan, runner, started)
         self.emit(copy.deepcopy(started))
         emit, on_pid = self.emit, self.on_trainer_pid

@@ -599,6 +599,8 @@ async def test_runs_are_labelled_by_what_they_are_and_totalled(tmp_path):
     events = [RunFinished(e, RunResult(e.run_id, e.status, e.val_bpb), at=T0)
               for e in (replace(base, kind="baseline"), noise, rerun, quit_run)]
     events.append(RunStarted("s4", 4, 9, "def4567", "speculative lr 0.05", 300, "/x", at=T0))
+    events.append(RunStarted("n6", 6, None, "abc1234", "re-run of the best to judge #9", 300,
+                             "/x", kind="noise", at=T0))
     app = PairlabApp(ScriptedSession(tmp_path, events))
     async with app.run_test(size=WIDE) as pilot:
         await settle(pilot)
@@ -606,7 +608,9 @@ async def test_runs_are_labelled_by_what_they_are_and_totalled(tmp_path):
         data = table.query_one(DataTable)
         labels = {run_id: str(data.get_cell(run_id, "status")) for run_id in table.rows}
         assert labels == {"b0": "keep", "n1": "noise repeat", "c2": "confirmation",
-                          "i3": "interrupted", "s4": "training"}
+                          "i3": "interrupted", "s4": "training", "n6": "training"}
+        # In flight, a re-run of the best is still a measurement, not a judged experiment.
+        assert [table.rows[run_id].kind for run_id in ("s4", "n6")] == ["experiment", "noise"]
         assert table.border_subtitle == ("1 keep · 1 interrupted · 1 noise repeat"
                                          " · 1 confirmation")
         chart = app.main.chart
