@@ -464,40 +464,24 @@ async def test_a_read_only_client_shows_no_decision_keys(session):
 
 
 def test_bridge_batches_high_rate_events_and_keeps_their_order():
-    class Inbox:
-        def __init__(self):
-            self.messages = []
-
-        def post_message(self, message):
-            self.messages.append(message)
-            return True
-
-    inbox = Inbox()
-    bridge = EventBridge(inbox, max_log_lines=100)
+    posted = []
+    bridge = EventBridge(posted.append, max_log_lines=100)
     for i in range(50):
         bridge(ReasoningDelta(1, "thinking", f"t{i} "))
     for i in range(500):
         bridge(LogLines("r1", [f"line {i}"]))
     bridge(StateChanged("training"))
-    kinds = [type(m) for m in inbox.messages]
+    kinds = [type(m) for m in posted]
     assert kinds == [ReasoningBatch, LogBatch, EngineEvent]
-    reasoning, log = inbox.messages[0], inbox.messages[1]
+    reasoning, log = posted[0], posted[1]
     assert reasoning.chunks == [("thinking", "".join(f"t{i} " for i in range(50)))]
     assert log.lines[-1] == "line 499" and len(log.lines) == 100 and log.dropped == 400
     assert bridge.lines_accepted == 500
 
 
 def test_bridge_keeps_only_the_latest_live_line_and_sends_it_with_the_lines():
-    class Inbox:
-        def __init__(self):
-            self.messages = []
-
-        def post_message(self, message):
-            self.messages.append(message)
-            return True
-
-    inbox = Inbox()
-    bridge = EventBridge(inbox, max_log_lines=100)
+    posted = []
+    bridge = EventBridge(posted.append, max_log_lines=100)
     bridge(LogLines("r1", ["device: cpu"]))
     for step in range(1000):
         bridge(LiveLine("r1", f"step {step}"))
@@ -505,8 +489,33 @@ def test_bridge_keeps_only_the_latest_live_line_and_sends_it_with_the_lines():
     bridge.flush()                                  # nothing new: nothing posted
     bridge(LiveLine("r2", "step 0 of the next run"))
     bridge.flush()
-    assert [(m.run_id, m.lines, m.live) for m in inbox.messages] == [
+    assert [(m.run_id, m.lines, m.live) for m in posted] == [
         ("r1", ["device: cpu"], "step 999"), ("r2", [], "step 0 of the next run")]
+
+
+@pilot_test
+async def test_a_flush_on_the_apps_thread_never_overtakes_an_event_posted_before_it(tmp_path):
+    """An engine thread posts a run's start and buffers its first lines; the 20 Hz flush, on
+    the app's thread, posts those lines before the loop has queued the start. The lines must
+    still come after the start, or the log panel drops them as late lines of the run before."""
+    import threading
+    app = PairlabApp(ScriptedSession(tmp_path, history_events()))
+    async with app.run_test(size=WIDE) as pilot:
+        await settle(pilot)
+        assert app.main.log_panel.run_id == "r4"
+
+        def engine() -> None:
+            app.bridge(RunStarted("r5", 5, 8, "fab6789", "the next run", 300.0, "/x", at=T0))
+            app.bridge(LogLines("r5", ["step 00000 | loss: 6.000000"], at=T0))
+        thread = threading.Thread(target=engine)
+        thread.start()
+        thread.join()                    # the loop has not run meanwhile: the start waits in it
+        app.bridge.flush()               # what the timer does, on the app's thread
+        await settle(pilot)
+        panel = app.main.log_panel
+        assert panel.run_id == "r5"
+        assert list(panel.log.lines) == ["── run r5 · experiment #5 · fab6789 · the next run",
+                                         "step 00000 | loss: 6.000000"]
 
 
 def test_hunks_carry_line_numbers_and_prefixes():

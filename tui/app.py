@@ -12,9 +12,12 @@ journal, and a new app attaches)."""
 
 from __future__ import annotations
 
+import asyncio
+
 from textual import events, on, work
 from textual.app import App
 from textual.binding import Binding
+from textual.message import Message
 
 from engine.client import EngineClient, EngineLost, Resynced
 from engine.events import DraftFailed, DraftStarted
@@ -41,7 +44,8 @@ class PairlabApp(App[int]):
         self.session = session
         self.autostart = autostart
         self.read_only = read_only
-        self.bridge = EventBridge(self, max_log_lines=MAX_LOG_LINES)
+        self.bridge = EventBridge(self._post_in_order, max_log_lines=MAX_LOG_LINES)
+        self._event_loop: asyncio.AbstractEventLoop | None = None   # set once the app runs
         self.main = MainScreen(session, read_only=read_only)
         self._quitting = False
 
@@ -50,11 +54,23 @@ class PairlabApp(App[int]):
 
     def main_ready(self) -> None:
         """Called by the main screen once mounted: from here on events have somewhere to go."""
+        self._event_loop = asyncio.get_running_loop()
         self.session.subscribe(self.bridge)
         self.main.load_snapshot()
         self.set_interval(FLUSH_INTERVAL_S, self.bridge.flush)
         if self.autostart:
             self._start_session()
+
+    def _post_in_order(self, message: Message) -> None:
+        """Queue a message from any thread, in the order of the calls. Textual queues a post
+        made on the app's thread at once but hands one from another thread to the event loop,
+        so the bridge's flush timer (on the app's thread) could overtake an event an engine
+        thread had just posted: a run's first log lines came before its start and were
+        dropped as late lines of the run before. Through the loop, every post keeps its place."""
+        try:
+            self._event_loop.call_soon_threadsafe(self.post_message, message)
+        except RuntimeError:
+            pass                                    # the loop has closed: the app is gone
 
     @work(thread=True, exit_on_error=False)
     def _start_session(self) -> None:

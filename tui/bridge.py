@@ -3,16 +3,18 @@
 The session calls `EventBridge.__call__` on its own threads. Low-rate events are posted at
 once; high-rate ones (reasoning deltas, log lines, progress) are buffered and flushed by a
 ~20 Hz timer on the app, so a training log at 100k lines/s costs the UI twenty messages a
-second. Any buffered data is flushed before a low-rate event is posted, so the app sees
-events in the order the engine emitted them.
+second. Any buffered data is flushed before a low-rate event is posted, and `post` keeps the
+order of its calls from any thread, so the app sees events in the order the engine emitted
+them.
 """
 
 from __future__ import annotations
 
 import threading
 from collections import deque
+from typing import Callable
 
-from textual.message_pump import MessagePump
+from textual.message import Message
 
 from engine.events import DeviceSample, Event, LiveLine, LogLines, ReasoningDelta, RunProgress
 from tui.messages import DeviceUpdate, EngineEvent, LogBatch, ProgressBatch, ReasoningBatch
@@ -21,8 +23,8 @@ FLUSH_INTERVAL_S = 0.05
 
 
 class EventBridge:
-    def __init__(self, target: MessagePump, max_log_lines: int) -> None:
-        self._target = target
+    def __init__(self, post: Callable[[Message], None], max_log_lines: int) -> None:
+        self._post = post
         self._lock = threading.Lock()
         self._reasoning_draft: int | None = None
         self._reasoning: list[tuple[str, str]] = []
@@ -60,10 +62,10 @@ class EventBridge:
             elif isinstance(event, RunProgress):
                 self._progress.append(event)
             elif isinstance(event, DeviceSample):
-                self._target.post_message(DeviceUpdate(event))
+                self._post(DeviceUpdate(event))
             else:
                 self._flush_all()
-                self._target.post_message(EngineEvent(event))
+                self._post(EngineEvent(event))
 
     def flush(self) -> None:
         """Deliver everything buffered (the app's timer calls this)."""
@@ -74,18 +76,17 @@ class EventBridge:
         self._flush_reasoning()
         self._flush_log()
         if self._progress:
-            self._target.post_message(ProgressBatch(self._progress))
+            self._post(ProgressBatch(self._progress))
             self._progress = []
 
     def _flush_reasoning(self) -> None:
         if self._reasoning and self._reasoning_draft is not None:
-            self._target.post_message(ReasoningBatch(self._reasoning_draft, self._reasoning))
+            self._post(ReasoningBatch(self._reasoning_draft, self._reasoning))
         self._reasoning = []
 
     def _flush_log(self) -> None:
         if (self._log or self._live_changed) and self._log_run is not None:
-            self._target.post_message(LogBatch(self._log_run, list(self._log), self._log_dropped,
-                                               self._live))
+            self._post(LogBatch(self._log_run, list(self._log), self._log_dropped, self._live))
         self._log.clear()
         self._log_dropped = 0
         self._live_changed = False
