@@ -120,6 +120,7 @@ class ScriptedSession:
         self._pending: dict[int, Proposal] = {}
         self.stopped = threading.Event()
         self.edit_bases: list[str | None] = []     # the base each edit said it opened on
+        self.delivered = threading.Event()         # the script has been emitted
 
     # --- driving the app ---------------------------------------------------------------
     def emit(self, event) -> None:
@@ -142,6 +143,7 @@ class ScriptedSession:
     def start(self) -> None:
         self.calls.append(("start",))
         self.emit_from_thread(self.events)
+        self.delivered.set()
 
     def stop(self, timeout: float = 10) -> None:
         self.calls.append(("stop",))

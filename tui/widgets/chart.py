@@ -106,6 +106,11 @@ class ChartPanel(Panel, can_focus=True):
     def redraw_soon(self) -> None:
         self._dirty = True
 
+    @property
+    def drawn(self) -> bool:
+        """The plots show all the data they were given (the 2 Hz redraw has caught up)."""
+        return not self._dirty
+
     def focus_target(self) -> Widget:
         return self
 
