@@ -118,7 +118,7 @@ class EngineService:
         self._run_id = ""
         self._draft: tuple[int, str, str] | None = None
         self._reasoning: list[proto.ReasoningChunk] = []
-        self.resyncs = 0                      # clients resynced because they fell behind
+        self.resyncs = 0                      # times a client fell behind (each gets a snapshot)
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -356,6 +356,8 @@ class _Client:
         except queue.Full:
             self.needs_snapshot = True
             self.resynced = True
+            with self.service._lock:
+                self.service.resyncs += 1
 
     def finish(self, grace_s: float = 0.0) -> None:
         """End this connection; with a grace, after the writer sent what is queued."""
@@ -382,8 +384,6 @@ class _Client:
                     # queued (and may repeat what the snapshot shows), none is lost.
                     self.needs_snapshot = False
                     resync, self.resynced = self.resynced, False
-                    if resync:
-                        self.service.resyncs += 1
                     self.conn.sendall(proto.encode(self.service.snapshot(resync=resync)))
                     continue
                 try:
