@@ -20,8 +20,10 @@ $(VENV)/.installed: pyproject.toml
 run: install
 	$(VENV)/bin/pairlab
 
+# One pytest worker per core: tests keep to their own tmp dirs, tmux servers, sockets and
+# ports, so they run side by side; worksteal evens out the few long ones.
 test: install
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q -n auto --dist worksteal
 
 bench: install
 	$(PY) bench/train_throughput.py

@@ -23,7 +23,9 @@ from engine.patch import PROTECTED_BEGIN
 from test_tui_support import pilot_test
 from tui.app import PairlabApp
 from tui.screens.editor import EditorScreen, PythonTextArea
+from tui.screens.main import PANEL_NAMES
 from tui.screens.modals import ConfirmStopScreen
+from tui.widgets.diff import DiffPanel
 
 # Each test trains train.py for real (two steps, tiny model): tens of seconds on 2 CPUs.
 pytestmark = pytest.mark.slow
@@ -173,30 +175,32 @@ async def test_pause_resume_and_kill_reach_the_engine(tmp_path, dataset_dir):
 
 
 class Tmux:
-    """One terminal running one command, as a person would see it."""
+    """One terminal running one command, as a person would see it: a tmux server of its own
+    (no other session's sizes apply, and tests in parallel never meet), 140x42."""
 
     def __init__(self, name: str, command: str, env: dict[str, str]) -> None:
         self.name = name
+        self.tmux = ["tmux", "-L", name]
         exports = " ".join(f"{key}={shlex.quote(value)}" for key, value in env.items())
-        subprocess.run(["tmux", "new-session", "-d", "-s", name, "-x", "140", "-y", "42",
-                        f"env {exports} TERM=xterm-256color {command}"], check=True)
-        subprocess.run(["tmux", "set-option", "-t", name, "remain-on-exit", "on"],
-                       capture_output=True)
-        subprocess.run(["tmux", "resize-window", "-t", name, "-x", "140", "-y", "42"],
+        # -u: a tmux server started under pytest hands its COLUMNS/LINES (80x24) to the pane
+        subprocess.run([*self.tmux, "new-session", "-d", "-s", name, "-x", "140", "-y", "42",
+                        f"env -u COLUMNS -u LINES {exports} TERM=xterm-256color {command}"],
+                       check=True)
+        subprocess.run([*self.tmux, "set-option", "-t", name, "remain-on-exit", "on"],
                        capture_output=True)
 
     def screen(self) -> str:
-        return subprocess.run(["tmux", "capture-pane", "-p", "-t", self.name],
+        return subprocess.run([*self.tmux, "capture-pane", "-p", "-t", self.name],
                               capture_output=True, text=True).stdout
 
     def said(self) -> str:
         """What the terminal printed, wrapped lines joined and spaces collapsed."""
-        text = subprocess.run(["tmux", "capture-pane", "-p", "-J", "-S", "-50", "-t", self.name],
-                              capture_output=True, text=True).stdout
+        text = subprocess.run([*self.tmux, "capture-pane", "-p", "-J", "-S", "-50", "-t",
+                               self.name], capture_output=True, text=True).stdout
         return " ".join(text.split())
 
     def keys(self, *keys: str) -> None:
-        subprocess.run(["tmux", "send-keys", "-t", self.name, *keys], check=True)
+        subprocess.run([*self.tmux, "send-keys", "-t", self.name, *keys], check=True)
 
     def wait(self, condition, timeout: float, what: str) -> str:
         deadline = time.monotonic() + timeout
@@ -208,8 +212,26 @@ class Tmux:
         raise AssertionError(f"timed out waiting for {what}; the screen of {self.name}:\n"
                              f"{self.screen()}")
 
+    def tab_to(self, visible: str, what: str) -> str:
+        """Stacked panels show one at a time: tab on, one panel per key (each key waits for
+        the panel in front to change), until `visible` shows. Wide, it shows already."""
+        for _ in range(len(PANEL_NAMES)):
+            screen = self.screen()
+            if visible in screen:
+                return screen
+            before = _front_panel(screen)
+            self.keys("Tab")
+            self.wait(lambda s: _front_panel(s) != before, 10, f"the panel after {before}")
+        return self.wait(lambda s: visible in s, 30, what)
+
     def close(self) -> None:
-        subprocess.run(["tmux", "kill-session", "-t", self.name], capture_output=True)
+        subprocess.run([*self.tmux, "kill-server"], capture_output=True)
+
+
+def _front_panel(screen: str) -> str:
+    """The title of the first panel on the screen: in stacked mode, the one in front."""
+    found = re.search(r"╭─ (.+?) ─", screen)
+    return found.group(1) if found else ""
 
 
 def _trainers(root: Path) -> list:
@@ -224,7 +246,7 @@ def _trainers(root: Path) -> list:
     return found
 
 
-@pytest.mark.xfail(strict=False, reason="known after the merges: in stacked mode the reattached window must tab back to the diff before the veto step; left open in the closing note")
+@pytest.mark.timeout(1200)          # minutes of real runs on a loaded 2-core machine
 def test_pairlab_in_tmux_detach_reattach_two_windows_and_stop(tmp_path, dataset_dir,
                                                              tiny_workspace):
     """As a person would: `pairlab`, accept, `q` while it trains (the run goes on and its
@@ -260,7 +282,8 @@ def test_pairlab_in_tmux_detach_reattach_two_windows_and_stop(tmp_path, dataset_
         assert exit_file.read_text().strip() == "0"
         assert "detached; the engine's loop goes on" in first.said()
         assert trainer.is_running(), "the run in flight died with the app"
-        deadline = time.monotonic() + 180
+        # A win within the noise is confirmed by re-runs first (the keep rule): several runs.
+        deadline = time.monotonic() + 600
         while results.read_text().count("\n") == rows_before:
             assert time.monotonic() < deadline, "the detached run's row never reached results.tsv"
             time.sleep(0.5)
@@ -270,18 +293,11 @@ def test_pairlab_in_tmux_detach_reattach_two_windows_and_stop(tmp_path, dataset_
         again = Tmux(f"{tag}-2", start, env)              # `pairlab` again: reattaches
         windows.append(again)
         again.wait(lambda s: "best " in s, 60, "the reattached app")
-        # Stacked panels: one at a time, and a new proposal puts the diff in front; tab on
-        # to the table of runs, one panel per key, until the finished row shows.
-        for _ in range(6):
-            if finished[0][:7] in again.screen():
-                break
-            shown = again.screen()
-            again.keys("Tab")
-            again.wait(lambda s, before=shown: s != before, 10, "the next panel")
-        again.wait(lambda s: finished[0][:7] in s, 30, "the finished row after reattaching")
+        again.tab_to(finished[0][:7], "the finished row after reattaching")
         watcher = Tmux(f"{tag}-3", f"{pairlab} attach --workspace {shlex.quote(str(root))}", env)
         windows.append(watcher)
         selected = re.compile(r"▶ (#\d+) base ")           # the diff panel's selected proposal
+        again.tab_to(DiffPanel.TITLE, "the diff panel")     # where the next proposal shows
         screen = again.wait(selected.search, 240, "the next proposal")
         proposal = selected.search(screen).group(1)
         watcher.wait(lambda s: f"▶ {proposal} base " in s, 60, "the proposal in the second window")
