@@ -1,6 +1,7 @@
 """Benchmarks never rot: every bench/*.py runs in its --quick mode, completes and prints
 figures. The figures themselves are never asserted (timing under load is noise); a new bench
-is picked up by the glob."""
+is picked up by the glob. A bench whose quick run a test of its own already checks, line by
+line, is run there and not again here."""
 
 import os
 import re
@@ -11,13 +12,25 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
-BENCHES = sorted((ROOT / "bench").glob("*.py"))
+# bench -> the test file that runs its --quick mode and checks what it prints
+CHECKED_ELSEWHERE = {"engine_service.py": "test_service_bench.py",
+                     "eval_overhead.py": "test_evaluator.py",
+                     "train_throughput.py": "test_training.py"}
+BENCHES = [path for path in sorted((ROOT / "bench").glob("*.py"))
+           if path.name not in CHECKED_ELSEWHERE]
 QUICK_TIMEOUT_S = 580          # seconds on a quiet machine; minutes on a loaded 2-core one
 FIGURE = re.compile(r"\d+(\.\d+)?")
 
 
 def test_the_glob_finds_the_benches():
     assert {"keep_rule.py", "loop_efficiency.py"} <= {path.name for path in BENCHES}
+
+
+@pytest.mark.parametrize("bench", sorted(CHECKED_ELSEWHERE))
+def test_a_bench_left_out_here_is_run_quick_by_its_own_test(bench):
+    test = (ROOT / "tests" / CHECKED_ELSEWHERE[bench]).read_text()
+    assert (ROOT / "bench" / bench).exists()
+    assert f'"{bench}"' in test and '"--quick"' in test
 
 
 @pytest.mark.timeout(QUICK_TIMEOUT_S + 20)
