@@ -258,6 +258,12 @@ class Note(Command):
 
 
 @dataclass
+class EditProgram(Command):
+    name: ClassVar[str] = "edit_program"
+    text: str
+
+
+@dataclass
 class Stop(Command):
     name: ClassVar[str] = "stop"
 
@@ -284,8 +290,8 @@ class Summary(Command):
 
 
 COMMANDS: dict[str, type[Command]] = {
-    cls.name: cls for cls in (Accept, Veto, Edit, Pause, Resume, KillRun, SetMode, Note, Stop,
-                              ProposalText, LogPath, Summary)
+    cls.name: cls for cls in (Accept, Veto, Edit, Pause, Resume, KillRun, SetMode, Note,
+                              EditProgram, Stop, ProposalText, LogPath, Summary)
 }
 MESSAGES = {cls.kind: cls for cls in (Hello, Refused, Snapshot, EventMessage, Reply)}
 
