@@ -4,18 +4,27 @@ engine service (Pilot)."""
 
 from __future__ import annotations
 
+import asyncio
 import os
 import subprocess
 
 import pytest
+from textual.widgets import Input, TextArea
 
+from engine.client import connect
 from engine.commands import CommandRefused
 from engine.events import BestUpdated, Notice, ProposalReady, RunFinished, RunStarted, SteeringNote
 from engine.records import RunStatus
+from engine.service import EngineService, socket_path
+from test_service_support import Watch
+from test_tui_support import pilot_test
 from tests.test_coordinator import WAIT_S, ScriptedAgent, settings, standin, started
+from tui.app import PairlabApp
+from tui.screens.steering import NoteScreen, ProgramEditorScreen
 
 __all__ = ["standin"]                    # the fixture, used by name below
 
+SIZE = (120, 40)
 NEW_PROGRAM = "Lower VALUE. Leave EXTRA alone: the human says it is a dead end.\n"
 
 
@@ -133,3 +142,94 @@ def test_an_empty_or_unchanged_program_is_refused_with_the_reason(standin, datas
     finally:
         session.stop()
 
+
+
+# ---------------------------------------------------------------------- the app: s and P
+
+@pytest.fixture
+def served(standin, dataset_dir):
+    """A started engine (review mode, scripted agent, stand-in runs) behind a real service,
+    an app's client and a second client watching."""
+    agent = ScriptedAgent(("VALUE = 1.0", "VALUE = 1.1"), ("EXTRA = 0", "EXTRA = 3"))
+    session, events = started(standin, agent, settings(dataset_dir, mode="review"))
+    service = EngineService(session, socket_path(standin.pairlab_dir))
+    service.start()
+    app_client, other = connect(service.path), connect(service.path)
+    yield session, events, app_client, Watch(other)
+    for client in (app_client, other):
+        client.close()
+    session.stop()
+    service.close()
+    session.journal.close()
+
+
+async def until(pilot, condition, what: str, timeout: float = WAIT_S) -> None:
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while not condition():
+        assert loop.time() < deadline, f"timed out waiting for {what}"
+        await pilot.pause(0.05)
+
+
+def shown(widget) -> str:
+    return str(widget.render())
+
+
+@pilot_test
+async def test_s_sends_a_note_every_client_sees_and_the_next_proposal_names_it(served):
+    session, events, client, other = served
+    app = PairlabApp(client)
+    async with app.run_test(size=SIZE) as pilot:
+        main = app.main
+        await until(pilot, lambda: main.diff.selected == 1, "the first proposal")
+        await pilot.press("s")
+        await until(pilot, lambda: isinstance(app.screen, NoteScreen), "the note input")
+        await pilot.press("enter")                       # empty: not sent, says why
+        assert "Write something" in shown(app.screen.query_one("#note-error"))
+        app.screen.query_one(Input).value = "try the EXTRA knob"
+        await pilot.press("enter")
+        await until(pilot, lambda: main.reasoning.notes, "the note in the reasoning panel")
+        marked = shown(main.reasoning.query_one("#steering-notes"))
+        assert "human note #1" in marked and "try the EXTRA knob" in marked
+        assert session.journal.open_notes() == [(1, "try the EXTRA knob")]
+        assert other.wait_for(lambda e: isinstance(e, SteeringNote), "the note").text == \
+            "try the EXTRA knob"                         # the other client got it too
+
+        await pilot.press("v")
+        app.screen.query_one(Input).value = "not VALUE"
+        await pilot.press("enter")
+        await until(pilot, lambda: main.diff.selected == 2, "the proposal drafted after it")
+        banner = main.diff.query_one(".note-banner")
+        assert "after your note: try the EXTRA knob" in shown(banner)
+        assert "after your note: try the EXTRA knob" in shown(
+            main.reasoning.query_one("#proposal-summary"))
+        assert not main.reasoning.notes                  # taken: shown with its proposal
+        assert session.journal.notes_for(2) == ["try the EXTRA knob"]
+        await pilot.press("q")
+
+
+@pilot_test
+async def test_P_edits_program_md_and_saving_commits_it_or_says_why_not(served, standin):
+    session, events, client, other = served
+    app = PairlabApp(client)
+    async with app.run_test(size=SIZE) as pilot:
+        main = app.main
+        await until(pilot, lambda: main.diff.selected == 1, "the first proposal")
+        await until(pilot, lambda: events.of(RunFinished), "the baseline to end")
+        await pilot.press("P")
+        await until(pilot, lambda: isinstance(app.screen, ProgramEditorScreen), "the editor")
+        area = app.screen.query_one(TextArea)
+        assert area.text == "Lower VALUE.\n"
+        area.load_text("   \n")
+        await pilot.press("ctrl+s")
+        error = app.screen.query_one("#edit-error")
+        await until(pilot, lambda: "cannot be empty" in shown(error), "the refusal")
+        assert isinstance(app.screen, ProgramEditorScreen)   # still open, text kept
+        area.load_text(NEW_PROGRAM)
+        await pilot.press("ctrl+s")
+        await until(pilot, lambda: app.screen is main, "the editor to close")
+        assert program_on_branch(standin) == NEW_PROGRAM
+        assert git(standin, "log", "-1", "--format=%an%n%B").startswith(
+            "pairlab-human\nprogram.md edited by the human")
+        assert [p.base_commit for p in session.pending()] == [standin.head()]
+        await pilot.press("q")
