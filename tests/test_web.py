@@ -11,7 +11,6 @@ import socket
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import psutil
 import pytest
@@ -135,15 +134,14 @@ def test_the_page_shows_the_panels_and_its_keys_reach_the_engine(web_server, bro
             "return document.body.classList.contains('-first-byte')"), "the terminal to show")
         shot = tmp_path / "web.png"
         assert browser.save_screenshot(str(shot))
+        if os.environ.get("PAIRLAB_WEB_SCREENSHOT"):    # e.g. to retake the README's
+            shutil.copyfile(shot, os.environ["PAIRLAB_WEB_SCREENSHOT"])
         image = Image.open(shot).convert("RGB")
-        assert image.size == browser.execute_script(
-            "return [window.innerWidth, window.innerHeight]") == list(WINDOW) or \
-            image.size[0] >= WINDOW[0] // 2
-        # panels drawn: many colours, and most of the page is not the background
+        assert image.size[0] >= WINDOW[0] // 2 and image.size[1] >= WINDOW[1] // 2, image.size
+        # panels drawn: many colours, and no one colour covers nine tenths of the page
         colours = image.getcolors(maxcolors=1 << 20)
         assert len(colours) > 20
-        background = max(colours)[1]
-        assert max(colours)[0] < 0.9 * image.size[0] * image.size[1], background
+        assert max(colours)[0] < 0.9 * image.size[0] * image.size[1]
 
         keys = browser.find_element(By.CSS_SELECTOR, ".xterm-helper-textarea")
         keys.send_keys("p")                          # pause: the engine's state changes
