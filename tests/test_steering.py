@@ -15,6 +15,7 @@ from engine.client import connect
 from engine.commands import CommandRefused
 from engine.events import BestUpdated, Notice, ProposalReady, RunFinished, RunStarted, SteeringNote
 from engine.records import RunStatus
+from engine.report import markdown, summarize
 from engine.service import EngineService, socket_path
 from test_service_support import Watch
 from test_tui_support import pilot_test
@@ -55,6 +56,10 @@ def test_a_note_reaches_the_next_draft_and_the_proposal_it_influenced_names_it(s
         assert session.pending()[0].notes == ["try the EXTRA knob"]
         assert session.journal.notes_for(2) == ["try the EXTRA knob"]
         assert session.proposal(1).notes == []
+        session.note("and mind the memory")                 # not drafted from yet
+        report = markdown(summarize(session.journal), "progress.png")
+        assert ('- "try the EXTRA knob" → #2 EXTRA = 0 -> EXTRA = 3 (pending)\n'
+                '- "and mind the memory" → no draft yet\n') in report
     finally:
         session.stop()
 
