@@ -22,7 +22,7 @@ from enum import Enum
 from pathlib import Path
 from typing import Any, ClassVar
 
-from engine.events import Event, RunProgress, RunStarted
+from engine.events import Event, RunProgress, RunStarted, SteeringNote
 from engine.records import Experiment, Proposal
 
 PROTOCOL_VERSION = 1
@@ -173,6 +173,7 @@ class Snapshot:
     workspace: str
     targets: list[str]
     resync: bool = False               # True: sent because this client fell behind
+    open_notes: list[SteeringNote] = field(default_factory=list)   # no draft has taken yet
 
 
 @dataclass

@@ -153,15 +153,21 @@ def test_an_empty_or_unchanged_program_is_refused_with_the_reason(standin, datas
 
 @pytest.fixture
 def served(standin, dataset_dir):
-    """A started engine (review mode, scripted agent, stand-in runs) behind a real service,
-    an app's client and a second client watching."""
+    """A started engine (review mode, scripted agent, stand-in runs) behind a real service:
+    yields the session, its events, an app's client, a second client watching, and a way
+    to attach one more."""
     agent = ScriptedAgent(("VALUE = 1.0", "VALUE = 1.1"), ("EXTRA = 0", "EXTRA = 3"))
     session, events = started(standin, agent, settings(dataset_dir, mode="review"))
     service = EngineService(session, socket_path(standin.pairlab_dir))
     service.start()
-    app_client, other = connect(service.path), connect(service.path)
-    yield session, events, app_client, Watch(other)
-    for client in (app_client, other):
+    clients = []
+
+    def attach():
+        clients.append(connect(service.path))
+        return clients[-1]
+
+    yield session, events, attach(), Watch(attach()), attach
+    for client in clients:
         client.close()
     session.stop()
     service.close()
@@ -182,7 +188,7 @@ def shown(widget) -> str:
 
 @pilot_test
 async def test_s_sends_a_note_every_client_sees_and_the_next_proposal_names_it(served):
-    session, events, client, other = served
+    session, events, client, other, _ = served
     app = PairlabApp(client)
     async with app.run_test(size=SIZE) as pilot:
         main = app.main
@@ -215,7 +221,7 @@ async def test_s_sends_a_note_every_client_sees_and_the_next_proposal_names_it(s
 
 @pilot_test
 async def test_P_edits_program_md_and_saving_commits_it_or_says_why_not(served, standin):
-    session, events, client, other = served
+    session, events, client, _, _ = served
     app = PairlabApp(client)
     async with app.run_test(size=SIZE) as pilot:
         main = app.main
@@ -237,4 +243,16 @@ async def test_P_edits_program_md_and_saving_commits_it_or_says_why_not(served, 
         assert git(standin, "log", "-1", "--format=%an%n%B").startswith(
             "pairlab-human\nprogram.md edited by the human")
         assert [p.base_commit for p in session.pending()] == [standin.head()]
+        await pilot.press("q")
+
+
+@pilot_test
+async def test_an_app_attached_after_a_note_shows_it(served):
+    session, events, _, _, attach = served
+    events.wait(ProposalReady)
+    session.note("mind the memory")
+    app = PairlabApp(attach())
+    async with app.run_test(size=SIZE) as pilot:
+        await until(pilot, lambda: app.main.reasoning.notes, "the note from the snapshot")
+        assert "human note #1" in shown(app.main.reasoning.query_one("#steering-notes"))
         await pilot.press("q")

@@ -205,6 +205,8 @@ class MainScreen(Screen):
     def _load_attach_extras(self, client: EngineClient) -> None:
         """What only the service kept: the run's log tail and progress, the draft so far."""
         snapshot = client.snapshot
+        for note in snapshot.open_notes:
+            self.reasoning.add_note(note.note_id, note.text)
         if snapshot.current_run is not None and not snapshot.resync:
             self.log_panel.write(snapshot.current_run.run_id, snapshot.log_tail, 0)
         if snapshot.progress:
