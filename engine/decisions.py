@@ -1,7 +1,7 @@
 """The coordinator's side of the user's controls: accept, veto, edit, pause, resume, kill,
-mode, note, stop (program.md edits: engine/program_edits.py). Runs on the coordinator thread only (a mixin of Coordinator), so a
-decision can never race a stale-marking or another client's decision: whichever comes
-second is refused with a message that says what happened.
+mode, note, stop (program.md edits: engine/program_edits.py). Runs on the coordinator thread
+only (a mixin of Coordinator), so a decision can never race a stale-marking or another
+client's decision: whichever comes second is refused with a message that says what happened.
 """
 
 from __future__ import annotations
