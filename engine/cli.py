@@ -1,4 +1,4 @@
-"""`pairlab` command line: the app on the workspace's engine (default), attach, status,
+"""`pairlab` command line: the app on the workspace's engine (default), attach, web, status,
 stop, headless, init, prepare, report.
 
 The engine is its own process: `pairlab` attaches to the workspace's engine if one runs, or
@@ -70,6 +70,14 @@ def build_parser() -> argparse.ArgumentParser:
     attach.add_argument("--read-only", action="store_true",
                         help="watch without deciding: no accept, edit, veto or controls")
 
+    web = sub.add_parser("web", help="serve the app to a browser on 127.0.0.1 (each tab is "
+                                     "one more client of the engine; reach it over SSH with "
+                                     "`ssh -L 8000:127.0.0.1:8000 HOST`)")
+    _loop_flags(web)
+    web.add_argument("--port", type=int, default=8000, help="port on 127.0.0.1 (default 8000)")
+    web.add_argument("--host", default="127.0.0.1",
+                     help="only 127.0.0.1 is served: the browser view has no login")
+
     status = sub.add_parser("status", help="print the running engine's state in plain text")
     status.add_argument("--workspace", type=Path, default=None)
 
@@ -115,6 +123,8 @@ def main(argv: list[str] | None = None) -> int:
             return _status(args)
         if args.command == "stop":
             return _stop(args)
+        if args.command == "web":
+            return _web(args)
         if args.command == "attach":
             return _run_app(existing_workspace(args.workspace), read_only=args.read_only)
         return _run_app(open_workspace(args.workspace), start_args=args)
@@ -256,6 +266,19 @@ def _run_app(workspace, start_args=None, read_only: bool = False) -> int:
         if read_only:
             client.close()
             client = attach(workspace, read_only=True)
+
+
+def _web(args) -> int:
+    """Serve the app to browsers; the engine is started detached first if none runs."""
+    from tui import web
+    try:
+        web.check_host(args.host)
+        workspace = open_workspace(args.workspace)
+        attach_or_start(workspace, args).close()     # the engine runs on without this client
+        web.serve(workspace.root, port=args.port, host=args.host)
+    except web.WebRefused as exc:
+        raise UserError(str(exc)) from exc
+    return 0
 
 
 def _status(args) -> int:

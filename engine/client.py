@@ -307,8 +307,11 @@ class EngineClient:
     def set_mode(self, mode: str) -> None:
         self._call(proto.SetMode(mode))
 
-    def note(self, text: str) -> None:
-        self._call(proto.Note(text))
+    def note(self, text: str) -> int:
+        return self._call(proto.Note(text))
+
+    def edit_program(self, text: str) -> str | None:
+        return self._call(proto.EditProgram(text))
 
     def stop(self, timeout: float = 15.0) -> None:
         """Stop the engine's loop (not just this client): returns once it has stopped."""

@@ -65,5 +65,10 @@ class Note(Command):
 
 
 @dataclass
+class EditProgram(Command):
+    text: str                        # the whole new program.md
+
+
+@dataclass
 class Stop(Command):
     reason: str = "stopped by the user"

@@ -31,13 +31,14 @@ from engine.events import Event, Notice, SessionStopped, StateChanged
 from engine.journal import Journal
 from engine.loop_state import Judging, LoopState, Snapshot
 from engine.outcomes import OutcomesMixin
+from engine.program_edits import ProgramMixin
 from engine.records import ProposalState, RunStatus
 from engine.workspace import Workspace
 
 TICK_S = 1.0                         # how often caps and backoffs are looked at when idle
 
 
-class Coordinator(DecisionsMixin, DraftingMixin, OutcomesMixin):
+class Coordinator(DecisionsMixin, DraftingMixin, OutcomesMixin, ProgramMixin):
     def __init__(self, workspace: Workspace, agent: Agent, settings, journal: Journal,
                  emit: Callable[[Event], None], on_trainer_pid=None):
         self.workspace = workspace
@@ -225,7 +226,7 @@ class Coordinator(DecisionsMixin, DraftingMixin, OutcomesMixin):
             stopping=loop.stopping, paused=loop.paused, data_ready=loop.data_ready,
             running=loop.run is not None,
             running_experiment=loop.run is not None and loop.run.plan.kind == "experiment",
-            drafting=loop.draft is not None, best_commit=self.best_commit(),
+            drafting=loop.draft is not None, best_commit=self.measured_commit(),
             has_baseline=any(r["kind"] == "baseline" for r in values),
             noise_samples=len(values), noise_repeats=max(0, self.settings.noise_repeats),
             awaiting=tuple(planner.Awaiting(j.proposal_id, j.commit, j.need)
@@ -247,6 +248,7 @@ class Coordinator(DecisionsMixin, DraftingMixin, OutcomesMixin):
             data_dir = loop.data_dir
             workers.start("data", self.post, lambda: workers.check_data(data_dir, self.emit))
         self.check_caps()
+        self.commit_program_edit()
         for _ in range(8):                    # a stale proposal makes room for the next plan
             plan = planner.next_run(self.view())
             if plan is None or self.start_run(plan):
@@ -278,24 +280,27 @@ class Coordinator(DecisionsMixin, DraftingMixin, OutcomesMixin):
                 run.decided_by in ("baseline", "noise") else ""
             self.notice("warning", f"run {run.run_id} ({run.description}) was interrupted "
                         f"when the engine stopped{again}", "nothing recorded was lost")
+        self.restore_program()
         best = self._best()
         if best:
             head = self.workspace.head()
-            if head != best[0]:
+            if head not in (best[0], self.best_commit()):  # the best, or the program on it
                 # e.g. the engine died between committing an experiment and starting its run
                 self.notice(
                     "warning", f"the research branch stood at {head[:7]}, a commit with no "
                     f"result in the journal: pairlab reset it to the best kept commit "
-                    f"{best[0][:7]}; an accepted proposal that had not trained yet trains now",
+                    f"{self.best_commit()[:7]}; an accepted proposal that had not trained yet "
+                    f"trains now",
                     f"nothing recorded was lost; to keep that commit anyway: "
                     f"`git branch keep-{head[:7]} {head[:7]}`")
             self.protect_human_changes("pairlab restored the research branch")
-            self.workspace.reset_to(best[0])
+            self.workspace.reset_to(self.best_commit())
         loop.start_commit = self.workspace.head()
         mode = self.journal.get_state("mode")
         if mode in ("review", "auto") and self.settings.mode == "review":
             loop.mode = mode
         for proposal in self.journal.pending_proposals():
+            proposal.notes = self.journal.notes_for(proposal.id)
             loop.proposals[proposal.id] = proposal
             (loop.queue if proposal.state is ProposalState.ACCEPTED else loop.review).append(
                 proposal.id)
@@ -309,7 +314,7 @@ class Coordinator(DecisionsMixin, DraftingMixin, OutcomesMixin):
                 loop.judging[proposal.id] = Judging(proposal.id, row["id"], row["commit_sha"],
                                                     need)
         if best:
-            self.rebase_open_proposals(best[0])
+            self.rebase_open_proposals(self.best_commit())
 
     def protect_human_changes(self, reason: str) -> None:
         saved = self.workspace.save_human_changes(reason)
@@ -323,10 +328,6 @@ class Coordinator(DecisionsMixin, DraftingMixin, OutcomesMixin):
     def _best(self) -> tuple[str, float] | None:
         best = self.journal.best()
         return (best.commit, best.val_bpb) if best else None
-
-    def best_commit(self) -> str:
-        best = self.snapshot.best
-        return best[0] if best else self.loop.start_commit
 
     def notice(self, level: str, message: str, hint: str = "") -> None:
         self.journal.add_notice(level, message, hint)

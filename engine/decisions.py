@@ -1,7 +1,7 @@
 """The coordinator's side of the user's controls: accept, veto, edit, pause, resume, kill,
-mode, note, stop. Runs on the coordinator thread only (a mixin of Coordinator), so a
-decision can never race a stale-marking or another client's decision: whichever comes
-second is refused with a message that says what happened.
+mode, note, stop (program.md edits: engine/program_edits.py). Runs on the coordinator thread
+only (a mixin of Coordinator), so a decision can never race a stale-marking or another
+client's decision: whichever comes second is refused with a message that says what happened.
 """
 
 from __future__ import annotations
@@ -10,8 +10,8 @@ import time
 from typing import Callable
 
 from engine import patch
-from engine.commands import (Accept, Command, CommandRefused, Edit, KillRun, Note, Pause,
-                             Resume, SetMode, Stop, Veto)
+from engine.commands import (Accept, Command, CommandRefused, Edit, EditProgram, KillRun, Note,
+                             Pause, Resume, SetMode, Stop, Veto)
 from engine.events import DecisionMade, ExperimentSettled, ModeChanged, SteeringNote
 from engine.records import Decision, DecisionKind, Proposal, ProposalState, RunStatus
 
@@ -34,7 +34,7 @@ class DecisionsMixin:
         handlers = {Accept: self._accept, Veto: self._veto, Edit: self._edit,
                     Pause: lambda c: self.pause(c.reason), Resume: lambda c: self.resume(),
                     KillRun: self._kill_run, SetMode: self._set_mode, Note: self._note,
-                    Stop: lambda c: self.request_stop(c.reason)}
+                    EditProgram: self._edit_program, Stop: lambda c: self.request_stop(c.reason)}
         try:
             result = handlers[type(command)](command)
         except (CommandRefused, patch.PatchRefused) as refusal:
@@ -89,7 +89,8 @@ class DecisionsMixin:
 
     def _settle_held(self, held, keep: bool, decision: Decision) -> None:
         parent = self.workspace.parent_of(held.commit)
-        if keep and parent != self.best_commit():
+        # measured on the best, or on the human's program.md committed on top of it
+        if keep and parent not in (self.measured_commit(), self.best_commit()):
             raise CommandRefused(
                 f"#{held.proposal_id} was measured on {parent[:7]}, but the best has moved "
                 f"to {self.best_commit()[:7]} since: veto it, and the agent can propose it "

@@ -73,6 +73,8 @@ class DraftingMixin:
             files={p: t for p, t in new_files.items() if t != done.base_files.get(p)},
             reasoning=draft.reasoning, usage=draft.usage, created_at=time.time())
         self.journal.add_proposal(proposal, done.note_ids)
+        if done.note_ids:
+            proposal.notes = self.journal.notes_for(proposal.id)
         loop.proposals[proposal.id] = proposal
         loop.review.append(proposal.id)
         best_commit = self.best_commit()

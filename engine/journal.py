@@ -584,6 +584,17 @@ class Journal:
                           " WHERE l.proposal_id = ? ORDER BY n.id", (proposal_id,))
         return [r["text"] for r in rows]
 
+    def notes(self) -> list[tuple[str, list[int]]]:
+        """Every steering note, oldest first, with the proposals whose drafts it went into."""
+        rows = self._read("SELECT n.id, n.text, l.proposal_id FROM notes n LEFT JOIN note_links l"
+                          " ON l.note_id = n.id ORDER BY n.id, l.proposal_id")
+        notes: dict[int, tuple[str, list[int]]] = {}
+        for r in rows:
+            text, proposals = notes.setdefault(r["id"], (r["text"], []))
+            if r["proposal_id"] is not None:
+                proposals.append(r["proposal_id"])
+        return list(notes.values())
+
     def get_state(self, key: str, default=None):
         rows = self._read("SELECT value FROM session_state WHERE key = ?", (key,))
         return json.loads(rows[0]["value"]) if rows else default

@@ -52,6 +52,15 @@ class Judging:
     need: str                        # "best" | "candidate" (the run it waits for) | "human"
 
 
+@dataclass(frozen=True)
+class ProgramCommit:
+    """The human's program.md committed on top of the measured best: the branch's base
+    until the best moves (a new best carries the program with it, engine/program_edits.py)."""
+
+    on: str                          # the measured best (or the start commit) it sits on
+    commit: str
+
+
 @dataclass
 class LoopState:
     """Everything the coordinator owns in memory; the journal holds the durable part."""
@@ -75,3 +84,6 @@ class LoopState:
     agent_failures: int = 0
     draft_allowed_at: float = 0.0
     start_commit: str = ""
+    program_edit: str | None = None  # the human's program.md, to commit once no run trains
+    program_commit: ProgramCommit | None = None
+

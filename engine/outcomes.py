@@ -271,14 +271,15 @@ class OutcomesMixin:
     def became_best(self, commit: str, val_bpb: float, experiment_id: int) -> None:
         self.snapshot = replace(self.snapshot, best=(commit, val_bpb))
         self.workspace.reset_to(commit)
+        self.keep_program_on(commit)
         self.emit(BestUpdated(commit, val_bpb, experiment_id))
-        self.rebase_open_proposals(commit)
+        self.rebase_open_proposals(self.best_commit())
 
     def reset_to_best(self) -> None:
-        best = self._best()
-        if best and self.workspace.head() != best[0]:
+        best = self.best_commit()
+        if self.workspace.head() != best:
             self.protect_human_changes("pairlab reset the research branch")
-            self.workspace.reset_to(best[0])
+            self.workspace.reset_to(best)
 
     # ------------------------------------------------------------------ the judge's inputs
 

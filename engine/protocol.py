@@ -22,7 +22,7 @@ from enum import Enum
 from pathlib import Path
 from typing import Any, ClassVar
 
-from engine.events import Event, RunProgress, RunStarted
+from engine.events import Event, RunProgress, RunStarted, SteeringNote
 from engine.records import Experiment, Proposal
 
 PROTOCOL_VERSION = 1
@@ -173,6 +173,7 @@ class Snapshot:
     workspace: str
     targets: list[str]
     resync: bool = False               # True: sent because this client fell behind
+    open_notes: list[SteeringNote] = field(default_factory=list)   # no draft has taken yet
 
 
 @dataclass
@@ -258,6 +259,12 @@ class Note(Command):
 
 
 @dataclass
+class EditProgram(Command):
+    name: ClassVar[str] = "edit_program"
+    text: str
+
+
+@dataclass
 class Stop(Command):
     name: ClassVar[str] = "stop"
 
@@ -284,8 +291,8 @@ class Summary(Command):
 
 
 COMMANDS: dict[str, type[Command]] = {
-    cls.name: cls for cls in (Accept, Veto, Edit, Pause, Resume, KillRun, SetMode, Note, Stop,
-                              ProposalText, LogPath, Summary)
+    cls.name: cls for cls in (Accept, Veto, Edit, Pause, Resume, KillRun, SetMode, Note,
+                              EditProgram, Stop, ProposalText, LogPath, Summary)
 }
 MESSAGES = {cls.kind: cls for cls in (Hello, Refused, Snapshot, EventMessage, Reply)}
 

@@ -76,6 +76,7 @@ class Proposal:
     usage: Usage = field(default_factory=Usage)
     state: ProposalState = ProposalState.PENDING
     created_at: float = 0.0
+    notes: list[str] = field(default_factory=list)   # the human's steering notes its draft had
 
     def to_dict(self) -> dict:
         d = asdict(self)

@@ -33,6 +33,8 @@ class Summary:
     baseline: Experiment | None
     best: Experiment | None
     noise_band: tuple[float, float] | None  # val_bpb range the baseline's repeats span
+    # each steering note with the proposals it went into: (id, description, what became of it)
+    notes: list[tuple[str, list[tuple[int, str, str]]]]
 
     @property
     def improvement(self) -> float | None:
@@ -61,7 +63,21 @@ def summarize(journal: Journal) -> Summary:
     best = journal.best()
     return Summary(totals=journal.totals(), experiments=experiments, kinds=kinds,
                    baseline=baseline, best=best,
-                   noise_band=_noise_band(journal, baseline, baselines, measured, kinds))
+                   noise_band=_noise_band(journal, baseline, baselines, measured, kinds),
+                   notes=_notes(journal, experiments))
+
+
+def _notes(journal: Journal, experiments: list[Experiment]):
+    outcomes = {e.proposal_id: e.status.value for e in experiments if e.proposal_id is not None}
+    notes = []
+    for text, proposal_ids in journal.notes():
+        influenced = []
+        for proposal_id in proposal_ids:
+            proposal = journal.get_proposal(proposal_id)
+            influenced.append((proposal_id, proposal.description,
+                               outcomes.get(proposal_id, proposal.state.value)))
+        notes.append((text, influenced))
+    return notes
 
 
 def _noise_band(journal, baseline, baselines, measured, kinds) -> tuple[float, float] | None:
@@ -214,6 +230,13 @@ def markdown(summary: Summary, png_name: str) -> str:
                   "(k standard errors of the difference)."]
     else:
         lines.append("No change kept yet.")
+
+    if summary.notes:
+        lines += ["", "## Steering notes", ""]
+        for text, influenced in summary.notes:
+            went = "; ".join(f"#{i} {_cell(description)} ({outcome})"
+                             for i, description, outcome in influenced) or "no draft yet"
+            lines.append(f"- \"{_cell(text)}\" → {went}")
 
     u = t.usage
     lines += ["", "## Cost", "",

@@ -27,7 +27,8 @@ from pathlib import Path
 
 from engine import protocol as proto
 from engine.events import (DraftFailed, DraftStarted, Event, LogLines, ProposalReady,
-                           ReasoningDelta, RunFinished, RunProgress, RunStarted, StateChanged)
+                           ReasoningDelta, RunFinished, RunProgress, RunStarted, StateChanged,
+                           SteeringNote)
 from engine.patch import PatchRefused
 
 SOCKET_NAME = "engine.sock"
@@ -222,7 +223,8 @@ class EngineService:
             draft_id=draft[0] if draft else None, draft_agent=draft[1] if draft else "",
             draft_base=draft[2] if draft else "", reasoning=reasoning,
             workspace=str(s.workspace.root), targets=list(s.workspace.config.targets),
-            resync=resync)
+            resync=resync, open_notes=[SteeringNote(note_id, text)
+                                       for note_id, text in s.journal.open_notes()])
 
     # ------------------------------------------------------------------ connections
 

@@ -147,6 +147,11 @@ class Session:
         """A steering note for the agent's next draft; returns its id in the journal."""
         return self._coordinator.call(commands.Note(text))
 
+    def edit_program(self, text: str) -> str | None:
+        """The human's program.md: the agent's next draft is told; committed on the research
+        branch as a human change (returns the commit), or once the run in flight ends (None)."""
+        return self._coordinator.call(commands.EditProgram(text))
+
     # ------------------------------------------------------------------ snapshots
 
     @property
@@ -195,6 +200,7 @@ class Session:
         proposal = self.journal.get_proposal(proposal_id)
         if proposal is None:
             raise KeyError(f"no proposal {proposal_id}")
+        proposal.notes = self.journal.notes_for(proposal_id)
         return proposal
 
     def proposal_text(self, proposal_id: int, path: str) -> str:

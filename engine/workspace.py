@@ -23,6 +23,8 @@ from git.cmd import Git
 
 BASELINE_AUTHOR = ("pairlab", "pairlab@localhost")
 AGENT_AUTHOR = ("pairlab-agent", "agent@pairlab")
+HUMAN_AUTHOR = ("pairlab-human", "human@pairlab")
+PROGRAM_FILE = "program.md"
 BRANCH_PREFIX = "autoresearch/"
 METRIC_SOURCES = ("result_file", "summary_line")
 HUMAN_EDIT_TRAILER = "pairlab-edited-by: human"
@@ -383,7 +385,7 @@ class Workspace:
 
     def program(self) -> str:
         """The research program the agent is given (program.md), empty if there is none."""
-        path = self.root / "program.md"
+        path = self.root / PROGRAM_FILE
         return path.read_text(encoding="utf-8") if path.is_file() else ""
 
     @property
@@ -409,6 +411,31 @@ class Workspace:
         outside = sorted(set(files) - set(self.config.targets))
         if outside:
             raise WorkspaceError(f"{', '.join(outside)} is not a target file of this workspace")
+        commit = self._commit_tree(files, message, parent, author)
+        subject = (message.strip().splitlines() or ["a change"])[0]
+        self.reset_to(commit, reason=f"committing '{subject}'")
+        return commit
+
+    def commit_program(self, text: str, parent: str) -> str:
+        """Commit the human's program.md on top of parent, as a human change, and move the
+        branch there; the working tree's program.md is written too (git leaves it alone
+        when the branch moves, as it is not a target)."""
+        self.write_program(text)
+        message = f"program.md edited by the human\n\n{HUMAN_EDIT_TRAILER}\n"
+        commit = self._commit_tree({PROGRAM_FILE: text}, message, parent, HUMAN_AUTHOR)
+        self.reset_to(commit, reason="committing the human's program.md")
+        return commit
+
+    def write_program(self, text: str) -> None:
+        path = self.root / PROGRAM_FILE
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(text, encoding="utf-8")
+        os.replace(tmp, path)
+
+    def _commit_tree(self, files: dict[str, str], message: str, parent: str,
+                     author: tuple[str, str]) -> str:
+        """A commit of parent's tree with `files` replaced, built in a temporary index so
+        the working tree and the real index are not touched."""
         parent = self.resolve(parent)
         with tempfile.TemporaryDirectory() as scratch:
             index_env = {"GIT_INDEX_FILE": str(Path(scratch) / "index")}
@@ -420,11 +447,8 @@ class Workspace:
                 run_git(self.root, "update-index", "--add", "--cacheinfo", f"{mode},{blob},{path}",
                      env=index_env)
             tree = run_git(self.root, "write-tree", env=index_env).decode().strip()
-        commit = run_git(self.root, "commit-tree", tree, "-p", parent, "-m", message,
-                      env=_identity(author)).decode().strip()
-        subject = (message.strip().splitlines() or ["a change"])[0]
-        self.reset_to(commit, reason=f"committing '{subject}'")
-        return commit
+        return run_git(self.root, "commit-tree", tree, "-p", parent, "-m", message,
+                       env=_identity(author)).decode().strip()
 
     def reset_to(self, commit: str, reason: str = "") -> None:
         """Point the research branch at commit and make the target files match it.

@@ -1,6 +1,7 @@
 """Edit a proposal before it trains: a Python editor in the app, or $EDITOR through app
 suspension. On save the engine recomputes and validates the diff; a refusal is shown
-inline and the editor stays open with the text as the human left it."""
+inline and the editor stays open with the text as the human left it. The same editor opens
+program.md (tui/screens/steering.py)."""
 
 from __future__ import annotations
 
@@ -75,35 +76,49 @@ class EditorScreen(Screen[bool]):
         Binding("escape", "cancel", "Cancel", id="cancel-edit"),
     ]
 
-    def __init__(self, session, proposal: Proposal, texts: dict[str, str]) -> None:
+    SCRATCH_SUFFIX = ".py"                     # the file $EDITOR opens
+
+    def __init__(self, session, proposal: Proposal | None, texts: dict[str, str]) -> None:
         super().__init__()
         self.session = session
         self.proposal = proposal
-        self.base_commit = proposal.base_commit    # what `texts` are: kept if it is rebased
+        # what `texts` are: kept if the proposal is rebased while it is edited
+        self.base_commit = proposal.base_commit if proposal else None
         self.texts = texts
+
+    def heading(self) -> Content:
+        return Content.from_markup(
+            "Editing [b]#$id[/b] $description  [dim](Ctrl+S saves and queues it to train)[/dim]",
+            id=str(self.proposal.id), description=self.proposal.description)
+
+    def text_area(self, text: str) -> TextArea:
+        return PythonTextArea(text, theme="monokai", show_line_numbers=True,
+                              tab_behavior="indent", classes="code-editor")
+
+    def save_files(self, files: dict[str, str]) -> None:
+        """Hand the texts to the engine; a refusal raises with its reason."""
+        # The base it opened on: if the best moved meanwhile, the engine merges onto it.
+        self.session.edit(self.proposal.id, files, self.base_commit)
 
     def compose(self) -> ComposeResult:
         with Vertical(id="editor-body"):
-            yield Static(Content.from_markup(
-                "Editing [b]#$id[/b] $description  [dim](Ctrl+S saves and queues it to train)[/dim]",
-                id=str(self.proposal.id), description=self.proposal.description), id="editor-title")
+            yield Static(self.heading(), id="editor-title")
             yield Static("", id="edit-error", classes="error")
             with TabbedContent(id="editor-tabs"):
                 for index, (path, text) in enumerate(self.texts.items()):
                     with TabPane(path, id=f"file-{index}"):
-                        yield PythonTextArea(text, theme="monokai", show_line_numbers=True,
-                                             tab_behavior="indent", classes="code-editor")
+                        yield self.text_area(text)
         yield Footer()
 
     def on_mount(self) -> None:
-        self.query_one(PythonTextArea).focus()
+        self.query_one(TextArea).focus()
 
-    def _areas(self) -> dict[str, PythonTextArea]:
-        return dict(zip(self.texts, self.query(PythonTextArea)))
+    def _areas(self) -> dict[str, TextArea]:
+        return dict(zip(self.texts, self.query(TextArea)))
 
-    def _current_area(self) -> PythonTextArea:
+    def _current_area(self) -> TextArea:
         pane = self.query_one(TabbedContent).active_pane
-        return pane.query_one(PythonTextArea) if pane else self.query_one(PythonTextArea)
+        return pane.query_one(TextArea) if pane else self.query_one(TextArea)
 
     def action_save(self) -> None:
         self.query_one("#edit-error", Static).update("checking the edit…")
@@ -112,8 +127,7 @@ class EditorScreen(Screen[bool]):
     @work(thread=True, exclusive=True, exit_on_error=False)
     def _submit(self, files: dict[str, str]) -> None:
         try:
-            # The base it opened on: if the best moved meanwhile, the engine merges onto it.
-            self.session.edit(self.proposal.id, files, self.base_commit)
+            self.save_files(files)
         except (PatchRefused, ValueError, KeyError) as refused:   # refused by the engine
             self.app.call_from_thread(self._refused, refused)
         else:
@@ -138,7 +152,8 @@ class EditorScreen(Screen[bool]):
             self.notify("Set $EDITOR (or $VISUAL) to edit outside the app.", severity="warning")
             return
         area = self._current_area()
-        with tempfile.NamedTemporaryFile("w", suffix=".py", delete=False, encoding="utf-8") as handle:
+        with tempfile.NamedTemporaryFile("w", suffix=self.SCRATCH_SUFFIX, delete=False,
+                                         encoding="utf-8") as handle:
             handle.write(area.text)
         scratch = Path(handle.name)
         try:

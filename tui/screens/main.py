@@ -19,13 +19,14 @@ from textual.widgets import DataTable, Footer, ProgressBar, Static
 from engine.events import (BestUpdated, DecisionMade, DraftFailed, DraftStarted, Event,
                            ExperimentSettled, ModeChanged, NoiseFloor, Notice, Preparing, ProposalReady,
                            ProposalRebased, ProposalStale, RunFinished, RunProgress, RunStarted,
-                           SessionStopped, StateChanged)
+                           SessionStopped, StateChanged, SteeringNote)
 from engine.client import EngineClient, EngineLost
 from engine.records import Experiment, ProposalState, RunStatus
 from tui.messages import ProposalSelected
 from tui.screens.editor import EditorScreen
 from tui.screens.log_viewer import LogViewerScreen
 from tui.screens.modals import HelpScreen, VetoScreen
+from tui.screens.steering import NoteScreen, ProgramEditorScreen
 from tui.widgets.chart import ChartPanel
 from tui.widgets.device import DevicePanel
 from tui.widgets.diff import DiffPanel
@@ -77,11 +78,15 @@ class MainScreen(Screen):
         Binding("shift+tab", "cycle_panel(-1)", "Previous panel", id="focus-previous", show=False),
         Binding("f", "toggle_maximize", "Full", id="maximize", tooltip="Full-screen the panel"),
         Binding("o", "open_log", "Log", id="open-log", tooltip="Open the selected run's log"),
+        Binding("s", "write_note", "Note", id="steer-note",
+                tooltip="A note to the agent, for its next draft"),
+        Binding("P", "edit_program", "Program", id="edit-program",
+                tooltip="Edit program.md, the agent's instructions; saving commits it"),
     ]
 
     # Keys that change the loop: a read-only client has none of them.
     DECISION_ACTIONS = frozenset(("accept", "edit", "veto", "pause", "resume", "kill_run",
-                                  "toggle_mode", "stop_loop"))
+                                  "toggle_mode", "stop_loop", "write_note", "edit_program"))
 
     def __init__(self, session, read_only: bool = False) -> None:
         super().__init__()
@@ -200,6 +205,8 @@ class MainScreen(Screen):
     def _load_attach_extras(self, client: EngineClient) -> None:
         """What only the service kept: the run's log tail and progress, the draft so far."""
         snapshot = client.snapshot
+        for note in snapshot.open_notes:
+            self.reasoning.add_note(note.note_id, note.text)
         if snapshot.current_run is not None and not snapshot.resync:
             self.log_panel.write(snapshot.current_run.run_id, snapshot.log_tail, 0)
         if snapshot.progress:
@@ -238,6 +245,7 @@ class MainScreen(Screen):
             self.status.mode = event.mode
         elif isinstance(event, ProposalReady):
             self.diff.add(event.proposal)
+            self.reasoning.notes_taken(event.proposal.notes)
             self.status.cost += event.proposal.usage.cost_usd   # no journal read on the UI thread
         elif isinstance(event, ProposalRebased):
             self.diff.rebase(event.proposal_id, event.base_commit, event.diff)
@@ -285,6 +293,8 @@ class MainScreen(Screen):
             severity = {"error": "error", "warning": "warning"}.get(event.level, "information")
             text = f"{event.message}\n{event.hint}" if event.hint else event.message
             self.notify(text, severity=severity, timeout=12 if severity == "error" else 6)
+        elif isinstance(event, SteeringNote):
+            self.reasoning.add_note(event.note_id, event.text)
         elif isinstance(event, SessionStopped):
             self.state = "stopped"
             self.status.state, self.status.detail = "stopped", event.reason
@@ -360,7 +370,7 @@ class MainScreen(Screen):
             return self.state == "paused"
         if action == "kill_run":
             return self.run_in_flight is not None
-        if action == "toggle_mode":
+        if action in ("toggle_mode", "write_note", "edit_program"):
             return self.state != "stopped"
         if action == "open_log":
             return bool(self.table.rows) if self.is_mounted else False
@@ -403,6 +413,25 @@ class MainScreen(Screen):
                 self.notify(f"your edit of #{proposal.id} is queued to train")
 
         self.app.push_screen(EditorScreen(self.session, proposal, texts), edited)
+
+    def action_write_note(self) -> None:
+        def written(note: str | None) -> None:
+            if note:
+                self._engine_call("note", self.session.note, note)
+
+        self.app.push_screen(NoteScreen(), written)
+
+    def action_edit_program(self) -> None:
+        editor = ProgramEditorScreen(self.session, self.session.workspace.program())
+
+        def saved(done: bool | None) -> None:
+            if not done:
+                return
+            when = f"committed as {editor.commit[:7]}" if editor.commit else \
+                "committed when the run in flight ends"
+            self.notify(f"program.md saved ({when}); the agent's next draft is told")
+
+        self.app.push_screen(editor, saved)
 
     def action_detach(self) -> None:
         self.app.action_detach()

@@ -18,6 +18,7 @@ from engine.records import Proposal, ProposalState
 from tui.messages import ProposalSelected
 from tui.widgets.nudge import ReviewNudge
 from tui.widgets.panel import Panel
+from tui.widgets.reasoning import after_note
 
 HUNK_HEADER = re.compile(r"^@@ -(\d+)(?:,\d+)? \+(\d+)(?:,\d+)? @@(.*)$")
 HUNK_LENGTHS = re.compile(r"^@@ -\d+(?:,(\d+))? \+\d+(?:,(\d+))? @@")
@@ -211,6 +212,9 @@ class DiffPanel(Panel):
                 ("unusually large win: look before it becomes the best", "bold $text-warning"),
                 ("\nit trained, and a re-run confirmed it: a keeps it, v discards it", "")),
                 classes="held-banner"))
+        if proposal.notes:
+            views.append(HunkView(Content("\n").join(map(after_note, proposal.notes)),
+                                  classes="note-banner"))
         for number, hunk in enumerate(hunks, 1):
             view = HunkView(render_hunk(hunk), classes="hunk held" if held else "hunk")
             view.border_title = f"{hunk.path} · hunk {number}/{len(hunks)}"

@@ -18,13 +18,25 @@ KIND_HEADINGS = {"thinking": "*thinking*", "text": "", "tool": "`tool`"}
 def proposal_summary(proposal: Proposal) -> Content:
     usage = proposal.usage
     tokens = usage.input_tokens + usage.output_tokens
-    return Content.from_markup(
+    summary = Content.from_markup(
         "[b]#$id $description[/b]\n[dim]hypothesis:[/dim] $hypothesis\n"
         "[dim]$agent · $tokens tokens · $cost[/dim]",
         id=str(proposal.id), description=proposal.description,
         hypothesis=proposal.hypothesis or "—", agent=proposal.agent,
         tokens=f"{tokens:,}", cost=f"${usage.cost_usd:.4f}",
     )
+    return Content("\n").join([summary, *map(after_note, proposal.notes)])
+
+
+def after_note(text: str) -> Content:
+    """How a proposal says it was drafted after a human's note."""
+    return Content.assemble(("after your note: ", "bold $text-warning"), text)
+
+
+def human_note(note_id: int, text: str) -> Content:
+    """A note the human sent that no draft has taken yet: marked apart from the agent's text."""
+    return Content.assemble((f"✎ human note #{note_id}", "bold reverse $text-warning"),
+                            (" for the next draft: ", "bold $text-warning"), text)
 
 
 class ReasoningPanel(Panel):
@@ -36,9 +48,11 @@ class ReasoningPanel(Panel):
         self._stream: MarkdownStream | None = None
         self._last_kind: str | None = None
         self.text = ""          # the whole streamed reasoning of the current draft, as Markdown
+        self.notes: dict[int, str] = {}   # the human's notes no proposal has shown yet
 
     def compose(self) -> ComposeResult:
         yield Static("waiting for the agent…", id="proposal-summary")
+        yield Static(id="steering-notes")
         with VerticalScroll(id="reasoning-scroll", can_focus=True):
             yield Markdown(id="reasoning")
 
@@ -48,6 +62,21 @@ class ReasoningPanel(Panel):
     def on_mount(self) -> None:
         super().on_mount()
         self.query_one("#reasoning-scroll").anchor()
+        self._draw_notes()
+
+    def add_note(self, note_id: int, text: str) -> None:
+        self.notes[note_id] = text
+        self._draw_notes()
+
+    def notes_taken(self, texts: list[str]) -> None:
+        """A proposal drafted after these notes arrived: it shows them from now on."""
+        self.notes = {i: t for i, t in self.notes.items() if t not in texts}
+        self._draw_notes()
+
+    def _draw_notes(self) -> None:
+        notes = self.query_one("#steering-notes", Static)
+        notes.display = bool(self.notes)
+        notes.update(Content("\n").join(human_note(i, t) for i, t in self.notes.items()))
 
     def show_proposal(self, proposal: Proposal | None) -> None:
         summary = self.query_one("#proposal-summary", Static)
