@@ -7,7 +7,8 @@ guards the loop's state and no reader ever waits on git. Modelled on Ray Tune's 
 decisions are objects (planner plans, judge verdicts) the loop applies.
 
 Run outcomes and the judge's verdicts live in engine/outcomes.py, the agent's drafts and
-rebases in engine/drafting.py, the user's commands in engine/decisions.py.
+rebases in engine/drafting.py, the user's commands in engine/decisions.py, runs trained
+ahead of their review in engine/speculation.py, the trainer slots in engine/slots.py.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from concurrent.futures import Future
 from dataclasses import replace
 from typing import Callable
 
-from engine import keep_rule, planner, workers
+from engine import keep_rule, planner, slots, workers
 from engine.agents.base import Agent
 from engine.commands import Command, CommandRefused
 from engine.decisions import DecisionsMixin
@@ -32,12 +33,13 @@ from engine.journal import Journal
 from engine.loop_state import Judging, LoopState, Snapshot
 from engine.outcomes import OutcomesMixin
 from engine.records import ProposalState, RunStatus
+from engine.speculation import SpeculationMixin
 from engine.workspace import Workspace
 
 TICK_S = 1.0                         # how often caps and backoffs are looked at when idle
 
 
-class Coordinator(DecisionsMixin, DraftingMixin, OutcomesMixin):
+class Coordinator(DecisionsMixin, DraftingMixin, OutcomesMixin, SpeculationMixin):
     def __init__(self, workspace: Workspace, agent: Agent, settings, journal: Journal,
                  emit: Callable[[Event], None], on_trainer_pid=None):
         self.workspace = workspace
@@ -49,6 +51,9 @@ class Coordinator(DecisionsMixin, DraftingMixin, OutcomesMixin):
         self.on_trainer_pid = on_trainer_pid
         self.inbox: queue.Queue = queue.Queue()
         self.loop = LoopState(mode=settings.mode, data_dir=settings.data_dir)
+        self.slots = slots.make_slots(settings.slots or slots.default_slot_count(settings.device),
+                                      settings.device)
+        self.worktrees = slots.Worktrees(workspace)
         self.snapshot = Snapshot(mode=settings.mode, best=self._best(),
                                  noise_floor=journal.get_state("noise_floor"))
         self.thread: threading.Thread | None = None
@@ -106,7 +111,7 @@ class Coordinator(DecisionsMixin, DraftingMixin, OutcomesMixin):
                     message = None
                 self._step(message)
                 # a data check in flight is left to finish on its own: nothing to record
-                if self.loop.stopping and self.loop.run is None and self.loop.draft is None:
+                if self.loop.stopping and not self.loop.runs and self.loop.draft is None:
                     break
         finally:
             self._finish()
@@ -149,7 +154,7 @@ class Coordinator(DecisionsMixin, DraftingMixin, OutcomesMixin):
             self.on_data(message)
         elif isinstance(message, workers.WorkerFailed):
             if message.worker == "trainer":
-                self.loop.run = None
+                self.loop.runs.pop(message.slot, None)
             elif message.worker == "drafter":
                 self.loop.draft = None
             else:
@@ -192,8 +197,8 @@ class Coordinator(DecisionsMixin, DraftingMixin, OutcomesMixin):
         loop.stopping, loop.stop_reason = True, reason
         if loop.draft is not None:
             loop.draft.cancel.set()
-        if loop.run is not None:
-            loop.run.runner.kill()
+        for active in loop.runs.values():
+            active.runner.kill()
 
     def _finish(self) -> None:
         while True:                            # nobody may wait for a reply that never comes
@@ -207,6 +212,10 @@ class Coordinator(DecisionsMixin, DraftingMixin, OutcomesMixin):
             summary = self.summary()
         except Exception as exc:
             summary = f"(no summary: {exc})"
+        try:
+            self.worktrees.remove_all()
+        except Exception:                      # the next start removes what is left
+            pass
         self._shown = None
         self.snapshot = replace(self.snapshot, state="stopped", detail=self.loop.stop_reason,
                                 current_run=None, best=self._best(),
@@ -223,8 +232,8 @@ class Coordinator(DecisionsMixin, DraftingMixin, OutcomesMixin):
                   and r["val_bpb"] is not None and r["status"] in ("keep", "discard")]
         return planner.LoopView(
             stopping=loop.stopping, paused=loop.paused, data_ready=loop.data_ready,
-            running=loop.run is not None,
-            running_experiment=loop.run is not None and loop.run.plan.kind == "experiment",
+            slots=len(self.slots),
+            in_flight=tuple(active.plan for _, active in sorted(loop.runs.items())),
             drafting=loop.draft is not None, best_commit=self.best_commit(),
             has_baseline=any(r["kind"] == "baseline" for r in values),
             noise_samples=len(values), noise_repeats=max(0, self.settings.noise_repeats),
@@ -233,6 +242,7 @@ class Coordinator(DecisionsMixin, DraftingMixin, OutcomesMixin):
             best_rerun_due=keep_rule.should_rerun_best(self.runs_since_best_ran(),
                                                        self.rules().keep),
             queue=tuple(loop.queue), pending=len(loop.review),
+            speculate=self.speculating, unspeculated=self.unspeculated(),
             drafts_ahead=self.settings.drafts_ahead,
             experiments_done=self.journal.experiment_count(),
             max_experiments=self.settings.max_experiments,
@@ -247,16 +257,17 @@ class Coordinator(DecisionsMixin, DraftingMixin, OutcomesMixin):
             data_dir = loop.data_dir
             workers.start("data", self.post, lambda: workers.check_data(data_dir, self.emit))
         self.check_caps()
-        for _ in range(8):                    # a stale proposal makes room for the next plan
+        for _ in range(8 + len(self.slots)):  # a stale proposal makes room for the next plan
             plan = planner.next_run(self.view())
-            if plan is None or self.start_run(plan):
+            if plan is None:
                 break
+            self.start_run(plan)
         if planner.should_draft(self.view()):
             self.start_draft()
 
     def check_caps(self) -> None:
         s = self.settings
-        if self.loop.run is not None:
+        if self.loop.runs:
             return
         reason = ""
         if planner.cap_stop(self.view()):
@@ -273,6 +284,7 @@ class Coordinator(DecisionsMixin, DraftingMixin, OutcomesMixin):
     def restore(self) -> None:
         """Make git match the journal and pick up where a killed engine stopped."""
         loop = self.loop
+        self.worktrees.remove_all()            # a killed engine's: each run checks out anew
         for run in self.journal.interrupted_runs():
             again = "; it trains again now" if run.proposal_id is not None or \
                 run.decided_by in ("baseline", "noise") else ""
@@ -300,6 +312,11 @@ class Coordinator(DecisionsMixin, DraftingMixin, OutcomesMixin):
             (loop.queue if proposal.state is ProposalState.ACCEPTED else loop.review).append(
                 proposal.id)
         for row in self.journal.run_rows():
+            if row["kind"] == "speculative" and row["status"] in (
+                    RunStatus.SPECULATIVE.value, RunStatus.CRASH.value, RunStatus.TIMEOUT.value
+                    ) and row["proposal_id"] in loop.review:
+                loop.ahead[row["proposal_id"]] = row["id"]
+                continue
             held = row["status"] == RunStatus.HELD.value
             if row["kind"] == "experiment" and (held or row["status"] ==
                                                 RunStatus.CONFIRMING.value):
@@ -340,10 +357,16 @@ class Coordinator(DecisionsMixin, DraftingMixin, OutcomesMixin):
             return "stopping", loop.stop_reason
         if loop.paused:
             return "paused", loop.pause_reason
-        if loop.run is not None:
-            started = loop.run.started
-            return ("training" if started.proposal_id is not None else "baseline",
-                    started.description)
+        running = [active.started for _, active in sorted(loop.runs.items())]
+        accepted = [started for started in running if not started.speculative]
+        if accepted:
+            started = accepted[0]
+            state = "training" if started.proposal_id is not None else "baseline"
+            more = f" (+{len(running) - 1} more)" if len(running) > 1 else ""
+            return state, started.description + more
+        if running and loop.review:
+            return "reviewing", (f"{len(loop.review)} waiting for review; "
+                                 f"#{running[0].proposal_id} trains speculatively")
         if loop.review or held:
             waiting = [f"{len(loop.review)} waiting for review"] if loop.review else []
             waiting += [f"#{i} held: unusually large win" for i in held]
@@ -361,7 +384,7 @@ class Coordinator(DecisionsMixin, DraftingMixin, OutcomesMixin):
         self.snapshot = Snapshot(
             state=state, detail=detail, mode=loop.mode, paused=loop.paused, best=self._best(),
             noise_floor=self.journal.get_state("noise_floor"),
-            current_run=copy.deepcopy(loop.run.started) if loop.run else None,
+            current_run=copy.deepcopy(self.followed_run()),
             # Held wins wait for a human too: they are in the review queue, marked held.
             pending=tuple(copy.deepcopy(props[i]) for i in loop.review + [
                 j.proposal_id for j in loop.judging.values() if j.need == "human"]),
@@ -370,6 +393,11 @@ class Coordinator(DecisionsMixin, DraftingMixin, OutcomesMixin):
         if (state, detail) != self._shown:
             self._shown = (state, detail)
             self.emit(StateChanged(state, detail))
+
+    def followed_run(self):
+        """The run the log panel follows: the lowest busy slot's."""
+        runs = self.loop.runs
+        return runs[min(runs)].started if runs else None
 
     def summary(self) -> str:
         parts = [self.journal.summary_line()]

@@ -125,6 +125,18 @@ class RunStarted(Event):
     description: str
     budget_s: float
     log_path: str
+    speculative: bool = False        # trains a proposal no human has accepted yet
+    slot: int = 0                    # the trainer slot it trains in
+
+
+@dataclass
+class RunAccepted(Event):
+    """A speculative run became its proposal's experiment: a human accepted it while it
+    trained, and it goes on with the time it already had."""
+
+    type: ClassVar[str] = "run_accepted"
+    run_id: str
+    proposal_id: int
 
 
 @dataclass

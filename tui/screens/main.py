@@ -18,7 +18,8 @@ from textual.widgets import DataTable, Footer, ProgressBar, Static
 
 from engine.events import (BestUpdated, DecisionMade, DraftFailed, DraftStarted, Event,
                            ExperimentSettled, ModeChanged, NoiseFloor, Notice, Preparing, ProposalReady,
-                           ProposalRebased, ProposalStale, RunFinished, RunProgress, RunStarted,
+                           ProposalRebased, ProposalStale, RunAccepted, RunFinished, RunProgress,
+                           RunStarted,
                            SessionStopped, StateChanged)
 from engine.client import EngineClient, EngineLost
 from engine.records import Experiment, ProposalState, RunStatus
@@ -258,7 +259,12 @@ class MainScreen(Screen):
                 id=event.experiment_id, proposal_id=event.proposal_id, commit=event.commit,
                 status=RunStatus.INTERRUPTED, val_bpb=None, memory_gb=0.0,
                 description=event.description, decided_by="", run_id=event.run_id,
-                started_at=event.at, finished_at=None, log_path=event.log_path), training=True)
+                started_at=event.at, finished_at=None, log_path=event.log_path,
+                speculative=event.speculative), training=True)
+        elif isinstance(event, RunAccepted):
+            row = self.table.rows.get(event.run_id)
+            if row is not None:                # the speculative run now counts: training
+                self.table.upsert(replace(row, speculative=False), training=True)
         elif isinstance(event, RunFinished):
             experiment, result = event.experiment, event.result
             if self.run_in_flight is not None and self.run_in_flight.run_id == result.run_id:
