@@ -19,7 +19,8 @@ from engine.slots import Worktrees
 from engine.workspace import init
 from tests.faults.conftest import assert_git_matches_journal
 from tests.test_coordinator import WAIT_S, Events, ScriptedAgent, run_kinds, started
-from engine.session import SessionSettings
+from tests.test_tui_support import pilot_test
+from engine.session import Session, SessionSettings
 
 STANDIN = '''\
 VALUE = 1.0  # the val_bpb this stand-in reports
@@ -229,3 +230,38 @@ def test_speculation_is_a_setting_and_a_flag(tmp_path):
     assert settings_from_args(parser.parse_args([]), Config()).speculate is True
     assert settings_from_args(parser.parse_args(["--no-speculate"]), Config()).speculate is False
     assert settings_from_args(parser.parse_args([]), Config(speculate=False)).speculate is False
+
+
+# ---------------------------------------------------------------------- the app shows it
+
+@pilot_test
+async def test_the_app_shows_the_run_as_speculative_until_the_human_accepts_it(
+        standin, dataset_dir, tmp_path):
+    from textual.widgets import DataTable
+    from tests.test_tui_session import wait_for
+    from tui.app import PairlabApp
+    events = Events()
+    releasing(tmp_path, events, runs=2)
+    session = Session(standin, ScriptedAgent(("VALUE = 1.0", "VALUE = 0.9")),
+                      review(dataset_dir, tmp_path), monitor=False)
+    session.subscribe(events)
+    app = PairlabApp(session)
+    async with app.run_test(size=(120, 40)) as pilot:
+        main = app.main
+        label = lambda run_id: str(main.table.query_one(DataTable).get_cell(  # noqa: E731
+            run_id, "status")) if run_id in main.table.rows else ""
+        await wait_for(pilot, lambda: events.of(RunStarted, speculative=True),
+                       what="a speculative run")
+        ahead = events.of(RunStarted, speculative=True)[0]
+        await wait_for(pilot, lambda: label(ahead.run_id) == "speculative",
+                       what="the row labelled speculative")
+        await wait_for(pilot, lambda: main.diff.selected == 1, what="the proposal shown")
+        await pilot.press("a")
+        await wait_for(pilot, lambda: label(ahead.run_id) == "training",
+                       what="the row labelled training once accepted")
+        release(tmp_path)
+        await wait_for(pilot, lambda: label(ahead.run_id).startswith("keep"),
+                       what="the run kept")
+        await pilot.press("S")
+        await pilot.pause(0.2)
+    session.stop()
