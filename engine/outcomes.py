@@ -178,7 +178,8 @@ class OutcomesMixin:
         if noise.sigma is not None:
             self.emit(NoiseFloor(noise.sigma, self.run_groups()[done.commit]))
         for waiting in list(self.loop.judging.values()):
-            if waiting.need == "best":
+            # a keep among them sends the wins on the old best back to train again
+            if waiting.need == "best" and waiting.proposal_id in self.loop.judging:
                 self.rejudge(waiting, None)
 
     def on_experiment(self, done: workers.RunDone, state: dict, measured: bool) -> None:
@@ -191,8 +192,13 @@ class OutcomesMixin:
             loop.proposals.pop(proposal_id, None)
             self.emit(RunFinished(experiment, result))
             return
-        # a result no better than the best is discarded here, before any noise estimate
-        verdict = judge.judge([result.val_bpb], self.best_runs(), self.noise(), self.rules())
+        # a result no better than the best is discarded here, before any noise estimate;
+        # with several slots the best may have moved: judged against the best at its base
+        base, to_beat = self.runs_to_beat(done.commit)
+        verdict = judge.judge([result.val_bpb], to_beat, self.noise(), self.rules())
+        if base != self.best_commit() and verdict.verdict is not judge.Verdict.DISCARD:
+            self.won_on_moved_base(done, state, base, verdict)
+            return
         result.message = verdict.reason
         if verdict.verdict is judge.Verdict.CONFIRM:
             result.status = RunStatus.CONFIRMING
@@ -213,7 +219,12 @@ class OutcomesMixin:
             self.became_best(done.commit, result.val_bpb, experiment.id)
 
     def on_rerun(self, done: workers.RunDone, state: dict, measured: bool) -> None:
-        result, waiting = done.result, self.loop.judging[done.plan.proposal_id]
+        result, waiting = done.result, self.loop.judging.get(done.plan.proposal_id)
+        if waiting is None:            # the best moved meanwhile: it trains again there
+            if measured:
+                result.status = RunStatus.DISCARD
+            self.emit(RunFinished(self.journal.finish_run(result, state=state), result))
+            return
         if measured:
             result.status = RunStatus.DISCARD          # the re-run only measures
             self.rejudge(waiting, result, state)
@@ -313,6 +324,7 @@ class OutcomesMixin:
         self.workspace.reset_to(commit)
         self.emit(BestUpdated(commit, val_bpb, experiment_id))
         self.rebase_open_proposals(commit)
+        self.requeue_judgments_off_best()
 
     def reset_to_best(self) -> None:
         best = self._best()
