@@ -19,6 +19,7 @@ from tests.faults.conftest import (assert_git_matches_journal, assert_nothing_lo
                                    baselined_template, baselined_workspace, headless,
                                    journal_snapshot, results_rows, wait_for)
 from tests.test_coordinator import WAIT_S, Events, ScriptedAgent, run_kinds, started
+from tests.test_tui_support import ScriptedSession, pilot_test
 
 STANDIN = '''\
 VALUE = 1.0  # the val_bpb this stand-in reports
@@ -193,3 +194,30 @@ def test_the_engine_killed_with_two_runs_in_flight_resumes_both(baselined_worksp
     assert_git_matches_journal(root)
     assert Worktrees(baselined_workspace).listed() == []
     assert not _trainers_in(root)
+
+
+# ---------------------------------------------------------------------- the app
+
+@pilot_test
+async def test_the_device_panel_shows_every_slot_and_l_switches_the_followed_log(tmp_path):
+    from textual.widgets import Static
+    from tui.app import PairlabApp
+    log = tmp_path / "run-0004.log"
+    log.write_text("step 1 of the second slot\n")
+    events = [RunStarted("run-0003", 3, 1, "abc1234", "VALUE 1.0 -> 0.9", 5, "/x", slot=0),
+              RunStarted("run-0004", 4, 2, "bcd2345", "EXTRA 0 -> 1", 5, str(log),
+                         speculative=True, slot=1)]
+    app = PairlabApp(ScriptedSession(tmp_path, events))
+    async with app.run_test(size=(120, 40)) as pilot:
+        await pilot.pause(0.3)
+        main = app.main
+        slots = str(main.device.query_one("#device-slots", Static).render())
+        assert "▸ slot 0 run-0003 #1" in slots and "slot 1 run-0004 #2 speculative" in slots
+        assert main.log_panel.run_id == "run-0003"         # slot 0 keeps the panel
+        await pilot.press("l")
+        await pilot.pause(0.1)
+        assert main.log_panel.run_id == "run-0004" and main.followed_slot == 1
+        assert "step 1 of the second slot" in "\n".join(main.log_panel.log.lines)
+        assert "▸ slot 1" in str(main.device.query_one("#device-slots", Static).render())
+        await pilot.press("l")
+        assert main.log_panel.run_id == "run-0003"

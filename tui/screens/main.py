@@ -78,6 +78,8 @@ class MainScreen(Screen):
         Binding("shift+tab", "cycle_panel(-1)", "Previous panel", id="focus-previous", show=False),
         Binding("f", "toggle_maximize", "Full", id="maximize", tooltip="Full-screen the panel"),
         Binding("o", "open_log", "Log", id="open-log", tooltip="Open the selected run's log"),
+        Binding("l", "next_slot", "Log slot", id="next-slot",
+                tooltip="The log panel follows the next busy trainer slot"),
     ]
 
     # Keys that change the loop: a read-only client has none of them.
@@ -89,7 +91,9 @@ class MainScreen(Screen):
         self.session = session
         self.read_only = read_only
         self.state = "starting"
-        self.run_in_flight: RunStarted | None = None
+        self.run_in_flight: RunStarted | None = None     # the followed slot's run
+        self.slot_runs: dict[int, RunStarted] = {}       # every busy slot's run
+        self.followed_slot = 0                           # the slot the log panel follows
         self.current_panel = "diff-panel"
         self._applicable: tuple = ()
         self._bindings_refresh_due = False
@@ -166,6 +170,10 @@ class MainScreen(Screen):
     @property
     def chart(self) -> ChartPanel:
         return self.query_one(ChartPanel)
+
+    @property
+    def device(self) -> DevicePanel:
+        return self.query_one(DevicePanel)
 
     @property
     def log_panel(self) -> LogPanel:
@@ -251,10 +259,10 @@ class MainScreen(Screen):
         elif isinstance(event, ExperimentSettled):
             self._record_experiment(event.experiment)
         elif isinstance(event, RunStarted):
-            self.run_in_flight = event
-            self.status.progress = None
-            self.log_panel.start_run(event)
-            self.chart.start_live(event.run_id)
+            self.slot_runs[event.slot] = event
+            if event.slot == self.followed_slot or self.followed_slot not in self.slot_runs:
+                self.follow(event.slot)                 # the followed slot's, or it is idle
+            self.device.show_slots(self.slot_runs, self.followed_slot)
             self.table.upsert(Experiment(
                 id=event.experiment_id, proposal_id=event.proposal_id, commit=event.commit,
                 status=RunStatus.INTERRUPTED, val_bpb=None, memory_gb=0.0,
@@ -267,6 +275,10 @@ class MainScreen(Screen):
                 self.table.upsert(replace(row, speculative=False), training=True)
         elif isinstance(event, RunFinished):
             experiment, result = event.experiment, event.result
+            for slot, run in list(self.slot_runs.items()):
+                if run.run_id == result.run_id:
+                    del self.slot_runs[slot]
+            self.device.show_slots(self.slot_runs, self.followed_slot)
             if self.run_in_flight is not None and self.run_in_flight.run_id == result.run_id:
                 self.run_in_flight = None
                 self.chart.stop_live()
@@ -359,6 +371,8 @@ class MainScreen(Screen):
             return selected is not None
         if action == "step_proposal":
             return len(self.diff.queue) > 1
+        if action == "next_slot":
+            return len(self.slot_runs) > 1
         if action == "pause":
             return self.state not in ("paused", "stopped")
         if action == "resume":
@@ -440,6 +454,23 @@ class MainScreen(Screen):
 
     def action_toggle_maximize(self) -> None:
         self.query_one(PanelGrid).toggle_full(self.query_one(f"#{self.current_panel}", Panel))
+
+    def follow(self, slot: int) -> None:
+        """The log panel, the live chart and the progress follow this slot's run."""
+        run = self.slot_runs[slot]
+        self.followed_slot, self.run_in_flight = slot, run
+        self.status.progress = None
+        self.log_panel.start_run(run)
+        self.chart.start_live(run.run_id)
+
+    def action_next_slot(self) -> None:
+        busy = sorted(self.slot_runs)
+        if not busy:
+            return
+        later = [slot for slot in busy if slot > self.followed_slot]
+        self.follow(later[0] if later else busy[0])
+        self.log_panel.show_tail()
+        self.device.show_slots(self.slot_runs, self.followed_slot)
 
     def action_open_log(self) -> None:
         experiment = self.table.selected
