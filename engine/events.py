@@ -127,6 +127,7 @@ class RunStarted(Event):
     log_path: str
     speculative: bool = False        # trains a proposal no human has accepted yet
     slot: int = 0                    # the trainer slot it trains in
+    slots: int = 1                   # the loop's trainer slots
 
 
 @dataclass

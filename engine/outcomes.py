@@ -88,7 +88,8 @@ class OutcomesMixin:
             log_path=str(runner.log_path))
         started = RunStarted(run_id, experiment_id, plan.proposal_id, commit, description,
                              self.settings.budget_s, str(runner.log_path),
-                             speculative=plan.kind == "speculative", slot=slot.index)
+                             speculative=plan.kind == "speculative", slot=slot.index,
+                             slots=len(self.slots))
         self.loop.runs[slot.index] = ActiveRun(plan, runner, started, slot)
         self.emit(copy.deepcopy(started))
         emit, on_pid = self.emit, self.on_trainer_pid

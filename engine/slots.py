@@ -15,6 +15,7 @@ import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from engine.events import RunStarted
 from engine.workspace import Workspace, WorkspaceError, run_git
 
 SLOTS_DIR = "slots"
@@ -65,6 +66,26 @@ def make_slots(count: int, device: str | None = None) -> list[Slot]:
             env["CUDA_VISIBLE_DEVICES"] = gpus[i % len(gpus)]
         slots.append(Slot(i, env))
     return slots
+
+
+def upcoming_slots(waiting: list[int], slots: int, busy: dict[int, RunStarted]
+                   ) -> dict[int, int]:
+    """The slot each waiting proposal goes to, in queue order (what the review queue shows):
+    one a slot trains ahead of its review stays there; the others take the free slots in
+    order, then the busy ones in the order their runs started (with equal budgets, the
+    first started ends first)."""
+    training = {run.proposal_id: slot for slot, run in busy.items()
+                if run.proposal_id is not None}
+    order = [i for i in range(slots) if i not in busy] + \
+        [slot for slot, _ in sorted(busy.items(), key=lambda item: item[1].at)]
+    upcoming, taken = {}, 0
+    for proposal_id in waiting:
+        if proposal_id in training:
+            upcoming[proposal_id] = training[proposal_id]
+        elif order:
+            upcoming[proposal_id] = order[taken % len(order)]
+            taken += 1
+    return upcoming
 
 
 class Worktrees:

@@ -10,16 +10,16 @@ import signal
 import psutil
 import pytest
 
-from engine.events import BestUpdated, RunFinished, RunStarted
+from engine.events import BestUpdated, ProposalReady, RunFinished, RunStarted
 from engine.records import RunStatus
 from engine.session import SessionSettings
-from engine.slots import Worktrees, default_slot_count, make_slots
+from engine.slots import Worktrees, default_slot_count, make_slots, upcoming_slots
 from engine.workspace import init
 from tests.faults.conftest import (assert_git_matches_journal, assert_nothing_lost,  # noqa: F401
                                    baselined_template, baselined_workspace, headless,
                                    journal_snapshot, results_rows, wait_for)
 from tests.test_coordinator import WAIT_S, Events, ScriptedAgent, run_kinds, started
-from tests.test_tui_support import ScriptedSession, pilot_test
+from tests.test_tui_support import ScriptedSession, pilot_test, proposal
 
 STANDIN = '''\
 VALUE = 1.0  # the val_bpb this stand-in reports
@@ -85,6 +85,15 @@ def test_slot_counts_and_device_pins(monkeypatch):
     assert default_slot_count() == 1
     with pytest.raises(ValueError, match="at least 1"):
         make_slots(0)
+
+
+def test_the_review_queue_knows_which_slot_each_proposal_goes_to():
+    def run(proposal_id, at):
+        return RunStarted(f"run-{at}", at, proposal_id, "c" * 40, "", 5, "/x", at=float(at))
+    assert upcoming_slots([4, 5, 6], 3, {1: run(None, 1)}) == {4: 0, 5: 2, 6: 1}
+    busy = {0: run(None, 2), 1: run(7, 1)}          # slot 1 started first, ahead on #7
+    assert upcoming_slots([7, 8, 9], 2, busy) == {7: 1, 8: 1, 9: 0}
+    assert upcoming_slots([3], 1, {}) == {3: 0}
 
 
 def test_two_slots_train_at_once_and_a_win_on_a_moved_best_is_merged_and_retrained(
@@ -204,9 +213,12 @@ async def test_the_device_panel_shows_every_slot_and_l_switches_the_followed_log
     from tui.app import PairlabApp
     log = tmp_path / "run-0004.log"
     log.write_text("step 1 of the second slot\n")
-    events = [RunStarted("run-0003", 3, 1, "abc1234", "VALUE 1.0 -> 0.9", 5, "/x", slot=0),
+    events = [RunStarted("run-0003", 3, 1, "abc1234", "VALUE 1.0 -> 0.9", 5, "/x", slot=0,
+                         slots=2, at=100.0),
               RunStarted("run-0004", 4, 2, "bcd2345", "EXTRA 0 -> 1", 5, str(log),
-                         speculative=True, slot=1)]
+                         speculative=True, slot=1, slots=2, at=101.0),
+              ProposalReady(proposal(2, "EXTRA 0 -> 1", "0.02")),
+              ProposalReady(proposal(5, "lr down", "0.01"))]
     app = PairlabApp(ScriptedSession(tmp_path, events))
     async with app.run_test(size=(120, 40)) as pilot:
         await pilot.pause(0.3)
@@ -214,6 +226,9 @@ async def test_the_device_panel_shows_every_slot_and_l_switches_the_followed_log
         slots = str(main.device.query_one("#device-slots", Static).render())
         assert "▸ slot 0 run-0003 #1" in slots and "slot 1 run-0004 #2 speculative" in slots
         assert main.log_panel.run_id == "run-0003"         # slot 0 keeps the panel
+        queue = str(main.diff.query_one("#queue", Static).render())
+        # #2 trains ahead in slot 1; #5 goes to the slot whose run started first
+        assert "#2 → slot 1" in queue and "#5 → slot 0" in queue
         await pilot.press("l")
         await pilot.pause(0.1)
         assert main.log_panel.run_id == "run-0004" and main.followed_slot == 1

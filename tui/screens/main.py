@@ -23,6 +23,7 @@ from engine.events import (BestUpdated, DecisionMade, DraftFailed, DraftStarted,
                            SessionStopped, StateChanged)
 from engine.client import EngineClient, EngineLost
 from engine.records import Experiment, ProposalState, RunStatus
+from engine.slots import upcoming_slots
 from tui.messages import ProposalSelected
 from tui.screens.editor import EditorScreen
 from tui.screens.log_viewer import LogViewerScreen
@@ -94,6 +95,7 @@ class MainScreen(Screen):
         self.run_in_flight: RunStarted | None = None     # the followed slot's run
         self.slot_runs: dict[int, RunStarted] = {}       # every busy slot's run
         self.followed_slot = 0                           # the slot the log panel follows
+        self.slot_count = 1                              # the loop's, from its runs
         self.current_panel = "diff-panel"
         self._applicable: tuple = ()
         self._bindings_refresh_due = False
@@ -259,7 +261,7 @@ class MainScreen(Screen):
         elif isinstance(event, ExperimentSettled):
             self._record_experiment(event.experiment)
         elif isinstance(event, RunStarted):
-            self.slot_runs[event.slot] = event
+            self.slot_runs[event.slot], self.slot_count = event, event.slots
             if event.slot == self.followed_slot or self.followed_slot not in self.slot_runs:
                 self.follow(event.slot)                 # the followed slot's, or it is idle
             self.device.show_slots(self.slot_runs, self.followed_slot)
@@ -338,6 +340,9 @@ class MainScreen(Screen):
 
     def _after_change(self) -> None:
         self.status.pending = len(self.diff.queue)
+        if self.slot_count > 1:
+            self.diff.show_slots(upcoming_slots(list(self.diff.queue), self.slot_count,
+                                                self.slot_runs))
         self.status.redraw()
         # The footer rebuilds itself on every refresh: only when a key's applicability changed.
         applicable = (self.diff.selected is not None, len(self.diff.queue) > 1, self.state,
