@@ -305,8 +305,9 @@ def status_text(client) -> str:
         progress = snap.progress[-1] if snap.progress else None
         where = (f" {progress.percent:.0f}% step {progress.step}, {progress.remaining_s:.0f}s "
                  f"left" if progress else "")
+        ahead = " (speculative)" if run.speculative else ""
         lines.append(f"run: {run.run_id} experiment #{run.experiment_id} {run.description}"
-                     f"{where}")
+                     f"{ahead}{where}")
     return "\n".join(lines)
 
 
