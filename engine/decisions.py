@@ -65,10 +65,10 @@ class DecisionsMixin:
         loop.review.remove(proposal_id)
         if decision.kind is not DecisionKind.VETO:
             loop.queue.append(proposal_id)
-        self.decided_speculation(decision)
+        self.emit(DecisionMade(decision))
+        self.decided_speculation(decision)      # after: its run goes on, or is judged now
         if decision.kind is DecisionKind.VETO:
             loop.proposals.pop(proposal_id, None)
-        self.emit(DecisionMade(decision))
 
     def _accept(self, command: Accept) -> None:
         held = self.loop.judging.get(command.proposal_id)

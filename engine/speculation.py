@@ -104,6 +104,7 @@ class SpeculationMixin:
             return                                 # it stays queued and trains again
         self.loop.queue.remove(proposal_id)
         self.journal.accept_speculative(run_id, ProposalState.TRAINING)
+        self.emit(RunAccepted(run_id, proposal_id))
         measured = row.status is RunStatus.SPECULATIVE
         result = self.recorded_result(run_id, RunStatus.KEEP if measured else row.status,
                                       "" if measured else None)

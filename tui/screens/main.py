@@ -274,7 +274,8 @@ class MainScreen(Screen):
         elif isinstance(event, RunAccepted):
             row = self.table.rows.get(event.run_id)
             if row is not None:                # the speculative run now counts: training
-                self.table.upsert(replace(row, speculative=False), training=True)
+                self.table.upsert(replace(row, speculative=False),
+                                  training=row.finished_at is None)
         elif isinstance(event, RunFinished):
             experiment, result = event.experiment, event.result
             for slot, run in list(self.slot_runs.items()):
