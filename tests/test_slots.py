@@ -236,3 +236,40 @@ async def test_the_device_panel_shows_every_slot_and_l_switches_the_followed_log
         assert "▸ slot 1" in str(main.device.query_one("#device-slots", Static).render())
         await pilot.press("l")
         assert main.log_panel.run_id == "run-0003"
+
+
+def test_a_speculative_run_restarts_on_the_new_best_when_another_slots_keep_moves_it(
+        standin, dataset_dir, tmp_path):
+    """Review mode, two slots: #1 and #2 train ahead of their review; #1 is accepted and
+    kept, so #2 is rebased onto it: its run is cut short and it trains again there."""
+    gate(tmp_path, "run-0003")
+    gate(tmp_path, "run-0004")
+    agent = ScriptedAgent(("VALUE = 1.0", "VALUE = 0.9"), ("EXTRA = 0", "EXTRA = 1"))
+    session, events = started(standin, agent, two_slots(dataset_dir, tmp_path, mode="review"))
+    try:
+        first = events.wait(RunStarted, run_id="run-0003")
+        second = events.wait(RunStarted, run_id="run-0004")
+        assert first.speculative and second.speculative
+        by_proposal = {first.proposal_id: first, second.proposal_id: second}
+        session.accept(1)
+        release(tmp_path, by_proposal[1].run_id)
+        events.wait(BestUpdated, count=2)
+        cut = events.wait(RunFinished, count=4)            # gated: it ends only when cut
+        assert cut.result.run_id == by_proposal[2].run_id
+        assert (cut.result.status, cut.result.message) == (
+            RunStatus.INTERRUPTED, "the best moved under it: it trains again on the new best")
+        again = events.wait(RunStarted, run_id="run-0005")
+        assert (again.proposal_id, again.speculative) == (2, True)
+        assert standin.parent_of(again.commit) == session.best[0]
+        ahead = events.wait(RunFinished, count=5)
+        assert ahead.result.status is RunStatus.SPECULATIVE
+        session.accept(2)                                   # trained already: judged now
+        assert session.best[1] == pytest.approx(0.85)
+        assert session.wait(WAIT_S)
+    finally:
+        session.stop()
+    assert sorted(run_kinds(session)) == sorted([
+        ("baseline", "keep"), ("noise", "discard"), ("experiment", "keep"),
+        ("speculative", "interrupted"), ("experiment", "keep")])
+    assert_git_matches_journal(standin)
+    assert Worktrees(standin).listed() == []
