@@ -24,8 +24,8 @@ from engine.runner import Runner
 class OutcomesMixin:
     # ------------------------------------------------------------------ starting a run
 
-    def start_run(self, plan: RunPlan) -> bool:
-        """Start the planned run; False when it could not (its proposal went stale)."""
+    def start_run(self, plan: RunPlan) -> None:
+        """Start the planned run, unless its proposal went stale (the planner plans anew)."""
         loop = self.loop
         side = self.trains_aside(plan)
         if plan.kind in ("experiment", "speculative"):
@@ -34,7 +34,7 @@ class OutcomesMixin:
             proposal = loop.proposals[plan.proposal_id]
             best_commit = self.best_commit()
             if proposal.base_commit != best_commit and not self.rebase(proposal, best_commit):
-                return False
+                return
             decisions = self.journal.decisions(proposal.id)
             decision = decisions[-1] if decisions else None
             human = decision is not None and decision.kind == DecisionKind.EDIT
@@ -49,12 +49,11 @@ class OutcomesMixin:
             if plan.kind == "experiment":
                 proposal.state = ProposalState.TRAINING
             self.launch(plan, commit, proposal.description)
-            return True
+            return
         if not side and self.workspace.head() != plan.commit:
             self.protect_human_changes("pairlab checked out a commit to measure it again")
             self.workspace.reset_to(plan.commit)
         self.launch(plan, plan.commit, plan.label)
-        return True
 
     def trains_aside(self, plan: RunPlan) -> bool:
         """Whether a run trains in its slot's worktree rather than the workspace's checkout:
