@@ -36,6 +36,8 @@ def visible_gpus() -> int:
     listed = os.environ.get("CUDA_VISIBLE_DEVICES")
     if listed is not None:
         return len([d for d in listed.split(",") if d.strip() and d.strip() != "-1"])
+    if not os.path.exists("/dev/nvidiactl"):
+        return 0                      # no NVIDIA driver: not worth importing torch to ask
     try:
         import torch
         return torch.cuda.device_count() if torch.cuda.is_available() else 0
