@@ -40,6 +40,12 @@ def _loop_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--noise-repeats", type=int, default=None, metavar="N",
                         help="extra baseline runs that measure the noise floor (default 2)")
     parser.add_argument("--device", choices=("cpu", "cuda", "mps"), default=None)
+    parser.add_argument("--slots", type=int, default=None, metavar="K",
+                        help="runs trained at once, each on its own GPU and git worktree "
+                             "(default: one per visible GPU; 1 on a CPU or MPS machine)")
+    parser.add_argument("--no-speculate", dest="speculate", action="store_false",
+                        default=None, help="review mode: do not train the top proposal "
+                                           "before you accept it")
     parser.add_argument("--model", default=None, help="Claude model id")
 
 
@@ -48,7 +54,7 @@ LOOP_OPTIONS = (("--agent", "agent"), ("--mode", "mode"), ("--budget", "budget")
                 ("--max-experiments", "max_experiments"), ("--max-cost", "max_cost"),
                 ("--max-hours", "max_hours"), ("--drafts-ahead", "drafts_ahead"),
                 ("--noise-repeats", "noise_repeats"), ("--device", "device"),
-                ("--model", "model"))
+                ("--slots", "slots"), ("--model", "model"))
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -160,6 +166,8 @@ def existing_workspace(directory: Path | None):
 def settings_from_args(args, config):
     """SessionSettings from the loop flags, the workspace's config filling the rest."""
     from engine.session import SessionSettings
+    if args.slots is not None and args.slots < 1:
+        raise UserError(f"--slots must be at least 1, not {args.slots}")
     return SessionSettings(
         mode=args.mode or config.mode,
         budget_s=args.budget if args.budget is not None else config.budget_s,
@@ -168,7 +176,9 @@ def settings_from_args(args, config):
         drafts_ahead=args.drafts_ahead if args.drafts_ahead is not None else config.drafts_ahead,
         noise_repeats=(args.noise_repeats if args.noise_repeats is not None
                        else config.noise_repeats),
-        device=args.device or config.device)
+        device=args.device or config.device,
+        speculate=config.speculate if args.speculate is None else args.speculate,
+        slots=args.slots if args.slots is not None else config.slots)
 
 
 def make_session(workspace, agent_name: str, settings, model: str | None = None,
@@ -190,6 +200,8 @@ def engine_argv(workspace, args=None) -> list[str]:
         value = getattr(args, attribute, None)
         if value is not None and not (attribute == "agent" and value == "auto"):
             argv += [option, str(value)]
+    if args is not None and getattr(args, "speculate", None) is False:
+        argv.append("--no-speculate")
     return argv
 
 
@@ -316,8 +328,9 @@ def status_text(client) -> str:
         progress = snap.progress[-1] if snap.progress else None
         where = (f" {progress.percent:.0f}% step {progress.step}, {progress.remaining_s:.0f}s "
                  f"left" if progress else "")
+        ahead = " (speculative)" if run.speculative else ""
         lines.append(f"run: {run.run_id} experiment #{run.experiment_id} {run.description}"
-                     f"{where}")
+                     f"{ahead}{where}")
     return "\n".join(lines)
 
 

@@ -20,8 +20,8 @@ from typing import Callable, ClassVar
 
 from engine import protocol as proto
 from engine.events import (BestUpdated, DecisionMade, Event, ExperimentSettled, ModeChanged,
-                           NoiseFloor, ProposalReady, ProposalRebased, ProposalStale, RunFinished,
-                           RunStarted, SessionStopped, StateChanged)
+                           NoiseFloor, ProposalReady, ProposalRebased, ProposalStale, RunAccepted,
+                           RunFinished, RunStarted, SessionStopped, StateChanged)
 from engine.patch import PatchRefused
 from engine.records import DecisionKind, Experiment, Proposal, ProposalState
 from engine.service import ServiceError, reachable
@@ -233,6 +233,10 @@ class EngineClient:
                 self._current_run = event
                 if event.proposal_id is not None:
                     self._queued.pop(event.proposal_id, None)
+            elif isinstance(event, RunAccepted):        # trains on: no longer queued
+                self._queued.pop(event.proposal_id, None)
+                if self._current_run and self._current_run.run_id == event.run_id:
+                    self._current_run = replace(self._current_run, speculative=False)
             elif isinstance(event, RunFinished):
                 if self._current_run and self._current_run.run_id == event.result.run_id:
                     self._current_run = None

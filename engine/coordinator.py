@@ -7,7 +7,8 @@ guards the loop's state and no reader ever waits on git. Modelled on Ray Tune's 
 decisions are objects (planner plans, judge verdicts) the loop applies.
 
 Run outcomes and the judge's verdicts live in engine/outcomes.py, the agent's drafts and
-rebases in engine/drafting.py, the user's commands in engine/decisions.py.
+rebases in engine/drafting.py, the user's commands in engine/decisions.py, runs trained
+ahead of their review in engine/speculation.py, the trainer slots in engine/slots.py.
 """
 
 from __future__ import annotations
@@ -22,23 +23,26 @@ from concurrent.futures import Future
 from dataclasses import replace
 from typing import Callable
 
-from engine import keep_rule, planner, workers
+from engine import keep_rule, planner, slots, workers
 from engine.agents.base import Agent
 from engine.commands import Command, CommandRefused
 from engine.decisions import DecisionsMixin
 from engine.drafting import DraftingMixin
 from engine.events import Event, Notice, SessionStopped, StateChanged
 from engine.journal import Journal
-from engine.loop_state import Judging, LoopState, Snapshot
+from engine.loop_state import LoopState, Snapshot
+from engine.moved_best import MovedBestMixin
+from engine.restore import RestoreMixin
 from engine.outcomes import OutcomesMixin
 from engine.program_edits import ProgramMixin
-from engine.records import ProposalState, RunStatus
+from engine.speculation import SpeculationMixin
 from engine.workspace import Workspace
 
 TICK_S = 1.0                         # how often caps and backoffs are looked at when idle
 
 
-class Coordinator(DecisionsMixin, DraftingMixin, OutcomesMixin, ProgramMixin):
+class Coordinator(DecisionsMixin, DraftingMixin, OutcomesMixin, ProgramMixin,
+                  SpeculationMixin, MovedBestMixin, RestoreMixin):
     def __init__(self, workspace: Workspace, agent: Agent, settings, journal: Journal,
                  emit: Callable[[Event], None], on_trainer_pid=None):
         self.workspace = workspace
@@ -50,6 +54,9 @@ class Coordinator(DecisionsMixin, DraftingMixin, OutcomesMixin, ProgramMixin):
         self.on_trainer_pid = on_trainer_pid
         self.inbox: queue.Queue = queue.Queue()
         self.loop = LoopState(mode=settings.mode, data_dir=settings.data_dir)
+        self.slots = slots.make_slots(settings.slots or slots.default_slot_count(settings.device),
+                                      settings.device)
+        self.worktrees = slots.Worktrees(workspace)
         self.snapshot = Snapshot(mode=settings.mode, best=self._best(),
                                  noise_floor=journal.get_state("noise_floor"))
         self.thread: threading.Thread | None = None
@@ -107,7 +114,7 @@ class Coordinator(DecisionsMixin, DraftingMixin, OutcomesMixin, ProgramMixin):
                     message = None
                 self._step(message)
                 # a data check in flight is left to finish on its own: nothing to record
-                if self.loop.stopping and self.loop.run is None and self.loop.draft is None:
+                if self.loop.stopping and not self.loop.runs and self.loop.draft is None:
                     break
         finally:
             self._finish()
@@ -150,7 +157,7 @@ class Coordinator(DecisionsMixin, DraftingMixin, OutcomesMixin, ProgramMixin):
             self.on_data(message)
         elif isinstance(message, workers.WorkerFailed):
             if message.worker == "trainer":
-                self.loop.run = None
+                self.loop.runs.pop(message.slot, None)
             elif message.worker == "drafter":
                 self.loop.draft = None
             else:
@@ -193,8 +200,8 @@ class Coordinator(DecisionsMixin, DraftingMixin, OutcomesMixin, ProgramMixin):
         loop.stopping, loop.stop_reason = True, reason
         if loop.draft is not None:
             loop.draft.cancel.set()
-        if loop.run is not None:
-            loop.run.runner.kill()
+        for active in loop.runs.values():
+            active.runner.kill()
 
     def _finish(self) -> None:
         while True:                            # nobody may wait for a reply that never comes
@@ -208,6 +215,10 @@ class Coordinator(DecisionsMixin, DraftingMixin, OutcomesMixin, ProgramMixin):
             summary = self.summary()
         except Exception as exc:
             summary = f"(no summary: {exc})"
+        try:
+            self.worktrees.remove_all()
+        except Exception:                      # the next start removes what is left
+            pass
         self._shown = None
         self.snapshot = replace(self.snapshot, state="stopped", detail=self.loop.stop_reason,
                                 current_run=None, best=self._best(),
@@ -224,8 +235,8 @@ class Coordinator(DecisionsMixin, DraftingMixin, OutcomesMixin, ProgramMixin):
                   and r["val_bpb"] is not None and r["status"] in ("keep", "discard")]
         return planner.LoopView(
             stopping=loop.stopping, paused=loop.paused, data_ready=loop.data_ready,
-            running=loop.run is not None,
-            running_experiment=loop.run is not None and loop.run.plan.kind == "experiment",
+            slots=len(self.slots),
+            in_flight=tuple(active.plan for _, active in sorted(loop.runs.items())),
             drafting=loop.draft is not None, best_commit=self.measured_commit(),
             has_baseline=any(r["kind"] == "baseline" for r in values),
             noise_samples=len(values), noise_repeats=max(0, self.settings.noise_repeats),
@@ -234,10 +245,16 @@ class Coordinator(DecisionsMixin, DraftingMixin, OutcomesMixin, ProgramMixin):
             best_rerun_due=keep_rule.should_rerun_best(self.runs_since_best_ran(),
                                                        self.rules().keep),
             queue=tuple(loop.queue), pending=len(loop.review),
-            drafts_ahead=self.settings.drafts_ahead,
+            speculate=self.speculating, unspeculated=self.unspeculated(),
+            drafts_ahead=self.drafts_ahead(),
             experiments_done=self.journal.experiment_count(),
             max_experiments=self.settings.max_experiments,
             draft_allowed_at=loop.draft_allowed_at, now=time.time())
+
+    def drafts_ahead(self) -> int:
+        """Proposals kept ready: the setting, and one more for each extra slot to feed."""
+        ahead = self.settings.drafts_ahead
+        return ahead + len(self.slots) - 1 if ahead > 0 else ahead
 
     def schedule(self) -> None:
         loop = self.loop
@@ -249,16 +266,17 @@ class Coordinator(DecisionsMixin, DraftingMixin, OutcomesMixin, ProgramMixin):
             workers.start("data", self.post, lambda: workers.check_data(data_dir, self.emit))
         self.check_caps()
         self.commit_program_edit()
-        for _ in range(8):                    # a stale proposal makes room for the next plan
+        for _ in range(8 + len(self.slots)):  # a stale proposal makes room for the next plan
             plan = planner.next_run(self.view())
-            if plan is None or self.start_run(plan):
+            if plan is None:
                 break
+            self.start_run(plan)
         if planner.should_draft(self.view()):
             self.start_draft()
 
     def check_caps(self) -> None:
         s = self.settings
-        if self.loop.run is not None:
+        if self.loop.runs:
             return
         reason = ""
         if planner.cap_stop(self.view()):
@@ -269,59 +287,6 @@ class Coordinator(DecisionsMixin, DraftingMixin, OutcomesMixin, ProgramMixin):
             reason = f"reached --max-hours {s.max_hours:g}"
         if reason:
             self.request_stop(reason)
-
-    # ------------------------------------------------------------------ restore after a crash
-
-    def restore(self) -> None:
-        """Make git match the journal and pick up where a killed engine stopped."""
-        loop = self.loop
-        for run in self.journal.interrupted_runs():
-            again = "; it trains again now" if run.proposal_id is not None or \
-                run.decided_by in ("baseline", "noise") else ""
-            self.notice("warning", f"run {run.run_id} ({run.description}) was interrupted "
-                        f"when the engine stopped{again}", "nothing recorded was lost")
-        self.restore_program()
-        best = self._best()
-        if best:
-            head = self.workspace.head()
-            if head not in (best[0], self.best_commit()):  # the best, or the program on it
-                # e.g. the engine died between committing an experiment and starting its run
-                self.notice(
-                    "warning", f"the research branch stood at {head[:7]}, a commit with no "
-                    f"result in the journal: pairlab reset it to the best kept commit "
-                    f"{self.best_commit()[:7]}; an accepted proposal that had not trained yet "
-                    f"trains now",
-                    f"nothing recorded was lost; to keep that commit anyway: "
-                    f"`git branch keep-{head[:7]} {head[:7]}`")
-            self.protect_human_changes("pairlab restored the research branch")
-            self.workspace.reset_to(self.best_commit())
-        loop.start_commit = self.workspace.head()
-        mode = self.journal.get_state("mode")
-        if mode in ("review", "auto") and self.settings.mode == "review":
-            loop.mode = mode
-        for proposal in self.journal.pending_proposals():
-            proposal.notes = self.journal.notes_for(proposal.id)
-            loop.proposals[proposal.id] = proposal
-            (loop.queue if proposal.state is ProposalState.ACCEPTED else loop.review).append(
-                proposal.id)
-        for row in self.journal.run_rows():
-            held = row["status"] == RunStatus.HELD.value
-            if row["kind"] == "experiment" and (held or row["status"] ==
-                                                RunStatus.CONFIRMING.value):
-                proposal = self.journal.get_proposal(row["proposal_id"])
-                loop.proposals[proposal.id] = proposal
-                need = "human" if held else self.need_of(row["commit_sha"])
-                loop.judging[proposal.id] = Judging(proposal.id, row["id"], row["commit_sha"],
-                                                    need)
-        if best:
-            self.rebase_open_proposals(self.best_commit())
-
-    def protect_human_changes(self, reason: str) -> None:
-        saved = self.workspace.save_human_changes(reason)
-        if saved:
-            self.notice("warning", f"your uncommitted changes to {', '.join(saved.paths)} "
-                        f"were saved as a git stash ({saved.commit[:7]}) before {reason}",
-                        "get them back with `git stash pop` in the workspace")
 
     # ------------------------------------------------------------------ what readers see
 
@@ -341,10 +306,16 @@ class Coordinator(DecisionsMixin, DraftingMixin, OutcomesMixin, ProgramMixin):
             return "stopping", loop.stop_reason
         if loop.paused:
             return "paused", loop.pause_reason
-        if loop.run is not None:
-            started = loop.run.started
-            return ("training" if started.proposal_id is not None else "baseline",
-                    started.description)
+        running = [active.started for _, active in sorted(loop.runs.items())]
+        accepted = [started for started in running if not started.speculative]
+        if accepted:
+            started = accepted[0]
+            state = "training" if started.proposal_id is not None else "baseline"
+            more = f" (+{len(running) - 1} more)" if len(running) > 1 else ""
+            return state, started.description + more
+        if running and loop.review:
+            return "reviewing", (f"{len(loop.review)} waiting for review; "
+                                 f"#{running[0].proposal_id} trains speculatively")
         if loop.review or held:
             waiting = [f"{len(loop.review)} waiting for review"] if loop.review else []
             waiting += [f"#{i} held: unusually large win" for i in held]
@@ -362,7 +333,7 @@ class Coordinator(DecisionsMixin, DraftingMixin, OutcomesMixin, ProgramMixin):
         self.snapshot = Snapshot(
             state=state, detail=detail, mode=loop.mode, paused=loop.paused, best=self._best(),
             noise_floor=self.journal.get_state("noise_floor"),
-            current_run=copy.deepcopy(loop.run.started) if loop.run else None,
+            current_run=copy.deepcopy(self.followed_run()),
             # Held wins wait for a human too: they are in the review queue, marked held.
             pending=tuple(copy.deepcopy(props[i]) for i in loop.review + [
                 j.proposal_id for j in loop.judging.values() if j.need == "human"]),
@@ -371,6 +342,11 @@ class Coordinator(DecisionsMixin, DraftingMixin, OutcomesMixin, ProgramMixin):
         if (state, detail) != self._shown:
             self._shown = (state, detail)
             self.emit(StateChanged(state, detail))
+
+    def followed_run(self):
+        """The run the log panel follows: the lowest busy slot's."""
+        runs = self.loop.runs
+        return runs[min(runs)].started if runs else None
 
     def summary(self) -> str:
         parts = [self.journal.summary_line()]

@@ -63,11 +63,12 @@ class DecisionsMixin:
         decision.at = time.time()
         self.journal.record_decision(decision, proposal)    # sets the proposal's state
         loop.review.remove(proposal_id)
-        if decision.kind is DecisionKind.VETO:
-            loop.proposals.pop(proposal_id, None)
-        else:
+        if decision.kind is not DecisionKind.VETO:
             loop.queue.append(proposal_id)
         self.emit(DecisionMade(decision))
+        self.decided_speculation(decision)      # after: its run goes on, or is judged now
+        if decision.kind is DecisionKind.VETO:
+            loop.proposals.pop(proposal_id, None)
 
     def _accept(self, command: Accept) -> None:
         held = self.loop.judging.get(command.proposal_id)
@@ -154,9 +155,10 @@ class DecisionsMixin:
         self.loop.draft_allowed_at = 0.0
 
     def _kill_run(self, command: KillRun) -> bool:
-        if self.loop.run is None:
+        if not self.loop.runs:
             return False
-        self.loop.run.runner.kill()
+        for active in self.loop.runs.values():
+            active.runner.kill()
         return True
 
     def _set_mode(self, command: SetMode) -> None:

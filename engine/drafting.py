@@ -139,6 +139,7 @@ class DraftingMixin:
             except patch.PatchRefused:
                 rebased = None
         loop = self.loop
+        self.drop_speculation(proposal.id, "stale" if rebased is None else "rebased")
         if rebased is None:
             for waiting in (loop.review, loop.queue):
                 if proposal.id in waiting:

@@ -84,10 +84,11 @@ def prepare_folders(folders: RunFolders, data_dir: Path | None) -> list[Path]:
 
 def training_policy(workspace_root: Path, folders: RunFolders, linked: list[Path],
                     compile_cache: Path) -> Policy:
-    """Reads: the workspace, the Python environment, the harness (and the system, the
-    devices, see engine.confine). Writes: the run's train/ folder and the compile cache."""
-    reads = {str(Path(workspace_root).resolve()), str(SOURCE_ROOT), *python_paths(),
-             *(str(path) for path in linked)}
+    """Reads: the workspace (or the slot's worktree it trains in), the run's data/ view, the
+    Python environment, the harness (and the system, the devices, see engine.confine).
+    Writes: the run's train/ folder and the compile cache."""
+    reads = {str(Path(workspace_root).resolve()), str(folders.data.resolve()), str(SOURCE_ROOT),
+             *python_paths(), *(str(path) for path in linked)}
     return Policy(read=tuple(sorted(reads)),
                   write=(str(folders.writable.resolve()), str(Path(compile_cache).resolve())))
 

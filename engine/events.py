@@ -126,6 +126,19 @@ class RunStarted(Event):
     budget_s: float
     log_path: str
     kind: str = "experiment"         # baseline | experiment | noise | rerun: what the run is for
+    speculative: bool = False        # trains a proposal no human has accepted yet
+    slot: int = 0                    # the trainer slot it trains in
+    slots: int = 1                   # the loop's trainer slots
+
+
+@dataclass
+class RunAccepted(Event):
+    """A speculative run became its proposal's experiment: a human accepted it while it
+    trained, and it goes on with the time it already had."""
+
+    type: ClassVar[str] = "run_accepted"
+    run_id: str
+    proposal_id: int
 
 
 @dataclass

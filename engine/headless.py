@@ -163,7 +163,13 @@ class ReadablePrinter:
             return [f"  step {event.step} loss {event.loss:.4f} {event.percent:.0f}% "
                     f"({event.remaining_s:.0f}s left)"]
         if isinstance(event, ev.RunStarted):
-            return [f"run {event.run_id} started: {event.description} at {event.commit[:7]}"]
+            ahead = " (speculative: not accepted yet)" if event.speculative else ""
+            slot = f" in slot {event.slot}" if event.slots > 1 else ""
+            return [f"run {event.run_id} started{slot}: {event.description} at "
+                    f"{event.commit[:7]}{ahead}"]
+        if isinstance(event, ev.RunAccepted):
+            return [f"run {event.run_id} accepted: it trains on as #{event.proposal_id}'s "
+                    f"experiment"]
         if isinstance(event, ev.RunFinished):
             r, e = event.result, event.experiment
             bpb = f"{r.val_bpb:.6f}" if r.val_bpb is not None else "-"

@@ -33,7 +33,8 @@ from engine.records import (
 
 SCHEMA_VERSION = 1
 
-RUN_KINDS = ("baseline", "experiment", "noise", "rerun")
+# speculative: a proposal's run before a human accepted it; it becomes an experiment then
+RUN_KINDS = ("baseline", "experiment", "noise", "rerun", "speculative")
 RUNNING = "running"
 # autoresearch's results.tsv knows only keep, discard and crash
 TSV_STATUS = {
@@ -85,7 +86,7 @@ CREATE TABLE IF NOT EXISTS runs (
     experiment INTEGER NOT NULL UNIQUE,
     proposal_id INTEGER REFERENCES proposals(id),   -- NULL for baseline and noise repeats
     commit_sha TEXT NOT NULL,
-    kind TEXT NOT NULL,                        -- baseline | experiment | noise | rerun
+    kind TEXT NOT NULL,                        -- baseline | experiment | noise | rerun | speculative
     description TEXT NOT NULL,
     status TEXT NOT NULL,                      -- running, then a RunStatus value
     val_bpb REAL,
@@ -180,6 +181,7 @@ class Totals:
     judging: int = 0                 # trained, waiting for a noise floor or a re-run
     noise_repeats: int = 0           # baseline repeats that measure the noise floor
     confirmations: int = 0           # re-runs that confirm a win
+    speculative: int = 0             # runs trained before a decision and never accepted
     proposals: int = 0
     human_edits: int = 0             # edit decisions
     usage: Usage = field(default_factory=Usage)
@@ -381,11 +383,28 @@ class Journal:
                 " status, log_path, started_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 (run_id, experiment, proposal_id, commit, kind, redact(description or kind),
                  RUNNING, redact(log_path), time.time() if started_at is None else started_at))]
-            if proposal_id is not None:
+            if proposal_id is not None and kind != "speculative":   # that one waits for review
                 statements.append(("UPDATE proposals SET state = ? WHERE id = ?",
                                    (ProposalState.TRAINING.value, proposal_id)))
             self._write(*statements)
         return experiment
+
+    def accept_speculative(self, run_id: str, proposal_state: ProposalState) -> Experiment:
+        """A human accepted the proposal a speculative run trains (or trained): from now on
+        the run is its experiment, with the time it already had."""
+        self._write(("UPDATE runs SET kind = 'experiment' WHERE id = ? AND kind = 'speculative'",
+                     (run_id,)),
+                    ("UPDATE proposals SET state = ? WHERE id ="
+                     " (SELECT proposal_id FROM runs WHERE id = ?)",
+                     (ProposalState(proposal_state).value, run_id)))
+        return self.get_run(run_id)
+
+    def set_run_status(self, run_id: str, status: RunStatus, message: str) -> Experiment:
+        """A finished speculative run's fate once a human decided against it (or the best
+        moved under it): vetoed, or interrupted to train again."""
+        self._write(("UPDATE runs SET status = ?, message = ? WHERE id = ?",
+                     (RunStatus(status).value, redact(message), run_id)))
+        return self.get_run(run_id)
 
     def finish_run(self, result: RunResult, finished_at: float | None = None, *,
                    proposal_state: ProposalState | None = None,
@@ -629,6 +648,8 @@ class Journal:
                 totals.noise_repeats += 1
             elif r["kind"] == "rerun":
                 totals.confirmations += 1
+            elif r["kind"] == "speculative":
+                totals.speculative += 1
             elif r["kind"] == "experiment" and status in outcome:
                 setattr(totals, outcome[status], getattr(totals, outcome[status]) + 1)
             totals.training_seconds += r["training_seconds"]
@@ -666,6 +687,8 @@ class Journal:
         if t.noise_repeats or t.confirmations:
             line += (f"; {t.noise_repeats} noise repeats, {t.confirmations} confirmation "
                      f"re-runs")
+        if t.speculative:
+            line += f"; {t.speculative} speculative runs not accepted"
         return line
 
     def results_tsv(self) -> str:
@@ -723,6 +746,7 @@ def _experiment(r: sqlite3.Row) -> Experiment:
         val_bpb=r["val_bpb"], memory_gb=r["memory_gb"], description=r["description"],
         decided_by=r["decided_by"] or r["kind"], run_id=r["id"], started_at=r["started_at"],
         finished_at=r["finished_at"], log_path=r["log_path"], kind=r["kind"],
+        speculative=r["kind"] == "speculative",
         confined=bool(r["confined"]),
         metric_verified=bool(r["metric_verified"]), measure=None if r["m_n_best"] is None else
         KeepMeasure(n_best=r["m_n_best"], best_mean=r["m_best_mean"],

@@ -10,6 +10,7 @@ from engine.events import RunStarted
 from engine.planner import RunPlan
 from engine.records import Proposal
 from engine.runner import Runner
+from engine.slots import Slot
 
 
 @dataclass(frozen=True)
@@ -30,9 +31,11 @@ class Snapshot:
 
 @dataclass
 class ActiveRun:
-    plan: RunPlan
+    plan: RunPlan                    # a speculative run's becomes "experiment" on accept
     runner: Runner
     started: RunStarted
+    slot: Slot
+    superseded: str = ""             # a speculative run killed: vetoed | edited | rebased | stale
 
 
 @dataclass
@@ -74,7 +77,8 @@ class LoopState:
     review: list[int] = field(default_factory=list)     # waiting for a human, oldest first
     queue: list[int] = field(default_factory=list)      # accepted, waiting for the trainer
     judging: dict[int, Judging] = field(default_factory=dict)
-    run: ActiveRun | None = None
+    runs: dict[int, ActiveRun] = field(default_factory=dict)   # by slot index
+    ahead: dict[int, str] = field(default_factory=dict)  # proposal -> its finished speculative run
     draft: ActiveDraft | None = None
     checking_data: bool = False
     data_ready: bool = False

@@ -24,52 +24,76 @@ from engine.runner import Runner
 class OutcomesMixin:
     # ------------------------------------------------------------------ starting a run
 
-    def start_run(self, plan: RunPlan) -> bool:
-        """Start the planned run; False when it could not (its proposal went stale)."""
+    def start_run(self, plan: RunPlan) -> None:
+        """Start the planned run, unless its proposal went stale (the planner plans anew)."""
         loop = self.loop
-        if plan.kind == "experiment":
-            proposal = loop.proposals[loop.queue.pop(0)]
+        side = self.trains_aside(plan)
+        if plan.kind in ("experiment", "speculative"):
+            if plan.kind == "experiment":
+                loop.queue.remove(plan.proposal_id)
+            proposal = loop.proposals[plan.proposal_id]
             best_commit = self.best_commit()
             if proposal.base_commit != best_commit and not self.rebase(proposal, best_commit):
-                return False
-            self.protect_human_changes("pairlab committed the next experiment")
+                return
             decisions = self.journal.decisions(proposal.id)
             decision = decisions[-1] if decisions else None
-            commit = self.workspace.commit_change(
-                proposal.files, commit_message(proposal, decision), parent=best_commit,
-                human=decision is not None and decision.kind == DecisionKind.EDIT)
-            proposal.state = ProposalState.TRAINING
+            human = decision is not None and decision.kind == DecisionKind.EDIT
+            message = commit_message(proposal, decision)
+            if side:                           # the research branch moves on a keep only
+                commit = self.workspace.make_commit(proposal.files, message,
+                                                    parent=best_commit, human=human)
+            else:
+                self.protect_human_changes("pairlab committed the next experiment")
+                commit = self.workspace.commit_change(proposal.files, message,
+                                                      parent=best_commit, human=human)
+            if plan.kind == "experiment":
+                proposal.state = ProposalState.TRAINING
             self.launch(plan, commit, proposal.description)
-            return True
-        if self.workspace.head() != plan.commit:
+            return
+        if not side and self.workspace.head() != plan.commit:
             self.protect_human_changes("pairlab checked out a commit to measure it again")
             self.workspace.reset_to(plan.commit)
         self.launch(plan, plan.commit, plan.label)
-        return True
 
-    def launch(self, plan: RunPlan, commit: str, description: str) -> None:
+    def trains_aside(self, plan: RunPlan) -> bool:
+        """Whether a run trains in its slot's worktree rather than the workspace's checkout:
+        a speculative run (no human accepted it, so the branch must not move for it), and
+        every run when several slots train at once."""
+        return plan.kind == "speculative" or len(self.slots) > 1
+
+    def make_runner(self, workdir, run_id: str, slot) -> Runner:
+        """The one place a run's executor is built: the slot's working directory, its
+        device pin and the session's settings."""
         ws, s = self.workspace, self.settings
-        run_id = f"run-{self.journal.run_count() + 1:04d}"
-        env = dict(s.extra_env)
+        env = {**slot.env, **s.extra_env}
         if s.max_steps:
             env["PAIRLAB_MAX_STEPS"] = str(s.max_steps)
-        runner = Runner(
-            ws.root, run_id, s.budget_s, command=ws.config.command(), env=env, device=s.device,
+        return Runner(
+            workdir, run_id, s.budget_s, command=ws.config.command(), env=env, device=s.device,
             data_dir=self.loop.data_dir, log_path=ws.logs_dir / f"{run_id}.log",
             result_path=ws.pairlab_dir / "runs" / run_id / "result.json",
             hard_timeout_s=s.hard_timeout_s, metric_source=ws.config.metric_source,
             expected_eval_tokens=self.journal.get_state("eval_tokens"),
             expected_checksum=self.loop.data_checksum)
+
+    def launch(self, plan: RunPlan, commit: str, description: str) -> None:
+        slot = next(slot for slot in self.slots if slot.index not in self.loop.runs)
+        workdir = self.worktrees.checkout(slot, commit) if self.trains_aside(plan) \
+            else self.workspace.root
+        run_id = f"run-{self.journal.run_count() + 1:04d}"
+        runner = self.make_runner(workdir, run_id, slot)
         experiment_id = self.journal.start_run(
             run_id, commit, plan.kind, proposal_id=plan.proposal_id, description=description,
             log_path=str(runner.log_path))
         started = RunStarted(run_id, experiment_id, plan.proposal_id, commit, description,
-                             s.budget_s, str(runner.log_path), kind=plan.kind)
-        self.loop.run = ActiveRun(plan, runner, started)
+                             self.settings.budget_s, str(runner.log_path),
+                             speculative=plan.kind == "speculative", slot=slot.index,
+                             slots=len(self.slots), kind=plan.kind)
+        self.loop.runs[slot.index] = ActiveRun(plan, runner, started, slot)
         self.emit(copy.deepcopy(started))
         emit, on_pid = self.emit, self.on_trainer_pid
-        workers.start("trainer", self.post,
-                      lambda: workers.train(plan, runner, experiment_id, commit, emit, on_pid))
+        workers.start("trainer", self.post, lambda: workers.train(
+            plan, runner, experiment_id, commit, emit, on_pid, slot.index), slot=slot.index)
 
     # ------------------------------------------------------------------ the data
 
@@ -98,8 +122,12 @@ class OutcomesMixin:
 
     def on_run(self, done: workers.RunDone) -> None:
         loop = self.loop
-        loop.run = None
-        plan, result = done.plan, done.result
+        active = loop.runs.pop(done.slot)
+        done.plan = plan = active.plan          # a speculative run accepted meanwhile
+        result = done.result
+        if active.superseded:
+            self.superseded_run(done, active.superseded)
+            return
         if loop.stopping and result.status is RunStatus.KILLED:
             # Stopped mid-run: not judged. An experiment is accepted again, and the planner
             # schedules a baseline, noise repeat or confirmation again from what is missing.
@@ -108,6 +136,9 @@ class OutcomesMixin:
             self.journal.finish_run(result, proposal_state=ProposalState.ACCEPTED
                                     if plan.kind == "experiment" else None)
             self.reset_to_best()
+            return
+        if plan.kind == "speculative":
+            self.trained_ahead(done)
             return
         state = {}
         if result.val_bpb is not None and self.journal.get_state("eval_tokens") is None:
@@ -147,10 +178,12 @@ class OutcomesMixin:
         if noise.sigma is not None:
             self.emit(NoiseFloor(noise.sigma, self.run_groups()[done.commit]))
         for waiting in list(self.loop.judging.values()):
-            if waiting.need == "best":
+            # a keep among them sends the wins on the old best back to train again
+            if waiting.need == "best" and waiting.proposal_id in self.loop.judging:
                 self.rejudge(waiting, None)
 
     def on_experiment(self, done: workers.RunDone, state: dict, measured: bool) -> None:
+        """Judge an experiment's first run (a speculative run's too, once accepted)."""
         result, proposal_id = done.result, done.plan.proposal_id
         loop = self.loop
         loop.proposals[proposal_id].state = ProposalState.DONE
@@ -159,8 +192,13 @@ class OutcomesMixin:
             loop.proposals.pop(proposal_id, None)
             self.emit(RunFinished(experiment, result))
             return
-        # a result no better than the best is discarded here, before any noise estimate
-        verdict = judge.judge([result.val_bpb], self.best_runs(), self.noise(), self.rules())
+        # a result no better than the best is discarded here, before any noise estimate;
+        # with several slots the best may have moved: judged against the best at its base
+        base, to_beat = self.runs_to_beat(done.commit)
+        verdict = judge.judge([result.val_bpb], to_beat, self.noise(), self.rules())
+        if not self.is_best_base(base) and verdict.verdict is not judge.Verdict.DISCARD:
+            self.won_on_moved_base(done, state, base, verdict)
+            return
         result.message = verdict.reason
         if verdict.verdict is judge.Verdict.CONFIRM:
             result.status = RunStatus.CONFIRMING
@@ -181,7 +219,12 @@ class OutcomesMixin:
             self.became_best(done.commit, result.val_bpb, experiment.id)
 
     def on_rerun(self, done: workers.RunDone, state: dict, measured: bool) -> None:
-        result, waiting = done.result, self.loop.judging[done.plan.proposal_id]
+        result, waiting = done.result, self.loop.judging.get(done.plan.proposal_id)
+        if waiting is None:            # the best moved meanwhile: it trains again there
+            if measured:
+                result.status = RunStatus.DISCARD
+            self.emit(RunFinished(self.journal.finish_run(result, state=state), result))
+            return
         if measured:
             result.status = RunStatus.DISCARD          # the re-run only measures
             self.rejudge(waiting, result, state)
@@ -244,12 +287,20 @@ class OutcomesMixin:
 
     def settled_result(self, waiting: Judging, status: RunStatus, message: str) -> RunResult:
         """The waiting experiment's run as recorded, with its final status and message."""
-        row = next(r for r in self.journal.run_rows() if r["id"] == waiting.run_id)
-        return RunResult(run_id=waiting.run_id, status=status, val_bpb=row["val_bpb"],
+        return self.recorded_result(waiting.run_id, status, message)
+
+    def recorded_result(self, run_id: str, status: RunStatus, message: str | None
+                        ) -> RunResult:
+        """A finished run as the journal holds it, with the given status and message
+        (None: the recorded one)."""
+        row = next(r for r in self.journal.run_rows() if r["id"] == run_id)
+        return RunResult(run_id=run_id, status=status, val_bpb=row["val_bpb"],
                          memory_gb=row["memory_gb"], training_seconds=row["training_seconds"],
                          total_seconds=row["total_seconds"], num_steps=row["num_steps"],
                          total_tokens=row["total_tokens"], num_params=row["num_params"],
-                         device=row["device"], message=message, metrics=dict(row["metrics"]),
+                         device=row["device"],
+                         message=row["message"] if message is None else message,
+                         metrics=dict(row["metrics"]),
                          confined=bool(row["confined"]),
                          metric_verified=bool(row["metric_verified"]))
 
@@ -274,6 +325,7 @@ class OutcomesMixin:
         self.keep_program_on(commit)
         self.emit(BestUpdated(commit, val_bpb, experiment_id))
         self.rebase_open_proposals(self.best_commit())
+        self.requeue_judgments_off_best()
 
     def reset_to_best(self) -> None:
         best = self.best_commit()
@@ -295,7 +347,8 @@ class OutcomesMixin:
         """Every measured val_bpb, grouped by commit in run order: the runs of one commit
         are repeats of each other (the baseline and its repeats, an experiment and its
         confirmations, the best and its re-runs)."""
-        failed = {s.value for s in FAILED_STATUSES}
+        # a vetoed speculative run measured a change nobody kept, nor will re-run
+        failed = {s.value for s in FAILED_STATUSES} | {RunStatus.VETOED.value}
         groups: dict[str, list[float]] = {}
         for r in self.journal.run_rows():
             if r["val_bpb"] is None or r["status"] in failed:

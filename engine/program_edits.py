@@ -3,8 +3,8 @@ only (a mixin of Coordinator).
 
 An edit is refused when empty or unchanged; otherwise the working tree's program.md is
 written at once (the next draft reads it) and the agent is told what changed. The commit on
-the research branch, a human change, waits until no run trains, so a run's checkout never
-moves under it. It sits on top of the measured best: open proposals move onto it as onto a
+the research branch, a human change, waits until no run trains in the workspace's own checkout
+(runs in slot worktrees have their own), so a run's checkout never moves under it. It sits on top of the measured best: open proposals move onto it as onto a
 new best, runs of the best still measure the best's own commit (the keep rule groups runs
 by commit), and a new best drafted before the edit gets the program committed on top again,
 so the branch never loses it.
@@ -47,7 +47,8 @@ class ProgramMixin:
     def commit_program_edit(self) -> str | None:
         """Commit the waiting program.md edit if no run trains; its commit, else None."""
         loop = self.loop
-        if loop.program_edit is None or loop.run is not None:
+        in_checkout = any(not self.trains_aside(active.plan) for active in loop.runs.values())
+        if loop.program_edit is None or in_checkout:
             return None
         text, loop.program_edit = loop.program_edit, None
         measured = self.measured_commit()
@@ -72,6 +73,11 @@ class ProgramMixin:
         measured = self.measured_commit()
         program = self.loop.program_commit
         return program.commit if program is not None and program.on == measured else measured
+
+    def is_best_base(self, commit: str) -> bool:
+        """Whether work made on `commit` stands on the best: the measured best, or the
+        program.md commit on top of it (which changes nothing the runs measure)."""
+        return commit in (self.measured_commit(), self.best_commit())
 
     def keep_program_on(self, new_best: str) -> None:
         """A new best whose base lacks the human's program.md gets it committed on top."""

@@ -15,6 +15,8 @@ class RunStatus(str, Enum):
     KILLED = "killed"
     CONFIRMING = "confirming"  # measured; the judge wants a noise floor or a re-run first
     HELD = "held"              # an unusually large win, confirmed, waiting for a human
+    SPECULATIVE = "speculative"  # trained before a human decided; judged once accepted
+    VETOED = "vetoed"          # a speculative run whose proposal a human vetoed
 
 
 class DecisionKind(str, Enum):
@@ -175,8 +177,8 @@ class Experiment:
     started_at: float
     finished_at: float | None
     log_path: str
-    kind: str = "experiment"         # baseline | experiment | noise | rerun
-    speculative: bool = False        # trained before a human accepted it
+    kind: str = "experiment"         # baseline | experiment | noise | rerun | speculative
+    speculative: bool = False        # trained before a human accepted it (kind speculative)
     confined: bool = True
     metric_verified: bool = True
     measure: KeepMeasure | None = None   # the judge's figures, for a judged experiment

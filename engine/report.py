@@ -187,6 +187,8 @@ def markdown(summary: Summary, png_name: str) -> str:
              f"| held for a human or being confirmed | {t.held + t.judging} |",
              f"| noise repeats (measurements, counted apart) | {t.noise_repeats} |",
              f"| confirmation re-runs (counted apart) | {t.confirmations} |",
+             f"| speculative runs not accepted (vetoed, restarted or waiting) | "
+             f"{t.speculative} |",
              f"| proposals | {t.proposals} |",
              f"| human edits | {t.human_edits} |",
              "", "## val_bpb", ""]

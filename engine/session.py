@@ -47,6 +47,8 @@ class SessionSettings:
     hard_timeout_s: float | None = None   # None: budget * 2 + grace
     data_dir: Path | None = None          # prepared dataset; None: PAIRLAB_DATA_DIR or default
     extra_env: dict[str, str] = field(default_factory=dict)
+    speculate: bool = True                # review mode: train the top proposal before review
+    slots: int | None = None              # runs at once; None: one per visible GPU
 
 
 class Session:

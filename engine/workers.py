@@ -48,6 +48,7 @@ class RunDone:
     experiment_id: int
     commit: str
     result: RunResult
+    slot: int = 0
 
 
 @dataclass
@@ -65,15 +66,17 @@ class WorkerFailed:
     worker: str
     error: BaseException
     trace: str
+    slot: int | None = None          # a trainer's slot
 
 
-def start(name: str, post: Post, work: Callable[[], object]) -> threading.Thread:
+def start(name: str, post: Post, work: Callable[[], object],
+          slot: int | None = None) -> threading.Thread:
     """Run work() on a daemon thread and post what it returns (or how it failed)."""
     def run():
         try:
             message = work()
         except Exception as exc:
-            message = WorkerFailed(name, exc, traceback.format_exc())
+            message = WorkerFailed(name, exc, traceback.format_exc(), slot)
         post(message)
     thread = threading.Thread(target=run, name=f"pairlab-{name}", daemon=True)
     thread.start()
@@ -102,14 +105,14 @@ def draft(agent: Agent, ctx: DraftContext, draft_id: int, cancel: threading.Even
 
 
 def train(plan: RunPlan, runner: Runner, experiment_id: int, commit: str, emit: Emit,
-          on_pid: Callable[[int | None], None] | None) -> RunDone:
+          on_pid: Callable[[int | None], None] | None, slot: int = 0) -> RunDone:
     run_id = runner.run_id
     result = runner.run(on_lines=lambda lines: emit(LogLines(run_id, lines)),
                         on_progress=lambda *p: emit(RunProgress(run_id, *p)), on_start=on_pid,
                         on_live=lambda text: emit(LiveLine(run_id, text)))
     if on_pid is not None:
         on_pid(None)
-    return RunDone(plan, run_id, experiment_id, commit, result)
+    return RunDone(plan, run_id, experiment_id, commit, result, slot)
 
 
 def check_data(data_dir: Path | None, emit: Emit) -> DataChecked:

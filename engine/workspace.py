@@ -70,6 +70,8 @@ class Config:
     drafts_ahead: int = 1
     noise_repeats: int = 2
     device: str | None = None                 # None: the harness picks
+    speculate: bool = True                    # review mode: train the top proposal ahead
+    slots: int | None = None                  # runs at once; None: one per visible GPU
     budget_from: str = ""                     # adopted: where the repo states its budget
 
     def __post_init__(self) -> None:
@@ -400,7 +402,15 @@ class Workspace:
 
     def commit_change(self, files: dict[str, str], message: str, parent: str,
                       author: tuple[str, str] = AGENT_AUTHOR, human: bool = False) -> str:
-        """Commit the given target texts on top of parent and move the branch there.
+        """Commit the given target texts on top of parent and move the branch there."""
+        commit = self.make_commit(files, message, parent, author, human)
+        subject = (message.strip().splitlines() or ["a change"])[0]
+        self.reset_to(commit, reason=f"committing '{subject}'")
+        return commit
+
+    def make_commit(self, files: dict[str, str], message: str, parent: str,
+                    author: tuple[str, str] = AGENT_AUTHOR, human: bool = False) -> str:
+        """Commit the given target texts on top of parent, moving no branch (a side commit).
 
         The commit is built in a temporary index, so nothing but the target files is
         touched. Machine-made commits carry AGENT_AUTHOR; human=True (a human edited the

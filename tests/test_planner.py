@@ -2,9 +2,10 @@
 
 from dataclasses import replace
 
-from engine.planner import Awaiting, LoopView, cap_stop, next_run, should_draft
+from engine.planner import Awaiting, LoopView, RunPlan, cap_stop, next_run, should_draft
 
 READY = LoopView(data_ready=True, best_commit="b" * 40, noise_repeats=2, now=100.0)
+NOISE_RUN = RunPlan("noise", "b" * 40, None, "noise repeat 1 of 2")
 
 
 def kinds_until_idle(view: LoopView, outcomes) -> list[str]:
@@ -22,7 +23,7 @@ def kinds_until_idle(view: LoopView, outcomes) -> list[str]:
 def test_nothing_starts_before_the_data_is_checked_or_while_paused_or_busy():
     assert next_run(replace(READY, data_ready=False)) is None
     assert next_run(replace(READY, paused=True)) is None
-    assert next_run(replace(READY, running=True)) is None
+    assert next_run(replace(READY, in_flight=(NOISE_RUN,))) is None
     assert next_run(replace(READY, stopping=True)) is None
 
 
@@ -103,11 +104,74 @@ def test_drafting_keeps_drafts_ahead_and_waits_out_a_backoff():
     assert not should_draft(replace(READY, paused=True))
     assert not should_draft(replace(READY, draft_allowed_at=101.0))
     assert not should_draft(replace(READY, max_experiments=2, experiments_done=1,
-                                    running_experiment=True))
+                                    in_flight=(RunPlan("experiment", "", 5, ""),)))
 
 
 def test_sequential_drafting_waits_for_an_idle_trainer_after_the_baseline():
     sequential = replace(READY, drafts_ahead=0)
     assert not should_draft(sequential)
-    assert not should_draft(replace(sequential, has_baseline=True, running=True))
+    assert not should_draft(replace(sequential, has_baseline=True, in_flight=(NOISE_RUN,)))
     assert should_draft(replace(sequential, has_baseline=True))
+
+
+# ---------------------------------------------------------------------- speculation (issue 10)
+
+SPECULATING = replace(READY, has_baseline=True, noise_samples=3, speculate=True, pending=1,
+                      unspeculated=(4,))
+
+
+def test_a_free_trainer_trains_the_oldest_proposal_waiting_for_review():
+    plan = next_run(replace(SPECULATING, pending=2, unspeculated=(4, 5)))
+    assert (plan.kind, plan.proposal_id, plan.commit) == ("speculative", 4, "")
+    assert next_run(replace(SPECULATING, speculate=False)) is None     # the setting, or auto
+    assert next_run(replace(SPECULATING, unspeculated=())) is None     # trained ahead already
+
+
+def test_accepted_work_and_the_noise_repeats_come_before_speculation():
+    """The noise gate is never lost: the repeats run first, and speculation only fills
+    time the trainer would have spent idle."""
+    assert next_run(replace(SPECULATING, queue=(3,))).kind == "experiment"
+    assert next_run(replace(SPECULATING, noise_samples=1)).label == "noise repeat 1 of 2"
+    judged = replace(SPECULATING, awaiting=(Awaiting(2, "c" * 40, "best"),))
+    assert next_run(judged).kind == "noise"
+
+
+def test_the_cap_counts_runs_in_flight_speculation_included():
+    capped = replace(SPECULATING, max_experiments=2, experiments_done=1,
+                     in_flight=(RunPlan("speculative", "", 3, ""),), slots=2)
+    assert next_run(capped) is None
+    assert next_run(replace(capped, in_flight=(), slots=1)).kind == "speculative"
+
+
+def test_a_proposal_training_ahead_of_its_review_lets_the_agent_draft_the_next():
+    training_ahead = replace(SPECULATING, unspeculated=(),
+                             in_flight=(RunPlan("speculative", "", 4, ""),))
+    assert should_draft(training_ahead)
+    assert not should_draft(replace(training_ahead, in_flight=()))   # trained: it waits
+
+
+# ---------------------------------------------------------------------- K slots (issue 11)
+
+def test_each_free_slot_takes_the_next_plan_that_no_slot_runs():
+    two = replace(READY, slots=2, has_baseline=True, noise_samples=3, queue=(7, 8))
+    assert next_run(replace(two, in_flight=(RunPlan("experiment", "", 7, ""),),
+                            queue=(8,))).proposal_id == 8
+    full = replace(two, in_flight=(RunPlan("experiment", "", 7, ""), NOISE_RUN))
+    assert next_run(full) is None
+
+
+def test_a_judgment_gets_one_run_however_many_slots_are_free():
+    judging = replace(READY, slots=3, has_baseline=True, noise_samples=3,
+                      awaiting=(Awaiting(7, "c" * 40, "best"),))
+    first = next_run(judging)
+    assert (first.kind, first.judging) == ("noise", 7)
+    assert next_run(replace(judging, in_flight=(first,))) is None
+
+
+def test_other_slots_measure_the_noise_while_the_baseline_trains():
+    baseline = RunPlan("baseline", "b" * 40, None, "baseline")
+    two = replace(READY, slots=3, in_flight=(baseline,))
+    assert next_run(two).label == "noise repeat 1 of 2"
+    both = replace(two, in_flight=(baseline, next_run(two)))
+    assert next_run(both).label == "noise repeat 2 of 2"
+    assert next_run(replace(both, slots=4, in_flight=both.in_flight + (NOISE_RUN,))) is None

@@ -58,8 +58,9 @@ def test_auto_loop_keeps_results_tsv_and_branch_in_step(tiny_workspace, tiny_set
 
 def test_review_mode_waits_for_the_human_and_tells_the_agent_about_a_veto(
         tiny_workspace, tiny_settings):
+    # without speculation (tests/test_speculation.py has it on): nothing trains unaccepted
     session = Session(tiny_workspace, TunerAgent(), tiny_settings(mode="review",
-                      max_experiments=1), monitor=False)
+                      max_experiments=1, speculate=False), monitor=False)
     events = collect(session)
     session.start()
     try:

@@ -141,9 +141,11 @@ async def test_veto_reason_reaches_the_engine_and_an_edit_is_what_trains(tmp_pat
         area.load_text(HUMAN_LINE + original)
         await pilot.press("ctrl+s")
         await wait_for(pilot, lambda: not isinstance(app.screen, EditorScreen), timeout=20)
-        await wait_for(pilot, lambda: any(r.proposal_id == edited for r in recorder.of(RunStarted)),
+        # the edited version trains (a speculative run of the agent's version came first)
+        edited_run = lambda r: r.proposal_id == edited and not r.speculative  # noqa: E731
+        await wait_for(pilot, lambda: any(edited_run(r) for r in recorder.of(RunStarted)),
                        what="the edited run")
-        run = next(r for r in recorder.of(RunStarted) if r.proposal_id == edited)
+        run = next(r for r in recorder.of(RunStarted) if edited_run(r))
         assert session.workspace.file_at(run.commit, "train.py").startswith(HUMAN_LINE)
         decision = next(d.decision for d in recorder.of(DecisionMade)
                         if d.decision.proposal_id == edited)

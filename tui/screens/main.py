@@ -18,10 +18,11 @@ from textual.widgets import DataTable, Footer, ProgressBar, Static
 
 from engine.events import (BestUpdated, DecisionMade, DraftFailed, DraftStarted, Event,
                            ExperimentSettled, ModeChanged, NoiseFloor, Notice, Preparing, ProposalReady,
-                           ProposalRebased, ProposalStale, RunFinished, RunProgress, RunStarted,
-                           SessionStopped, StateChanged, SteeringNote)
+                           ProposalRebased, ProposalStale, RunAccepted, RunFinished, RunProgress,
+                           RunStarted, SessionStopped, StateChanged, SteeringNote)
 from engine.client import EngineClient, EngineLost
 from engine.records import Experiment, ProposalState, RunStatus
+from engine.slots import upcoming_slots
 from tui.messages import ProposalSelected
 from tui.screens.editor import EditorScreen
 from tui.screens.log_viewer import LogViewerScreen
@@ -82,6 +83,8 @@ class MainScreen(Screen):
                 tooltip="A note to the agent, for its next draft"),
         Binding("P", "edit_program", "Program", id="edit-program",
                 tooltip="Edit program.md, the agent's instructions; saving commits it"),
+        Binding("l", "next_slot", "Log slot", id="next-slot",
+                tooltip="The log panel follows the next busy trainer slot"),
     ]
 
     # Keys that change the loop: a read-only client has none of them.
@@ -93,7 +96,10 @@ class MainScreen(Screen):
         self.session = session
         self.read_only = read_only
         self.state = "starting"
-        self.run_in_flight: RunStarted | None = None
+        self.run_in_flight: RunStarted | None = None     # the followed slot's run
+        self.slot_runs: dict[int, RunStarted] = {}       # every busy slot's run
+        self.followed_slot = 0                           # the slot the log panel follows
+        self.slot_count = 1                              # the loop's, from its runs
         self.current_panel = "diff-panel"
         self._applicable: tuple = ()
         self._bindings_refresh_due = False
@@ -170,6 +176,10 @@ class MainScreen(Screen):
     @property
     def chart(self) -> ChartPanel:
         return self.query_one(ChartPanel)
+
+    @property
+    def device(self) -> DevicePanel:
+        return self.query_one(DevicePanel)
 
     @property
     def log_panel(self) -> LogPanel:
@@ -258,18 +268,27 @@ class MainScreen(Screen):
         elif isinstance(event, ExperimentSettled):
             self._record_experiment(event.experiment)
         elif isinstance(event, RunStarted):
-            self.run_in_flight = event
-            self.status.progress = None
-            self.log_panel.start_run(event)
-            self.chart.start_live(event.run_id)
+            self.slot_runs[event.slot], self.slot_count = event, event.slots
+            if event.slot == self.followed_slot or self.followed_slot not in self.slot_runs:
+                self.follow(event.slot)                 # the followed slot's, or it is idle
+            self.device.show_slots(self.slot_runs, self.followed_slot)
             self.table.upsert(Experiment(
                 id=event.experiment_id, proposal_id=event.proposal_id, commit=event.commit,
                 status=RunStatus.INTERRUPTED, val_bpb=None, memory_gb=0.0,
                 description=event.description, decided_by="", run_id=event.run_id,
                 started_at=event.at, finished_at=None, log_path=event.log_path,
-                kind=event.kind), training=True)
+                kind=event.kind, speculative=event.speculative), training=True)
+        elif isinstance(event, RunAccepted):
+            row = self.table.rows.get(event.run_id)
+            if row is not None:                # the speculative run now counts: training
+                self.table.upsert(replace(row, speculative=False, kind="experiment"),
+                                  training=row.finished_at is None)
         elif isinstance(event, RunFinished):
             experiment, result = event.experiment, event.result
+            for slot, run in list(self.slot_runs.items()):
+                if run.run_id == result.run_id:
+                    del self.slot_runs[slot]
+            self.device.show_slots(self.slot_runs, self.followed_slot)
             if self.run_in_flight is not None and self.run_in_flight.run_id == result.run_id:
                 self.run_in_flight = None
                 self.chart.stop_live()
@@ -331,6 +350,9 @@ class MainScreen(Screen):
 
     def _after_change(self) -> None:
         self.status.pending = len(self.diff.queue)
+        if self.slot_count > 1:
+            self.diff.show_slots(upcoming_slots(list(self.diff.queue), self.slot_count,
+                                                self.slot_runs))
         self.status.redraw()
         # The footer rebuilds itself on every refresh: only when a key's applicability changed.
         applicable = (self.diff.selected is not None, len(self.diff.queue) > 1, self.state,
@@ -364,6 +386,8 @@ class MainScreen(Screen):
             return selected is not None
         if action == "step_proposal":
             return len(self.diff.queue) > 1
+        if action == "next_slot":
+            return len(self.slot_runs) > 1
         if action == "pause":
             return self.state not in ("paused", "stopped")
         if action == "resume":
@@ -464,6 +488,23 @@ class MainScreen(Screen):
 
     def action_toggle_maximize(self) -> None:
         self.query_one(PanelGrid).toggle_full(self.query_one(f"#{self.current_panel}", Panel))
+
+    def follow(self, slot: int) -> None:
+        """The log panel, the live chart and the progress follow this slot's run."""
+        run = self.slot_runs[slot]
+        self.followed_slot, self.run_in_flight = slot, run
+        self.status.progress = None
+        self.log_panel.start_run(run)
+        self.chart.start_live(run.run_id)
+
+    def action_next_slot(self) -> None:
+        busy = sorted(self.slot_runs)
+        if not busy:
+            return
+        later = [slot for slot in busy if slot > self.followed_slot]
+        self.follow(later[0] if later else busy[0])
+        self.log_panel.show_tail()
+        self.device.show_slots(self.slot_runs, self.followed_slot)
 
     def action_open_log(self) -> None:
         experiment = self.table.selected

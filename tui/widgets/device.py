@@ -7,7 +7,7 @@ from textual.content import Content
 from textual.widget import Widget
 from textual.widgets import Static
 
-from engine.events import DeviceSample
+from engine.events import DeviceSample, RunStarted
 from tui.widgets.panel import Panel
 
 BAR_WIDTH = 10
@@ -65,6 +65,7 @@ class DevicePanel(Panel):
 
     def compose(self):
         yield Static(Content.styled("no reading yet", "dim"), id="device-status")
+        yield Static("", id="device-slots")
 
     def on_mount(self) -> None:
         super().on_mount()
@@ -75,3 +76,22 @@ class DevicePanel(Panel):
 
     def show(self, sample: DeviceSample) -> None:
         self.query_one("#device-status", Static).update(describe(sample))
+
+    def show_slots(self, runs: dict[int, RunStarted], followed: int) -> None:
+        """One line per busy trainer slot (with several): what it trains; ▸ marks the one
+        the log panel follows."""
+        several = len(runs) > 1 or any(slot > 0 for slot in runs)
+        lines = slot_lines(runs, followed) if several else []
+        static = self.query_one("#device-slots", Static)
+        static.display = bool(lines)
+        static.update(Content("\n").join(lines))
+
+
+def slot_lines(runs: dict[int, RunStarted], followed: int) -> list[Content]:
+    lines = []
+    for slot, run in sorted(runs.items()):
+        what = f"#{run.proposal_id}" if run.proposal_id is not None else run.description
+        kind = " speculative" if run.speculative else ""
+        lines.append(Content.assemble(("▸ " if slot == followed else "  ", "bold $accent"),
+                                      (f"slot {slot} ", "bold"), f"{run.run_id} {what}{kind}"))
+    return lines

@@ -118,6 +118,7 @@ class DiffPanel(Panel):
         super().__init__(**kwargs)
         self.queue: dict[int, Proposal] = {}
         self.selected: int | None = None
+        self.slots: dict[int, int] = {}          # with several trainer slots: where each goes
 
     def compose(self) -> ComposeResult:
         yield Static("no proposal waiting", id="queue")
@@ -162,6 +163,11 @@ class DiffPanel(Panel):
         else:
             self._draw_queue()
 
+    def show_slots(self, slots: dict[int, int]) -> None:
+        if slots != self.slots:
+            self.slots = slots
+            self._draw_queue()
+
     def step(self, delta: int) -> None:
         ids = list(self.queue)
         if not ids:
@@ -191,6 +197,8 @@ class DiffPanel(Panel):
                 ("▶ " if chosen else "  ", "bold $accent"),
                 (f"#{proposal.id} ", "bold" if chosen else ""),
                 ("HELD " if proposal.state is ProposalState.HELD else "", "bold $text-warning"),
+                (f"→ slot {self.slots[proposal.id]} " if proposal.id in self.slots else "",
+                 "$text-accent"),
                 (f"base {proposal.base_commit[:7]} ", "dim"),
                 (proposal.description, "bold" if chosen else ""),
             ))

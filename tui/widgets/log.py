@@ -4,6 +4,8 @@ unless the user has scrolled up."""
 
 from __future__ import annotations
 
+from collections import deque
+
 from textual.app import ComposeResult
 from textual.widget import Widget
 
@@ -39,6 +41,15 @@ class LogPanel(Panel):
         self.log.write_line(f"── run {run.run_id} · experiment #{run.experiment_id} · "
                             f"{run.commit[:7]} · {run.description}")
         self.border_subtitle = f"run {run.run_id}"
+
+    def show_tail(self, lines: int = 200) -> None:
+        """What the shown run logged before the panel followed it (its log file's end)."""
+        try:
+            with open(self.log_path or "", encoding="utf-8", errors="replace") as f:
+                tail = list(deque(f, maxlen=lines))
+        except OSError:
+            return                       # a remote engine's log: only new lines arrive
+        self.log.write_lines([line.rstrip("\n") for line in tail])
 
     def write(self, run_id: str, lines: list[str], dropped: int, live: str = "") -> None:
         if self.run_id is None:
