@@ -68,7 +68,10 @@ def test_a_note_reaches_the_next_draft_and_the_proposal_it_influenced_names_it(s
 
 def test_program_md_is_committed_as_a_human_change_and_the_agent_is_told(standin, dataset_dir):
     agent = ScriptedAgent(("VALUE = 1.0", "VALUE = 1.1"), ("EXTRA = 0", "EXTRA = 3"))
-    session, events = started(standin, agent, settings(dataset_dir, mode="review"))
+    # no speculation: its run of the waiting proposal would let the agent draft the next one
+    # before the edit, and this test follows the first draft made after it
+    session, events = started(standin, agent, settings(dataset_dir, mode="review",
+                                                       speculate=False))
     try:
         waiting = events.wait(ProposalReady).proposal
         events.wait(RunFinished)                        # the baseline: nothing trains now
@@ -157,7 +160,9 @@ def served(standin, dataset_dir):
     yields the session, its events, an app's client, a second client watching, and a way
     to attach one more."""
     agent = ScriptedAgent(("VALUE = 1.0", "VALUE = 1.1"), ("EXTRA = 0", "EXTRA = 3"))
-    session, events = started(standin, agent, settings(dataset_dir, mode="review"))
+    # no speculation: these tests follow the one draft made after a note or an edit
+    session, events = started(standin, agent, settings(dataset_dir, mode="review",
+                                                       speculate=False))
     service = EngineService(session, socket_path(standin.pairlab_dir))
     service.start()
     clients = []
