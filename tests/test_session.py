@@ -92,8 +92,9 @@ def test_review_mode_waits_for_the_human_and_tells_the_agent_about_a_veto(
 def test_edit_replaces_the_agents_version_and_refusals_are_precise(tiny_workspace,
                                                                     tiny_settings):
     from engine.patch import PatchRefused
+    # the edit of a proposal training ahead of its review: tests/test_speculation.py
     session = Session(tiny_workspace, TunerAgent(), tiny_settings(mode="review",
-                      max_experiments=1), monitor=False)
+                      max_experiments=1, speculate=False), monitor=False)
     session.start()
     try:
         wait_for(lambda: session.pending(), what="a proposal")
