@@ -17,7 +17,7 @@ from engine.events import BestUpdated, Notice, ProposalReady, RunFinished, RunSt
 from engine.records import RunStatus
 from engine.report import markdown, summarize
 from engine.service import EngineService, socket_path
-from test_service_support import Watch
+from test_service_support import WAIT_S as SERVICE_WAIT_S, Watch
 from test_tui_support import pilot_test
 from tests.test_coordinator import WAIT_S, ScriptedAgent, settings, standin, started
 from tui.app import PairlabApp
@@ -179,7 +179,7 @@ def served(standin, dataset_dir):
     session.journal.close()
 
 
-async def until(pilot, condition, what: str, timeout: float = WAIT_S) -> None:
+async def until(pilot, condition, what: str, timeout: float = SERVICE_WAIT_S) -> None:
     loop = asyncio.get_running_loop()
     deadline = loop.time() + timeout
     while not condition():
