@@ -421,10 +421,7 @@ class Workspace:
         outside = sorted(set(files) - set(self.config.targets))
         if outside:
             raise WorkspaceError(f"{', '.join(outside)} is not a target file of this workspace")
-        commit = self._commit_tree(files, message, parent, author)
-        subject = (message.strip().splitlines() or ["a change"])[0]
-        self.reset_to(commit, reason=f"committing '{subject}'")
-        return commit
+        return self._commit_tree(files, message, parent, author)
 
     def commit_program(self, text: str, parent: str) -> str:
         """Commit the human's program.md on top of parent, as a human change, and move the
