@@ -41,6 +41,18 @@ def _loop_flags(parser: argparse.ArgumentParser) -> None:
                         help="extra baseline runs that measure the noise floor (default 2)")
     parser.add_argument("--device", choices=("cpu", "cuda", "mps"), default=None)
     parser.add_argument("--model", default=None, help="Claude model id")
+    parser.add_argument("--executor", choices=("local", "ray"), default=None,
+                        help="local: runs train on this machine (default); ray: each run is "
+                             "a task on an existing Ray cluster (pip install 'pairlab[ray]')")
+    parser.add_argument("--ray-address", default=None, metavar="ADDRESS",
+                        help="the Ray cluster, e.g. 10.0.0.5:6379 (default: the cluster this "
+                             "machine belongs to)")
+    parser.add_argument("--ray-resources", default=None, metavar="NAME=AMOUNT,...",
+                        help="what each run asks of the cluster (default num_gpus=1; on CPU "
+                             "workers: num_cpus=1,num_gpus=0)")
+    parser.add_argument("--ray-data-dir", default=None, metavar="PATH",
+                        help="the prepared data at a path every Ray node reads (a shared file "
+                             "system); default: shipped through Ray's object store")
 
 
 # The loop flags as (option, attribute): what `pairlab` hands to the engine it starts.
@@ -48,7 +60,9 @@ LOOP_OPTIONS = (("--agent", "agent"), ("--mode", "mode"), ("--budget", "budget")
                 ("--max-experiments", "max_experiments"), ("--max-cost", "max_cost"),
                 ("--max-hours", "max_hours"), ("--drafts-ahead", "drafts_ahead"),
                 ("--noise-repeats", "noise_repeats"), ("--device", "device"),
-                ("--model", "model"))
+                ("--model", "model"), ("--executor", "executor"),
+                ("--ray-address", "ray_address"), ("--ray-resources", "ray_resources"),
+                ("--ray-data-dir", "ray_data_dir"))
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -117,6 +131,7 @@ def main(argv: list[str] | None = None) -> int:
             return _stop(args)
         if args.command == "attach":
             return _run_app(existing_workspace(args.workspace), read_only=args.read_only)
+        executor_settings(args)     # a mistake there is said here, not in the engine's log
         return _run_app(open_workspace(args.workspace), start_args=args)
     except UserError as exc:
         print(f"pairlab: {exc}", file=sys.stderr)
@@ -158,7 +173,29 @@ def settings_from_args(args, config):
         drafts_ahead=args.drafts_ahead if args.drafts_ahead is not None else config.drafts_ahead,
         noise_repeats=(args.noise_repeats if args.noise_repeats is not None
                        else config.noise_repeats),
-        device=args.device or config.device)
+        device=args.device or config.device, **executor_settings(args))
+
+
+def executor_settings(args) -> dict:
+    """The executor flags as SessionSettings fields; UserError for a mistake in them, or
+    for --executor ray without Ray installed."""
+    ray_flags = [flag for flag, value in (("--ray-address", args.ray_address),
+                                          ("--ray-resources", args.ray_resources),
+                                          ("--ray-data-dir", args.ray_data_dir)) if value]
+    if args.executor != "ray":
+        if ray_flags:
+            verb = "goes" if len(ray_flags) == 1 else "go"
+            raise UserError(f"{', '.join(ray_flags)} {verb} with --executor ray")
+        return {}
+    from engine import ray_executor
+    try:
+        ray_executor.import_ray()
+        resources = (ray_executor.parse_resources(args.ray_resources)
+                     if args.ray_resources else None)
+    except (ray_executor.RayUnavailable, ValueError) as exc:
+        raise UserError(str(exc)) from exc
+    return {"executor": "ray", "ray_address": args.ray_address, "ray_resources": resources,
+            "ray_data_dir": Path(args.ray_data_dir) if args.ray_data_dir else None}
 
 
 def make_session(workspace, agent_name: str, settings, model: str | None = None,

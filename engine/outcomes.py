@@ -11,14 +11,16 @@ from __future__ import annotations
 import copy
 from dataclasses import replace
 
-from engine import judge, keep_rule, workers
+from engine import judge, keep_rule, ray_executor, workers
 from engine.events import (BestUpdated, NoiseFloor, ProposalReady, RunFinished, RunStarted,
                            WinHeld)
 from engine.journal import FAILED_STATUSES
 from engine.loop_state import ActiveRun, Judging
 from engine.planner import RunPlan
 from engine.records import Decision, DecisionKind, Proposal, ProposalState, RunResult, RunStatus
-from engine.runner import Runner
+
+# A run whose worker is lost this many times in a row is a crash, not bad luck.
+MAX_LOST_RUNS = 3
 
 
 class OutcomesMixin:
@@ -53,7 +55,7 @@ class OutcomesMixin:
         env = dict(s.extra_env)
         if s.max_steps:
             env["PAIRLAB_MAX_STEPS"] = str(s.max_steps)
-        runner = Runner(
+        runner = ray_executor.runner_class(s)(
             ws.root, run_id, s.budget_s, command=ws.config.command(), env=env, device=s.device,
             data_dir=self.loop.data_dir, log_path=ws.logs_dir / f"{run_id}.log",
             result_path=ws.pairlab_dir / "runs" / run_id / "result.json",
@@ -96,6 +98,30 @@ class OutcomesMixin:
 
     # ------------------------------------------------------------------ a run finished
 
+    def requeue_lost(self, done: workers.RunDone) -> None:
+        """The executor lost the run's worker (a Ray node died): recorded as interrupted,
+        and it trains again, an experiment first in the queue; the planner schedules any
+        other kind again from what is missing."""
+        plan, result = done.plan, done.result
+        experiment = plan.kind == "experiment"
+        finished = self.journal.finish_run(
+            result, proposal_state=ProposalState.ACCEPTED if experiment else None)
+        if experiment:
+            self.loop.proposals[plan.proposal_id].state = ProposalState.ACCEPTED
+            self.loop.queue.insert(0, plan.proposal_id)
+        self.emit(RunFinished(finished, result))
+        self.notice("warning", f"run {done.run_id} ({plan.label}) was interrupted: "
+                    f"{result.message}", "nothing recorded was lost")
+        self.reset_to_best()
+
+    def lost_runs(self, plan: RunPlan) -> int:
+        """Runs of this plan's kind (and proposal) interrupted in a row, the last ones."""
+        count = 0
+        for r in self.journal.run_rows():
+            if r["kind"] == plan.kind and r["proposal_id"] == plan.proposal_id:
+                count = count + 1 if r["status"] == RunStatus.INTERRUPTED.value else 0
+        return count
+
     def on_run(self, done: workers.RunDone) -> None:
         loop = self.loop
         loop.run = None
@@ -109,6 +135,12 @@ class OutcomesMixin:
                                     if plan.kind == "experiment" else None)
             self.reset_to_best()
             return
+        if result.status is RunStatus.INTERRUPTED:
+            if self.lost_runs(plan) < MAX_LOST_RUNS:
+                self.requeue_lost(done)
+                return
+            result.status = RunStatus.CRASH      # a run that kills its worker every time
+            result.message += f" ({MAX_LOST_RUNS + 1} times in a row: not again)"
         state = {}
         if result.val_bpb is not None and self.journal.get_state("eval_tokens") is None:
             state["eval_tokens"] = result.metrics.get("eval_tokens")

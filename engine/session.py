@@ -47,6 +47,10 @@ class SessionSettings:
     hard_timeout_s: float | None = None   # None: budget * 2 + grace
     data_dir: Path | None = None          # prepared dataset; None: PAIRLAB_DATA_DIR or default
     extra_env: dict[str, str] = field(default_factory=dict)
+    executor: str = "local"               # local | ray: each run a task on a Ray cluster
+    ray_address: str | None = None        # None: the cluster this machine belongs to
+    ray_resources: dict[str, float] | None = None   # per run; None: one GPU
+    ray_data_dir: Path | None = None      # the data on a path the cluster shares; None: shipped
 
 
 class Session:

@@ -1,0 +1,270 @@
+"""The Ray executor: its pure parts directly, and the research loop against a real local
+Ray cluster that this module starts (`ray start --head` on 127.0.0.1, 2 CPUs, stopped at the
+end even on failure). Runs are the tiny CPU config of tests/conftest.py."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import psutil
+import pytest
+
+from engine import cli, ray_executor
+from engine.agents.tuner import TunerAgent
+from engine.events import LogLines, Notice, RunFinished, RunStarted
+from engine.journal import TSV_HEADER
+from engine.records import RunStatus
+from engine.session import Session
+from engine.workspace import run_git
+
+SOURCE_ROOT = Path(__file__).resolve().parent.parent
+RAY_TASK_TITLE = "ray::train_on_worker"     # a Ray worker's process title while it trains
+PARENT_LINE = "trainer parent pid: "
+CLUSTER_START_TIMEOUT_S = 180.0
+
+
+# ---------------------------------------------------------------------- pure parts
+
+
+def test_resources_parse_into_task_options():
+    resources = ray_executor.parse_resources("num_cpus=1, num_gpus=0.5,accelerator_a100=1")
+    assert resources == {"num_cpus": 1.0, "num_gpus": 0.5, "accelerator_a100": 1.0}
+    assert ray_executor.task_options(resources) == {
+        "num_cpus": 1.0, "num_gpus": 0.5, "resources": {"accelerator_a100": 1.0}}
+    assert ray_executor.task_options({"num_gpus": 1.0}) == {"num_gpus": 1.0}
+
+
+@pytest.mark.parametrize("text, message", [
+    ("num_cpus", "'num_cpus' is not NAME=AMOUNT"),
+    ("num_cpus=two", "the amount of num_cpus is not a number: 'two'"),
+    ("num_gpus=-1", "the amount of num_gpus must be 0 or more"),
+    (" , ", "--ray-resources is empty"),
+])
+def test_bad_resources_are_refused_with_what_is_wrong(text, message):
+    with pytest.raises(ValueError, match=message):
+        ray_executor.parse_resources(text)
+
+
+def test_a_cluster_without_the_resource_is_named_before_anything_waits_on_it():
+    cluster = {"CPU": 2.0, "memory": 1e9}
+    problem = ray_executor.missing_resources({"num_gpus": 1.0}, cluster)
+    assert problem == ("each run asks the Ray cluster for num_gpus=1, and the cluster has 0 "
+                       "GPU in all (on CPU workers: --ray-resources num_cpus=1,num_gpus=0)")
+    assert "has 0 tpu" in ray_executor.missing_resources({"tpu": 1.0}, cluster)
+    assert ray_executor.missing_resources({"num_cpus": 2.0, "num_gpus": 0.0}, cluster) is None
+
+
+def test_engine_imports_without_ray_and_the_cli_says_what_to_install():
+    script = ("import sys; sys.modules['ray'] = None\n"   # as if Ray were not installed
+              "import engine.session, engine.outcomes, engine.ray_executor\n"
+              "from engine import cli\n"
+              "sys.exit(cli.main(['headless', '--executor', 'ray', '--workspace', '/nonexistent']))")
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                          cwd=SOURCE_ROOT, timeout=120)
+    assert proc.returncode == 2, proc.stderr
+    assert "--executor ray needs Ray, which is not installed: pip install 'pairlab[ray]'" \
+        in proc.stderr
+
+
+def test_ray_flags_without_the_ray_executor_are_refused():
+    args = cli.build_parser().parse_args(["--ray-address", "10.0.0.5:6379"])
+    with pytest.raises(cli.UserError, match="--ray-address goes with --executor ray"):
+        cli.executor_settings(args)
+
+
+# ---------------------------------------------------------------------- a real cluster
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def ray_cluster(tmp_path_factory):
+    """The address of a local Ray head with 2 CPUs, its workers importing this checkout."""
+    ray = pytest.importorskip("ray", reason="Ray is not installed: pip install 'pairlab[ray]'")
+    port = _free_port()
+    temp_dir = tmp_path_factory.mktemp("ray")
+    ray_cli = Path(sys.executable).with_name("ray")
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(
+        [str(SOURCE_ROOT), *filter(None, [os.environ.get("PYTHONPATH")])]),
+        "RAY_USAGE_STATS_ENABLED": "0"}
+    log = open(temp_dir / "ray-start.log", "wb")
+    head = subprocess.Popen(
+        [str(ray_cli), "start", "--head", "--block", "--node-ip-address", "127.0.0.1",
+         "--port", str(port), "--num-cpus", "2", "--include-dashboard=false",
+         "--disable-usage-stats", "--temp-dir", str(temp_dir)],
+        env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    address = f"127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + CLUSTER_START_TIMEOUT_S
+        while True:
+            assert head.poll() is None, (temp_dir / "ray-start.log").read_text()
+            try:
+                ray.init(address=address, log_to_driver=False)
+                break
+            except ConnectionError:
+                assert time.monotonic() < deadline, "the Ray head did not come up"
+                time.sleep(0.5)
+        yield address
+    finally:
+        if ray.is_initialized():
+            ray.shutdown()
+        os.killpg(head.pid, signal.SIGTERM)     # the head and everything it started
+        try:
+            head.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            pass
+        try:
+            os.killpg(head.pid, signal.SIGKILL)   # a draining raylet does not wait for us
+        except ProcessLookupError:
+            pass
+        head.wait()
+        log.close()
+
+
+@pytest.fixture
+def ray_workspace(tiny_workspace):
+    """The tiny workspace, its train.py saying which process started it."""
+    train = tiny_workspace.root / "train.py"
+    text = train.read_text().replace(
+        "from nanochat import harness  # noqa: E402",
+        f"from nanochat import harness  # noqa: E402\nprint(f\"{PARENT_LINE}{{os.getppid()}}\", "
+        f"flush=True)", 1)
+    assert PARENT_LINE in text
+    tiny_workspace.commit_change({"train.py": text}, "say which process trains",
+                                 parent=tiny_workspace.head())
+    return tiny_workspace
+
+
+def ray_settings(tiny_settings, address, **overrides):
+    return tiny_settings(executor="ray", ray_address=address, ray_resources={"num_cpus": 1.0},
+                         **overrides)
+
+
+def training_task_pids() -> list[int]:
+    """Ray workers busy with a training task on this machine, found by the task's name."""
+    pids = []
+    for proc in psutil.process_iter(["pid", "cmdline"]):
+        cmdline = proc.info["cmdline"] or []
+        if cmdline and cmdline[0].startswith(RAY_TASK_TITLE):
+            pids.append(proc.info["pid"])
+    return pids
+
+
+def trainers_on_workers() -> list[int]:
+    """train.py processes running in a Ray task's temp dir on this machine."""
+    scratch = os.path.join(tempfile.gettempdir(), "pairlab-ray-")
+    pids = []
+    for proc in psutil.process_iter(["pid", "cmdline", "cwd"]):
+        if (proc.info["cwd"] or "").startswith(scratch) and \
+                any(arg.endswith("train.py") for arg in proc.info["cmdline"] or []):
+            pids.append(proc.info["pid"])
+    return pids
+
+
+class RunWatcher:
+    """Records, per run, the first log lines' arrival and which Ray worker trains it then."""
+
+    def __init__(self, on_first_lines=None):
+        self.events: list = []
+        self.task_pids: dict[str, list[int]] = {}   # run id -> training workers at its first lines
+        self.on_first_lines = on_first_lines
+
+    def __call__(self, event) -> None:
+        self.events.append(event)
+        if isinstance(event, LogLines) and event.run_id not in self.task_pids:
+            self.task_pids[event.run_id] = training_task_pids()
+            if self.on_first_lines is not None:
+                self.on_first_lines(event, self.task_pids[event.run_id])
+
+    def of(self, kind) -> list:
+        return [e for e in self.events if isinstance(e, kind)]
+
+    def lines(self, run_id: str) -> list[str]:
+        return [line for e in self.of(LogLines) if e.run_id == run_id for line in e.lines]
+
+
+def test_experiments_run_as_ray_tasks_and_stream_their_logs(ray_cluster, ray_workspace,
+                                                           tiny_settings):
+    session = Session(ray_workspace, TunerAgent(),
+                      ray_settings(tiny_settings, ray_cluster, max_experiments=1), monitor=False)
+    watcher = RunWatcher()
+    session.subscribe(watcher)
+    session.start()
+    assert session.wait(timeout=600)
+
+    finished = watcher.of(RunFinished)
+    assert [e.experiment.kind for e in finished] == ["baseline", "experiment"]
+    for event in finished:
+        run_id = event.result.run_id
+        # trained by a Ray worker, not by the engine: train.py's parent is the worker that
+        # was busy with the training task when its first lines arrived, mid-run
+        (worker,) = watcher.task_pids[run_id]
+        assert worker != os.getpid()
+        assert f"{PARENT_LINE}{worker}" in watcher.lines(run_id)
+        # the lines streamed in before the result, as they do locally
+        first_lines = next(i for i, e in enumerate(watcher.events)
+                           if isinstance(e, LogLines) and e.run_id == run_id)
+        assert first_lines < watcher.events.index(event)
+        # judged: a metric from the evaluator on the worker, and the usual verdicts
+        assert event.result.val_bpb is not None and event.result.metric_verified
+        assert Path(event.result.log_path).read_text().count(PARENT_LINE) == 1
+    assert finished[0].result.status is RunStatus.KEEP
+    assert finished[1].result.status in (RunStatus.KEEP, RunStatus.DISCARD)
+    rows = (ray_workspace.root / "results.tsv").read_text().splitlines()
+    assert rows[0] + "\n" == TSV_HEADER and len(rows) == 3
+    assert ray_workspace.head() == session.best[0]
+
+
+def test_a_worker_killed_mid_run_is_retrained_and_nothing_is_lost(ray_cluster, ray_workspace,
+                                                                 tiny_settings):
+    killed: list[int] = []
+    experiments: set[str] = set()
+
+    def kill_the_first_experiments_worker(event, task_pids):
+        if event.run_id in experiments and not killed:
+            (worker,) = task_pids
+            os.kill(worker, signal.SIGKILL)
+            killed.append(worker)
+
+    watcher = RunWatcher(kill_the_first_experiments_worker)
+
+    def note_experiments(event):
+        if isinstance(event, RunStarted) and event.proposal_id is not None:
+            experiments.add(event.run_id)
+
+    session = Session(ray_workspace, TunerAgent(),
+                      ray_settings(tiny_settings, ray_cluster, max_experiments=1), monitor=False)
+    session.subscribe(note_experiments)   # before the watcher: the run is known at its lines
+    session.subscribe(watcher)
+    session.start()
+    assert session.wait(timeout=600)
+    assert killed, "no experiment's worker was found training"
+
+    runs = session.journal.run_rows()
+    assert [(r["kind"], r["status"]) for r in runs][:2] == [("baseline", "keep"),
+                                                            ("experiment", "interrupted")]
+    assert len(runs) == 3 and runs[2]["kind"] == "experiment"
+    assert runs[2]["status"] in ("keep", "discard") and runs[2]["val_bpb"] is not None
+    assert runs[1]["proposal_id"] == runs[2]["proposal_id"]     # the same proposal, again
+    assert "the Ray worker running it was lost (WorkerCrashedError)" in runs[1]["message"]
+    assert any(isinstance(e, Notice) and "was interrupted" in e.message for e in watcher.events)
+    # what the killed run streamed before it died is in its log
+    assert PARENT_LINE in Path(runs[1]["log_path"]).read_text()
+    # nothing lost: one experiment counted, results.tsv and git agree with the journal
+    assert session.journal.experiment_count() == 1
+    rows = (ray_workspace.root / "results.tsv").read_text().splitlines()
+    assert len(rows) == 3 and rows[2].split("\t")[3] == runs[2]["status"]
+    assert ray_workspace.head() == session.best[0]
+    assert run_git(ray_workspace.root, "status", "--porcelain", "--untracked-files=no") == b""
+    assert trainers_on_workers() == []   # the killed run's train.py died with its worker
