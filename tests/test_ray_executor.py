@@ -90,8 +90,12 @@ def _free_port() -> int:
 
 @pytest.fixture(scope="module")
 def ray_cluster(tmp_path_factory):
-    """The address of a local Ray head with 2 CPUs, its workers importing this checkout."""
+    """The address of a local Ray head with 2 CPUs, its workers importing this checkout
+    (or of the cluster $PAIRLAB_TEST_RAY_ADDRESS names, whose workers must import it too)."""
     ray = pytest.importorskip("ray", reason="Ray is not installed: pip install 'pairlab[ray]'")
+    if os.environ.get("PAIRLAB_TEST_RAY_ADDRESS"):
+        yield os.environ["PAIRLAB_TEST_RAY_ADDRESS"]
+        return
     port = _free_port()
     temp_dir = tmp_path_factory.mktemp("ray")
     ray_cli = Path(sys.executable).with_name("ray")
@@ -173,19 +177,24 @@ def trainers_on_workers() -> list[int]:
 
 
 class RunWatcher:
-    """Records, per run, the first log lines' arrival and which Ray worker trains it then."""
+    """Records every event and, when a run's train.py says it started, which Ray worker is
+    busy with the training task then (with its descendants)."""
 
-    def __init__(self, on_first_lines=None):
+    def __init__(self, on_trainer_started=None):
         self.events: list = []
-        self.task_pids: dict[str, list[int]] = {}   # run id -> training workers at its first lines
-        self.on_first_lines = on_first_lines
+        self.task_pids: dict[str, list[int]] = {}   # run id -> training workers then
+        self.task_family: dict[str, set[int]] = {}  # run id -> those and their descendants
+        self.on_trainer_started = on_trainer_started
 
     def __call__(self, event) -> None:
         self.events.append(event)
-        if isinstance(event, LogLines) and event.run_id not in self.task_pids:
-            self.task_pids[event.run_id] = training_task_pids()
-            if self.on_first_lines is not None:
-                self.on_first_lines(event, self.task_pids[event.run_id])
+        if isinstance(event, LogLines) and event.run_id not in self.task_pids and \
+                any(line.startswith(PARENT_LINE) for line in event.lines):
+            self.task_pids[event.run_id] = pids = training_task_pids()
+            self.task_family[event.run_id] = set(pids) | {
+                child.pid for pid in pids for child in psutil.Process(pid).children(True)}
+            if self.on_trainer_started is not None:
+                self.on_trainer_started(event, pids)
 
     def of(self, kind) -> list:
         return [e for e in self.events if isinstance(e, kind)]
@@ -194,42 +203,12 @@ class RunWatcher:
         return [line for e in self.of(LogLines) if e.run_id == run_id for line in e.lines]
 
 
-def test_experiments_run_as_ray_tasks_and_stream_their_logs(ray_cluster, ray_workspace,
-                                                           tiny_settings):
-    session = Session(ray_workspace, TunerAgent(),
-                      ray_settings(tiny_settings, ray_cluster, max_experiments=1), monitor=False)
-    watcher = RunWatcher()
-    session.subscribe(watcher)
-    session.start()
-    assert session.wait(timeout=600)
-
-    finished = watcher.of(RunFinished)
-    assert [e.experiment.kind for e in finished] == ["baseline", "experiment"]
-    for event in finished:
-        run_id = event.result.run_id
-        # trained by a Ray worker, not by the engine: train.py's parent is the worker that
-        # was busy with the training task when its first lines arrived, mid-run
-        (worker,) = watcher.task_pids[run_id]
-        assert worker != os.getpid()
-        assert f"{PARENT_LINE}{worker}" in watcher.lines(run_id)
-        # the lines streamed in before the result, as they do locally
-        first_lines = next(i for i, e in enumerate(watcher.events)
-                           if isinstance(e, LogLines) and e.run_id == run_id)
-        assert first_lines < watcher.events.index(event)
-        # judged: a metric from the evaluator on the worker, and the usual verdicts
-        assert event.result.val_bpb is not None and event.result.metric_verified
-        assert Path(event.result.log_path).read_text().count(PARENT_LINE) == 1
-    assert finished[0].result.status is RunStatus.KEEP
-    assert finished[1].result.status in (RunStatus.KEEP, RunStatus.DISCARD)
-    rows = (ray_workspace.root / "results.tsv").read_text().splitlines()
-    assert rows[0] + "\n" == TSV_HEADER and len(rows) == 3
-    assert ray_workspace.head() == session.best[0]
-
-
-def test_a_worker_killed_mid_run_is_retrained_and_nothing_is_lost(ray_cluster, ray_workspace,
-                                                                 tiny_settings):
-    killed: list[int] = []
+def test_runs_train_on_ray_workers_and_a_killed_worker_loses_nothing(
+        ray_cluster, ray_workspace, tiny_settings):
+    """One session (the runs are what costs): the baseline, an experiment whose worker is
+    killed with SIGKILL mid-run, and that experiment trained again."""
     experiments: set[str] = set()
+    killed: list[int] = []
 
     def kill_the_first_experiments_worker(event, task_pids):
         if event.run_id in experiments and not killed:
@@ -237,34 +216,52 @@ def test_a_worker_killed_mid_run_is_retrained_and_nothing_is_lost(ray_cluster, r
             os.kill(worker, signal.SIGKILL)
             killed.append(worker)
 
-    watcher = RunWatcher(kill_the_first_experiments_worker)
-
     def note_experiments(event):
         if isinstance(event, RunStarted) and event.proposal_id is not None:
             experiments.add(event.run_id)
 
+    watcher = RunWatcher(kill_the_first_experiments_worker)
     session = Session(ray_workspace, TunerAgent(),
                       ray_settings(tiny_settings, ray_cluster, max_experiments=1), monitor=False)
     session.subscribe(note_experiments)   # before the watcher: the run is known at its lines
     session.subscribe(watcher)
     session.start()
-    assert session.wait(timeout=600)
+    assert session.wait(timeout=900)
     assert killed, "no experiment's worker was found training"
 
+    finished = watcher.of(RunFinished)
+    assert [(e.experiment.kind, e.result.status) for e in finished][:2] == [
+        ("baseline", RunStatus.KEEP), ("experiment", RunStatus.INTERRUPTED)]
+    assert len(finished) == 3 and finished[2].experiment.kind == "experiment"
+    for event in finished:
+        run_id = event.result.run_id
+        # trained by a Ray worker, not by the engine: train.py's parent is the worker (or its
+        # child) that was busy with the training task when that line arrived, mid-run
+        (worker,) = watcher.task_pids[run_id]
+        assert worker != os.getpid()
+        (parent,) = [int(line[len(PARENT_LINE):]) for line in watcher.lines(run_id)
+                     if line.startswith(PARENT_LINE)]
+        assert parent in watcher.task_family[run_id]   # the worker, or its confining launcher
+        # the lines streamed in before the result, as they do locally, and are in its log
+        first_lines = next(i for i, e in enumerate(watcher.events)
+                           if isinstance(e, LogLines) and e.run_id == run_id)
+        assert first_lines < watcher.events.index(event)
+        assert f"{PARENT_LINE}{parent}" in Path(event.result.log_path).read_text()
+    assert watcher.task_pids[finished[1].result.run_id] == killed
+    # judged from the evaluator's metric on the worker, as locally
+    for event in (finished[0], finished[2]):
+        assert event.result.val_bpb is not None and event.result.metric_verified
+    assert finished[2].result.status in (RunStatus.KEEP, RunStatus.DISCARD)
+
     runs = session.journal.run_rows()
-    assert [(r["kind"], r["status"]) for r in runs][:2] == [("baseline", "keep"),
-                                                            ("experiment", "interrupted")]
-    assert len(runs) == 3 and runs[2]["kind"] == "experiment"
-    assert runs[2]["status"] in ("keep", "discard") and runs[2]["val_bpb"] is not None
     assert runs[1]["proposal_id"] == runs[2]["proposal_id"]     # the same proposal, again
     assert "the Ray worker running it was lost (WorkerCrashedError)" in runs[1]["message"]
     assert any(isinstance(e, Notice) and "was interrupted" in e.message for e in watcher.events)
-    # what the killed run streamed before it died is in its log
-    assert PARENT_LINE in Path(runs[1]["log_path"]).read_text()
     # nothing lost: one experiment counted, results.tsv and git agree with the journal
     assert session.journal.experiment_count() == 1
     rows = (ray_workspace.root / "results.tsv").read_text().splitlines()
-    assert len(rows) == 3 and rows[2].split("\t")[3] == runs[2]["status"]
+    assert rows[0] + "\n" == TSV_HEADER and len(rows) == 3
+    assert rows[2].split("\t")[3] == runs[2]["status"]
     assert ray_workspace.head() == session.best[0]
     assert run_git(ray_workspace.root, "status", "--porcelain", "--untracked-files=no") == b""
     assert trainers_on_workers() == []   # the killed run's train.py died with its worker
