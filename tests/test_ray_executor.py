@@ -265,3 +265,54 @@ def test_runs_train_on_ray_workers_and_a_killed_worker_loses_nothing(
     assert ray_workspace.head() == session.best[0]
     assert run_git(ray_workspace.root, "status", "--porcelain", "--untracked-files=no") == b""
     assert trainers_on_workers() == []   # the killed run's train.py died with its worker
+
+
+STAND_IN = '''\
+import sys, time
+for step in range(3):
+    print(f"step {step:05d} ({step * 10:.1f}%) | loss: 5.0 | remaining: 60s", flush=True)
+print("waiting to be killed", flush=True)
+time.sleep(120)
+'''
+
+
+def stand_in_runner(workspace, address, run_id, **resources):
+    """A RayRunner on a workspace whose train.py prints three progress lines and sleeps."""
+    workspace.commit_change({"train.py": STAND_IN}, "stand-in", parent=workspace.head())
+    target = ray_executor.RayTarget(address, resources or {"num_cpus": 1.0})
+    return ray_executor.RayRunner(target, workspace.root, run_id, 60.0, device="cpu",
+                                  term_grace_s=2.0)
+
+
+def test_a_killed_ray_run_stops_on_its_worker_and_says_why(ray_cluster, tiny_workspace):
+    runner = stand_in_runner(tiny_workspace, ray_cluster, "kill-1")
+    progress = []
+
+    def on_lines(lines):
+        if "waiting to be killed" in lines:
+            runner.kill("killed by the user", RunStatus.KILLED)
+
+    result = runner.run(on_lines=on_lines, on_progress=lambda *p: progress.append(p))
+    assert result.status is RunStatus.KILLED and result.message == "killed by the user"
+    assert [p[0] for p in progress] == [0, 1, 2]        # progress parsed on the worker
+    assert "waiting to be killed" in Path(result.log_path).read_text()
+    assert runner.worker_pid not in (None, os.getpid())
+    assert trainers_on_workers() == []
+
+
+def test_a_request_the_cluster_cannot_meet_fails_at_once(ray_cluster, tiny_workspace):
+    runner = stand_in_runner(tiny_workspace, ray_cluster, "gpu-1", num_gpus=1.0)
+    result = runner.run()
+    assert result.status is RunStatus.CRASH
+    assert result.message.startswith("each run asks the Ray cluster for num_gpus=1, and the "
+                                     "cluster has 0 GPU in all")
+
+
+def test_a_worker_with_another_harness_refuses_to_train(ray_cluster, tiny_workspace):
+    runner = stand_in_runner(tiny_workspace, ray_cluster, "version-1")
+    runner.job["fingerprint"] = "the engine's harness differs"
+    result = runner.run()
+    assert result.status is RunStatus.CRASH
+    assert "has another version of pairlab's harness or evaluator than the engine" \
+        in result.message
+    assert "waiting to be killed" not in Path(result.log_path).read_text()
