@@ -48,7 +48,8 @@ def _loop_flags(parser: argparse.ArgumentParser) -> None:
                         help="the Ray cluster, e.g. 10.0.0.5:6379 (default: the cluster this "
                              "machine belongs to)")
     parser.add_argument("--ray-resources", default=None, metavar="NAME=AMOUNT,...",
-                        help="what each run asks of the cluster (default num_gpus=1; on CPU "
+                        help="what each run asks of the cluster: num_cpus, num_gpus, memory "
+                             "(bytes) or a custom resource (default num_gpus=1; on CPU "
                              "workers: num_cpus=1,num_gpus=0)")
     parser.add_argument("--ray-data-dir", default=None, metavar="PATH",
                         help="the prepared data at a path every Ray node reads (a shared file "

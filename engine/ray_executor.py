@@ -3,10 +3,10 @@
 `RayRunner` has the local `Runner`'s interface, so the coordinator does not care which one
 it holds. At launch it takes the checked-out commit's files (a `git archive` of HEAD, on the
 coordinator's thread, so git cannot move under it) and sends them as content: nothing goes
-through a shared file system. The task (`train_on_worker`) unpacks them into a temp dir on
-the worker and runs the local `Runner` there, so train.py is confined as it is locally and
-the trusted evaluator on the worker scores the handed-over model: the metric is computed
-exactly as on one machine.
+through a shared file system. The task (`train_on_worker`, engine/ray_worker.py) unpacks
+them into a temp dir on the worker and runs the local `Runner` there, so train.py is
+confined as it is locally and the trusted evaluator on the worker scores the handed-over
+model: the metric is computed exactly as on one machine.
 
 Streaming: the task hands its log lines, progress updates and live line to a small actor
 (`LogChannel`) every FLUSH_INTERVAL_S; the engine side takes them every POLL_INTERVAL_S and
@@ -29,38 +29,26 @@ metric). Ray itself is optional: it is imported only when a run starts on a clus
 from __future__ import annotations
 
 import functools
-import hashlib
-import io
 import math
-import os
-import shutil
 import sys
-import tarfile
-import tempfile
 import threading
 import time
 from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from engine import evaluation
+from engine.ray_worker import DATA_FILES, LogChannel, harness_fingerprint, train_on_worker
 from engine.records import RunResult, RunStatus
 from engine.runner import TAIL_LINES, Runner
 from engine.workspace import WorkspaceError, run_git
 
-EXECUTORS = ("local", "ray")
 INSTALL_HINT = "pip install 'pairlab[ray]'"
 DEFAULT_RESOURCES = {"num_gpus": 1.0}     # one accelerator per run, as a local slot has
 POLL_INTERVAL_S = 0.1                     # the engine takes the task's output this often
-FLUSH_INTERVAL_S = 0.1                    # the task hands its output over this often
 KILL_WAIT_S = 15.0                        # a killed task that has not stopped is cancelled
 MAX_TREE_BYTES = 64 << 20                 # the commit's files, sent with every run
-DATA_FILES = (*evaluation.TRAINING_FILES, "val.bin")   # val.bin is for the worker's evaluator
 # What --ray-resources names directly; any other name is a custom resource of the cluster.
 RESOURCE_OPTIONS = {"num_cpus": "CPU", "num_gpus": "GPU", "memory": "memory"}
-# The harness, the evaluator and the runner: a worker must run the engine's own copy.
-FINGERPRINTED = ("nanochat/*.py", "engine/runner.py", "engine/evaluation.py",
-                 "engine/confine.py", "engine/run_watchdog.py", "engine/ray_executor.py")
 
 
 class RayUnavailable(Exception):
@@ -143,17 +131,6 @@ def runner_class(settings):
     return functools.partial(RayRunner, target)
 
 
-@functools.lru_cache(maxsize=1)
-def harness_fingerprint() -> str:
-    """A digest of the code that trains and scores a run, as installed here."""
-    digest = hashlib.sha256()
-    for pattern in FINGERPRINTED:
-        for path in sorted(evaluation.SOURCE_ROOT.glob(pattern)):
-            digest.update(str(path.relative_to(evaluation.SOURCE_ROOT)).encode() + b"\0")
-            digest.update(path.read_bytes() + b"\0")
-    return digest.hexdigest()
-
-
 # ---------------------------------------------------------------------- the engine's side
 
 
@@ -173,7 +150,10 @@ class _Cluster:
                 self.remote = None
                 # An existing cluster only ("auto": the one this machine belongs to): a
                 # cluster started on the fly would train on the engine's own machine.
-                ray.init(address=address or "auto", log_to_driver=False)
+                try:
+                    ray.init(address=address or "auto", log_to_driver=False)
+                except Exception as exc:   # Ray says ConnectionError, or RuntimeError, or ...
+                    raise ConnectionError(str(exc).strip().splitlines()[-1]) from exc
             if self.remote is None:
                 self.remote = (ray.remote(num_cpus=0)(LogChannel),
                                ray.remote(max_retries=0)(train_on_worker))
@@ -348,125 +328,3 @@ def _drain(ray, channel) -> list:
         return ray.get(channel.take.remote(), timeout=5)
     except ray.exceptions.RayError:
         return []
-
-
-# ---------------------------------------------------------------------- the worker's side
-
-
-class LogChannel:
-    """Between a run's task and the engine (a Ray actor: its calls run one at a time). The
-    task puts its output, the engine takes it; a kill request is the answer to put."""
-
-    def __init__(self):
-        self.items: list = []
-        self.kill: tuple[RunStatus, str] | None = None
-
-    def put(self, items: list) -> tuple[RunStatus, str] | None:
-        self.items.extend(items)
-        return self.kill
-
-    def take(self) -> list:
-        items, self.items = self.items, []
-        return items
-
-    def request_kill(self, status: RunStatus, message: str) -> None:
-        if self.kill is None:
-            self.kill = (status, message)
-
-
-class _Outbox:
-    """The task's output, handed to the channel every FLUSH_INTERVAL_S by a thread; a kill
-    request in the answer stops the runner."""
-
-    def __init__(self, ray, channel):
-        self.ray, self.channel = ray, channel
-        self.lock = threading.Lock()
-        self.items: list = []
-        self.runner: Runner | None = None
-        self.stopped = threading.Event()
-        self.thread = threading.Thread(target=self._loop, name="pairlab-ray-outbox",
-                                       daemon=True)
-
-    def add(self, kind: str, payload) -> None:
-        with self.lock:
-            self.items.append((kind, payload))
-
-    def start(self, runner: Runner) -> None:
-        self.runner = runner
-        self.thread.start()
-
-    def close(self) -> None:
-        self.stopped.set()
-        self.thread.join()
-        self.flush()
-
-    def _loop(self) -> None:
-        while not self.stopped.wait(FLUSH_INTERVAL_S):
-            self.flush()
-
-    def flush(self) -> None:
-        with self.lock:
-            items, self.items = self.items, []
-        try:
-            kill = self.ray.get(self.channel.put.remote(items))
-        except self.ray.exceptions.RayError:   # the engine is gone: nobody wants the run
-            kill = (RunStatus.KILLED, "the engine that started this run is gone")
-        if kill is not None and self.runner is not None:
-            self.runner.kill(kill[1], kill[0])
-
-
-def train_on_worker(job: dict, tree: bytes, data: list, channel) -> tuple[RunResult, bytes | None]:
-    """The Ray task: unpack the commit, train and evaluate it with the local Runner in a
-    temp dir, streaming the output. Returns the result and the evaluator's result file."""
-    import ray
-    outbox = _Outbox(ray, channel)
-    outbox.add("started", {"pid": os.getpid(), "node_ip": ray.util.get_node_ip_address()})
-    if job["fingerprint"] != harness_fingerprint():
-        outbox.flush()
-        return RunResult(run_id=job["run_id"], status=RunStatus.CRASH, message=(
-            f"the Ray worker on {ray.util.get_node_ip_address()} has another version of "
-            f"pairlab's harness or evaluator than the engine: install the engine's version on "
-            f"every node")), None
-    with tempfile.TemporaryDirectory(prefix="pairlab-ray-") as scratch:
-        root = Path(scratch) / "workspace"
-        with tarfile.open(fileobj=io.BytesIO(tree)) as archive:
-            archive.extractall(root, filter="data")
-        data_dir = job["data_dir"] or (_node_data(ray, data[0], job["checksum"]) if data
-                                       else None)
-        # the run's folders where the local runner keeps them, inside the (readable) root
-        runner = Runner(root, job["run_id"], job["budget_s"],
-                        command=_worker_command(job["command"], job["engine_python"]),
-                        data_dir=data_dir, **job["options"])
-        outbox.start(runner)
-        try:
-            result = runner.run(on_lines=lambda lines: outbox.add("lines", lines),
-                                on_progress=lambda *update: outbox.add("progress", update),
-                                on_live=lambda text: outbox.add("live", text))
-        finally:
-            outbox.close()
-        raw = runner.result_path.read_bytes() if runner.result_path.is_file() else None
-    return result, raw
-
-
-def _worker_command(command: list[str] | None, engine_python: str) -> list[str] | None:
-    """The run command with the engine's interpreter replaced by this worker's."""
-    if command is None:
-        return None
-    return [sys.executable if arg == engine_python else arg for arg in command]
-
-
-def _node_data(ray, ref, checksum: str | None) -> Path:
-    """The shipped dataset in this node's temp dir, written by the first task that needs it."""
-    folder = Path(tempfile.gettempdir()) / "pairlab-ray-data" / (checksum or "unversioned")
-    if all((folder / name).is_file() for name in DATA_FILES):
-        return folder
-    files = ray.get(ref)
-    folder.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=".staging-", dir=folder.parent))
-    for name, content in files.items():
-        (staging / name).write_bytes(content)
-    try:
-        os.rename(staging, folder)   # whole or not at all; another task may have won
-    except OSError:
-        shutil.rmtree(staging, ignore_errors=True)
-    return folder

@@ -65,7 +65,7 @@ def test_engine_imports_without_ray_and_the_cli_says_what_to_install():
     script = ("import sys; sys.modules['ray'] = None\n"   # as if Ray were not installed
               "import engine.session, engine.outcomes, engine.ray_executor\n"
               "from engine import cli\n"
-              "sys.exit(cli.main(['headless', '--executor', 'ray', '--workspace', '/nonexistent']))")
+              "sys.exit(cli.main(['headless', '--executor', 'ray', '--workspace', '/none']))")
     proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
                           cwd=SOURCE_ROOT, timeout=120)
     assert proc.returncode == 2, proc.stderr
