@@ -132,8 +132,9 @@ def main(argv: list[str] | None = None) -> int:
             return _stop(args)
         if args.command == "attach":
             return _run_app(existing_workspace(args.workspace), read_only=args.read_only)
-        executor_settings(args)     # a mistake there is said here, not in the engine's log
-        return _run_app(open_workspace(args.workspace), start_args=args)
+        workspace = open_workspace(args.workspace)
+        executor_settings(args, workspace.config)   # a mistake is said here, not in a log
+        return _run_app(workspace, start_args=args)
     except UserError as exc:
         print(f"pairlab: {exc}", file=sys.stderr)
         return 2
@@ -174,29 +175,32 @@ def settings_from_args(args, config):
         drafts_ahead=args.drafts_ahead if args.drafts_ahead is not None else config.drafts_ahead,
         noise_repeats=(args.noise_repeats if args.noise_repeats is not None
                        else config.noise_repeats),
-        device=args.device or config.device, **executor_settings(args))
+        device=args.device or config.device, **executor_settings(args, config))
 
 
-def executor_settings(args) -> dict:
-    """The executor flags as SessionSettings fields; UserError for a mistake in them, or
-    for --executor ray without Ray installed."""
-    ray_flags = [flag for flag, value in (("--ray-address", args.ray_address),
-                                          ("--ray-resources", args.ray_resources),
-                                          ("--ray-data-dir", args.ray_data_dir)) if value]
-    if args.executor != "ray":
-        if ray_flags:
-            verb = "goes" if len(ray_flags) == 1 else "go"
-            raise UserError(f"{', '.join(ray_flags)} {verb} with --executor ray")
+def executor_settings(args, config) -> dict:
+    """The executor flags (the workspace's config filling the rest) as SessionSettings
+    fields; UserError for a mistake in them, or for the Ray executor without Ray."""
+    executor = args.executor or config.executor
+    values = {"--ray-address": args.ray_address or config.ray_address,
+              "--ray-resources": args.ray_resources or config.ray_resources,
+              "--ray-data-dir": args.ray_data_dir or config.ray_data_dir}
+    if executor != "ray":
+        given = [flag for flag in values if getattr(args, flag[2:].replace("-", "_"))]
+        if given:
+            verb = "goes" if len(given) == 1 else "go"
+            raise UserError(f"{', '.join(given)} {verb} with --executor ray")
         return {}
     from engine import ray_executor
     try:
         ray_executor.import_ray()
-        resources = (ray_executor.parse_resources(args.ray_resources)
-                     if args.ray_resources else None)
+        resources = (ray_executor.parse_resources(values["--ray-resources"])
+                     if values["--ray-resources"] else None)
     except (ray_executor.RayUnavailable, ValueError) as exc:
         raise UserError(str(exc)) from exc
-    return {"executor": "ray", "ray_address": args.ray_address, "ray_resources": resources,
-            "ray_data_dir": Path(args.ray_data_dir) if args.ray_data_dir else None}
+    data_dir = values["--ray-data-dir"]
+    return {"executor": "ray", "ray_address": values["--ray-address"],
+            "ray_resources": resources, "ray_data_dir": Path(data_dir) if data_dir else None}
 
 
 def make_session(workspace, agent_name: str, settings, model: str | None = None,

@@ -22,7 +22,7 @@ from engine.events import LogLines, Notice, RunFinished, RunStarted
 from engine.journal import TSV_HEADER
 from engine.records import RunStatus
 from engine.session import Session
-from engine.workspace import run_git
+from engine.workspace import Config, WorkspaceError, run_git
 
 SOURCE_ROOT = Path(__file__).resolve().parent.parent
 RAY_TASK_TITLE = "ray::train_on_worker"     # a Ray worker's process title while it trains
@@ -76,7 +76,20 @@ def test_engine_imports_without_ray_and_the_cli_says_what_to_install():
 def test_ray_flags_without_the_ray_executor_are_refused():
     args = cli.build_parser().parse_args(["--ray-address", "10.0.0.5:6379"])
     with pytest.raises(cli.UserError, match="--ray-address goes with --executor ray"):
-        cli.executor_settings(args)
+        cli.executor_settings(args, Config())
+
+
+def test_the_workspace_config_can_choose_the_ray_executor(tmp_path):
+    pytest.importorskip("ray", reason="Ray is not installed: pip install 'pairlab[ray]'")
+    path = tmp_path / "config.json"
+    Config(executor="ray", ray_address="10.0.0.5:6379", ray_resources="num_cpus=1").save(path)
+    settings = cli.executor_settings(cli.build_parser().parse_args([]), Config.load(path))
+    assert settings == {"executor": "ray", "ray_address": "10.0.0.5:6379",
+                        "ray_resources": {"num_cpus": 1.0}, "ray_data_dir": None}
+    flags = cli.build_parser().parse_args(["--ray-resources", "num_gpus=2"])
+    assert cli.executor_settings(flags, Config.load(path))["ray_resources"] == {"num_gpus": 2.0}
+    with pytest.raises(WorkspaceError, match="executor is 'slurm'; it must be local or ray"):
+        Config(executor="slurm")
 
 
 # ---------------------------------------------------------------------- a real cluster
