@@ -61,13 +61,14 @@ def test_a_cluster_without_the_resource_is_named_before_anything_waits_on_it():
     assert ray_executor.missing_resources({"num_cpus": 2.0, "num_gpus": 0.0}, cluster) is None
 
 
-def test_engine_imports_without_ray_and_the_cli_says_what_to_install():
+def test_engine_imports_without_ray_and_the_cli_says_what_to_install(tmp_path):
     script = ("import sys; sys.modules['ray'] = None\n"   # as if Ray were not installed
               "import engine.session, engine.outcomes, engine.ray_executor\n"
               "from engine import cli\n"
-              "sys.exit(cli.main(['headless', '--executor', 'ray', '--workspace', '/none']))")
-    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
-                          cwd=SOURCE_ROOT, timeout=120)
+              "sys.exit(cli.main(sys.argv[1:]))")
+    proc = subprocess.run([sys.executable, "-c", script, "headless", "--executor", "ray",
+                           "--workspace", str(tmp_path / "ws")],
+                          capture_output=True, text=True, cwd=SOURCE_ROOT, timeout=120)
     assert proc.returncode == 2, proc.stderr
     assert "--executor ray needs Ray, which is not installed: pip install 'pairlab[ray]'" \
         in proc.stderr
