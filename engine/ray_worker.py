@@ -26,6 +26,7 @@ from engine.runner import Runner
 
 FLUSH_INTERVAL_S = 0.1                    # the task hands its output over this often
 DATA_FILES = (*evaluation.TRAINING_FILES, "val.bin")   # val.bin is for the worker's evaluator
+RUN_DIR_PREFIX = "pairlab-ray-run-"       # + the worker's pid: a run's temp dir on the node
 # The harness, the evaluator and the runner: a worker must run the engine's own copy.
 FINGERPRINTED = ("nanochat/*.py", "engine/runner.py", "engine/evaluation.py",
                  "engine/confine.py", "engine/run_watchdog.py", "engine/ray_executor.py",
@@ -117,7 +118,8 @@ def train_on_worker(job: dict, tree: bytes, data: list, channel) -> tuple[RunRes
             f"the Ray worker on {ray.util.get_node_ip_address()} has another version of "
             f"pairlab's harness or evaluator than the engine: install the engine's version on "
             f"every node")), None
-    with tempfile.TemporaryDirectory(prefix="pairlab-ray-") as scratch:
+    _remove_abandoned_runs()
+    with tempfile.TemporaryDirectory(prefix=f"{RUN_DIR_PREFIX}{os.getpid()}-") as scratch:
         root = Path(scratch) / "workspace"
         with tarfile.open(fileobj=io.BytesIO(tree)) as archive:
             archive.extractall(root, filter="data")
@@ -143,6 +145,24 @@ def _worker_command(command: list[str] | None, engine_python: str) -> list[str] 
     if command is None:
         return None
     return [sys.executable if arg == engine_python else arg for arg in command]
+
+
+def _remove_abandoned_runs() -> None:
+    """The temp dirs of runs whose worker died (a kill -9 skips their clean-up)."""
+    for folder in Path(tempfile.gettempdir()).glob(f"{RUN_DIR_PREFIX}*"):
+        pid = folder.name[len(RUN_DIR_PREFIX):].split("-")[0]
+        if pid.isdigit() and not _alive(int(pid)):
+            shutil.rmtree(folder, ignore_errors=True)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True        # another user's process
+    return True
 
 
 def _node_data(ray, ref, checksum: str | None) -> Path:

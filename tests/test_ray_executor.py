@@ -16,7 +16,7 @@ from pathlib import Path
 import psutil
 import pytest
 
-from engine import cli, ray_executor
+from engine import cli, ray_executor, ray_worker
 from engine.agents.tuner import TunerAgent
 from engine.events import LogLines, Notice, RunFinished, RunStarted
 from engine.journal import TSV_HEADER
@@ -181,7 +181,7 @@ def training_task_pids() -> list[int]:
 
 def trainers_on_workers() -> list[int]:
     """train.py processes running in a Ray task's temp dir on this machine."""
-    scratch = os.path.join(tempfile.gettempdir(), "pairlab-ray-")
+    scratch = os.path.join(tempfile.gettempdir(), ray_worker.RUN_DIR_PREFIX)
     pids = []
     for proc in psutil.process_iter(["pid", "cmdline", "cwd"]):
         if (proc.info["cwd"] or "").startswith(scratch) and \
@@ -279,6 +279,8 @@ def test_runs_train_on_ray_workers_and_a_killed_worker_loses_nothing(
     assert ray_workspace.head() == session.best[0]
     assert run_git(ray_workspace.root, "status", "--porcelain", "--untracked-files=no") == b""
     assert trainers_on_workers() == []   # the killed run's train.py died with its worker
+    # and its temp dir went with the next run on the node
+    assert not list(Path(tempfile.gettempdir()).glob(f"{ray_worker.RUN_DIR_PREFIX}{killed[0]}-*"))
 
 
 STAND_IN = '''\
