@@ -332,3 +332,36 @@ def test_a_worker_with_another_harness_refuses_to_train(ray_cluster, tiny_worksp
     assert "has another version of pairlab's harness or evaluator than the engine" \
         in result.message
     assert "waiting to be killed" not in Path(result.log_path).read_text()
+
+
+def test_a_run_that_loses_its_worker_every_time_becomes_a_crash(ray_cluster, tiny_workspace,
+                                                               tiny_settings):
+    tiny_workspace.commit_change({"train.py": STAND_IN}, "stand-in", parent=tiny_workspace.head())
+    killed: list[tuple[str, int]] = []    # (run id, its worker's pid)
+
+    def kill_every_worker(event):
+        if isinstance(event, LogLines) and event.run_id not in {run for run, _ in killed}:
+            (worker,) = training_task_pids()
+            os.kill(worker, signal.SIGKILL)
+            killed.append((event.run_id, worker))
+
+    session = Session(tiny_workspace, TunerAgent(),
+                      ray_settings(tiny_settings, ray_cluster, max_experiments=1), monitor=False)
+    notices = []
+    session.subscribe(lambda e: notices.append(e) if isinstance(e, Notice) else None)
+    session.subscribe(kill_every_worker)
+    session.start()
+    try:
+        deadline = time.monotonic() + 300
+        while not session.paused:
+            assert time.monotonic() < deadline, "the loop did not give up on the baseline"
+            time.sleep(0.2)
+    finally:
+        session.stop()
+    runs = session.journal.run_rows()
+    assert [(r["kind"], r["status"]) for r in runs] == [("baseline", "interrupted")] * 3 + [
+        ("baseline", "crash")]
+    assert len(killed) == 4
+    assert runs[3]["message"].endswith("(4 times in a row: not again)")
+    assert any(n.level == "error" and "the baseline did not train" in n.message
+               for n in notices)
