@@ -118,7 +118,7 @@ def train_on_worker(job: dict, tree: bytes, data: list, channel) -> tuple[RunRes
             f"the Ray worker on {ray.util.get_node_ip_address()} has another version of "
             f"pairlab's harness or evaluator than the engine: install the engine's version on "
             f"every node")), None
-    _remove_abandoned_runs()
+    remove_abandoned_runs()
     with tempfile.TemporaryDirectory(prefix=f"{RUN_DIR_PREFIX}{os.getpid()}-") as scratch:
         root = Path(scratch) / "workspace"
         with tarfile.open(fileobj=io.BytesIO(tree)) as archive:
@@ -147,7 +147,7 @@ def _worker_command(command: list[str] | None, engine_python: str) -> list[str] 
     return [sys.executable if arg == engine_python else arg for arg in command]
 
 
-def _remove_abandoned_runs() -> None:
+def remove_abandoned_runs() -> None:
     """The temp dirs of runs whose worker died (a kill -9 skips their clean-up)."""
     for folder in Path(tempfile.gettempdir()).glob(f"{RUN_DIR_PREFIX}*"):
         pid = folder.name[len(RUN_DIR_PREFIX):].split("-")[0]

@@ -148,6 +148,7 @@ def ray_cluster(tmp_path_factory):
             pass
         head.wait()
         log.close()
+        ray_worker.remove_abandoned_runs()    # those of the workers the tests killed
 
 
 @pytest.fixture
