@@ -47,6 +47,19 @@ def _loop_flags(parser: argparse.ArgumentParser) -> None:
                         default=None, help="review mode: do not train the top proposal "
                                            "before you accept it")
     parser.add_argument("--model", default=None, help="Claude model id")
+    parser.add_argument("--executor", choices=("local", "ray"), default=None,
+                        help="local: runs train on this machine (default); ray: each run is "
+                             "a task on an existing Ray cluster (pip install 'pairlab[ray]')")
+    parser.add_argument("--ray-address", default=None, metavar="ADDRESS",
+                        help="the Ray cluster, e.g. 10.0.0.5:6379 (default: the cluster this "
+                             "machine belongs to)")
+    parser.add_argument("--ray-resources", default=None, metavar="NAME=AMOUNT,...",
+                        help="what each run asks of the cluster: num_cpus, num_gpus, memory "
+                             "(bytes) or a custom resource (default num_gpus=1; on CPU "
+                             "workers: num_cpus=1,num_gpus=0)")
+    parser.add_argument("--ray-data-dir", default=None, metavar="PATH",
+                        help="the prepared data at a path every Ray node reads (a shared file "
+                             "system); default: shipped through Ray's object store")
 
 
 # The loop flags as (option, attribute): what `pairlab` hands to the engine it starts.
@@ -54,7 +67,9 @@ LOOP_OPTIONS = (("--agent", "agent"), ("--mode", "mode"), ("--budget", "budget")
                 ("--max-experiments", "max_experiments"), ("--max-cost", "max_cost"),
                 ("--max-hours", "max_hours"), ("--drafts-ahead", "drafts_ahead"),
                 ("--noise-repeats", "noise_repeats"), ("--device", "device"),
-                ("--slots", "slots"), ("--model", "model"))
+                ("--slots", "slots"), ("--model", "model"), ("--executor", "executor"),
+                ("--ray-address", "ray_address"), ("--ray-resources", "ray_resources"),
+                ("--ray-data-dir", "ray_data_dir"))
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -133,7 +148,9 @@ def main(argv: list[str] | None = None) -> int:
             return _web(args)
         if args.command == "attach":
             return _run_app(existing_workspace(args.workspace), read_only=args.read_only)
-        return _run_app(open_workspace(args.workspace), start_args=args)
+        workspace = open_workspace(args.workspace)
+        executor_settings(args, workspace.config)   # a mistake is said here, not in a log
+        return _run_app(workspace, start_args=args)
     except UserError as exc:
         print(f"pairlab: {exc}", file=sys.stderr)
         return 2
@@ -178,7 +195,33 @@ def settings_from_args(args, config):
                        else config.noise_repeats),
         device=args.device or config.device,
         speculate=config.speculate if args.speculate is None else args.speculate,
-        slots=args.slots if args.slots is not None else config.slots)
+        slots=args.slots if args.slots is not None else config.slots,
+        **executor_settings(args, config))
+
+
+def executor_settings(args, config) -> dict:
+    """The executor flags (the workspace's config filling the rest) as SessionSettings
+    fields; UserError for a mistake in them, or for the Ray executor without Ray."""
+    executor = args.executor or config.executor
+    values = {"--ray-address": args.ray_address or config.ray_address,
+              "--ray-resources": args.ray_resources or config.ray_resources,
+              "--ray-data-dir": args.ray_data_dir or config.ray_data_dir}
+    if executor != "ray":
+        given = [flag for flag in values if getattr(args, flag[2:].replace("-", "_"))]
+        if given:
+            verb = "goes" if len(given) == 1 else "go"
+            raise UserError(f"{', '.join(given)} {verb} with --executor ray")
+        return {}
+    from engine import ray_executor
+    try:
+        ray_executor.import_ray()
+        resources = (ray_executor.parse_resources(values["--ray-resources"])
+                     if values["--ray-resources"] else None)
+    except (ray_executor.RayUnavailable, ValueError) as exc:
+        raise UserError(str(exc)) from exc
+    data_dir = values["--ray-data-dir"]
+    return {"executor": "ray", "ray_address": values["--ray-address"],
+            "ray_resources": resources, "ray_data_dir": Path(data_dir) if data_dir else None}
 
 
 def make_session(workspace, agent_name: str, settings, model: str | None = None,

@@ -30,6 +30,7 @@ from engine.decisions import DecisionsMixin
 from engine.drafting import DraftingMixin
 from engine.events import Event, Notice, SessionStopped, StateChanged
 from engine.journal import Journal
+from engine.lost_runs import LostRunsMixin
 from engine.loop_state import LoopState, Snapshot
 from engine.moved_best import MovedBestMixin
 from engine.restore import RestoreMixin
@@ -42,7 +43,7 @@ TICK_S = 1.0                         # how often caps and backoffs are looked at
 
 
 class Coordinator(DecisionsMixin, DraftingMixin, OutcomesMixin, ProgramMixin,
-                  SpeculationMixin, MovedBestMixin, RestoreMixin):
+                  SpeculationMixin, MovedBestMixin, RestoreMixin, LostRunsMixin):
     def __init__(self, workspace: Workspace, agent: Agent, settings, journal: Journal,
                  emit: Callable[[Event], None], on_trainer_pid=None):
         self.workspace = workspace

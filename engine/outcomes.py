@@ -11,11 +11,12 @@ from __future__ import annotations
 import copy
 from dataclasses import replace
 
-from engine import judge, keep_rule, workers
+from engine import judge, keep_rule, ray_executor, workers
 from engine.events import (BestUpdated, NoiseFloor, ProposalReady, RunFinished, RunStarted,
                            WinHeld)
 from engine.journal import FAILED_STATUSES
 from engine.loop_state import ActiveRun, Judging
+from engine.lost_runs import MAX_LOST_RUNS
 from engine.planner import RunPlan
 from engine.records import Decision, DecisionKind, Proposal, ProposalState, RunResult, RunStatus
 from engine.runner import Runner
@@ -68,7 +69,7 @@ class OutcomesMixin:
         env = {**slot.env, **s.extra_env}
         if s.max_steps:
             env["PAIRLAB_MAX_STEPS"] = str(s.max_steps)
-        return Runner(
+        return ray_executor.runner_class(s)(
             workdir, run_id, s.budget_s, command=ws.config.command(), env=env, device=s.device,
             data_dir=self.loop.data_dir, log_path=ws.logs_dir / f"{run_id}.log",
             result_path=ws.pairlab_dir / "runs" / run_id / "result.json",
@@ -137,6 +138,12 @@ class OutcomesMixin:
                                     if plan.kind == "experiment" else None)
             self.reset_to_best()
             return
+        if result.status is RunStatus.INTERRUPTED:
+            if self.lost_runs(plan) < MAX_LOST_RUNS:
+                self.requeue_lost(done)
+                return
+            result.status = RunStatus.CRASH      # a run that kills its worker every time
+            result.message += f" ({MAX_LOST_RUNS + 1} times in a row: not again)"
         if plan.kind == "speculative":
             self.trained_ahead(done)
             return

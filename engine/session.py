@@ -49,6 +49,10 @@ class SessionSettings:
     extra_env: dict[str, str] = field(default_factory=dict)
     speculate: bool = True                # review mode: train the top proposal before review
     slots: int | None = None              # runs at once; None: one per visible GPU
+    executor: str = "local"               # local | ray: each run a task on a Ray cluster
+    ray_address: str | None = None        # None: the cluster this machine belongs to
+    ray_resources: dict[str, float] | None = None   # per run; None: one GPU
+    ray_data_dir: Path | None = None      # the data on a path the cluster shares; None: shipped
 
 
 class Session:

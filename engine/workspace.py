@@ -73,8 +73,14 @@ class Config:
     speculate: bool = True                    # review mode: train the top proposal ahead
     slots: int | None = None                  # runs at once; None: one per visible GPU
     budget_from: str = ""                     # adopted: where the repo states its budget
+    executor: str = "local"                   # local | ray (README: On a Ray cluster)
+    ray_address: str | None = None            # None: the cluster this machine belongs to
+    ray_resources: str | None = None          # per run, e.g. "num_cpus=1,num_gpus=0"
+    ray_data_dir: str | None = None           # the data on a path the cluster shares
 
     def __post_init__(self) -> None:
+        if self.executor not in ("local", "ray"):
+            raise WorkspaceError(f"executor is {self.executor!r}; it must be local or ray")
         if self.metric_source not in METRIC_SOURCES:
             raise WorkspaceError(
                 f"metric_source is {self.metric_source!r}; it must be one of "
