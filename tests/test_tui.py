@@ -594,6 +594,10 @@ def test_in_tmux_the_log_panels_last_line_is_the_live_step_line(tmp_path, datase
         assert first != second and first.startswith("step ") and second.startswith("step ")
     finally:
         subprocess.run([*tmux, "kill-server"], capture_output=True)
+        # `pairlab` started the engine detached: it outlives its window unless stopped
+        subprocess.run([sys.executable, "-m", "engine", "stop", "--workspace", str(ws.root)],
+                       capture_output=True, timeout=120,
+                       env={**os.environ, "PYTHONPATH": env["PYTHONPATH"]})
 
 
 @pilot_test
