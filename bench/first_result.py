@@ -66,7 +66,8 @@ def main() -> int:
         settings = SessionSettings(
             mode="auto", max_experiments=1, device="cpu", data_dir=data_dir, extra_env=env,
             max_steps=max_steps, drafts_ahead=config.drafts_ahead,
-            budget_s=args.budget if args.budget is not None else config.budget_s,
+            budget_s=(args.budget if args.budget is not None
+                      else config.training_budget("cpu")),
             noise_repeats=(args.noise_repeats if args.noise_repeats is not None
                            else 0 if args.quick else config.noise_repeats))
         session = Session(ws, TunerAgent(device="cpu"), settings, monitor=False)

@@ -187,7 +187,8 @@ def settings_from_args(args, config):
         raise UserError(f"--slots must be at least 1, not {args.slots}")
     return SessionSettings(
         mode=args.mode or config.mode,
-        budget_s=args.budget if args.budget is not None else config.budget_s,
+        budget_s=(args.budget if args.budget is not None
+                  else config.training_budget(args.device)),
         max_experiments=args.max_experiments, max_cost=args.max_cost,
         max_hours=args.max_hours,
         drafts_ahead=args.drafts_ahead if args.drafts_ahead is not None else config.drafts_ahead,

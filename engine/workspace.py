@@ -55,6 +55,10 @@ class SavedChanges:
     commit: str          # the stash commit: a stable handle even after later stashes
 
 
+GPU_BUDGET_S = 300.0      # autoresearch's 5 minutes
+CPU_BUDGET_S = 120.0      # a first judged experiment within 6 minutes on a 2-core CPU
+
+
 @dataclass
 class Config:
     """Workspace settings, saved as .pairlab/config.json. Never holds secrets such as API keys."""
@@ -64,7 +68,7 @@ class Config:
     metric_source: str = "result_file"        # result_file | summary_line
     tag: str = ""
     branch: str = ""
-    budget_s: float = 300.0
+    budget_s: float | None = None             # None: the device's default (training_budget)
     mode: str = "review"
     agent: str = "auto"                       # auto: claude if a key is set, else tuner
     drafts_ahead: int = 1
@@ -95,6 +99,17 @@ class Config:
                 f"got {self.run_command!r}")
         for target in self.targets:
             check_relative_path(target)
+
+    def training_budget(self, device: str | None = None) -> float:
+        """The training seconds per run: the configured budget, else the device's default.
+        A 2-core CPU judges its first experiment within 6 minutes at CPU_BUDGET_S (two runs,
+        each with ~30 s of compile and evaluation on top), where a GPU's 5 minutes would take
+        11; `device` None means the GPU default when an NVIDIA GPU is visible."""
+        if self.budget_s is not None:
+            return self.budget_s
+        from engine.slots import visible_gpus
+        device = device or self.device or ("cuda" if visible_gpus() else "cpu")
+        return CPU_BUDGET_S if device == "cpu" else GPU_BUDGET_S
 
     def command(self) -> list[str]:
         """The command that trains one experiment, run in the workspace root."""

@@ -8,8 +8,9 @@ from pathlib import Path
 import pytest
 
 from engine import workspace as ws_module
-from engine.workspace import (AGENT_AUTHOR, Config, Workspace, WorkspaceError, adopt,
-                              default_tag, default_workspace_dir, init, is_workspace)
+from engine.workspace import (AGENT_AUTHOR, CPU_BUDGET_S, GPU_BUDGET_S, Config, Workspace,
+                              WorkspaceError, adopt, default_tag, default_workspace_dir, init,
+                              is_workspace)
 
 TRAIN = "import torch\nLR = 0.04  # learning rate\nprint('training')\n"
 PROGRAM = "# program\nMake val_bpb go down.\n"
@@ -164,7 +165,15 @@ def test_adopt_without_a_stated_budget_keeps_the_default(tmp_path):
     (root / "prepare.py").write_text("import os\nTIME_BUDGET = int(os.environ['B'])\n")
     git(root, "commit", "-qam", "budget from the environment")
     ws = adopt(root)
-    assert (ws.config.budget_s, ws.config.budget_from) == (Config().budget_s, "")
+    assert (ws.config.budget_s, ws.config.budget_from) == (None, "")
+    assert ws.config.training_budget("cpu") == CPU_BUDGET_S
+
+
+def test_the_default_budget_follows_the_device_and_a_set_one_wins():
+    assert Config().training_budget("cpu") == CPU_BUDGET_S == 120.0
+    assert Config().training_budget("cuda") == GPU_BUDGET_S == 300.0
+    assert Config(device="mps").training_budget() == GPU_BUDGET_S
+    assert Config(budget_s=45.0).training_budget("cuda") == 45.0
 
 
 def test_init_adopt_says_which_budget_it_read(tmp_path):
