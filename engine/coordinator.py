@@ -31,13 +31,14 @@ from engine.events import Event, Notice, SessionStopped, StateChanged
 from engine.journal import Journal
 from engine.loop_state import Judging, LoopState, Snapshot
 from engine.outcomes import OutcomesMixin
+from engine.promoting import PromotingMixin
 from engine.records import ProposalState, RunStatus
 from engine.workspace import Workspace
 
 TICK_S = 1.0                         # how often caps and backoffs are looked at when idle
 
 
-class Coordinator(DecisionsMixin, DraftingMixin, OutcomesMixin):
+class Coordinator(DecisionsMixin, DraftingMixin, OutcomesMixin, PromotingMixin):
     def __init__(self, workspace: Workspace, agent: Agent, settings, journal: Journal,
                  emit: Callable[[Event], None], on_trainer_pid=None):
         self.workspace = workspace
@@ -225,6 +226,7 @@ class Coordinator(DecisionsMixin, DraftingMixin, OutcomesMixin):
             stopping=loop.stopping, paused=loop.paused, data_ready=loop.data_ready,
             running=loop.run is not None,
             running_experiment=loop.run is not None and loop.run.plan.kind == "experiment",
+            running_promotion=loop.run is not None and loop.run.plan.kind == "promotion",
             drafting=loop.draft is not None, best_commit=self.best_commit(),
             has_baseline=any(r["kind"] == "baseline" for r in values),
             noise_samples=len(values), noise_repeats=max(0, self.settings.noise_repeats),
@@ -236,7 +238,7 @@ class Coordinator(DecisionsMixin, DraftingMixin, OutcomesMixin):
             drafts_ahead=self.settings.drafts_ahead,
             experiments_done=self.journal.experiment_count(),
             max_experiments=self.settings.max_experiments,
-            draft_allowed_at=loop.draft_allowed_at, now=time.time())
+            draft_allowed_at=loop.draft_allowed_at, now=time.time(), ladder=self.ladder_view())
 
     def schedule(self) -> None:
         loop = self.loop
@@ -247,6 +249,8 @@ class Coordinator(DecisionsMixin, DraftingMixin, OutcomesMixin):
             data_dir = loop.data_dir
             workers.start("data", self.post, lambda: workers.check_data(data_dir, self.emit))
         self.check_caps()
+        if planner.preempts(self.view()):
+            self.preempt_promotion()
         for _ in range(8):                    # a stale proposal makes room for the next plan
             plan = planner.next_run(self.view())
             if plan is None or self.start_run(plan):
@@ -275,7 +279,7 @@ class Coordinator(DecisionsMixin, DraftingMixin, OutcomesMixin):
         loop = self.loop
         for run in self.journal.interrupted_runs():
             again = "; it trains again now" if run.proposal_id is not None or \
-                run.decided_by in ("baseline", "noise") else ""
+                run.decided_by in ("baseline", "noise", "promotion") else ""
             self.notice("warning", f"run {run.run_id} ({run.description}) was interrupted "
                         f"when the engine stopped{again}", "nothing recorded was lost")
         best = self._best()
@@ -340,6 +344,8 @@ class Coordinator(DecisionsMixin, DraftingMixin, OutcomesMixin):
             return "stopping", loop.stop_reason
         if loop.paused:
             return "paused", loop.pause_reason
+        if loop.run is not None and loop.run.plan.kind == "promotion":
+            return "promoting", loop.run.started.description
         if loop.run is not None:
             started = loop.run.started
             return ("training" if started.proposal_id is not None else "baseline",

@@ -125,6 +125,7 @@ class RunStarted(Event):
     description: str
     budget_s: float
     log_path: str
+    kind: str = "experiment"         # the run's kind: baseline | experiment | ... | promotion
 
 
 @dataclass
@@ -205,7 +206,8 @@ class Notice(Event):
 
 @dataclass
 class ExperimentSettled(Event):
-    """A held win decided by a human: its run's row as it now stands (keep or discard)."""
+    """A run's row as it now stands after a decision: a held win a human kept or discarded,
+    a kept change whose promotion to a larger depth was judged."""
 
     type: ClassVar[str] = "experiment_settled"
     experiment: Experiment

@@ -18,12 +18,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from engine.agents.base import HistoryItem
+from engine.journal_promotions import PROMOTION_SCHEMA, PromotionJournal
 from engine.records import (
     Decision,
     DecisionKind,
     Experiment,
     KeepMeasure,
     Proposal,
+    PromotionRung,
     ProposalState,
     RunResult,
     RunStatus,
@@ -33,7 +35,7 @@ from engine.records import (
 
 SCHEMA_VERSION = 1
 
-RUN_KINDS = ("baseline", "experiment", "noise", "rerun")
+RUN_KINDS = ("baseline", "experiment", "noise", "rerun", "promotion")
 RUNNING = "running"
 # autoresearch's results.tsv knows only keep, discard and crash
 TSV_STATUS = {
@@ -85,7 +87,7 @@ CREATE TABLE IF NOT EXISTS runs (
     experiment INTEGER NOT NULL UNIQUE,
     proposal_id INTEGER REFERENCES proposals(id),   -- NULL for baseline and noise repeats
     commit_sha TEXT NOT NULL,
-    kind TEXT NOT NULL,                        -- baseline | experiment | noise | rerun
+    kind TEXT NOT NULL,                        -- baseline | experiment | noise | rerun | promotion
     description TEXT NOT NULL,
     status TEXT NOT NULL,                      -- running, then a RunStatus value
     val_bpb REAL,
@@ -180,6 +182,7 @@ class Totals:
     judging: int = 0                 # trained, waiting for a noise floor or a re-run
     noise_repeats: int = 0           # baseline repeats that measure the noise floor
     confirmations: int = 0           # re-runs that confirm a win
+    promotion_runs: int = 0          # runs of kept changes at a larger depth (the ladder)
     proposals: int = 0
     human_edits: int = 0             # edit decisions
     usage: Usage = field(default_factory=Usage)
@@ -189,7 +192,7 @@ class Totals:
     last_finished_at: float | None = None
 
 
-class Journal:
+class Journal(PromotionJournal):
     """Durable record of a research session; safe to call from any engine thread."""
 
     def __init__(self, path: Path):
@@ -224,7 +227,7 @@ class Journal:
                 f"version reads {SCHEMA_VERSION}); upgrade pairlab to open it")
         self._db.execute("BEGIN IMMEDIATE")
         try:
-            for statement in _SCHEMA.split(";"):
+            for statement in (_SCHEMA + PROMOTION_SCHEMA).split(";"):
                 if statement.strip():
                     self._db.execute(statement)
             columns = {r[1] for r in self._db.execute("PRAGMA table_info(runs)")}
@@ -530,7 +533,7 @@ class Journal:
         items: list[tuple[float, HistoryItem]] = []
         best_before: float | None = None
         rows = self._read(
-            _EXPERIMENT_SELECT + " WHERE r.status != ? AND r.kind != 'noise'"
+            _EXPERIMENT_SELECT + " WHERE r.status != ? AND r.kind NOT IN ('noise', 'promotion')"
             " ORDER BY r.experiment", (RUNNING,))
         for r in rows:
             val_bpb = r["val_bpb"]
@@ -618,6 +621,8 @@ class Journal:
                 totals.noise_repeats += 1
             elif r["kind"] == "rerun":
                 totals.confirmations += 1
+            elif r["kind"] == "promotion":
+                totals.promotion_runs += 1
             elif r["kind"] == "experiment" and status in outcome:
                 setattr(totals, outcome[status], getattr(totals, outcome[status]) + 1)
             totals.training_seconds += r["training_seconds"]
@@ -655,6 +660,8 @@ class Journal:
         if t.noise_repeats or t.confirmations:
             line += (f"; {t.noise_repeats} noise repeats, {t.confirmations} confirmation "
                      f"re-runs")
+        if t.promotion_runs:
+            line += f"; {t.promotion_runs} promotion runs"
         return line
 
     def results_tsv(self) -> str:
@@ -699,7 +706,9 @@ SELECT r.*, p.hypothesis AS hypothesis, p.diff AS diff,
         ORDER BY d.id DESC LIMIT 1) AS human_edit_diff,
     m.n_best AS m_n_best, m.best_mean AS m_best_mean, m.n_candidate AS m_n_candidate,
     m.candidate_mean AS m_candidate_mean, m.sigma AS m_sigma, m.noise_dof AS m_noise_dof,
-    m.improvement AS m_improvement, m.margin AS m_margin
+    m.improvement AS m_improvement, m.margin AS m_margin,
+    (SELECT json_group_array(json_array(q.depth, q.held)) FROM
+        (SELECT depth, held FROM promotions WHERE run_id = r.id ORDER BY depth) q) AS rungs
 FROM runs r LEFT JOIN proposals p ON p.id = r.proposal_id
     LEFT JOIN measures m ON m.run_id = r.id"""
 
@@ -713,7 +722,10 @@ def _experiment(r: sqlite3.Row) -> Experiment:
         decided_by=r["decided_by"] or r["kind"], run_id=r["id"], started_at=r["started_at"],
         finished_at=r["finished_at"], log_path=r["log_path"], kind=r["kind"],
         confined=bool(r["confined"]),
-        metric_verified=bool(r["metric_verified"]), measure=None if r["m_n_best"] is None else
+        metric_verified=bool(r["metric_verified"]),
+        promotions=tuple(PromotionRung(depth, None if held is None else bool(held))
+                         for depth, held in json.loads(r["rungs"])),
+        measure=None if r["m_n_best"] is None else
         KeepMeasure(n_best=r["m_n_best"], best_mean=r["m_best_mean"],
                     n_candidate=r["m_n_candidate"], candidate_mean=r["m_candidate_mean"],
                     sigma=r["m_sigma"], noise_dof=r["m_noise_dof"],

@@ -27,6 +27,9 @@ class OutcomesMixin:
     def start_run(self, plan: RunPlan) -> bool:
         """Start the planned run; False when it could not (its proposal went stale)."""
         loop = self.loop
+        if plan.kind == "promotion":
+            self.start_promotion(plan)
+            return True
         if plan.kind == "experiment":
             proposal = loop.proposals[loop.queue.pop(0)]
             best_commit = self.best_commit()
@@ -47,14 +50,15 @@ class OutcomesMixin:
         self.launch(plan, plan.commit, plan.label)
         return True
 
-    def launch(self, plan: RunPlan, commit: str, description: str) -> None:
+    def launch(self, plan: RunPlan, commit: str, description: str, root=None) -> None:
+        """Start the run; `root`: the checkout it trains in (default: the workspace's)."""
         ws, s = self.workspace, self.settings
         run_id = f"run-{self.journal.run_count() + 1:04d}"
         env = dict(s.extra_env)
         if s.max_steps:
             env["PAIRLAB_MAX_STEPS"] = str(s.max_steps)
         runner = Runner(
-            ws.root, run_id, s.budget_s, command=ws.config.command(), env=env, device=s.device,
+            root or ws.root, run_id, s.budget_s, command=ws.config.command(), env=env, device=s.device,
             data_dir=self.loop.data_dir, log_path=ws.logs_dir / f"{run_id}.log",
             result_path=ws.pairlab_dir / "runs" / run_id / "result.json",
             hard_timeout_s=s.hard_timeout_s, metric_source=ws.config.metric_source,
@@ -64,7 +68,7 @@ class OutcomesMixin:
             run_id, commit, plan.kind, proposal_id=plan.proposal_id, description=description,
             log_path=str(runner.log_path))
         started = RunStarted(run_id, experiment_id, plan.proposal_id, commit, description,
-                             s.budget_s, str(runner.log_path))
+                             s.budget_s, str(runner.log_path), kind=plan.kind)
         self.loop.run = ActiveRun(plan, runner, started)
         self.emit(copy.deepcopy(started))
         emit, on_pid = self.emit, self.on_trainer_pid
@@ -117,6 +121,8 @@ class OutcomesMixin:
             self.on_measurement(done, state, measured)
         elif plan.kind == "experiment":
             self.on_experiment(done, state, measured)
+        elif plan.kind == "promotion":
+            self.on_promotion_run(done)
         else:
             self.on_rerun(done, state, measured)
         self.workspace.write_results_tsv(self.journal)
@@ -297,8 +303,8 @@ class OutcomesMixin:
         failed = {s.value for s in FAILED_STATUSES}
         groups: dict[str, list[float]] = {}
         for r in self.journal.run_rows():
-            if r["val_bpb"] is None or r["status"] in failed:
-                continue
+            if r["val_bpb"] is None or r["status"] in failed or r["kind"] == "promotion":
+                continue                  # a promotion run is another scale: its own noise
             # a settled experiment's row holds the mean of its runs; its own run is kept apart
             value = r["metrics"].get("first_val_bpb", r["val_bpb"]) \
                 if r["kind"] == "experiment" else r["val_bpb"]

@@ -9,12 +9,17 @@ two runs without giving up the noise gate (issue 12):
 3. the next accepted proposal (a result no better than the best needs no noise estimate),
    after a re-run of the best when one is due to follow drift;
 4. with nothing else to train, the remaining noise repeats, so the accelerator works while
-   the human reviews or the agent drafts.
+   the human reviews or the agent drafts;
+5. with none of the main loop's runs to start, the promotion ladder's next run
+   (engine/promotion.py); it also runs after --max-experiments, before the loop stops, and
+   gives the trainer back at once when the main loop needs it (preempts).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
+
+from engine import promotion
 
 
 @dataclass(frozen=True)
@@ -33,6 +38,7 @@ class LoopView:
     data_ready: bool = False         # the training data was checked and is whole
     running: bool = False            # the trainer slot is busy
     running_experiment: bool = False # ...with a proposal's run
+    running_promotion: bool = False  # ...with a promotion run, which yields to the main loop
     drafting: bool = False
     best_commit: str = ""            # the branch's best (the start commit before a baseline)
     has_baseline: bool = False
@@ -47,6 +53,7 @@ class LoopView:
     max_experiments: int | None = None
     draft_allowed_at: float = 0.0    # a failed agent waits until then (backoff)
     now: float = 0.0
+    ladder: promotion.LadderView = field(default_factory=promotion.LadderView)
 
     @property
     def noise_measured(self) -> bool:
@@ -64,6 +71,7 @@ class RunPlan:
     commit: str                      # "" for an experiment: committed when it starts
     proposal_id: int | None
     label: str
+    promotion: promotion.PromotionStep | None = None   # kind "promotion": what it trains
 
 
 def next_run(view: LoopView) -> RunPlan | None:
@@ -86,7 +94,23 @@ def next_run(view: LoopView) -> RunPlan | None:
         return RunPlan("experiment", "", view.queue[0], "")
     if not view.noise_measured and not view.cap_reached:
         return _noise(view)
-    return None
+    return _promotion(view)
+
+
+def _promotion(view: LoopView) -> RunPlan | None:
+    step = promotion.next_step(view.ladder)
+    if step is None:
+        return None
+    return RunPlan("promotion", step.commit, None, step.label, promotion=step)
+
+
+def preempts(view: LoopView) -> bool:
+    """A promotion run is training and the main loop has a run to start: stop the
+    promotion (it is re-queued) so it never holds the trainer the main loop needs."""
+    if not view.running_promotion:
+        return False
+    plan = next_run(replace(view, running=False, running_promotion=False))
+    return plan is not None and plan.kind != "promotion"
 
 
 def _noise(view: LoopView) -> RunPlan:
@@ -115,4 +139,5 @@ def should_draft(view: LoopView) -> bool:
 def cap_stop(view: LoopView) -> bool:
     """Stop for --max-experiments: the baseline ran, the cap is reached and no judgment is
     still open."""
-    return view.cap_reached and view.has_baseline and not view.awaiting and not view.running
+    return (view.cap_reached and view.has_baseline and not view.awaiting and not view.running
+            and promotion.next_step(view.ladder) is None)

@@ -159,6 +159,14 @@ class KeepMeasure:
 
 
 @dataclass
+class PromotionRung:
+    """A kept change trained at a larger depth (engine/promotion.py): did its win hold?"""
+
+    depth: int
+    held: bool | None = None         # None: still being measured
+
+
+@dataclass
 class Experiment:
     """One row of the experiments table: a proposal that trained (or the baseline)."""
 
@@ -174,11 +182,12 @@ class Experiment:
     started_at: float
     finished_at: float | None
     log_path: str
-    kind: str = "experiment"         # baseline | experiment | noise | rerun
+    kind: str = "experiment"         # baseline | experiment | noise | rerun | promotion
     speculative: bool = False        # trained before a human accepted it
     confined: bool = True
     metric_verified: bool = True
     measure: KeepMeasure | None = None   # the judge's figures, for a judged experiment
+    promotions: tuple[PromotionRung, ...] = ()   # a kept change's rungs on the ladder
 
     @property
     def integrity_label(self) -> str:

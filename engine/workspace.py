@@ -21,6 +21,8 @@ from pathlib import Path, PurePosixPath
 
 from git.cmd import Git
 
+from engine import promotion
+
 BASELINE_AUTHOR = ("pairlab", "pairlab@localhost")
 AGENT_AUTHOR = ("pairlab-agent", "agent@pairlab")
 BRANCH_PREFIX = "autoresearch/"
@@ -69,6 +71,7 @@ class Config:
     noise_repeats: int = 2
     device: str | None = None                 # None: the harness picks
     budget_from: str = ""                     # adopted: where the repo states its budget
+    ladder: list[int] | None = None           # promotion depths; None: the device's default
 
     def __post_init__(self) -> None:
         if self.metric_source not in METRIC_SOURCES:
@@ -85,6 +88,11 @@ class Config:
                 f"got {self.run_command!r}")
         for target in self.targets:
             check_relative_path(target)
+        if self.ladder is not None:
+            try:
+                promotion.check_ladder(self.ladder)
+            except ValueError as e:
+                raise WorkspaceError(str(e)) from e
 
     def command(self) -> list[str]:
         """The command that trains one experiment, run in the workspace root."""
@@ -406,6 +414,14 @@ class Workspace:
         """
         if human and HUMAN_EDIT_TRAILER not in message:
             message = message.rstrip("\n") + "\n\n" + HUMAN_EDIT_TRAILER + "\n"
+        commit = self.make_commit(files, message, parent, author)
+        subject = (message.strip().splitlines() or ["a change"])[0]
+        self.reset_to(commit, reason=f"committing '{subject}'")
+        return commit
+
+    def make_commit(self, files: dict[str, str], message: str, parent: str,
+                    author: tuple[str, str] = AGENT_AUTHOR) -> str:
+        """A commit of the given target texts on top of parent, moving no branch."""
         outside = sorted(set(files) - set(self.config.targets))
         if outside:
             raise WorkspaceError(f"{', '.join(outside)} is not a target file of this workspace")
@@ -420,11 +436,8 @@ class Workspace:
                 run_git(self.root, "update-index", "--add", "--cacheinfo", f"{mode},{blob},{path}",
                      env=index_env)
             tree = run_git(self.root, "write-tree", env=index_env).decode().strip()
-        commit = run_git(self.root, "commit-tree", tree, "-p", parent, "-m", message,
-                      env=_identity(author)).decode().strip()
-        subject = (message.strip().splitlines() or ["a change"])[0]
-        self.reset_to(commit, reason=f"committing '{subject}'")
-        return commit
+        return run_git(self.root, "commit-tree", tree, "-p", parent, "-m", message,
+                       env=_identity(author)).decode().strip()
 
     def reset_to(self, commit: str, reason: str = "") -> None:
         """Point the research branch at commit and make the target files match it.
