@@ -45,8 +45,13 @@ class PromotingMixin:
         cache = self.__dict__.setdefault("_kept_facts", {})
         commit = row["commit_sha"]
         if commit not in cache:
-            parent = self.workspace.parent_of(commit)
-            cache[commit] = (parent, self.depth_at(commit, device), self.depth_at(parent, device))
+            try:
+                parent = self.workspace.parent_of(commit)
+            except WorkspaceError:        # a root commit, or one git no longer has
+                cache[commit] = ("", None, None)
+            else:
+                cache[commit] = (parent, self.depth_at(commit, device),
+                                 self.depth_at(parent, device))
         parent, depth, parent_depth = cache[commit]
         return promotion.KeptChange(row["id"], row["experiment"], commit, parent, depth,
                                     parent_depth)

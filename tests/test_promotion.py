@@ -142,3 +142,153 @@ def test_a_promotion_in_flight_yields_to_the_main_loop_and_the_cap_waits_for_the
     assert not planner.cap_stop(idle_view(**capped))             # promote the keeps first
     assert planner.next_run(idle_view(queue=(7,), **capped)).kind == "promotion"
     assert planner.cap_stop(idle_view(ladder=LadderView(ladder=(4, 8)), **capped))
+
+
+# ---------------------------------------------------------------------- the loop, with stand-ins
+
+STANDIN = '''\
+DEPTH = 1  # layers: val_bpb falls with depth, as a real model's does
+VALUE = 1.0  # the val_bpb this stand-in reports at depth 1
+PENALTY = 0.0  # added per layer beyond the first: a win that does not transfer
+
+import os
+import time
+from pathlib import Path
+
+EXTRA = 0  # a line a second proposal changes, far enough from VALUE to merge apart
+
+# a promotion run (DEPTH > 1) waits while the test's gate file exists
+gate = os.environ.get("STANDIN_GATE", "")
+while gate and DEPTH > 1 and Path(gate).exists():
+    time.sleep(0.02)
+print("---")
+print(f"val_bpb: {VALUE / DEPTH + PENALTY * (DEPTH - 1):.6f}")
+'''
+WIN = ("VALUE = 1.0", "VALUE = 0.9")                       # 0.9 at depth 1, 0.45 at depth 2
+LOCAL_WIN = ("VALUE = 1.0  # the val_bpb this stand-in reports at depth 1\nPENALTY = 0.0",
+             "VALUE = 0.9\nPENALTY = 0.3")                  # 0.9 at depth 1, 0.75 at depth 2
+
+
+@pytest.fixture
+def ladder_standin(tmp_path):
+    from engine.workspace import init
+    source = tmp_path / "standin.py"
+    source.write_text(STANDIN)
+    program = tmp_path / "program.md"
+    program.write_text("Lower VALUE.\n")
+    ws = init(tmp_path / "ws", tag="ladder", templates={"train.py": source,
+                                                         "program.md": program})
+    ws.config.metric_source = "summary_line"
+    ws.config.ladder = [1, 2]
+    ws.config.save(ws.config_path)
+    return ws
+
+
+def standin_settings(dataset_dir, **overrides):
+    from engine.session import SessionSettings
+    values = dict(mode="auto", budget_s=5.0, noise_repeats=0, device="cpu",
+                  data_dir=dataset_dir, hard_timeout_s=60.0, agent_backoff_s=0.0,
+                  max_experiments=1, large_win_sigmas=None, large_win_fraction=None)
+    values.update(overrides)
+    return SessionSettings(**values)
+
+
+def kinds(session):
+    return [(r["kind"], r["status"]) for r in session.journal.run_rows()]
+
+
+def test_a_kept_win_is_trained_at_the_next_depth_with_its_baseline_and_held(
+        ladder_standin, dataset_dir):
+    from engine.events import ExperimentSettled, RunStarted
+    from tests.faults.conftest import assert_git_matches_journal
+    from tests.test_coordinator import WAIT_S, ScriptedAgent, started
+    session, events = started(ladder_standin, ScriptedAgent(WIN),
+                              standin_settings(dataset_dir))
+    assert session.wait(WAIT_S)            # --max-experiments waits for the ladder
+    assert kinds(session) == [("baseline", "keep"), ("experiment", "keep"),
+                              ("noise", "discard"), ("promotion", "discard"),
+                              ("promotion", "discard"), ("promotion", "discard")]
+    started_runs = events.of(RunStarted)[3:]
+    assert [(e.kind, e.description) for e in started_runs] == [
+        ("promotion", "promotion of #2 to depth 2: its baseline"),
+        ("promotion", "promotion of #2 to depth 2: the change"),
+        ("promotion", "promotion of #2 to depth 2: its baseline")]
+    ws = ladder_standin
+    kept = session.experiments()[1]
+    # the side commits set DEPTH = 2 on the change and on its parent, off the branch
+    baseline_side, change_side = (e.commit for e in started_runs[:2])
+    assert ws.parent_of(change_side) == kept.commit
+    assert ws.parent_of(baseline_side) == ws.parent_of(kept.commit)
+    assert "DEPTH = 2" in ws.file_at(change_side, "train.py")
+    assert "VALUE = 0.9" in ws.file_at(change_side, "train.py")
+    assert "VALUE = 1.0" in ws.file_at(baseline_side, "train.py")
+    assert started_runs[2].commit == baseline_side        # a repeat of the same side
+    assert ws.head() == kept.commit                       # the branch never moved
+    assert not (ws.pairlab_dir / "promotion").exists()
+    # the journal: the change, the depth, both sides' runs, n/mean/sigma, the win held
+    [p] = session.journal.promotions()
+    assert (p.experiment, p.from_depth, p.depth, p.held) == (2, 1, 2, True)
+    assert (p.commit, p.parent) == (kept.commit, ws.parent_of(kept.commit))
+    assert len(p.baseline_runs) == 2 and len(p.change_runs) == 1
+    m = p.measure
+    assert (m.n_best, m.best_mean, m.n_candidate, m.candidate_mean) == (2, 0.5, 1, 0.45)
+    assert m.sigma == 0.0 and m.noise_dof == 1
+    assert p.reason.startswith("the win held at depth 2: better by 0.050000")
+    settled = events.of(ExperimentSettled)[-1].experiment
+    assert settled.run_id == kept.run_id and [(r.depth, r.held) for r in settled.promotions] \
+        == [(2, True)]
+    # a promotion is another scale: neither the main loop's noise nor results.tsv see it
+    assert session.noise_floor == 0.0
+    assert_git_matches_journal(ws)
+    assert session.journal.summary_line().endswith("; 3 promotion runs")
+
+
+def test_a_win_that_does_not_transfer_is_recorded_as_such(ladder_standin, dataset_dir):
+    from tests.test_coordinator import WAIT_S, ScriptedAgent, started
+    session, events = started(ladder_standin, ScriptedAgent(LOCAL_WIN),
+                              standin_settings(dataset_dir))
+    assert session.wait(WAIT_S)
+    [p] = session.journal.promotions()
+    assert p.held is False and p.outcome == "did not hold"
+    assert p.measure.candidate_mean == pytest.approx(0.75)
+    assert p.reason.startswith("the win did not hold at depth 2: no better than the best")
+    assert session.experiments()[1].promotions[0].held is False
+
+
+def test_a_promotion_gives_the_trainer_back_to_an_accepted_experiment(
+        ladder_standin, dataset_dir, tmp_path):
+    import threading
+    from engine.events import RunFinished, RunStarted
+    from engine.promoting import PREEMPTED
+    from engine.records import RunStatus
+    from tests.faults.conftest import wait_for
+    from tests.test_coordinator import WAIT_S, ScriptedAgent, started
+    gate = tmp_path / "gate"
+    gate.touch()
+    drafts = threading.Semaphore(1)       # the first draft at once, the second on release
+    session, events = started(
+        ladder_standin, ScriptedAgent(WIN, ("EXTRA = 0", "EXTRA = 1"), gate=drafts),
+        standin_settings(dataset_dir, max_experiments=2,
+                         extra_env={"STANDIN_GATE": str(gate)}))
+    try:
+        promoting = wait_for(lambda: next((e for e in events.of(RunStarted)
+                                           if e.kind == "promotion"), None),
+                             what="a promotion run")
+        assert session.state == "promoting"
+        drafts.release()                  # the agent's next proposal: auto mode accepts it
+        preempted = wait_for(lambda: next((e for e in events.of(RunFinished)
+                                           if e.result.run_id == promoting.run_id), None),
+                             what="the promotion run to give the trainer back")
+        assert preempted.result.status is RunStatus.INTERRUPTED
+        assert preempted.result.message == PREEMPTED
+        after = events.all[events.all.index(preempted) + 1:]
+        following = next(e for e in after if isinstance(e, RunStarted))
+        assert following.kind == "experiment" and following.proposal_id == 2
+        gate.unlink()                     # the ladder may go on now
+        assert session.wait(WAIT_S)
+    finally:
+        session.stop()
+    [p] = session.journal.promotions()
+    assert p.held is True
+    # the interrupted run stays in the journal; its side trained again
+    assert promoting.run_id in p.baseline_runs and len(p.baseline_runs) == 3
