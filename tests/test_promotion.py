@@ -2,13 +2,12 @@
 real change kept at depth 1 and trained at depth 2 with its baseline, shown by the journal,
 the app and the report, and a restart in the middle of a promotion."""
 
-import asyncio
 import os
 import signal
 import subprocess
 import sys
-import time
 from dataclasses import replace
+from pathlib import Path
 
 import pytest
 
@@ -292,3 +291,64 @@ def test_a_promotion_gives_the_trainer_back_to_an_accepted_experiment(
     assert p.held is True
     # the interrupted run stays in the journal; its side trained again
     assert promoting.run_id in p.baseline_runs and len(p.baseline_runs) == 3
+
+
+ENGINE = """
+import sys
+from pathlib import Path
+from engine.session import Session
+from engine.workspace import Workspace
+from tests.test_coordinator import ScriptedAgent
+from tests.test_promotion import WIN, standin_settings
+settings = standin_settings(Path(sys.argv[2]), extra_env={"STANDIN_GATE": sys.argv[3]})
+session = Session(Workspace.open(sys.argv[1]), ScriptedAgent(WIN), settings, monitor=False)
+session.start()
+session.wait()
+"""
+REPO = str(Path(__file__).resolve().parents[1])
+
+
+def test_an_engine_killed_mid_promotion_trains_it_again_and_loses_nothing(
+        ladder_standin, dataset_dir, tmp_path):
+    from engine.workspace import Workspace, run_git
+    from tests.faults.conftest import (assert_git_matches_journal, assert_nothing_lost,
+                                       journal_snapshot, wait_for)
+    from tests.test_coordinator import WAIT_S, ScriptedAgent, started
+    root, gate = ladder_standin.root, tmp_path / "gate"
+    gate.touch()
+    engine = subprocess.Popen([sys.executable, "-c", ENGINE, str(root), str(dataset_dir),
+                               str(gate)], cwd=REPO, env=dict(os.environ, PYTHONPATH=REPO))
+    try:
+        wait_for(lambda: journal_snapshot(root).get("promotion_runs"),
+                 what="a promotion run in flight")
+        before = journal_snapshot(root)
+        engine.send_signal(signal.SIGKILL)
+        engine.wait(timeout=10)
+    finally:
+        if engine.poll() is None:
+            engine.kill()
+    [in_flight] = [r for r in before["runs"] if r["status"] == "running"]
+    assert in_flight["kind"] == "promotion"
+    assert (ladder_standin.pairlab_dir / "promotion").is_dir()   # left behind by the kill
+
+    gate.unlink()
+    session, events = started(Workspace.open(root), ScriptedAgent(),
+                              standin_settings(dataset_dir))
+    assert session.wait(WAIT_S)
+    after = journal_snapshot(root)
+    # the baseline side trains again, then the change, then the baseline once more
+    added = assert_nothing_lost(before, after, new_runs=3)
+    assert [r["kind"] for r in added] == ["promotion"] * 3
+    assert added[0]["commit_sha"] == in_flight["commit_sha"]      # the same side commit
+    interrupted = next(r for r in after["runs"] if r["id"] == in_flight["id"])
+    assert interrupted["status"] == "interrupted"
+    [p] = session.journal.promotions()
+    assert p.held is True and p.baseline_runs[0] == in_flight["id"]
+    assert len(p.baseline_runs) == 3 and len(p.change_runs) == 1
+    notices = [n["message"] for n in after["notices"]]
+    assert any(f"run {in_flight['id']} (promotion of #2 to depth 2: its baseline) was "
+               f"interrupted when the engine stopped; it trains again now" in n for n in notices)
+    assert_git_matches_journal(root)
+    assert not (ladder_standin.pairlab_dir / "promotion").exists()
+    worktrees = run_git(root, "worktree", "list", "--porcelain").decode()
+    assert worktrees.count("worktree ") == 1                     # the workspace's own only

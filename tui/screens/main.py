@@ -258,7 +258,8 @@ class MainScreen(Screen):
                 id=event.experiment_id, proposal_id=event.proposal_id, commit=event.commit,
                 status=RunStatus.INTERRUPTED, val_bpb=None, memory_gb=0.0,
                 description=event.description, decided_by="", run_id=event.run_id,
-                started_at=event.at, finished_at=None, log_path=event.log_path), training=True)
+                started_at=event.at, finished_at=None, log_path=event.log_path,
+                kind=event.kind), training=True)
         elif isinstance(event, RunFinished):
             experiment, result = event.experiment, event.result
             if self.run_in_flight is not None and self.run_in_flight.run_id == result.run_id:
