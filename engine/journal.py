@@ -723,8 +723,8 @@ def _experiment(r: sqlite3.Row) -> Experiment:
         finished_at=r["finished_at"], log_path=r["log_path"], kind=r["kind"],
         confined=bool(r["confined"]),
         metric_verified=bool(r["metric_verified"]),
-        promotions=tuple(PromotionRung(depth, None if held is None else bool(held))
-                         for depth, held in json.loads(r["rungs"])),
+        promotions=[PromotionRung(depth, None if held is None else bool(held))
+                    for depth, held in json.loads(r["rungs"])],
         measure=None if r["m_n_best"] is None else
         KeepMeasure(n_best=r["m_n_best"], best_mean=r["m_best_mean"],
                     n_candidate=r["m_n_candidate"], candidate_mean=r["m_candidate_mean"],

@@ -187,7 +187,7 @@ class Experiment:
     confined: bool = True
     metric_verified: bool = True
     measure: KeepMeasure | None = None   # the judge's figures, for a judged experiment
-    promotions: tuple[PromotionRung, ...] = ()   # a kept change's rungs on the ladder
+    promotions: list[PromotionRung] = field(default_factory=list)  # its rungs on the ladder
 
     @property
     def integrity_label(self) -> str:

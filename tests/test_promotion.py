@@ -2,6 +2,7 @@
 real change kept at depth 1 and trained at depth 2 with its baseline, shown by the journal,
 the app and the report, and a restart in the middle of a promotion."""
 
+import asyncio
 import os
 import signal
 import subprocess
@@ -352,3 +353,68 @@ def test_an_engine_killed_mid_promotion_trains_it_again_and_loses_nothing(
     assert not (ladder_standin.pairlab_dir / "promotion").exists()
     worktrees = run_git(root, "worktree", "list", "--porcelain").decode()
     assert worktrees.count("worktree ") == 1                     # the workspace's own only
+
+
+# ---------------------------------------------------------------------- real training, the app
+
+@pytest.mark.slow
+def test_a_change_kept_at_depth_1_is_trained_at_depth_2_and_the_app_and_report_show_it(
+        tiny_workspace, tiny_settings, tmp_path):
+    from engine.report import write_report
+    from engine.session import Session
+    from test_tui_support import pilot_test
+    from tests.test_coordinator import ScriptedAgent
+    from tui.app import PairlabApp
+    ws = tiny_workspace
+    # a baseline with slow embeddings, so restoring them is a clear win at depth 1
+    slow = (ws.root / "train.py").read_text().replace("EMBEDDING_LR = 0.6",
+                                                      "EMBEDDING_LR = 0.006")
+    ws.commit_change({"train.py": slow}, "slow embeddings", parent=ws.head())
+    ws.config.ladder = [1, 2]
+    ws.config.save(ws.config_path)
+    session = Session(ws, ScriptedAgent(("EMBEDDING_LR = 0.006", "EMBEDDING_LR = 0.6")),
+                      tiny_settings(max_experiments=1, large_win_sigmas=None,
+                                    large_win_fraction=None), monitor=False)
+    app = PairlabApp(session)
+
+    @pilot_test
+    async def drive():
+        async with app.run_test(size=(120, 40)) as pilot:
+            deadline = asyncio.get_running_loop().time() + 900
+            while not session.stopped:                      # --max-experiments waits for it
+                assert asyncio.get_running_loop().time() < deadline, "the ladder never ended"
+                await pilot.pause(0.2)
+            await pilot.pause(0.5)
+            table = app.main.table
+            grid = table.query_one("DataTable")
+            return {run_id: (str(grid.get_cell(run_id, "status")),
+                             str(grid.get_cell(run_id, "description")))
+                    for run_id in table.rows}, set(app.main.chart.experiments)
+
+    cells, charted = drive()
+    [p] = session.journal.promotions()
+    kept = next(e for e in session.experiments() if e.kind == "experiment")
+    assert kept.status.value == "keep" and (p.run_id, p.from_depth, p.depth) == \
+        (kept.run_id, 1, 2)
+    assert p.held is not None and p.measure is not None
+    assert p.baseline_runs and p.change_runs
+    rows = {r["id"]: r for r in session.journal.run_rows()}
+    for run_id in p.baseline_runs + p.change_runs:
+        assert rows[run_id]["kind"] == "promotion" and rows[run_id]["num_params"] > 0
+        assert cells[run_id][0] == "promotion"               # shown as what it is
+        assert run_id not in charted                          # another scale: off the chart
+    # the side commits really train two layers, and the change's parent is its baseline
+    change_side = rows[p.change_runs[0]]["commit_sha"]
+    baseline_side = rows[p.baseline_runs[0]]["commit_sha"]
+    assert "DEPTH = 2" in ws.file_at(change_side, "train.py")
+    assert ws.parent_of(baseline_side) == ws.parent_of(kept.commit)
+    assert rows[p.change_runs[0]]["num_params"] > rows[kept.run_id]["num_params"]
+    mark = "d2✓" if p.held else "d2✗"
+    assert cells[kept.run_id][1].startswith(f"{mark} ")
+    _, md_path = write_report(session.journal, tmp_path / "report")
+    report = md_path.read_text()
+    assert "## Promotions" in report
+    line = next(row for row in report.splitlines()
+                if row.startswith(f"| {kept.id} | `{kept.commit[:7]}` | 1 → 2 |"))
+    assert f"| {p.outcome} | {p.measure.best_mean:.6f} ({p.measure.n_best}) |" in line
+    assert ws.head() == session.best[0] == kept.commit
