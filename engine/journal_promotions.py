@@ -60,6 +60,8 @@ class Promotion:
 
     @property
     def outcome(self) -> str:
+        if self.held is False and self.measure is None:
+            return "run failed"              # a side crashed at this depth: no verdict
         return {True: "held", False: "did not hold", None: "being measured"}[self.held]
 
 
@@ -80,8 +82,9 @@ class PromotionJournal:
     def finish_promotion_run(self, result: RunResult, promotion_id: int,
                              held: bool | None = None, reason: str = "",
                              measure: KeepMeasure | None = None):
-        """Store a promotion run's outcome and, when the keep rule decided, the promotion's,
-        in one transaction; returns the run's experiments row."""
+        """Store a promotion run's outcome in one transaction with the promotion's figures
+        (`measure`, also while it is still measured) and its end (`held`: True or False,
+        also False when a side failed to train); returns the run's experiments row."""
         now = time.time()
         statements = [self._run_update(result, now)]
         if measure is not None or held is not None:

@@ -50,15 +50,16 @@ class OutcomesMixin:
         self.launch(plan, plan.commit, plan.label)
         return True
 
-    def launch(self, plan: RunPlan, commit: str, description: str, root=None) -> None:
-        """Start the run; `root`: the checkout it trains in (default: the workspace's)."""
+    def launch(self, plan: RunPlan, commit: str, description: str, cwd=None) -> None:
+        """Start the run; `cwd`: the checkout it trains in (default: the workspace's)."""
         ws, s = self.workspace, self.settings
         run_id = f"run-{self.journal.run_count() + 1:04d}"
         env = dict(s.extra_env)
         if s.max_steps:
             env["PAIRLAB_MAX_STEPS"] = str(s.max_steps)
         runner = Runner(
-            root or ws.root, run_id, s.budget_s, command=ws.config.command(), env=env, device=s.device,
+            ws.root, run_id, s.budget_s, command=ws.config.command(), env=env, device=s.device,
+            cwd=cwd,
             data_dir=self.loop.data_dir, log_path=ws.logs_dir / f"{run_id}.log",
             result_path=ws.pairlab_dir / "runs" / run_id / "result.json",
             hard_timeout_s=s.hard_timeout_s, metric_source=ws.config.metric_source,

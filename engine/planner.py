@@ -137,7 +137,7 @@ def should_draft(view: LoopView) -> bool:
 
 
 def cap_stop(view: LoopView) -> bool:
-    """Stop for --max-experiments: the baseline ran, the cap is reached and no judgment is
-    still open."""
+    """Stop for --max-experiments: the baseline ran, the cap is reached, no judgment is
+    still open and the promotion ladder has nothing left to train."""
     return (view.cap_reached and view.has_baseline and not view.awaiting and not view.running
             and promotion.next_step(view.ladder) is None)

@@ -83,7 +83,7 @@ class PromotingMixin:
             plan = replace(plan, promotion=replace(step, promotion_id=promotion_id))
         commit = self.side_commit(plan.promotion, device)
         checkout = self.promotion_checkout(commit)
-        self.launch(plan, commit, plan.label, root=checkout)
+        self.launch(plan, commit, plan.label, cwd=checkout)
         self.journal.link_promotion_run(self.loop.run.started.run_id, promotion_id, step.side)
 
     def ladder_device(self) -> str:

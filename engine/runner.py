@@ -85,6 +85,7 @@ class Runner:
         expected_eval_tokens: int | None = None,
         expected_checksum: str | None = None,
         confined: bool = True,
+        cwd: str | Path | None = None,
     ):
         """
         budget_s: the training budget handed to train.py (PAIRLAB_TIME_BUDGET).
@@ -99,10 +100,13 @@ class Runner:
             "summary_line" (an adopted repository's own summary block, not verified).
         expected_eval_tokens, expected_checksum: when given, the result must match them.
         confined: run train.py under engine.confine where the kernel allows it.
+        cwd: where train.py runs, inside the workspace (default: its root), e.g. the
+            worktree of a promotion run; the workspace's own folders and policy still hold.
         """
         if metric_source not in METRIC_SOURCES:
             raise ValueError(f"metric_source must be one of {METRIC_SOURCES}, not {metric_source!r}")
         self.workspace_root = Path(workspace_root)
+        self.cwd = Path(cwd) if cwd is not None else self.workspace_root
         self.run_id = run_id
         self.budget_s = float(budget_s)
         self.command = list(command) if command else [sys.executable, "train.py"]
@@ -224,7 +228,7 @@ class Runner:
             self._collector = collector
             try:
                 proc = subprocess.Popen(
-                    command, cwd=self.workspace_root, env=self.child_env(),
+                    command, cwd=self.cwd, env=self.child_env(),
                     stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                     start_new_session=True, preexec_fn=_die_with_engine,
                 )
