@@ -294,6 +294,37 @@ def test_a_promotion_gives_the_trainer_back_to_an_accepted_experiment(
     assert promoting.run_id in p.baseline_runs and len(p.baseline_runs) == 3
 
 
+def test_a_stop_mid_promotion_leaves_it_queued_for_the_next_start(ladder_standin, dataset_dir,
+                                                                  tmp_path):
+    from engine.events import RunStarted
+    from engine.workspace import Workspace
+    from tests.faults.conftest import assert_git_matches_journal, wait_for
+    from tests.test_coordinator import WAIT_S, ScriptedAgent, started
+    gate = tmp_path / "gate"
+    gate.touch()
+    session, events = started(ladder_standin, ScriptedAgent(WIN), standin_settings(
+        dataset_dir, extra_env={"STANDIN_GATE": str(gate)}))
+    try:
+        promoting = wait_for(lambda: next((e for e in events.of(RunStarted)
+                                           if e.kind == "promotion"), None),
+                             what="a promotion run")
+    finally:
+        session.stop()
+    row = next(r for r in session.journal.run_rows() if r["id"] == promoting.run_id)
+    assert row["status"] == "interrupted"
+    [p] = session.journal.promotions()
+    assert p.held is None and p.outcome == "being measured"
+    assert_git_matches_journal(ladder_standin)
+    session.journal.close()
+
+    gate.unlink()
+    again, _ = started(Workspace.open(ladder_standin.root), ScriptedAgent(),
+                       standin_settings(dataset_dir))
+    assert again.wait(WAIT_S)
+    [p] = again.journal.promotions()
+    assert p.held is True and p.baseline_runs[0] == promoting.run_id
+    assert len(p.baseline_runs) == 3 and len(p.change_runs) == 1
+
 ENGINE = """
 import sys
 from pathlib import Path
@@ -358,6 +389,7 @@ def test_an_engine_killed_mid_promotion_trains_it_again_and_loses_nothing(
 # ---------------------------------------------------------------------- real training, the app
 
 @pytest.mark.slow
+@pytest.mark.timeout(900)                 # five to six tiny runs: minutes on 2 shared cores
 def test_a_change_kept_at_depth_1_is_trained_at_depth_2_and_the_app_and_report_show_it(
         tiny_workspace, tiny_settings, tmp_path):
     from engine.report import write_report
