@@ -7,16 +7,26 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 from dataclasses import replace
 from pathlib import Path
 
 import pytest
 
 from engine import planner, promotion
-from engine.keep_rule import KeepRuleSettings
+from engine.events import ExperimentSettled, RunFinished, RunStarted
 from engine.planner import LoopView
+from engine.promoting import PREEMPTED
 from engine.promotion import KeptChange, LadderView, PromotionRecord
-from engine.workspace import Config, WorkspaceError
+from engine.records import RunStatus
+from engine.report import write_report
+from engine.session import Session, SessionSettings
+from engine.workspace import Config, Workspace, WorkspaceError, init, run_git
+from test_tui_support import pilot_test
+from tests.faults.conftest import (assert_git_matches_journal, assert_nothing_lost,
+                                   journal_snapshot, wait_for)
+from tests.test_coordinator import WAIT_S, ScriptedAgent, started
+from tui.app import PairlabApp
 
 TEMPLATE_LINE = "DEPTH = 4 if CPU else 8  # number of transformer layers\n"
 
@@ -171,7 +181,6 @@ LOCAL_WIN = ("VALUE = 1.0  # the val_bpb this stand-in reports at depth 1\nPENAL
 
 @pytest.fixture
 def ladder_standin(tmp_path):
-    from engine.workspace import init
     source = tmp_path / "standin.py"
     source.write_text(STANDIN)
     program = tmp_path / "program.md"
@@ -185,7 +194,6 @@ def ladder_standin(tmp_path):
 
 
 def standin_settings(dataset_dir, **overrides):
-    from engine.session import SessionSettings
     values = dict(mode="auto", budget_s=5.0, noise_repeats=0, device="cpu",
                   data_dir=dataset_dir, hard_timeout_s=60.0, agent_backoff_s=0.0,
                   max_experiments=1, large_win_sigmas=None, large_win_fraction=None)
@@ -199,9 +207,6 @@ def kinds(session):
 
 def test_a_kept_win_is_trained_at_the_next_depth_with_its_baseline_and_held(
         ladder_standin, dataset_dir):
-    from engine.events import ExperimentSettled, RunStarted
-    from tests.faults.conftest import assert_git_matches_journal
-    from tests.test_coordinator import WAIT_S, ScriptedAgent, started
     session, events = started(ladder_standin, ScriptedAgent(WIN),
                               standin_settings(dataset_dir))
     assert session.wait(WAIT_S)            # --max-experiments waits for the ladder
@@ -244,7 +249,6 @@ def test_a_kept_win_is_trained_at_the_next_depth_with_its_baseline_and_held(
 
 
 def test_a_win_that_does_not_transfer_is_recorded_as_such(ladder_standin, dataset_dir):
-    from tests.test_coordinator import WAIT_S, ScriptedAgent, started
     session, events = started(ladder_standin, ScriptedAgent(LOCAL_WIN),
                               standin_settings(dataset_dir))
     assert session.wait(WAIT_S)
@@ -257,12 +261,6 @@ def test_a_win_that_does_not_transfer_is_recorded_as_such(ladder_standin, datase
 
 def test_a_promotion_gives_the_trainer_back_to_an_accepted_experiment(
         ladder_standin, dataset_dir, tmp_path):
-    import threading
-    from engine.events import RunFinished, RunStarted
-    from engine.promoting import PREEMPTED
-    from engine.records import RunStatus
-    from tests.faults.conftest import wait_for
-    from tests.test_coordinator import WAIT_S, ScriptedAgent, started
     gate = tmp_path / "gate"
     gate.touch()
     drafts = threading.Semaphore(1)       # the first draft at once, the second on release
@@ -296,10 +294,6 @@ def test_a_promotion_gives_the_trainer_back_to_an_accepted_experiment(
 
 def test_a_stop_mid_promotion_leaves_it_queued_for_the_next_start(ladder_standin, dataset_dir,
                                                                   tmp_path):
-    from engine.events import RunStarted
-    from engine.workspace import Workspace
-    from tests.faults.conftest import assert_git_matches_journal, wait_for
-    from tests.test_coordinator import WAIT_S, ScriptedAgent, started
     gate = tmp_path / "gate"
     gate.touch()
     session, events = started(ladder_standin, ScriptedAgent(WIN), standin_settings(
@@ -342,14 +336,11 @@ REPO = str(Path(__file__).resolve().parents[1])
 
 def test_an_engine_killed_mid_promotion_trains_it_again_and_loses_nothing(
         ladder_standin, dataset_dir, tmp_path):
-    from engine.workspace import Workspace, run_git
-    from tests.faults.conftest import (assert_git_matches_journal, assert_nothing_lost,
-                                       journal_snapshot, wait_for)
-    from tests.test_coordinator import WAIT_S, ScriptedAgent, started
     root, gate = ladder_standin.root, tmp_path / "gate"
     gate.touch()
+    paths = os.pathsep.join([REPO, str(Path(REPO) / "tests")])   # as pytest imports them
     engine = subprocess.Popen([sys.executable, "-c", ENGINE, str(root), str(dataset_dir),
-                               str(gate)], cwd=REPO, env=dict(os.environ, PYTHONPATH=REPO))
+                               str(gate)], cwd=REPO, env=dict(os.environ, PYTHONPATH=paths))
     try:
         wait_for(lambda: journal_snapshot(root).get("promotion_runs"),
                  what="a promotion run in flight")
@@ -392,11 +383,6 @@ def test_an_engine_killed_mid_promotion_trains_it_again_and_loses_nothing(
 @pytest.mark.timeout(900)                 # five to six tiny runs: minutes on 2 shared cores
 def test_a_change_kept_at_depth_1_is_trained_at_depth_2_and_the_app_and_report_show_it(
         tiny_workspace, tiny_settings, tmp_path):
-    from engine.report import write_report
-    from engine.session import Session
-    from test_tui_support import pilot_test
-    from tests.test_coordinator import ScriptedAgent
-    from tui.app import PairlabApp
     ws = tiny_workspace
     # a baseline with slow embeddings, so restoring them is a clear win at depth 1
     slow = (ws.root / "train.py").read_text().replace("EMBEDDING_LR = 0.6",
