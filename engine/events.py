@@ -207,7 +207,7 @@ class Notice(Event):
 @dataclass
 class ExperimentSettled(Event):
     """A run's row as it now stands after a decision: a held win a human kept or discarded,
-    a kept change whose promotion to a larger depth was judged."""
+    a kept change whose promotion to a larger depth started or was judged."""
 
     type: ClassVar[str] = "experiment_settled"
     experiment: Experiment

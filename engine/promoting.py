@@ -81,6 +81,7 @@ class PromotingMixin:
             promotion_id = self.journal.open_promotion(step.run_id, kept.commit, kept.parent,
                                                        kept.depth, step.depth)
             plan = replace(plan, promotion=replace(step, promotion_id=promotion_id))
+            self.emit(ExperimentSettled(self.journal.get_run(step.run_id)))   # "d8…"
         commit = self.side_commit(plan.promotion, device)
         checkout = self.promotion_checkout(commit)
         self.launch(plan, commit, plan.label, cwd=checkout)

@@ -18,7 +18,7 @@ from engine.events import ExperimentSettled, RunFinished, RunStarted
 from engine.planner import LoopView
 from engine.promoting import PREEMPTED
 from engine.promotion import KeptChange, LadderView, PromotionRecord
-from engine.records import RunStatus
+from engine.records import Experiment, PromotionRung, RunStatus
 from engine.report import write_report
 from engine.session import Session, SessionSettings
 from engine.workspace import Config, Workspace, WorkspaceError, init, run_git
@@ -27,6 +27,7 @@ from tests.faults.conftest import (assert_git_matches_journal, assert_nothing_lo
                                    journal_snapshot, wait_for)
 from tests.test_coordinator import WAIT_S, ScriptedAgent, started
 from tui.app import PairlabApp
+from tui.widgets.experiments import ladder_marks, run_label, totals
 
 TEMPLATE_LINE = "DEPTH = 4 if CPU else 8  # number of transformer layers\n"
 
@@ -239,9 +240,10 @@ def test_a_kept_win_is_trained_at_the_next_depth_with_its_baseline_and_held(
     assert (m.n_best, m.best_mean, m.n_candidate, m.candidate_mean) == (2, 0.5, 1, 0.45)
     assert m.sigma == 0.0 and m.noise_dof == 1
     assert p.reason.startswith("the win held at depth 2: better by 0.050000")
-    settled = events.of(ExperimentSettled)[-1].experiment
-    assert settled.run_id == kept.run_id and [(r.depth, r.held) for r in settled.promotions] \
-        == [(2, True)]
+    opened, settled = (e.experiment for e in events.of(ExperimentSettled))
+    assert opened.run_id == settled.run_id == kept.run_id
+    assert [(r.depth, r.held) for r in opened.promotions] == [(2, None)]      # "d2…"
+    assert [(r.depth, r.held) for r in settled.promotions] == [(2, True)]     # "d2✓"
     # a promotion is another scale: neither the main loop's noise nor results.tsv see it
     assert session.noise_floor == 0.0
     assert_git_matches_journal(ws)
@@ -436,3 +438,18 @@ def test_a_change_kept_at_depth_1_is_trained_at_depth_2_and_the_app_and_report_s
                 if row.startswith(f"| {kept.id} | `{kept.commit[:7]}` | 1 → 2 |"))
     assert f"| {p.outcome} | {p.measure.best_mean:.6f} ({p.measure.n_best}) |" in line
     assert ws.head() == session.best[0] == kept.commit
+
+
+def test_the_table_says_what_a_promotion_run_is_and_which_changes_transfer():
+    def row(run_id, kind, status=RunStatus.DISCARD, promotions=()):
+        return Experiment(1, None, "c", status, 1.0, 0.0, "d", kind, run_id, 0.0, 1.0, "",
+                          kind=kind, promotions=list(promotions))
+    promotion_run = row("run-0004", "promotion")
+    assert run_label(promotion_run) == "promotion"
+    assert run_label(promotion_run, training=True) == "promotion"
+    assert run_label(row("run-0005", "promotion", RunStatus.CRASH)) == "crash"
+    kept = row("run-0002", "experiment", RunStatus.KEEP,
+               [PromotionRung(8, True), PromotionRung(16, False), PromotionRung(32)])
+    assert [text for text, _ in ladder_marks(kept)] == ["d8✓ ", "d16✗ ", "d32… "]
+    assert ladder_marks(row("run-0003", "experiment", RunStatus.KEEP)) == []
+    assert totals([kept, promotion_run]) == "1 keep · 1 promotion"
