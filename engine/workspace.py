@@ -21,6 +21,8 @@ from pathlib import Path, PurePosixPath
 
 from git.cmd import Git
 
+from engine import promotion
+
 BASELINE_AUTHOR = ("pairlab", "pairlab@localhost")
 AGENT_AUTHOR = ("pairlab-agent", "agent@pairlab")
 HUMAN_AUTHOR = ("pairlab-human", "human@pairlab")
@@ -73,6 +75,7 @@ class Config:
     speculate: bool = True                    # review mode: train the top proposal ahead
     slots: int | None = None                  # runs at once; None: one per visible GPU
     budget_from: str = ""                     # adopted: where the repo states its budget
+    ladder: list[int] | None = None           # promotion depths; None: the device's default
 
     def __post_init__(self) -> None:
         if self.metric_source not in METRIC_SOURCES:
@@ -89,6 +92,11 @@ class Config:
                 f"got {self.run_command!r}")
         for target in self.targets:
             check_relative_path(target)
+        if self.ladder is not None:
+            try:
+                promotion.check_ladder(self.ladder)
+            except ValueError as e:
+                raise WorkspaceError(str(e)) from e
 
     def command(self) -> list[str]:
         """The command that trains one experiment, run in the workspace root."""
@@ -421,10 +429,7 @@ class Workspace:
         outside = sorted(set(files) - set(self.config.targets))
         if outside:
             raise WorkspaceError(f"{', '.join(outside)} is not a target file of this workspace")
-        commit = self._commit_tree(files, message, parent, author)
-        subject = (message.strip().splitlines() or ["a change"])[0]
-        self.reset_to(commit, reason=f"committing '{subject}'")
-        return commit
+        return self._commit_tree(files, message, parent, author)
 
     def commit_program(self, text: str, parent: str) -> str:
         """Commit the human's program.md on top of parent, as a human change, and move the
