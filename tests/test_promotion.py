@@ -21,6 +21,7 @@ from engine.promotion import KeptChange, LadderView, PromotionRecord
 from engine.records import Experiment, PromotionRung, RunStatus
 from engine.report import write_report
 from engine.session import Session, SessionSettings
+from engine.slots import Worktrees
 from engine.workspace import Config, Workspace, WorkspaceError, init, run_git
 from test_tui_support import pilot_test
 from tests.faults.conftest import (assert_git_matches_journal, assert_nothing_lost,
@@ -270,7 +271,7 @@ def test_a_kept_win_is_trained_at_the_next_depth_with_its_baseline_and_held(
     assert "VALUE = 1.0" in ws.file_at(baseline_side, "train.py")
     assert started_runs[2].commit == baseline_side        # a repeat of the same side
     assert ws.head() == kept.commit                       # the branch never moved
-    assert not (ws.pairlab_dir / "promotion").exists()
+    assert Worktrees(ws).listed() == []                   # its slot's worktree: gone at the stop
     # the journal: the change, the depth, both sides' runs, n/mean/sigma, the win held
     [p] = session.journal.promotions()
     assert (p.experiment, p.from_depth, p.depth, p.held) == (2, 1, 2, True)
@@ -334,6 +335,37 @@ def test_a_promotion_gives_the_trainer_back_to_an_accepted_experiment(
     assert promoting.run_id in p.baseline_runs and len(p.baseline_runs) == 3
 
 
+def test_with_two_slots_a_promotion_trains_beside_an_experiment_without_being_stopped(
+        ladder_standin, dataset_dir, tmp_path):
+    gate = tmp_path / "gate"
+    gate.touch()
+    drafts = threading.Semaphore(1)
+    session, events = started(
+        ladder_standin, ScriptedAgent(WIN, ("EXTRA = 0", "EXTRA = 1"), gate=drafts),
+        standin_settings(dataset_dir, max_experiments=2, slots=2,
+                         extra_env={"STANDIN_GATE": str(gate)}))
+    try:
+        promoting = wait_for(lambda: next((e for e in events.of(RunStarted)
+                                           if e.kind == "promotion"), None),
+                             what="a promotion run")
+        drafts.release()
+        experiment = wait_for(lambda: next((e for e in events.of(RunStarted)
+                                            if e.proposal_id == 2), None),
+                              what="the second experiment in the other slot")
+        assert experiment.slot != promoting.slot
+        wait_for(lambda: any(e.result.run_id == experiment.run_id
+                             for e in events.of(RunFinished)), what="the experiment's result")
+        # the promotion was never stopped: its slot was not needed
+        assert not [e for e in events.of(RunFinished) if e.result.run_id == promoting.run_id]
+        gate.unlink()
+        assert session.wait(WAIT_S)
+    finally:
+        session.stop()
+    [p] = session.journal.promotions()
+    assert promoting.run_id in p.baseline_runs
+    assert all(r["status"] != "interrupted" for r in session.journal.run_rows())
+
+
 def test_a_stop_mid_promotion_leaves_it_queued_for_the_next_start(ladder_standin, dataset_dir,
                                                                   tmp_path):
     gate = tmp_path / "gate"
@@ -394,7 +426,7 @@ def test_an_engine_killed_mid_promotion_trains_it_again_and_loses_nothing(
             engine.kill()
     [in_flight] = [r for r in before["runs"] if r["status"] == "running"]
     assert in_flight["kind"] == "promotion"
-    assert (ladder_standin.pairlab_dir / "promotion").is_dir()   # left behind by the kill
+    assert Worktrees(ladder_standin).listed()             # its slot's, left behind by the kill
 
     gate.unlink()
     session, events = started(Workspace.open(root), ScriptedAgent(),
@@ -414,7 +446,7 @@ def test_an_engine_killed_mid_promotion_trains_it_again_and_loses_nothing(
     assert any(f"run {in_flight['id']} (promotion of #2 to depth 2: its baseline) was "
                f"interrupted when the engine stopped; it trains again now" in n for n in notices)
     assert_git_matches_journal(root)
-    assert not (ladder_standin.pairlab_dir / "promotion").exists()
+    assert Worktrees(ladder_standin).listed() == []
     worktrees = run_git(root, "worktree", "list", "--porcelain").decode()
     assert worktrees.count("worktree ") == 1                     # the workspace's own only
 
