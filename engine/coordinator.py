@@ -36,6 +36,7 @@ from engine.moved_best import MovedBestMixin
 from engine.restore import RestoreMixin
 from engine.outcomes import OutcomesMixin
 from engine.program_edits import ProgramMixin
+from engine.promoting import PromotingMixin
 from engine.speculation import SpeculationMixin
 from engine.workspace import Workspace
 
@@ -43,7 +44,8 @@ TICK_S = 1.0                         # how often caps and backoffs are looked at
 
 
 class Coordinator(DecisionsMixin, DraftingMixin, OutcomesMixin, ProgramMixin,
-                  SpeculationMixin, MovedBestMixin, RestoreMixin, LostRunsMixin):
+                  SpeculationMixin, MovedBestMixin, RestoreMixin, LostRunsMixin,
+                  PromotingMixin):
     def __init__(self, workspace: Workspace, agent: Agent, settings, journal: Journal,
                  emit: Callable[[Event], None], on_trainer_pid=None):
         self.workspace = workspace
@@ -250,7 +252,7 @@ class Coordinator(DecisionsMixin, DraftingMixin, OutcomesMixin, ProgramMixin,
             drafts_ahead=self.drafts_ahead(),
             experiments_done=self.journal.experiment_count(),
             max_experiments=self.settings.max_experiments,
-            draft_allowed_at=loop.draft_allowed_at, now=time.time())
+            draft_allowed_at=loop.draft_allowed_at, now=time.time(), ladder=self.ladder_view())
 
     def drafts_ahead(self) -> int:
         """Proposals kept ready: the setting, and one more for each extra slot to feed."""
@@ -267,6 +269,8 @@ class Coordinator(DecisionsMixin, DraftingMixin, OutcomesMixin, ProgramMixin,
             workers.start("data", self.post, lambda: workers.check_data(data_dir, self.emit))
         self.check_caps()
         self.commit_program_edit()
+        if planner.preempts(self.view()):
+            self.preempt_promotion()
         for _ in range(8 + len(self.slots)):  # a stale proposal makes room for the next plan
             plan = planner.next_run(self.view())
             if plan is None:
@@ -308,15 +312,20 @@ class Coordinator(DecisionsMixin, DraftingMixin, OutcomesMixin, ProgramMixin,
         if loop.paused:
             return "paused", loop.pause_reason
         running = [active.started for _, active in sorted(loop.runs.items())]
-        accepted = [started for started in running if not started.speculative]
+        accepted = [started for started in running
+                    if started.kind not in ("speculative", "promotion")]
+        speculative = [started for started in running if started.kind == "speculative"]
+        promoting = [started for started in running if started.kind == "promotion"]
         if accepted:
             started = accepted[0]
             state = "training" if started.proposal_id is not None else "baseline"
             more = f" (+{len(running) - 1} more)" if len(running) > 1 else ""
             return state, started.description + more
-        if running and loop.review:
+        if speculative and loop.review:
             return "reviewing", (f"{len(loop.review)} waiting for review; "
-                                 f"#{running[0].proposal_id} trains speculatively")
+                                 f"#{speculative[0].proposal_id} trains speculatively")
+        if promoting and not loop.review and not held:
+            return "promoting", promoting[0].description
         if loop.review or held:
             waiting = [f"{len(loop.review)} waiting for review"] if loop.review else []
             waiting += [f"#{i} held: unusually large win" for i in held]

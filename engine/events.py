@@ -125,7 +125,7 @@ class RunStarted(Event):
     description: str
     budget_s: float
     log_path: str
-    kind: str = "experiment"         # baseline | experiment | noise | rerun: what the run is for
+    kind: str = "experiment"         # what the run is for: a journal RUN_KINDS value
     speculative: bool = False        # trains a proposal no human has accepted yet
     slot: int = 0                    # the trainer slot it trains in
     slots: int = 1                   # the loop's trainer slots
@@ -219,7 +219,8 @@ class Notice(Event):
 
 @dataclass
 class ExperimentSettled(Event):
-    """A held win decided by a human: its run's row as it now stands (keep or discard)."""
+    """A run's row as it now stands after a decision: a held win a human kept or discarded,
+    a kept change whose promotion to a larger depth started or was judged."""
 
     type: ClassVar[str] = "experiment_settled"
     experiment: Experiment

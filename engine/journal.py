@@ -18,12 +18,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from engine.agents.base import HistoryItem
+from engine.journal_promotions import PROMOTION_SCHEMA, PromotionJournal
 from engine.records import (
     Decision,
     DecisionKind,
     Experiment,
     KeepMeasure,
     Proposal,
+    PromotionRung,
     ProposalState,
     RunResult,
     RunStatus,
@@ -33,8 +35,9 @@ from engine.records import (
 
 SCHEMA_VERSION = 1
 
-# speculative: a proposal's run before a human accepted it; it becomes an experiment then
-RUN_KINDS = ("baseline", "experiment", "noise", "rerun", "speculative")
+# speculative: a proposal's run before a human accepted it; it becomes an experiment then.
+# promotion: a kept change (or its parent) trained at a larger depth (the ladder)
+RUN_KINDS = ("baseline", "experiment", "noise", "rerun", "speculative", "promotion")
 RUNNING = "running"
 # autoresearch's results.tsv knows only keep, discard and crash
 TSV_STATUS = {
@@ -86,7 +89,7 @@ CREATE TABLE IF NOT EXISTS runs (
     experiment INTEGER NOT NULL UNIQUE,
     proposal_id INTEGER REFERENCES proposals(id),   -- NULL for baseline and noise repeats
     commit_sha TEXT NOT NULL,
-    kind TEXT NOT NULL,                        -- baseline | experiment | noise | rerun | speculative
+    kind TEXT NOT NULL,                        -- a RUN_KINDS value
     description TEXT NOT NULL,
     status TEXT NOT NULL,                      -- running, then a RunStatus value
     val_bpb REAL,
@@ -182,6 +185,7 @@ class Totals:
     noise_repeats: int = 0           # baseline repeats that measure the noise floor
     confirmations: int = 0           # re-runs that confirm a win
     speculative: int = 0             # runs trained before a decision and never accepted
+    promotion_runs: int = 0          # runs of kept changes at a larger depth (the ladder)
     proposals: int = 0
     human_edits: int = 0             # edit decisions
     usage: Usage = field(default_factory=Usage)
@@ -191,7 +195,7 @@ class Totals:
     last_finished_at: float | None = None
 
 
-class Journal:
+class Journal(PromotionJournal):
     """Durable record of a research session; safe to call from any engine thread."""
 
     def __init__(self, path: Path):
@@ -226,7 +230,7 @@ class Journal:
                 f"version reads {SCHEMA_VERSION}); upgrade pairlab to open it")
         self._db.execute("BEGIN IMMEDIATE")
         try:
-            for statement in _SCHEMA.split(";"):
+            for statement in (_SCHEMA + PROMOTION_SCHEMA).split(";"):
                 if statement.strip():
                     self._db.execute(statement)
             columns = {r[1] for r in self._db.execute("PRAGMA table_info(runs)")}
@@ -549,7 +553,7 @@ class Journal:
         items: list[tuple[float, HistoryItem]] = []
         best_before: float | None = None
         rows = self._read(
-            _EXPERIMENT_SELECT + " WHERE r.status != ? AND r.kind != 'noise'"
+            _EXPERIMENT_SELECT + " WHERE r.status != ? AND r.kind NOT IN ('noise', 'promotion')"
             " ORDER BY r.experiment", (RUNNING,))
         for r in rows:
             val_bpb = r["val_bpb"]
@@ -650,6 +654,8 @@ class Journal:
                 totals.confirmations += 1
             elif r["kind"] == "speculative":
                 totals.speculative += 1
+            elif r["kind"] == "promotion":
+                totals.promotion_runs += 1
             elif r["kind"] == "experiment" and status in outcome:
                 setattr(totals, outcome[status], getattr(totals, outcome[status]) + 1)
             totals.training_seconds += r["training_seconds"]
@@ -689,6 +695,8 @@ class Journal:
                      f"re-runs")
         if t.speculative:
             line += f"; {t.speculative} speculative runs not accepted"
+        if t.promotion_runs:
+            line += f"; {t.promotion_runs} promotion runs"
         return line
 
     def results_tsv(self) -> str:
@@ -733,7 +741,9 @@ SELECT r.*, p.hypothesis AS hypothesis, p.diff AS diff,
         ORDER BY d.id DESC LIMIT 1) AS human_edit_diff,
     m.n_best AS m_n_best, m.best_mean AS m_best_mean, m.n_candidate AS m_n_candidate,
     m.candidate_mean AS m_candidate_mean, m.sigma AS m_sigma, m.noise_dof AS m_noise_dof,
-    m.improvement AS m_improvement, m.margin AS m_margin
+    m.improvement AS m_improvement, m.margin AS m_margin,
+    (SELECT json_group_array(json_array(q.depth, q.held)) FROM
+        (SELECT depth, held FROM promotions WHERE run_id = r.id ORDER BY depth) q) AS rungs
 FROM runs r LEFT JOIN proposals p ON p.id = r.proposal_id
     LEFT JOIN measures m ON m.run_id = r.id"""
 
@@ -748,7 +758,10 @@ def _experiment(r: sqlite3.Row) -> Experiment:
         finished_at=r["finished_at"], log_path=r["log_path"], kind=r["kind"],
         speculative=r["kind"] == "speculative",
         confined=bool(r["confined"]),
-        metric_verified=bool(r["metric_verified"]), measure=None if r["m_n_best"] is None else
+        metric_verified=bool(r["metric_verified"]),
+        promotions=[PromotionRung(depth, None if held is None else bool(held))
+                    for depth, held in json.loads(r["rungs"])],
+        measure=None if r["m_n_best"] is None else
         KeepMeasure(n_best=r["m_n_best"], best_mean=r["m_best_mean"],
                     n_candidate=r["m_n_candidate"], candidate_mean=r["m_candidate_mean"],
                     sigma=r["m_sigma"], noise_dof=r["m_noise_dof"],

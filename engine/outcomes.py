@@ -28,6 +28,9 @@ class OutcomesMixin:
     def start_run(self, plan: RunPlan) -> None:
         """Start the planned run, unless its proposal went stale (the planner plans anew)."""
         loop = self.loop
+        if plan.kind == "promotion":
+            self.start_promotion(plan)
+            return
         side = self.trains_aside(plan)
         if plan.kind in ("experiment", "speculative"):
             if plan.kind == "experiment":
@@ -58,9 +61,10 @@ class OutcomesMixin:
 
     def trains_aside(self, plan: RunPlan) -> bool:
         """Whether a run trains in its slot's worktree rather than the workspace's checkout:
-        a speculative run (no human accepted it, so the branch must not move for it), and
-        every run when several slots train at once."""
-        return plan.kind == "speculative" or len(self.slots) > 1
+        a speculative run (no human accepted it, so the branch must not move for it), a
+        promotion run (its side commit is on no branch), and every run when several slots
+        train at once."""
+        return plan.kind in ("speculative", "promotion") or len(self.slots) > 1
 
     def make_runner(self, workdir, run_id: str, slot) -> Runner:
         """The one place a run's executor is built: the slot's working directory, its
@@ -77,7 +81,8 @@ class OutcomesMixin:
             expected_eval_tokens=self.journal.get_state("eval_tokens"),
             expected_checksum=self.loop.data_checksum)
 
-    def launch(self, plan: RunPlan, commit: str, description: str) -> None:
+    def launch(self, plan: RunPlan, commit: str, description: str) -> ActiveRun:
+        """Start the run in a free slot; returns it."""
         slot = next(slot for slot in self.slots if slot.index not in self.loop.runs)
         workdir = self.worktrees.checkout(slot, commit) if self.trains_aside(plan) \
             else self.workspace.root
@@ -90,11 +95,12 @@ class OutcomesMixin:
                              self.settings.budget_s, str(runner.log_path),
                              speculative=plan.kind == "speculative", slot=slot.index,
                              slots=len(self.slots), kind=plan.kind)
-        self.loop.runs[slot.index] = ActiveRun(plan, runner, started, slot)
+        active = self.loop.runs[slot.index] = ActiveRun(plan, runner, started, slot)
         self.emit(copy.deepcopy(started))
         emit, on_pid = self.emit, self.on_trainer_pid
         workers.start("trainer", self.post, lambda: workers.train(
             plan, runner, experiment_id, commit, emit, on_pid, slot.index), slot=slot.index)
+        return active
 
     # ------------------------------------------------------------------ the data
 
@@ -155,6 +161,8 @@ class OutcomesMixin:
             self.on_measurement(done, state, measured)
         elif plan.kind == "experiment":
             self.on_experiment(done, state, measured)
+        elif plan.kind == "promotion":
+            self.on_promotion_run(done)
         else:
             self.on_rerun(done, state, measured)
         self.workspace.write_results_tsv(self.journal)
@@ -358,8 +366,8 @@ class OutcomesMixin:
         failed = {s.value for s in FAILED_STATUSES} | {RunStatus.VETOED.value}
         groups: dict[str, list[float]] = {}
         for r in self.journal.run_rows():
-            if r["val_bpb"] is None or r["status"] in failed:
-                continue
+            if r["val_bpb"] is None or r["status"] in failed or r["kind"] == "promotion":
+                continue                  # a promotion run is another scale: its own noise
             # a settled experiment's row holds the mean of its runs; its own run is kept apart
             value = r["metrics"].get("first_val_bpb", r["val_bpb"]) \
                 if r["kind"] == "experiment" else r["val_bpb"]

@@ -16,11 +16,24 @@ takes the first of these that no other slot is already running:
    on purpose: they are few, every judged win needs the noise they measure, and a slot
    taken by speculation would otherwise keep them from ever running; speculation only
    fills time the trainer would have spent idle.
+6. with none of the main loop's runs to start, the promotion ladder's next run
+   (engine/promotion.py), one at a time, in a free slot's worktree; it also runs after
+   --max-experiments, before the loop stops.
+
+Promotions never block the main loop (issue 11): a promotion run is stopped and re-queued
+(`preempts`) when every slot is busy and the main loop has a baseline, noise repeat,
+confirmation or accepted experiment to start. Speculation (step 5) is main-loop work, so it
+takes a free slot before a promotion does, but it does not stop a promotion that trains:
+it is a head start on a decision the human has not made, and in review mode a proposal
+waits for speculation nearly all the time, so preempting for it would starve the ladder.
+Once the human accepts that proposal it is an experiment, which does preempt.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
+
+from engine import promotion
 
 
 @dataclass(frozen=True)
@@ -34,11 +47,12 @@ class Awaiting:
 
 @dataclass(frozen=True)
 class RunPlan:
-    kind: str                        # baseline | noise | rerun | experiment | speculative
+    kind: str                        # a journal RUN_KINDS value
     commit: str                      # "" for a proposal's run: committed when it starts
     proposal_id: int | None
     label: str
     judging: int | None = None       # the proposal whose judgment this run serves
+    promotion: promotion.PromotionStep | None = None   # kind "promotion": what it trains
 
 
 @dataclass(frozen=True)
@@ -64,6 +78,7 @@ class LoopView:
     max_experiments: int | None = None
     draft_allowed_at: float = 0.0    # a failed agent waits until then (backoff)
     now: float = 0.0
+    ladder: promotion.LadderView = field(default_factory=promotion.LadderView)
 
     @property
     def running(self) -> bool:
@@ -126,7 +141,30 @@ def next_run(view: LoopView) -> RunPlan | None:
         return _noise(view)
     if view.speculate and view.unspeculated and view.room_for_experiment:
         return RunPlan("speculative", "", view.unspeculated[0], "")
-    return None
+    return _promotion(view)
+
+
+def _promotion(view: LoopView) -> RunPlan | None:
+    if view.in_flight_of("promotion"):
+        return None                  # one at a time: the ladder plans from finished runs
+    step = promotion.next_step(view.ladder)
+    if step is None:
+        return None
+    return RunPlan("promotion", step.commit, None, step.label, promotion=step)
+
+
+PREEMPTING_KINDS = ("baseline", "noise", "rerun", "experiment")   # not speculation
+
+
+def preempts(view: LoopView) -> bool:
+    """A promotion run holds a slot the main loop needs: every slot is busy and, without
+    the promotion, a baseline, noise repeat, confirmation or accepted experiment would
+    start. Stop the promotion (it is re-queued)."""
+    if not view.in_flight_of("promotion") or view.free_slots > 0:
+        return False
+    rest = tuple(plan for plan in view.in_flight if plan.kind != "promotion")
+    plan = next_run(replace(view, in_flight=rest))
+    return plan is not None and plan.kind in PREEMPTING_KINDS
 
 
 def _noise(view: LoopView) -> RunPlan:
@@ -141,8 +179,9 @@ def should_draft(view: LoopView) -> bool:
     # a proposal training ahead of its review is not waiting for the trainer: it is fed
     ahead = view.pending - len(view.in_flight_of("speculative")) + len(view.queue)
     if view.drafts_ahead <= 0:
-        if ahead or view.running or not view.has_baseline:
-            return False                 # sequential, like autoresearch
+        main_loop_running = any(plan.kind != "promotion" for plan in view.in_flight)
+        if ahead or main_loop_running or not view.has_baseline:
+            return False                 # sequential, like autoresearch (a promotion yields)
     elif ahead >= view.drafts_ahead:
         return False
     cap = view.max_experiments
@@ -153,6 +192,7 @@ def should_draft(view: LoopView) -> bool:
 
 
 def cap_stop(view: LoopView) -> bool:
-    """Stop for --max-experiments: the baseline ran, the cap is reached and no judgment is
-    still open."""
-    return view.cap_reached and view.has_baseline and not view.awaiting and not view.running
+    """Stop for --max-experiments: the baseline ran, the cap is reached, no judgment is
+    still open and the promotion ladder has nothing left to train."""
+    return (view.cap_reached and view.has_baseline and not view.awaiting and not view.running
+            and promotion.next_step(view.ladder) is None)

@@ -162,6 +162,14 @@ class KeepMeasure:
 
 
 @dataclass
+class PromotionRung:
+    """A kept change trained at a larger depth (engine/promotion.py): did its win hold?"""
+
+    depth: int
+    held: bool | None = None         # None: still being measured
+
+
+@dataclass
 class Experiment:
     """One row of the experiments table: a proposal that trained (or the baseline)."""
 
@@ -177,11 +185,12 @@ class Experiment:
     started_at: float
     finished_at: float | None
     log_path: str
-    kind: str = "experiment"         # baseline | experiment | noise | rerun | speculative
+    kind: str = "experiment"         # a journal RUN_KINDS value
     speculative: bool = False        # trained before a human accepted it (kind speculative)
     confined: bool = True
     metric_verified: bool = True
     measure: KeepMeasure | None = None   # the judge's figures, for a judged experiment
+    promotions: list[PromotionRung] = field(default_factory=list)  # its rungs on the ladder
 
     @property
     def integrity_label(self) -> str:

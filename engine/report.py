@@ -10,6 +10,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
 from engine.journal import FAILED_STATUSES, Journal, Totals
+from engine.journal_promotions import Promotion
 from engine.records import Experiment, KeepMeasure, RunStatus
 
 PNG_NAME = "progress.png"
@@ -35,6 +36,7 @@ class Summary:
     noise_band: tuple[float, float] | None  # val_bpb range the baseline's repeats span
     # each steering note with the proposals it went into: (id, description, what became of it)
     notes: list[tuple[str, list[tuple[int, str, str]]]]
+    promotions: list[Promotion]             # kept changes trained at a larger depth
 
     @property
     def improvement(self) -> float | None:
@@ -64,7 +66,7 @@ def summarize(journal: Journal) -> Summary:
     return Summary(totals=journal.totals(), experiments=experiments, kinds=kinds,
                    baseline=baseline, best=best,
                    noise_band=_noise_band(journal, baseline, baselines, measured, kinds),
-                   notes=_notes(journal, experiments))
+                   notes=_notes(journal, experiments), promotions=journal.promotions())
 
 
 def _notes(journal: Journal, experiments: list[Experiment]):
@@ -112,8 +114,10 @@ class ChartPoints:
 
 
 def chart_points(summary: Summary) -> ChartPoints:
-    """What progress.png draws. An interrupted run is no outcome (it trains again): not drawn."""
-    shown = [e for e in summary.experiments if e.status is not RunStatus.INTERRUPTED]
+    """What progress.png draws. An interrupted run is no outcome (it trains again), and a
+    promotion run trains a larger model: neither is drawn."""
+    shown = [e for e in summary.experiments if e.status is not RunStatus.INTERRUPTED
+             and e.kind != "promotion"]
     measured = [e for e in shown if e.val_bpb is not None and e.status not in FAILED_STATUSES]
     return ChartPoints(kept=[e for e in measured if e.status is RunStatus.KEEP],
                        others=[e for e in measured if e.status is not RunStatus.KEEP],
@@ -189,6 +193,7 @@ def markdown(summary: Summary, png_name: str) -> str:
              f"| confirmation re-runs (counted apart) | {t.confirmations} |",
              f"| speculative runs not accepted (vetoed, restarted or waiting) | "
              f"{t.speculative} |",
+             f"| promotion runs (larger depth, counted apart) | {t.promotion_runs} |",
              f"| proposals | {t.proposals} |",
              f"| human edits | {t.human_edits} |",
              "", "## val_bpb", ""]
@@ -240,6 +245,7 @@ def markdown(summary: Summary, png_name: str) -> str:
                              for i, description, outcome in influenced) or "no draft yet"
             lines.append(f"- \"{_cell(text)}\" → {went}")
 
+    lines += promotion_lines(summary.promotions)
     u = t.usage
     lines += ["", "## Cost", "",
               f"- Agent cost: ${u.cost_usd:.2f} over {t.proposals} proposals",
@@ -252,6 +258,34 @@ def markdown(summary: Summary, png_name: str) -> str:
         lines.append(f"- Wall clock, first run start to last run end: "
                      f"{_duration(t.last_finished_at - t.first_started_at)}")
     return "\n".join(lines) + "\n"
+
+
+def promotion_lines(promotions: list[Promotion]) -> list[str]:
+    """Which kept changes transfer: each rung a change was trained at, with its baseline."""
+    lines = ["", "## Promotions", ""]
+    if not promotions:
+        return lines + ["No kept change promoted to a larger depth yet (the ladder is in the "
+                        "workspace's config: see the README's \"Promotion ladder\")."]
+    lines += ["| # | change | depth | outcome | baseline (n) | change (n) | sigma | margin "
+              "| runs | description |",
+              "|---:|---|---|---|---:|---:|---:|---:|---|---|"]
+    for p in promotions:
+        m = p.measure
+        if m is None:
+            sides = "— | — | — | —"
+        else:
+            sigma = "—" if m.sigma is None else f"{m.sigma:.6f}"
+            margin = "—" if m.margin is None else f"{m.margin:.6f}"
+            sides = (f"{m.best_mean:.6f} ({m.n_best}) | {m.candidate_mean:.6f} "
+                     f"({m.n_candidate}) | {sigma} | {margin}")
+        runs = ", ".join(p.baseline_runs + p.change_runs)
+        lines.append(f"| {p.experiment} | `{p.commit[:7]}` | {p.from_depth} → {p.depth} | "
+                     f"{p.outcome} | {sides} | {runs} | {_cell(p.description)} |")
+    lines += ["", "Each kept change is trained at the next depth of the ladder beside its "
+              "baseline (its parent at that depth) and judged with the keep rule there: "
+              "baseline and change are the means of their runs, sigma the noise pooled over "
+              "the repeated runs at that depth; \"held\" means the win cleared the margin."]
+    return lines
 
 
 def _measure_cells(m: KeepMeasure | None) -> str:

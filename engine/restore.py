@@ -15,7 +15,7 @@ class RestoreMixin:
         self.worktrees.remove_all()            # a killed engine's: each run checks out anew
         for run in self.journal.interrupted_runs():
             again = "; it trains again now" if run.proposal_id is not None or \
-                run.decided_by in ("baseline", "noise") else ""
+                run.decided_by in ("baseline", "noise", "promotion") else ""
             self.notice("warning", f"run {run.run_id} ({run.description}) was interrupted "
                         f"when the engine stopped{again}", "nothing recorded was lost")
         self.restore_program()

@@ -21,6 +21,8 @@ from pathlib import Path, PurePosixPath
 
 from git.cmd import Git
 
+from engine import promotion
+
 BASELINE_AUTHOR = ("pairlab", "pairlab@localhost")
 AGENT_AUTHOR = ("pairlab-agent", "agent@pairlab")
 HUMAN_AUTHOR = ("pairlab-human", "human@pairlab")
@@ -81,6 +83,7 @@ class Config:
     ray_address: str | None = None            # None: the cluster this machine belongs to
     ray_resources: str | None = None          # per run, e.g. "num_cpus=1,num_gpus=0"
     ray_data_dir: str | None = None           # the data on a path the cluster shares
+    ladder: list[int] | None = None           # promotion depths; None: the device's default
 
     def __post_init__(self) -> None:
         if self.executor not in ("local", "ray"):
@@ -99,6 +102,11 @@ class Config:
                 f"got {self.run_command!r}")
         for target in self.targets:
             check_relative_path(target)
+        if self.ladder is not None:
+            try:
+                promotion.check_ladder(self.ladder)
+            except ValueError as e:
+                raise WorkspaceError(str(e)) from e
 
     def training_budget(self, device: str | None = None) -> float:
         """The training seconds per run: the configured budget, else the device's default.

@@ -27,6 +27,7 @@ X_AXIS_ROWS = 2                  # plotext's x axis line and its labels
 Y_TICK_EVERY_ROWS = 3
 FAILED = (RunStatus.CRASH, RunStatus.TIMEOUT)
 MEASUREMENT_KINDS = ("noise", "rerun")   # runs that measure noise or confirm: drawn apart
+OTHER_SCALE_KINDS = ("promotion",)       # a larger model's val_bpb: not on this chart
 EMPTY_HISTORY = "no finished run yet: each run's val_bpb lands here (lower is better)"
 
 
@@ -126,12 +127,15 @@ class ChartPanel(Panel, can_focus=True):
     # --- data in -------------------------------------------------------------------------
 
     def upsert(self, experiment: Experiment) -> None:
+        if experiment.kind in OTHER_SCALE_KINDS:
+            return
         self.experiments[experiment.run_id] = experiment
         self._changed()
 
     def load(self, experiments: list[Experiment]) -> None:
         """A whole journal at once: one arrangement, not one per run."""
-        self.experiments.update((e.run_id, e) for e in experiments)
+        self.experiments.update((e.run_id, e) for e in experiments
+                                if e.kind not in OTHER_SCALE_KINDS)
         self._changed()
 
     def set_best_run(self, run_id: str | None) -> None:

@@ -31,8 +31,11 @@ LABEL_STYLES = {
     "confirmation": "$text-primary",
     "training": "bold $text-accent",
     "speculative": "bold italic $text-accent",
+    "promotion": "$text-secondary",
 }
-MEASUREMENT_LABELS = {"noise": "noise repeat", "rerun": "confirmation"}
+MEASUREMENT_LABELS = {"noise": "noise repeat", "rerun": "confirmation", "promotion": "promotion"}
+# A kept change's rungs on the promotion ladder: the depth, and whether its win held there.
+RUNG_MARKS = {True: ("✓", "$text-success"), False: ("✗", "$text-error"), None: ("…", "dim")}
 # A run that produced a metric: its kind says what it was for.
 MEASURED = (RunStatus.KEEP, RunStatus.DISCARD)
 
@@ -40,6 +43,8 @@ MEASURED = (RunStatus.KEEP, RunStatus.DISCARD)
 def run_label(experiment: Experiment, training: bool = False) -> str:
     """The status column: what the run is, from its record (kind, status, speculative)."""
     if training:
+        if experiment.kind == "promotion":
+            return "promotion"
         return "speculative" if experiment.speculative else "training"
     if experiment.status in MEASURED and experiment.kind in MEASUREMENT_LABELS:
         return MEASUREMENT_LABELS[experiment.kind]
@@ -68,6 +73,15 @@ def status_text(experiment: Experiment, training: bool = False) -> str:
     if training or sigmas is None or experiment.status not in (RunStatus.KEEP, RunStatus.HELD):
         return label
     return f"{label} {sigmas:.1f}σ"
+
+
+def ladder_marks(experiment: Experiment) -> list[tuple[str, str]]:
+    """'d8✓ ' before a kept change whose win held at depth 8 ('✗' did not, '…' measuring)."""
+    marks = []
+    for rung in experiment.promotions:
+        mark, style = RUNG_MARKS[rung.held]
+        marks.append((f"d{rung.depth}{mark} ", f"bold {style}"))
+    return marks
 
 
 class ExperimentsTable(DataTable):
@@ -154,7 +168,7 @@ class ExperimentsPanel(Panel):
         number = "—" if experiment.id is None or experiment.id < 0 else str(experiment.id)
         # What the metric rests on, when it is less than the evaluator on a confined run.
         integrity = experiment.integrity_label
-        description = Content.assemble(experiment.description,
+        description = Content.assemble(*ladder_marks(experiment), experiment.description,
                                        (f" [{integrity}]" if integrity else "", "$text-warning"))
         return [number, experiment.commit[:7], status, bpb, self._delta(experiment),
                 description, experiment.decided_by]

@@ -13,6 +13,7 @@ STATE_WORDS = {
     "drafting": "drafting",
     "reviewing": "waiting for review",
     "training": "training",
+    "promoting": "promoting a kept change",
     "paused": "paused",
     "stopped": "stopped",
     "idle": "idle",
@@ -50,9 +51,10 @@ class StatusLine(Static):
         compact = self.size.width < 140    # the full line needs ~135 columns
         state = STATE_WORDS.get(self.state, self.state)
         state_style = {"paused": "$warning", "stopped": "$error", "training": "$success",
-                       "baseline": "$success", "reviewing": "$accent"}.get(self.state, "$primary")
+                       "baseline": "$success", "promoting": "$success",
+                       "reviewing": "$accent"}.get(self.state, "$primary")
         parts: list[Content] = [Content.styled(f" ● {state}", f"bold {state_style}")]
-        if self.state in ("training", "baseline") and self.progress is not None:
+        if self.state in ("training", "baseline", "promoting") and self.progress is not None:
             p = self.progress
             parts.append(Content(f" {format_seconds(p.remaining_s)} left · step {p.step} · "
                                  f"loss {p.loss:.{3 if compact else 4}f}"))
