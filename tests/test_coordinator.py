@@ -105,17 +105,24 @@ class FailingAgent:
         raise AgentError("the API answered badly", "check the API status")
 
 
-@pytest.fixture
-def standin(tmp_path):
+def standin_workspace(tmp_path, script: str = STANDIN, tag: str = "standin", **config):
+    """A fresh workspace whose train.py is the stand-in `script` (its summary line is the
+    metric), with `config` settings saved."""
     source = tmp_path / "standin.py"
-    source.write_text(STANDIN)
+    source.write_text(script)
     program = tmp_path / "program.md"
     program.write_text("Lower VALUE.\n")
-    ws = init(tmp_path / "ws", tag="standin",
-              templates={"train.py": source, "program.md": program})
+    ws = init(tmp_path / "ws", tag=tag, templates={"train.py": source, "program.md": program})
     ws.config.metric_source = "summary_line"
+    for name, value in config.items():
+        setattr(ws.config, name, value)
     ws.config.save(ws.config_path)
     return ws
+
+
+@pytest.fixture
+def standin(tmp_path):
+    return standin_workspace(tmp_path)
 
 
 def settings(dataset_dir, **overrides) -> SessionSettings:

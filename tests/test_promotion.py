@@ -22,11 +22,11 @@ from engine.records import Experiment, PromotionRung, RunStatus
 from engine.report import write_report
 from engine.session import Session, SessionSettings
 from engine.slots import Worktrees
-from engine.workspace import Config, Workspace, WorkspaceError, init, run_git
+from engine.workspace import Config, Workspace, WorkspaceError, run_git
 from test_tui_support import pilot_test
 from tests.faults.conftest import (assert_git_matches_journal, assert_nothing_lost,
                                    journal_snapshot, wait_for)
-from tests.test_coordinator import WAIT_S, ScriptedAgent, started
+from tests.test_coordinator import WAIT_S, ScriptedAgent, standin_workspace, started
 from tui.app import PairlabApp
 from tui.widgets.experiments import ladder_marks, run_label, totals
 
@@ -223,16 +223,7 @@ LOCAL_WIN = ("VALUE = 1.0  # the val_bpb this stand-in reports at depth 1\nPENAL
 
 @pytest.fixture
 def ladder_standin(tmp_path):
-    source = tmp_path / "standin.py"
-    source.write_text(STANDIN)
-    program = tmp_path / "program.md"
-    program.write_text("Lower VALUE.\n")
-    ws = init(tmp_path / "ws", tag="ladder", templates={"train.py": source,
-                                                         "program.md": program})
-    ws.config.metric_source = "summary_line"
-    ws.config.ladder = [1, 2]
-    ws.config.save(ws.config_path)
-    return ws
+    return standin_workspace(tmp_path, STANDIN, tag="ladder", ladder=[1, 2])
 
 
 def standin_settings(dataset_dir, **overrides):

@@ -14,11 +14,11 @@ from engine.events import BestUpdated, ProposalReady, RunFinished, RunStarted
 from engine.records import RunStatus
 from engine.session import SessionSettings
 from engine.slots import Worktrees, default_slot_count, make_slots, upcoming_slots
-from engine.workspace import init
 from tests.faults.conftest import (assert_git_matches_journal, assert_nothing_lost,  # noqa: F401
                                    baselined_template, baselined_workspace, headless,
                                    journal_snapshot, results_rows, wait_for)
-from tests.test_coordinator import WAIT_S, Events, ScriptedAgent, run_kinds, started
+from tests.test_coordinator import (WAIT_S, ScriptedAgent, run_kinds,
+                                    standin_workspace, started)
 from tests.test_tui_support import ScriptedSession, pilot_test, proposal
 
 STANDIN = '''\
@@ -42,13 +42,7 @@ print(f"val_bpb: {VALUE - 0.05 * EXTRA + jitter:.6f}")
 
 @pytest.fixture
 def standin(tmp_path):
-    source = tmp_path / "standin.py"
-    source.write_text(STANDIN)
-    program = tmp_path / "program.md"
-    program.write_text("Lower VALUE.\n")
-    ws = init(tmp_path / "ws", tag="slots", templates={"train.py": source, "program.md": program})
-    ws.config.metric_source = "summary_line"
-    ws.config.save(ws.config_path)
+    ws = standin_workspace(tmp_path, STANDIN, tag="slots")
     (tmp_path / "state").mkdir()
     return ws
 

@@ -16,9 +16,9 @@ from engine.commands import CommandRefused
 from engine.events import BestUpdated, RunAccepted, RunFinished, RunStarted
 from engine.records import ProposalState, RunStatus
 from engine.slots import Worktrees
-from engine.workspace import init
 from tests.faults.conftest import assert_git_matches_journal
-from tests.test_coordinator import WAIT_S, Events, ScriptedAgent, run_kinds, started
+from tests.test_coordinator import (WAIT_S, Events, ScriptedAgent, run_kinds,
+                                    standin_workspace, started)
 from tests.test_tui_support import pilot_test
 from engine.session import Session, SessionSettings
 
@@ -46,14 +46,7 @@ print(f"val_bpb: {VALUE + jitter[count % len(jitter)]:.6f}")
 
 @pytest.fixture
 def standin(tmp_path):
-    source = tmp_path / "standin.py"
-    source.write_text(STANDIN)
-    program = tmp_path / "program.md"
-    program.write_text("Lower VALUE.\n")
-    ws = init(tmp_path / "ws", tag="standin",
-              templates={"train.py": source, "program.md": program})
-    ws.config.metric_source = "summary_line"
-    ws.config.save(ws.config_path)
+    ws = standin_workspace(tmp_path, STANDIN)
     (tmp_path / "state").mkdir()
     os.mkfifo(tmp_path / "state" / "gate")
     return ws
