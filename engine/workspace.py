@@ -58,7 +58,7 @@ class SavedChanges:
 
 
 GPU_BUDGET_S = 300.0      # autoresearch's 5 minutes
-CPU_BUDGET_S = 120.0      # a first judged experiment within 6 minutes on a 2-core CPU
+CPU_BUDGET_S = 120.0      # a first judged experiment in ~7 minutes on a 2-core CPU
 
 
 @dataclass
@@ -110,9 +110,9 @@ class Config:
 
     def training_budget(self, device: str | None = None) -> float:
         """The training seconds per run: the configured budget, else the device's default.
-        A 2-core CPU judges its first experiment within 6 minutes at CPU_BUDGET_S (two runs,
-        each with ~30 s of compile and evaluation on top), where a GPU's 5 minutes would take
-        11; `device` None means the GPU default when an NVIDIA GPU is visible."""
+        A 2-core CPU judges its first experiment in about 7 minutes at CPU_BUDGET_S (two runs
+        with compile and evaluation on top), where a GPU's 5 minutes took 16; `device` None
+        means the GPU default when an NVIDIA GPU is visible."""
         if self.budget_s is not None:
             return self.budget_s
         from engine.slots import visible_gpus
