@@ -111,8 +111,8 @@ class Config:
     def training_budget(self, device: str | None = None) -> float:
         """The training seconds per run: the configured budget, else the device's default.
         A 2-core CPU judges its first experiment in about 7 minutes at CPU_BUDGET_S (two runs
-        with compile and evaluation on top), where a GPU's 5 minutes took 16; `device` None
-        means the GPU default when an NVIDIA GPU is visible."""
+        with compile and evaluation on top), where 300 s and up-front noise repeats took 16;
+        `device` None means the GPU default when an NVIDIA GPU is visible."""
         if self.budget_s is not None:
             return self.budget_s
         from engine.slots import visible_gpus

@@ -108,7 +108,8 @@ def tsv_rows(session: Session) -> list[list[str]]:
 def test_accepted_proposal_trains_and_lands_in_journal_and_results_tsv(loop, fake_api):
     fake_api.script(edit_turn(EMBED_LR, "embedding lr 0.6 -> 0.3",
                               thinking="Embeddings overshoot at 0.6 in so few steps."))
-    session, events = loop(mode="review", max_experiments=1)
+    # speculation off: this test is of a trainer that waits for the human's decision
+    session, events = loop(mode="review", max_experiments=1, speculate=False)
     proposal = events.wait_for(ProposalReady).proposal
     baseline_text = session.workspace.file_at(proposal.base_commit, "train.py")
     assert [p.id for p in session.pending()] == [proposal.id]

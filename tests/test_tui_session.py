@@ -81,7 +81,9 @@ async def stop_the_loop(pilot, app, session) -> None:
 
 @pilot_test
 async def test_accept_trains_the_proposal_and_its_log_chart_and_row_appear(tmp_path, dataset_dir):
-    session = open_session(tmp_path, dataset_dir)
+    # speculation off: the test follows the accepted run from its start (speculative runs
+    # in the app: tests/test_speculation.py)
+    session = open_session(tmp_path, dataset_dir, speculate=False)
     recorder = Recorder(session)
     app = PairlabApp(session)
     async with app.run_test(size=SIZE) as pilot:
