@@ -268,8 +268,9 @@ def test_pairlab_in_tmux_detach_reattach_two_windows_and_stop(tmp_path, dataset_
     env = {"PAIRLAB_CACHE": str(cache), "PAIRLAB_COMPILE": "0", "PAIRLAB_SEQ_LEN": "64",
            "PAIRLAB_EVAL_TOKENS": "8192", "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
     pairlab = f"{shlex.quote(sys.executable)} -m engine"
+    # speculation off: the test follows the accepted run from its start
     start = (f"{pairlab} --workspace {shlex.quote(str(root))} --agent tuner --budget 8"
-             f" --noise-repeats 0")
+             f" --noise-repeats 0 --no-speculate")
     exit_file = tmp_path / "exit-code"
     tag = f"pairlab-test-{os.getpid()}"
     first = Tmux(f"{tag}-1", f"{start}; echo $? > {shlex.quote(str(exit_file))}", env)
