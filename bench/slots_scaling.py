@@ -3,10 +3,12 @@
 Each row runs the real Session (real git worktrees, journal, runner subprocesses) in auto
 mode with a stand-in train.py that sleeps for the budget (so the cores are not the limit)
 and a fast fake agent whose every change makes val_bpb worse, so each experiment is one run,
-judged at once. Experiments per hour = experiments / wall time from the first experiment's
-start to the last one's end. All rows in the same run, reported against K=1.
+judged at once. Every row does the same work, the same number of experiments (and so the
+same re-runs of the best that follow drift, one per `best_rerun_every` experiments), so the
+rows differ only in K. Experiments per hour = experiments / wall time from the first
+experiment's start to the last one's end. All rows in the same run, reported against K=1.
 
-    python bench/slots_scaling.py [--quick] [--budget 4] [--per-slot 6] [--agent-seconds 0.1]
+    python bench/slots_scaling.py [--quick] [--budget 4] [--experiments 24] [--agent-seconds 0.1]
 
 Target: K slots >= 0.9 x K times the experiments per hour of one slot.
 """
@@ -80,21 +82,21 @@ def measure(slots: int, experiments: int, budget: float, agent_seconds: float) -
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--budget", type=float, default=4.0)
-    parser.add_argument("--per-slot", type=int, default=6,
-                        help="experiments per slot in each row")
+    parser.add_argument("--experiments", type=int, default=24,
+                        help="experiments in each row (the same work at every K)")
     parser.add_argument("--agent-seconds", type=float, default=0.1)
     parser.add_argument("--quick", action="store_true",
-                        help="2 experiments per slot of 0.5 s: seconds, for the test suite")
+                        help="8 experiments of 0.5 s per row: seconds, for the test suite")
     args = parser.parse_args()
     if args.quick:
-        args.budget, args.per_slot, args.agent_seconds = 0.5, 2, 0.05
-    print(f"stand-in runs of {args.budget:g}s, {args.per_slot} experiments per slot, agent "
+        args.budget, args.experiments, args.agent_seconds = 0.5, 8, 0.05
+    print(f"stand-in runs of {args.budget:g}s, {args.experiments} experiments per row, agent "
           f"drafts in {args.agent_seconds:g}s\n")
     print(f"{'slots':<8}{'experiments':>12}{'wall s':>9}{'per hour':>10}{'x one slot':>12}"
           f"{'target':>8}")
     one = None
     for slots in SLOT_COUNTS:
-        r = measure(slots, slots * args.per_slot, args.budget, args.agent_seconds)
+        r = measure(slots, args.experiments, args.budget, args.agent_seconds)
         one = one or r["per_hour"]
         ratio = r["per_hour"] / one
         print(f"{slots:<8}{r['experiments']:>12}{r['wall']:>9.1f}{r['per_hour']:>10.0f}"
