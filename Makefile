@@ -23,7 +23,7 @@ run: install
 # One pytest worker per core: tests keep to their own tmp dirs, tmux servers, sockets and
 # ports, so they run side by side; worksteal evens out the few long ones.
 test: install
-	$(PY) -m pytest -q -n auto --dist worksteal
+	$(PY) -m pytest -q -n auto --dist worksteal --durations=25
 
 bench: install
 	$(PY) bench/train_throughput.py

@@ -66,12 +66,8 @@ print(f"val_bpb:          {val_bpb:.6f}")   # the summary block: the loop, not t
 '''
 
 
-class SlowFakeAgent:
-    """Drafts in `seconds`, like an LLM; each draft scales one knob (up: kept, down: not).
-
-    Successive drafts touch different knobs, so a draft made against the old best rebases
-    onto the new one; that is the case pipelining is for (a conflicting draft is redrafted).
-    """
+class TimedFakeAgent:
+    """Drafts in `seconds`, like an LLM; `change` says what draft number `count` edits."""
 
     name = "fake"
 
@@ -84,15 +80,28 @@ class SlowFakeAgent:
         if cancel.wait(self.seconds):
             from engine.agents.base import DraftCancelled
             raise DraftCancelled()
-        source = ctx.files["train.py"]
+        description, source = self.change(ctx.files["train.py"])
+        emit("text", description + "\n")
+        return Draft(description=description, hypothesis="bench", files={"train.py": source})
+
+    def change(self, source: str) -> tuple[str, str]:
+        raise NotImplementedError
+
+
+class SlowFakeAgent(TimedFakeAgent):
+    """Each draft scales one knob (up: kept, down: not).
+
+    Successive drafts touch different knobs, so a draft made against the old best rebases
+    onto the new one; that is the case pipelining is for (a conflicting draft is redrafted).
+    """
+
+    def change(self, source: str) -> tuple[str, str]:
         knob = "ABCD"[self.count % 4]
         value = float(re.search(rf"^{knob} = ([\d.e-]+)", source, re.M).group(1))
         new_value = value * (1.5 if self.count % 3 else 0.9)
-        emit("text", f"{knob} {value:g} -> {new_value:g}\n")
         new = re.sub(rf"^{knob} = [\d.e-]+", f"{knob} = {new_value:.6g}", source, count=1,
                      flags=re.M)
-        return Draft(description=f"{knob} {value:g} -> {new_value:g}", hypothesis="bench",
-                     files={"train.py": new})
+        return f"{knob} {value:g} -> {new_value:g}", new
 
 
 def stand_in_data(directory: Path) -> Path:

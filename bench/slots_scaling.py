@@ -24,33 +24,20 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.loop_efficiency import bench_workspace                   # noqa: E402
+from bench.loop_efficiency import TimedFakeAgent, bench_workspace   # noqa: E402
 from engine.events import RunFinished, RunStarted                    # noqa: E402
-from engine.records import Draft                                     # noqa: E402
 from engine.session import Session, SessionSettings                  # noqa: E402
 
 SLOT_COUNTS = (1, 2, 4)
 
 
-class LosingAgent:
-    """Drafts in `seconds`; each draft lowers knob A a little more, which the stand-in
-    scores worse: every experiment is discarded at once, with no confirmation runs."""
+class LosingAgent(TimedFakeAgent):
+    """Each draft lowers knob A a little more, which the stand-in scores worse: every
+    experiment is discarded at once, with no confirmation runs."""
 
-    name = "fake"
-
-    def __init__(self, seconds: float):
-        self.seconds = seconds
-        self.count = 0
-
-    def draft(self, ctx, emit, cancel):
-        self.count += 1
-        if cancel.wait(self.seconds):
-            from engine.agents.base import DraftCancelled
-            raise DraftCancelled()
+    def change(self, source: str) -> tuple[str, str]:
         value = 0.01 * (1 - 0.01 * self.count)
-        source = ctx.files["train.py"].replace("A = 0.01", f"A = {value:.6g}", 1)
-        return Draft(description=f"A -> {value:.6g}", hypothesis="bench",
-                     files={"train.py": source})
+        return f"A -> {value:.6g}", source.replace("A = 0.01", f"A = {value:.6g}", 1)
 
 
 def measure(slots: int, experiments: int, budget: float, agent_seconds: float) -> dict:
