@@ -492,6 +492,18 @@ def test_bridge_keeps_only_the_latest_live_line_and_sends_it_with_the_lines():
         ("r1", ["device: cpu"], "step 999"), ("r2", [], "step 0 of the next run")]
 
 
+def test_the_bridge_keeps_each_runs_open_line_while_two_slots_write_at_once():
+    posted = []
+    bridge = EventBridge(posted.append, max_log_lines=100)
+    bridge(LiveLine("r1", "step 5 of r1"))
+    bridge(LogLines("r2", ["a line of r2"]))          # the other slot writes in between
+    bridge(LogLines("r1", ["a line of r1"]))
+    bridge.flush()
+    batches = {message.run_id: message for message in posted}
+    assert (batches["r1"].lines, batches["r1"].live) == (["a line of r1"], "step 5 of r1")
+    assert batches["r2"].lines == ["a line of r2"]
+
+
 @pilot_test
 async def test_a_flush_on_the_apps_thread_never_overtakes_an_event_posted_before_it(tmp_path):
     """An engine thread posts a run's start and buffers its first lines; the 20 Hz flush, on
@@ -652,11 +664,13 @@ async def test_the_status_bar_says_that_a_run_trains_speculatively_at_every_widt
             assert "step 12" in line.plain and "1 pending" in line.plain, (width, line.plain)
             assert "waiting for review" not in line.plain
             if width == 120:                   # accepted while it trains: it is training now
-                session.emit_from_thread([RunAccepted("s1", 9, at=T0),
-                                          StateChanged("training", "lr 0.05", at=T0)])
+                session.emit_from_thread([RunAccepted("s1", 9, at=T0)])
                 await settle(pilot)
                 line = status.render().plain
-                assert "● training" in line and "speculatively" not in line, line
+                assert "● training #9" in line and "speculatively" not in line, line
+                session.emit_from_thread([StateChanged("training", "lr 0.05", at=T0)])
+                await settle(pilot)
+                assert "● training 4:30 left · step 12" in status.render().plain
 
 
 @pilot_test

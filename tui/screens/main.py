@@ -58,6 +58,15 @@ def best_value(best) -> tuple[str, float] | None:
     return (best.commit, best.val_bpb)
 
 
+def trains_words(slot_runs: dict[int, RunStarted]) -> str | None:
+    """What the trainer slots do for proposals, in words: a run ahead of its review first."""
+    runs = [run for _, run in sorted(slot_runs.items()) if run.proposal_id is not None]
+    ahead = [run for run in runs if run.speculative]
+    if ahead:
+        return f"#{ahead[0].proposal_id} trains speculatively"
+    return f"training #{runs[0].proposal_id}" if runs else None
+
+
 class MainScreen(Screen):
     # Footer order: what matters most first, so a narrow footer cuts the least useful keys;
     # q early, so even an 80-column footer says that leaving does not stop the loop.
@@ -356,9 +365,7 @@ class MainScreen(Screen):
 
     def _after_change(self) -> None:
         self.status.pending = len(self.diff.queue)
-        self.status.speculative = next((run.proposal_id for _, run
-                                        in sorted(self.slot_runs.items()) if run.speculative),
-                                       None)
+        self.status.trains = trains_words(self.slot_runs)
         if self.slot_count > 1:
             self.diff.show_slots(upcoming_slots(list(self.diff.queue), self.slot_count,
                                                 self.slot_runs))

@@ -1,8 +1,9 @@
 """The one-line status bar: loop state, mode, best val_bpb, noise floor, cost, queue.
 
-While proposals wait for review the trainer may be training the top one ahead of the
-human's decision (a speculative run): the bar then says so, with that run's progress,
-rather than "waiting for review" over a busy trainer."""
+While proposals wait for review the trainer may be busy: training the top one ahead of the
+human's decision (a speculative run), or one the human has just accepted. The bar then says
+what trains, with its progress, rather than "waiting for review" over a busy trainer (the
+pending count says that proposals wait)."""
 
 from __future__ import annotations
 
@@ -44,7 +45,7 @@ class StatusLine(Static):
         self.cost = 0.0
         self.pending = 0
         self.progress: RunProgress | None = None
-        self.speculative: int | None = None   # the proposal a speculative run trains, if any
+        self.trains: str | None = None        # what trains while proposals wait for review
 
     def on_mount(self) -> None:
         self.redraw()
@@ -66,9 +67,9 @@ class StatusLine(Static):
 
     def _parts(self, compact: bool) -> list[tuple[int, Content]]:
         """(rank, piece) in the line's order; a higher rank is dropped first for room."""
-        ahead = self.state == "reviewing" and self.speculative is not None
+        ahead = self.state == "reviewing" and self.trains is not None
         if ahead:
-            state, state_style = f"#{self.speculative} trains speculatively", "italic $success"
+            state, state_style = self.trains, "$success"
         else:
             state = STATE_WORDS.get(self.state, self.state)
             state_style = {"paused": "$warning", "stopped": "$error", "training": "$success",
