@@ -18,10 +18,15 @@ def key_width(key: FooterKey, compact: bool) -> int:
 
 
 class WholeKeysFooter(Footer):
+    def __init__(self, **kwargs) -> None:
+        super().__init__(**kwargs)
+        self._composed_for = 0           # the width the keys were chosen for
+
     def compose(self) -> ComposeResult:
-        room = self.size.width
+        # before the first layout the footer has no size: the terminal's width is its own
+        room = self._composed_for = self.size.width or self.app.size.width
         for widget in super().compose():
-            if room and isinstance(widget, FooterKey):
+            if isinstance(widget, FooterKey):
                 width = key_width(widget, self.compact)
                 if width > room:
                     continue
@@ -29,7 +34,8 @@ class WholeKeysFooter(Footer):
             yield widget
 
     def on_resize(self) -> None:
-        self.refresh(recompose=True)
+        if self.size.width != self._composed_for:
+            self.refresh(recompose=True)
 
     def watch_compact(self) -> None:
         self.refresh(recompose=True)
