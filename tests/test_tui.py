@@ -671,6 +671,15 @@ async def test_the_status_bar_says_that_a_run_trains_speculatively_at_every_widt
                 session.emit_from_thread([StateChanged("training", "lr 0.05", at=T0)])
                 await settle(pilot)
                 assert "● training 4:30 left · step 12" in status.render().plain
+                session.emit_from_thread([   # the engine says "baseline" for any run of its own
+                    RunFinished(replace(experiment(1, "s1", RunStatus.KEEP, 1.4, "lr 0.05",
+                                                   "def4567"), proposal_id=9),
+                                RunResult("s1", RunStatus.KEEP, 1.4), at=T0),
+                    RunStarted("n2", 2, None, "def4567", "noise repeat 1 of 2", 300, "/x",
+                               kind="noise", at=T0),
+                    StateChanged("baseline", "noise repeat 1 of 2", at=T0)])
+                await settle(pilot)
+                assert "● training a noise repeat" in status.render().plain
 
 
 @pilot_test

@@ -3,6 +3,7 @@ SQLite journal, train.py in a subprocess) with the offline tuner agent and tiny 
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import shlex
@@ -389,48 +390,45 @@ async def end_runs(pilot, app, session, tmp_path) -> None:
     await stop_the_loop(pilot, app, session)
 
 
-@pilot_test
-async def test_a_speculative_run_tails_live_in_the_log_panel_and_the_status_says_so(
-        tmp_path, dataset_dir):
-    session = logging_session(tmp_path, dataset_dir)
+@contextlib.asynccontextmanager
+async def past_the_baseline(tmp_path, dataset_dir, **settings):
+    """The app over a logging_session once the baseline (run-0001) tailed live in its log
+    panel and was let end; afterwards every run ends and the loop stops."""
+    session = logging_session(tmp_path, dataset_dir, **settings)
     recorder = Recorder(session)
     app = PairlabApp(session)
     try:
         async with app.run_test(size=SIZE) as pilot:
-            main = app.main
-            await wait_for(pilot, lambda: shows_live(main.log_panel, "run-0001"),
+            await wait_for(pilot, lambda: shows_live(app.main.log_panel, "run-0001"),
                            what="the baseline's live line", recorder=recorder)
             (tmp_path / "state" / "run-0001.go").touch()
-            await wait_for(pilot, lambda: recorder.of(RunStarted)[-1].speculative,
-                           what="a speculative run", recorder=recorder)
-            ahead = recorder.of(RunStarted)[-1]
-            await wait_for(pilot, lambda: shows_live(main.log_panel, ahead.run_id),
-                           what="the speculative run's live line", recorder=recorder)
-            status = str(main.status.render())
-            assert f"#{ahead.proposal_id} trains speculatively" in status, status
-            assert "waiting for review" not in status
+            yield pilot, app.main, recorder
             await end_runs(pilot, app, session, tmp_path)
     finally:
         session.stop()
+
+
+@pilot_test
+async def test_a_speculative_run_tails_live_in_the_log_panel_and_the_status_says_so(
+        tmp_path, dataset_dir):
+    async with past_the_baseline(tmp_path, dataset_dir) as (pilot, main, recorder):
+        await wait_for(pilot, lambda: recorder.of(RunStarted)[-1].speculative,
+                       what="a speculative run", recorder=recorder)
+        ahead = recorder.of(RunStarted)[-1]
+        await wait_for(pilot, lambda: shows_live(main.log_panel, ahead.run_id),
+                       what="the speculative run's live line", recorder=recorder)
+        status = str(main.status.render())
+        assert f"#{ahead.proposal_id} trains speculatively" in status, status
+        assert "waiting for review" not in status
 
 
 @pilot_test
 async def test_with_two_slots_l_tails_the_second_slots_run_live(tmp_path, dataset_dir):
-    session = logging_session(tmp_path, dataset_dir, slots=2, drafts_ahead=2)
-    recorder = Recorder(session)
-    app = PairlabApp(session)
-    try:
-        async with app.run_test(size=SIZE) as pilot:
-            main = app.main
-            await wait_for(pilot, lambda: shows_live(main.log_panel, "run-0001"),
-                           what="the baseline's live line", recorder=recorder)
-            (tmp_path / "state" / "run-0001.go").touch()
-            await wait_for(pilot, lambda: len(main.slot_runs) == 2, what="both slots busy",
-                           recorder=recorder)
-            second = main.slot_runs[1]
-            await pilot.press("l")
-            await wait_for(pilot, lambda: shows_live(main.log_panel, second.run_id),
-                           what="the second slot's live line", recorder=recorder)
-            await end_runs(pilot, app, session, tmp_path)
-    finally:
-        session.stop()
+    async with past_the_baseline(tmp_path, dataset_dir, slots=2,
+                                 drafts_ahead=2) as (pilot, main, recorder):
+        await wait_for(pilot, lambda: len(main.slot_runs) == 2, what="both slots busy",
+                       recorder=recorder)
+        second = main.slot_runs[1]
+        await pilot.press("l")
+        await wait_for(pilot, lambda: shows_live(main.log_panel, second.run_id),
+                       what="the second slot's live line", recorder=recorder)

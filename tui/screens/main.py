@@ -366,6 +366,7 @@ class MainScreen(Screen):
     def _after_change(self) -> None:
         self.status.pending = len(self.diff.queue)
         self.status.trains = trains_words(self.slot_runs)
+        self.status.run_kind = self.run_in_flight.kind if self.run_in_flight else None
         if self.slot_count > 1:
             self.diff.show_slots(upcoming_slots(list(self.diff.queue), self.slot_count,
                                                 self.slot_runs))

@@ -25,6 +25,10 @@ STATE_WORDS = {
 }
 
 
+# What a run of the loop's own measures is, where the loop's state only says it trains.
+KIND_WORDS = {"noise": "training a noise repeat", "rerun": "training a confirmation re-run"}
+
+
 def format_seconds(seconds: float) -> str:
     seconds = max(0, int(round(seconds)))
     minutes, secs = divmod(seconds, 60)
@@ -46,6 +50,7 @@ class StatusLine(Static):
         self.pending = 0
         self.progress: RunProgress | None = None
         self.trains: str | None = None        # what trains while proposals wait for review
+        self.run_kind: str | None = None      # the followed run's kind (a journal RUN_KINDS value)
 
     def on_mount(self) -> None:
         self.redraw()
@@ -70,6 +75,8 @@ class StatusLine(Static):
         ahead = self.state == "reviewing" and self.trains is not None
         if ahead:
             state, state_style = self.trains, "$success"
+        elif self.state in ("baseline", "training") and self.run_kind in KIND_WORDS:
+            state, state_style = KIND_WORDS[self.run_kind], "$success"
         else:
             state = STATE_WORDS.get(self.state, self.state)
             state_style = {"paused": "$warning", "stopped": "$error", "training": "$success",
