@@ -233,7 +233,9 @@ async def test_P_edits_program_md_and_saving_commits_it_or_says_why_not(served, 
         await until(pilot, lambda: main.diff.selected == 1, "the first proposal")
         await until(pilot, lambda: events.of(RunFinished), "the baseline to end")
         await pilot.press("P")
-        await until(pilot, lambda: isinstance(app.screen, ProgramEditorScreen), "the editor")
+        # the screen is pushed before its editor is mounted: wait for the editor itself
+        await until(pilot, lambda: isinstance(app.screen, ProgramEditorScreen)
+                    and app.screen.query(TextArea), "the editor")
         area = app.screen.query_one(TextArea)
         assert area.text == "Lower VALUE.\n"
         area.load_text("   \n")

@@ -16,7 +16,7 @@ import pytest
 from textual.widgets import DataTable, Input
 
 from engine.events import (DeviceSample, LiveLine, LogLines, ProposalReady, ReasoningDelta,
-                           RunFinished, RunStarted, StateChanged)
+                           RunAccepted, RunFinished, RunProgress, RunStarted, StateChanged)
 from engine.records import KeepMeasure, ProposalState, RunResult, RunStatus
 from test_tui_support import (T0, ScriptedSession, experiment, history_events, pilot_test,
                               proposal)
@@ -32,7 +32,6 @@ from tui.widgets.device import describe
 from tui.widgets.diff import DiffPanel, HunkView, parse_hunks, render_hunk
 from tui.widgets.experiments import ExperimentsPanel
 from tui.widgets.live_log import LiveLog, terminal_lines
-from tui.widgets.log import LogPanel
 from tui.widgets.panel import PanelGrid
 from tui.widgets.reasoning import ReasoningPanel
 
@@ -117,7 +116,7 @@ async def test_veto_asks_for_a_reason_and_sends_it(session):
         assert isinstance(app.screen, VetoScreen)
         await pilot.press("enter")              # an empty reason is not accepted
         assert isinstance(app.screen, VetoScreen)
-        assert "reason is needed" in str(app.screen.query_one("#veto-error").render())
+        assert "reason is needed" in str(app.screen.query_one("#reason-error").render())
         app.screen.query_one(Input).value = "lr was already tuned"
         await pilot.press("enter")
         await settle(pilot)
@@ -493,6 +492,18 @@ def test_bridge_keeps_only_the_latest_live_line_and_sends_it_with_the_lines():
         ("r1", ["device: cpu"], "step 999"), ("r2", [], "step 0 of the next run")]
 
 
+def test_the_bridge_keeps_each_runs_open_line_while_two_slots_write_at_once():
+    posted = []
+    bridge = EventBridge(posted.append, max_log_lines=100)
+    bridge(LiveLine("r1", "step 5 of r1"))
+    bridge(LogLines("r2", ["a line of r2"]))          # the other slot writes in between
+    bridge(LogLines("r1", ["a line of r1"]))
+    bridge.flush()
+    batches = {message.run_id: message for message in posted}
+    assert (batches["r1"].lines, batches["r1"].live) == (["a line of r1"], "step 5 of r1")
+    assert batches["r2"].lines == ["a line of r2"]
+
+
 @pilot_test
 async def test_a_flush_on_the_apps_thread_never_overtakes_an_event_posted_before_it(tmp_path):
     """An engine thread posts a run's start and buffers its first lines; the 20 Hz flush, on
@@ -630,6 +641,61 @@ async def test_runs_are_labelled_by_what_they_are_and_totalled(tmp_path):
         assert chart.shown == ("history",)             # the interrupted run is not a crash
         table.upsert(replace(quit_run, run_id="s5", speculative=True), training=True)
         assert str(data.get_cell("s5", "status")) == "speculative"
+
+
+@pilot_test
+async def test_the_status_bar_says_that_a_run_trains_speculatively_at_every_width(tmp_path):
+    events = [
+        RunStarted("s1", 1, 9, "def4567", "lr 0.05", 300, "/x", kind="speculative",
+                   speculative=True, at=T0),
+        RunProgress("s1", 12, 4.25, 10.0, 30.0, 270.0, at=T0),
+        ProposalReady(proposal(9, "lr 0.05", "0.05"), at=T0),
+        StateChanged("reviewing", "1 waiting for review; #9 trains speculatively", at=T0),
+    ]
+    for width in (80, 100, 120, 200):
+        session = ScriptedSession(tmp_path, events)
+        app = PairlabApp(session)
+        async with app.run_test(size=(width, 30)) as pilot:
+            await settle(pilot)
+            status = app.main.status
+            line = status.render()
+            assert line.cell_length <= width, (width, line.plain)
+            assert "#9 trains speculatively" in line.plain, (width, line.plain)
+            assert "step 12" in line.plain and "1 pending" in line.plain, (width, line.plain)
+            assert "waiting for review" not in line.plain
+            if width == 120:                   # accepted while it trains: it is training now
+                session.emit_from_thread([RunAccepted("s1", 9, at=T0)])
+                await settle(pilot)
+                line = status.render().plain
+                assert "● training #9" in line and "speculatively" not in line, line
+                session.emit_from_thread([StateChanged("training", "lr 0.05", at=T0)])
+                await settle(pilot)
+                assert "● training 4:30 left · step 12" in status.render().plain
+                session.emit_from_thread([   # the engine says "baseline" for any run of its own
+                    RunFinished(replace(experiment(1, "s1", RunStatus.KEEP, 1.4, "lr 0.05",
+                                                   "def4567"), proposal_id=9),
+                                RunResult("s1", RunStatus.KEEP, 1.4), at=T0),
+                    RunStarted("n2", 2, None, "def4567", "noise repeat 1 of 2", 300, "/x",
+                               kind="noise", at=T0),
+                    StateChanged("baseline", "noise repeat 1 of 2", at=T0)])
+                await settle(pilot)
+                assert "● training a noise repeat" in status.render().plain
+
+
+@pilot_test
+async def test_the_table_shows_who_decided_whole_and_cuts_only_the_description(tmp_path):
+    ahead = replace(experiment(2, "s2", RunStatus.INTERRUPTED, None, "a description long "
+                               "enough to run past the edge of the table at this width",
+                               "def4567", "speculative"), kind="speculative")
+    events = [RunFinished(ahead, RunResult("s2", RunStatus.INTERRUPTED, None), at=T0)]
+    app = PairlabApp(ScriptedSession(tmp_path, events))
+    async with app.run_test(size=(100, 30)) as pilot:
+        await settle(pilot)
+        data = app.main.table.query_one(DataTable)
+        header, row = data.render_line(0).text, data.render_line(1).text
+        assert header.index("by") < header.index("description")
+        assert "speculative" in row and "a description long enough" in row, row
+        assert not data.show_horizontal_scrollbar
 
 
 @pilot_test

@@ -3,6 +3,7 @@ SQLite journal, train.py in a subprocess) with the offline tuner agent and tiny 
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import shlex
@@ -334,3 +335,100 @@ def test_pairlab_in_tmux_detach_reattach_two_windows_and_stop(tmp_path, dataset_
             window.close()
         subprocess.run([sys.executable, "-m", "engine", "stop", "--workspace", str(root)],
                        capture_output=True, env={**os.environ, **env}, timeout=120)
+
+
+# ---------------------------------------------------------------------- runs trained ahead
+
+# Writes like autoresearch's train.py: a finished line, then a progress line rewritten with
+# `\r`, until the test lets its run end (a file named after the run).
+LOGGING_STANDIN = '''\
+VALUE = 1.0  # the val_bpb this stand-in reports
+
+import os
+import time
+from pathlib import Path
+
+EXTRA = 0  # a second line a proposal can change
+
+run_id = os.environ["PAIRLAB_RUN_ID"]
+go = Path(os.environ["STANDIN_DIR"]) / f"{run_id}.go"
+print(f"device: stand-in {run_id}", flush=True)
+step = 0
+while not go.exists():
+    print(f"\\rstep {step:05d} | {run_id}", end="", flush=True)
+    step += 1
+    time.sleep(0.05)
+print()
+print("---")
+print(f"val_bpb: {VALUE:.6f}")
+'''
+
+
+def logging_session(tmp_path, dataset_dir, **settings) -> Session:
+    """Review mode with speculation over LOGGING_STANDIN runs (their metric: its summary)."""
+    from tests.test_coordinator import ScriptedAgent, standin_workspace
+    (tmp_path / "state").mkdir()
+    workspace = standin_workspace(tmp_path, LOGGING_STANDIN, tag="ahead")
+    options = dict(mode="review", budget_s=5.0, noise_repeats=0, device="cpu",
+                   data_dir=dataset_dir, hard_timeout_s=300.0, speculate=True,
+                   large_win_sigmas=None, large_win_fraction=None,
+                   extra_env={"STANDIN_DIR": str(tmp_path / "state")})
+    options.update(settings)
+    agent = ScriptedAgent(("VALUE = 1.0", "VALUE = 0.9"), ("EXTRA = 0", "EXTRA = 1"))
+    return Session(workspace, agent, SessionSettings(**options), monitor=False)
+
+
+def shows_live(panel, run_id: str) -> bool:
+    """The log panel shows the run: its own finished line, its `\\r` line as the last row."""
+    return (panel.run_id == run_id and f"device: stand-in {run_id}" in panel.log.lines
+            and panel.log.live.startswith("step ") and panel.log.live.endswith(run_id))
+
+
+async def end_runs(pilot, app, session, tmp_path) -> None:
+    for run in session.journal.run_rows():
+        (tmp_path / "state" / f"{run['id']}.go").touch()
+    await stop_the_loop(pilot, app, session)
+
+
+@contextlib.asynccontextmanager
+async def past_the_baseline(tmp_path, dataset_dir, **settings):
+    """The app over a logging_session once the baseline (run-0001) tailed live in its log
+    panel and was let end; afterwards every run ends and the loop stops."""
+    session = logging_session(tmp_path, dataset_dir, **settings)
+    recorder = Recorder(session)
+    app = PairlabApp(session)
+    try:
+        async with app.run_test(size=SIZE) as pilot:
+            await wait_for(pilot, lambda: shows_live(app.main.log_panel, "run-0001"),
+                           what="the baseline's live line", recorder=recorder)
+            (tmp_path / "state" / "run-0001.go").touch()
+            yield pilot, app.main, recorder
+            await end_runs(pilot, app, session, tmp_path)
+    finally:
+        session.stop()
+
+
+@pilot_test
+async def test_a_speculative_run_tails_live_in_the_log_panel_and_the_status_says_so(
+        tmp_path, dataset_dir):
+    async with past_the_baseline(tmp_path, dataset_dir) as (pilot, main, recorder):
+        await wait_for(pilot, lambda: recorder.of(RunStarted)[-1].speculative,
+                       what="a speculative run", recorder=recorder)
+        ahead = recorder.of(RunStarted)[-1]
+        await wait_for(pilot, lambda: shows_live(main.log_panel, ahead.run_id),
+                       what="the speculative run's live line", recorder=recorder)
+        status = str(main.status.render())
+        assert f"#{ahead.proposal_id} trains speculatively" in status, status
+        assert "waiting for review" not in status
+
+
+@pilot_test
+async def test_with_two_slots_l_tails_the_second_slots_run_live(tmp_path, dataset_dir):
+    async with past_the_baseline(tmp_path, dataset_dir, slots=2,
+                                 drafts_ahead=2) as (pilot, main, recorder):
+        await wait_for(pilot, lambda: len(main.slot_runs) == 2, what="both slots busy",
+                       recorder=recorder)
+        second = main.slot_runs[1]
+        await pilot.press("l")
+        await wait_for(pilot, lambda: shows_live(main.log_panel, second.run_id),
+                       what="the second slot's live line", recorder=recorder)

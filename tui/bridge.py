@@ -5,7 +5,8 @@ once; high-rate ones (reasoning deltas, log lines, progress) are buffered and fl
 ~20 Hz timer on the app, so a training log at 100k lines/s costs the UI twenty messages a
 second. Any buffered data is flushed before a low-rate event is posted, and `post` keeps the
 order of its calls from any thread, so the app sees events in the order the engine emitted
-them.
+them. Each run's log is buffered apart (several trainer slots write at once), so one run's
+lines never cut short another's open line.
 """
 
 from __future__ import annotations
@@ -16,10 +17,22 @@ from typing import Callable
 
 from textual.message import Message
 
-from engine.events import DeviceSample, Event, LiveLine, LogLines, ReasoningDelta, RunProgress
+from engine.events import (DeviceSample, Event, LiveLine, LogLines, ReasoningDelta, RunFinished,
+                           RunProgress)
 from tui.messages import DeviceUpdate, EngineEvent, LogBatch, ProgressBatch, ReasoningBatch
 
 FLUSH_INTERVAL_S = 0.05
+
+
+class RunLog:
+    """One run's log lines since the last flush, and its open line."""
+
+    def __init__(self, max_lines: int) -> None:
+        # Bounded: lines beyond what the log panel keeps would be pruned on arrival anyway.
+        self.lines: deque[str] = deque(maxlen=max_lines)
+        self.dropped = 0
+        self.live = ""                   # the open line; only its latest state matters
+        self.live_changed = False
 
 
 class EventBridge:
@@ -28,28 +41,25 @@ class EventBridge:
         self._lock = threading.Lock()
         self._reasoning_draft: int | None = None
         self._reasoning: list[tuple[str, str]] = []
-        self._log_run: str | None = None
-        # Bounded: lines beyond what the log panel keeps would be pruned on arrival anyway.
-        self._log: deque[str] = deque(maxlen=max_log_lines)
-        self._log_dropped = 0
-        self._live = ""                  # the run's open line; only its latest state matters
-        self._live_changed = False
+        self._max_log_lines = max_log_lines
+        self._logs: dict[str, RunLog] = {}        # by run id, while the run trains
         self._progress: list[RunProgress] = []
         self.lines_accepted = 0
 
     def __call__(self, event: Event) -> None:
         with self._lock:
-            if isinstance(event, (LogLines, LiveLine)) and event.run_id != self._log_run:
-                self._flush_log()
-                self._log_run, self._live = event.run_id, ""
-            if isinstance(event, LiveLine):
-                self._live, self._live_changed = event.text, True
-            elif isinstance(event, LogLines):
-                overflow = len(self._log) + len(event.lines) - self._log.maxlen
-                if overflow > 0:
-                    self._log_dropped += overflow
-                self._log.extend(event.lines)
-                self.lines_accepted += len(event.lines)
+            if isinstance(event, (LogLines, LiveLine)):
+                log = self._logs.get(event.run_id)
+                if log is None:
+                    log = self._logs[event.run_id] = RunLog(self._max_log_lines)
+                if isinstance(event, LiveLine):
+                    log.live, log.live_changed = event.text, True
+                else:
+                    overflow = len(log.lines) + len(event.lines) - self._max_log_lines
+                    if overflow > 0:
+                        log.dropped += overflow
+                    log.lines.extend(event.lines)
+                    self.lines_accepted += len(event.lines)
             elif isinstance(event, ReasoningDelta):
                 if event.draft_id != self._reasoning_draft:
                     self._flush_reasoning()
@@ -65,6 +75,8 @@ class EventBridge:
                 self._post(DeviceUpdate(event))
             else:
                 self._flush_all()
+                if isinstance(event, RunFinished):
+                    self._logs.pop(event.result.run_id, None)
                 self._post(EngineEvent(event))
 
     def flush(self) -> None:
@@ -85,8 +97,8 @@ class EventBridge:
         self._reasoning = []
 
     def _flush_log(self) -> None:
-        if (self._log or self._live_changed) and self._log_run is not None:
-            self._post(LogBatch(self._log_run, list(self._log), self._log_dropped, self._live))
-        self._log.clear()
-        self._log_dropped = 0
-        self._live_changed = False
+        for run_id, log in self._logs.items():
+            if log.lines or log.live_changed:
+                self._post(LogBatch(run_id, list(log.lines), log.dropped, log.live))
+                log.lines.clear()
+                log.dropped, log.live_changed = 0, False

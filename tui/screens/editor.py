@@ -5,13 +5,13 @@ program.md (tui/screens/steering.py)."""
 
 from __future__ import annotations
 
+import functools
 import os
 import shlex
 import subprocess
 import tempfile
 from pathlib import Path
 
-from pygments.lexers import PythonLexer
 from pygments.token import Token
 from textual import work
 from textual.app import ComposeResult, SuspendNotSupported
@@ -48,17 +48,23 @@ def _highlight_name(token) -> str | None:
     return None
 
 
+@functools.cache
+def python_lexer():
+    """Built on the first edit, not at import: compiling its patterns took ~0.1 s of the
+    app's start (issue 10's first paint)."""
+    from pygments.lexers.python import PythonLexer
+    return PythonLexer(stripnl=False, ensurenl=False)
+
+
 class PythonTextArea(TextArea):
     """TextArea highlighted with pygments, so no tree-sitter install is needed."""
-
-    _lexer = PythonLexer(stripnl=False, ensurenl=False)
 
     def _build_highlight_map(self) -> None:
         self._line_cache.clear()
         highlights = self._highlights
         highlights.clear()
         row, column = 0, 0                   # column in UTF-8 bytes, as TextArea expects
-        for token, value in self._lexer.get_tokens(self.text):
+        for token, value in python_lexer().get_tokens(self.text):
             name = _highlight_name(token)
             for index, part in enumerate(value.split("\n")):
                 if index:

@@ -32,6 +32,7 @@ from tui.widgets.chart import ChartPanel
 from tui.widgets.device import DevicePanel
 from tui.widgets.diff import DiffPanel
 from tui.widgets.experiments import ExperimentsPanel
+from tui.widgets.footer import WholeKeysFooter
 from tui.widgets.log import LogPanel
 from tui.widgets.panel import Panel, PanelGrid
 from tui.widgets.reasoning import ReasoningPanel
@@ -55,6 +56,15 @@ def best_value(best) -> tuple[str, float] | None:
     if isinstance(best, tuple):
         return best
     return (best.commit, best.val_bpb)
+
+
+def trains_words(slot_runs: dict[int, RunStarted]) -> str | None:
+    """What the trainer slots do for proposals, in words: a run ahead of its review first."""
+    runs = [run for _, run in sorted(slot_runs.items()) if run.proposal_id is not None]
+    ahead = [run for run in runs if run.speculative]
+    if ahead:
+        return f"#{ahead[0].proposal_id} trains speculatively"
+    return f"training #{runs[0].proposal_id}" if runs else None
 
 
 class MainScreen(Screen):
@@ -119,7 +129,7 @@ class MainScreen(Screen):
             yield ChartPanel(id="chart-panel")
             yield LogPanel(id="log-panel")
             yield ExperimentsPanel(id="experiments-panel")
-        yield Footer()
+        yield WholeKeysFooter()
 
     def on_mount(self) -> None:
         self.query_one("#preparing").display = False
@@ -279,6 +289,11 @@ class MainScreen(Screen):
                 started_at=event.at, finished_at=None, log_path=event.log_path,
                 kind=event.kind, speculative=event.speculative), training=True)
         elif isinstance(event, RunAccepted):
+            for slot, run in self.slot_runs.items():
+                if run.run_id == event.run_id:
+                    self.slot_runs[slot] = replace(run, speculative=False, kind="experiment")
+                    if self.run_in_flight is run:
+                        self.run_in_flight = self.slot_runs[slot]
             row = self.table.rows.get(event.run_id)
             if row is not None:                # the speculative run now counts: training
                 self.table.upsert(replace(row, speculative=False, kind="experiment"),
@@ -350,6 +365,8 @@ class MainScreen(Screen):
 
     def _after_change(self) -> None:
         self.status.pending = len(self.diff.queue)
+        self.status.trains = trains_words(self.slot_runs)
+        self.status.run_kind = self.run_in_flight.kind if self.run_in_flight else None
         if self.slot_count > 1:
             self.diff.show_slots(upcoming_slots(list(self.diff.queue), self.slot_count,
                                                 self.slot_runs))

@@ -1,5 +1,5 @@
-"""Small modal screens: the veto reason prompt, the stop confirmation, the dead-engine
-offer to restart, the key help."""
+"""Small modal screens: a one-line text prompt (the veto reason), the stop confirmation,
+the dead-engine offer to restart, the key help."""
 
 from __future__ import annotations
 
@@ -11,34 +11,53 @@ from textual.screen import ModalScreen
 from textual.widgets import Input, Static
 
 
-class VetoScreen(ModalScreen[str | None]):
-    """Asks why the proposal is vetoed; the reason goes back to the agent."""
+class TextPromptScreen(ModalScreen[str | None]):
+    """Asks for one line of text: Enter sends it, an empty one is refused with EMPTY (and
+    nothing is sent), Esc cancels. Subclasses say what is asked and why."""
 
     BINDINGS = [Binding("escape", "cancel", "Cancel", id="cancel")]
+    HINT = ""
+    PLACEHOLDER = ""
+    EMPTY = ""                   # said when Enter is pressed on an empty input
+    INPUT_ID = "text"
+
+    def heading(self) -> Content:
+        raise NotImplementedError
+
+    def compose(self) -> ComposeResult:
+        with Vertical(id="dialog"):
+            yield Static(self.heading())
+            yield Static(self.HINT, classes="hint")
+            yield Input(placeholder=self.PLACEHOLDER, id=self.INPUT_ID)
+            yield Static("", id=f"{self.INPUT_ID}-error", classes="error")
+
+    def on_input_submitted(self, event: Input.Submitted) -> None:
+        text = event.value.strip()
+        if not text:
+            self.query_one(f"#{self.INPUT_ID}-error", Static).update(self.EMPTY)
+            return
+        self.dismiss(text)
+
+    def action_cancel(self) -> None:
+        self.dismiss(None)
+
+
+class VetoScreen(TextPromptScreen):
+    """Asks why the proposal is vetoed; the reason goes back to the agent."""
+
+    HINT = "Why? The agent reads this before its next draft."
+    PLACEHOLDER = "reason (Enter to veto, Esc to cancel)"
+    EMPTY = "A reason is needed: the agent learns from it."
+    INPUT_ID = "reason"
 
     def __init__(self, proposal_id: int, description: str) -> None:
         super().__init__()
         self.proposal_id = proposal_id
         self.description = description
 
-    def compose(self) -> ComposeResult:
-        with Vertical(id="dialog"):
-            yield Static(Content.from_markup("Veto [b]#$id[/b] $description",
-                                             id=str(self.proposal_id),
-                                             description=self.description))
-            yield Static("Why? The agent reads this before its next draft.", classes="hint")
-            yield Input(placeholder="reason (Enter to veto, Esc to cancel)", id="reason")
-            yield Static("", id="veto-error", classes="error")
-
-    def on_input_submitted(self, event: Input.Submitted) -> None:
-        reason = event.value.strip()
-        if not reason:
-            self.query_one("#veto-error", Static).update("A reason is needed: the agent learns from it.")
-            return
-        self.dismiss(reason)
-
-    def action_cancel(self) -> None:
-        self.dismiss(None)
+    def heading(self) -> Content:
+        return Content.from_markup("Veto [b]#$id[/b] $description", id=str(self.proposal_id),
+                                   description=self.description)
 
 
 class ConfirmStopScreen(ModalScreen[bool]):

@@ -3,41 +3,27 @@ app's editor. Both go to the engine as commands; the engine says what it did wit
 
 from __future__ import annotations
 
-from textual.app import ComposeResult
 from textual.binding import Binding
-from textual.containers import Vertical
 from textual.content import Content
-from textual.screen import ModalScreen
-from textual.widgets import Input, Static, TextArea
+from textual.widgets import TextArea
 
 from engine.workspace import PROGRAM_FILE
 from tui.screens.editor import EditorScreen
+from tui.screens.modals import TextPromptScreen
 
 NOTE_PROMPT = "Write a note to the agent: it goes into the context of its next draft."
 
 
-class NoteScreen(ModalScreen[str | None]):
+class NoteScreen(TextPromptScreen):
     """Asks for the note; an empty one is not sent."""
 
-    BINDINGS = [Binding("escape", "cancel", "Cancel", id="cancel-note")]
+    HINT = "Every attached client shows it; the proposals it influenced say so."
+    PLACEHOLDER = "note (Enter to send, Esc to cancel)"
+    EMPTY = "Write something for the agent first."
+    INPUT_ID = "note"
 
-    def compose(self) -> ComposeResult:
-        with Vertical(id="dialog"):
-            yield Static(NOTE_PROMPT)
-            yield Static("Every attached client shows it; the proposals it influenced say so.",
-                         classes="hint")
-            yield Input(placeholder="note (Enter to send, Esc to cancel)", id="note")
-            yield Static("", id="note-error", classes="error")
-
-    def on_input_submitted(self, event: Input.Submitted) -> None:
-        note = event.value.strip()
-        if not note:
-            self.query_one("#note-error", Static).update("Write something for the agent first.")
-            return
-        self.dismiss(note)
-
-    def action_cancel(self) -> None:
-        self.dismiss(None)
+    def heading(self) -> Content:
+        return Content(NOTE_PROMPT)
 
 
 class ProgramEditorScreen(EditorScreen):

@@ -13,6 +13,7 @@ import math
 
 from textual.app import ComposeResult
 from textual.binding import Binding
+from textual.content import Content
 from textual.widget import Widget
 from textual.widgets import Static
 from textual_plotext import PlotextPlot
@@ -25,6 +26,7 @@ MAX_CURVE_POINTS = 2000
 MIN_PLOT_ROWS = 7                # x axis (2 rows), then points and two y ticks apart
 X_AXIS_ROWS = 2                  # plotext's x axis line and its labels
 Y_TICK_EVERY_ROWS = 3
+BORDER_SUBTITLE_MARGIN = 6       # the border's corners and the spaces around a subtitle
 FAILED = (RunStatus.CRASH, RunStatus.TIMEOUT)
 MEASUREMENT_KINDS = ("noise", "rerun")   # runs that measure noise or confirm: drawn apart
 OTHER_SCALE_KINDS = ("promotion",)       # a larger model's val_bpb: not on this chart
@@ -85,6 +87,7 @@ class ChartPanel(Panel, can_focus=True):
         self.preferred = "history"       # the chart shown when only one fits
         self.shown: tuple[str, ...] | None = None     # None: not arranged yet
         self._dirty = True
+        self._note = EMPTY_HISTORY       # what the note in place of the charts says
 
     def compose(self) -> ComposeResult:
         yield BpbPlot(id="bpb-plot")
@@ -208,7 +211,9 @@ class ChartPanel(Panel, can_focus=True):
                 text += "\nthe live loss of the run in flight appears with its first step"
         else:
             text = f"{self.border_subtitle or ''}\n(too small for a chart: f full-screens it)"
-        self.query_one("#chart-note", Static).update(text)
+        if text != self._note:           # its height is the panel's: no layout for new words
+            self._note = text
+            self.query_one("#chart-note", Static).update(text, layout=False)
 
     # --- drawing -------------------------------------------------------------------------
 
@@ -278,9 +283,18 @@ class ChartPanel(Panel, can_focus=True):
             return
         # words go in the border, so that every row of a small terminal is chart
         best_words = "—" if best is None else f"{best:.4f}"
-        self.border_subtitle = (f"[cyan]best {best_words}[/] · [blue]baseline {baseline:.4f}[/]"
-                                f" · x: run")
+        self.border_subtitle = self._fitting(
+            f"[cyan]best {best_words}[/] · [blue]baseline {baseline:.4f}[/] · x: run",
+            f"[cyan]best {best_words}[/] · [blue]baseline {baseline:.4f}[/]",
+            f"[cyan]best {best_words}[/] · [blue]base {baseline:.4f}[/]")
         plot.refresh()
+
+    def _fitting(self, *variants: str) -> str:
+        """The first of the subtitle's variants (markup, longest first) that the border
+        holds whole: a cut subtitle loses the figure at its end."""
+        room = self.size.width - BORDER_SUBTITLE_MARGIN
+        return next((v for v in variants if Content.from_markup(v).cell_length <= room),
+                    variants[-1])
 
     def _ticks(self, plt, plot: PlotextPlot, low: float, high: float) -> None:
         count = (plot.size.height - X_AXIS_ROWS) // Y_TICK_EVERY_ROWS
@@ -321,5 +335,8 @@ class ChartPanel(Panel, can_focus=True):
         if "history" in self.shown:
             plt.title(title + best_words)      # the border holds the history's words
         else:
-            self.border_subtitle = f"[yellow]─[/] {title}[green]{best_words}[/]"
+            self.border_subtitle = self._fitting(
+                f"[yellow]─[/] {title}[green]{best_words}[/]",
+                f"[yellow]─[/] {title}[green]{best_words.replace(' run', '')}[/]",
+                f"[yellow]─[/] {title}")
         plot.refresh()

@@ -11,6 +11,7 @@ from engine.events import DeviceSample, RunStarted
 from tui.widgets.panel import Panel
 
 BAR_WIDTH = 10
+CELL_GAP = "  "
 
 
 def _value(value: float | None, fmt: str) -> str:
@@ -29,39 +30,69 @@ def _gb(mb: float | None) -> str:
     return _value(None if mb is None else mb / 1024, "{:.1f}")
 
 
-def describe(sample: DeviceSample) -> Content:
-    rows: list[Content] = []
+def reading_rows(sample: DeviceSample) -> list[list[Content]]:
+    """The readings, a row of cells per device (then the trainer's own usage). A cell is one
+    reading with its label and unit: lines break between cells, never inside one."""
+    rows: list[list[Content]] = []
     if sample.kind == "gpu":
         for index, gpu in enumerate(sample.devices):
             util = gpu.get("util")
             used, total = gpu.get("mem_used_mb"), gpu.get("mem_total_mb")
             mem_percent = used / total * 100 if used is not None and total else None
-            rows.append(Content.assemble(
-                (f"GPU{index} ", "bold"), (f"{gpu.get('name') or 'n/a'}\n", "dim"),
-                " util ", _bar(util), f" {_value(util, '{:.0f}%'):>4}",
-                "  mem ", _bar(mem_percent), f" {_gb(used)}/{_gb(total)} GB",
-                f"  {_value(gpu.get('temp_c'), '{:.0f}°C')}",
-                f"  {_value(gpu.get('power_w'), '{:.0f} W')}",
-            ))
+            rows.append([
+                Content.assemble((f"GPU{index} ", "bold"), (gpu.get("name") or "n/a", "dim")),
+                Content.assemble("util ", _bar(util), f" {_value(util, '{:.0f}%'):>4}"),
+                Content.assemble("mem ", _bar(mem_percent), f" {_gb(used)}/{_gb(total)} GB"),
+                Content(_value(gpu.get("temp_c"), "{:.0f}°C")),
+                Content(_value(gpu.get("power_w"), "{:.0f} W")),
+            ])
         if not sample.devices:
-            rows.append(Content("GPU n/a"))
+            rows.append([Content("GPU n/a")])
     if sample.kind != "gpu" or sample.cpu_percent is not None:
         used, total = sample.ram_used_mb, sample.ram_total_mb
         ram_percent = used / total * 100 if used is not None and total else None
-        rows.append(Content.assemble(
-            ("CPU ", "bold"), _bar(sample.cpu_percent), f" {_value(sample.cpu_percent, '{:.0f}%'):>4}",
-            ("  RAM ", "bold"), _bar(ram_percent), f" {_gb(used)}/{_gb(total)} GB",
-        ))
-    rows.append(Content.assemble(
-        ("trainer ", "bold"),
-        f"cpu {_value(sample.trainer_cpu_percent, '{:.0f}%')}",
-        f"  rss {_value(sample.trainer_rss_mb, '{:.0f} MB')}",
-    ))
-    return Content("\n").join(rows)
+        rows.append([
+            Content.assemble(("CPU ", "bold"), _bar(sample.cpu_percent),
+                             f" {_value(sample.cpu_percent, '{:.0f}%'):>4}"),
+            Content.assemble(("RAM ", "bold"), _bar(ram_percent),
+                             f" {_gb(used)}/{_gb(total)} GB"),
+        ])
+    rows.append([
+        Content.assemble(("trainer ", "bold"),
+                         f"cpu {_value(sample.trainer_cpu_percent, '{:.0f}%')}"),
+        Content(f"rss {_value(sample.trainer_rss_mb, '{:.0f} MB')}"),
+    ])
+    return rows
+
+
+def fit_cells(cells: list[Content], width: int) -> list[Content]:
+    """The cells on as few lines of `width` as they fit, CELL_GAP apart; a line that goes
+    on is indented by one column."""
+    lines: list[list[Content]] = []
+    used = 0
+    for cell in cells:
+        if lines and used + len(CELL_GAP) + cell.cell_length <= width:
+            lines[-1] += [Content(CELL_GAP), cell]
+            used += len(CELL_GAP) + cell.cell_length
+        else:
+            indent = " " if lines else ""
+            lines.append([Content(indent), cell])
+            used = len(indent) + cell.cell_length
+    return [Content.assemble(*line) for line in lines]
+
+
+def describe(sample: DeviceSample, width: int = 200) -> Content:
+    """The readings laid out for `width` columns."""
+    return Content("\n").join(line for row in reading_rows(sample)
+                              for line in fit_cells(row, width))
 
 
 class DevicePanel(Panel):
     TITLE = "device"
+
+    def __init__(self, **kwargs) -> None:
+        super().__init__(**kwargs)
+        self.sample: DeviceSample | None = None      # the latest reading, laid out on resize
 
     def compose(self):
         yield Static(Content.styled("no reading yet", "dim"), id="device-status")
@@ -75,7 +106,16 @@ class DevicePanel(Panel):
         return self.query_one("#device-status")
 
     def show(self, sample: DeviceSample) -> None:
-        self.query_one("#device-status", Static).update(describe(sample))
+        self.sample = sample
+        self._draw()
+
+    def on_resize(self) -> None:
+        self._draw()
+
+    def _draw(self) -> None:
+        width = self.content_size.width
+        if self.sample is not None and width:
+            self.query_one("#device-status", Static).update(describe(self.sample, width))
 
     def show_slots(self, runs: dict[int, RunStarted], followed: int) -> None:
         """One line per busy trainer slot (with several): what it trains; ▸ marks the one

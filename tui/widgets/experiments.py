@@ -12,10 +12,12 @@ from textual.widgets.data_table import CellDoesNotExist, RowDoesNotExist
 from engine.records import Experiment, RunStatus
 from tui.widgets.panel import Panel
 
-COLUMNS = ("id", "commit", "status", "val_bpb", "Δ best", "description", "by")
+# The description last: free text of any length, it is the one cut at the panel's edge.
+COLUMNS = ("id", "commit", "status", "val_bpb", "Δ best", "by", "description")
 # Fixed widths: DataTable sizes a column from its first values and never shrinks or grows it.
-WIDTHS = {"id": 4, "commit": 7, "status": 12, "val_bpb": 8, "Δ best": 8, "description": 40,
-          "by": 8}
+# "by" holds who decided, or what the run was for ("speculative", the longest).
+WIDTHS = {"id": 4, "commit": 7, "status": 12, "val_bpb": 8, "Δ best": 8, "by": 11,
+          "description": 60}
 # What a run is, in words, with its style; keyed by the status value, so a status the engine
 # adds later (held, vetoed) reads as itself.
 LABEL_STYLES = {
@@ -171,4 +173,4 @@ class ExperimentsPanel(Panel):
         description = Content.assemble(*ladder_marks(experiment), experiment.description,
                                        (f" [{integrity}]" if integrity else "", "$text-warning"))
         return [number, experiment.commit[:7], status, bpb, self._delta(experiment),
-                description, experiment.decided_by]
+                experiment.decided_by, description]

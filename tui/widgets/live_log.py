@@ -54,7 +54,7 @@ class LiveLog(ScrollView, can_focus=True):
         self._first = 0                  # absolute number of _lines[0]: cache keys survive pruning
         self._live = ""
         self._width = 0
-        self._strips: LRUCache[int, Strip] = LRUCache(1024)
+        self._strips: LRUCache[int, Strip] = LRUCache(128)
 
     @property
     def lines(self) -> Sequence[str]:
@@ -105,14 +105,20 @@ class LiveLog(ScrollView, can_focus=True):
         self._live = ""
         self._width = 0
         self._strips.clear()
-        self.virtual_size = Size(0, 0)
-        self.refresh()
+        self._resized(follow=False)
 
     def _following(self) -> bool:
         return self.is_vertical_scroll_end and not self.is_vertical_scrollbar_grabbed
 
     def _resized(self, follow: bool) -> None:
-        self.virtual_size = Size(self._width, self.line_count)
+        """The scrollable size changed. Assigning `virtual_size` lays out the whole screen (it
+        is a layout reactive), ~20 times a second while a run logs, and a key pressed
+        meanwhile waits for it; the log's own size does not change with its line count, so
+        only its scrollbars are updated. One that appears or goes still lays the screen out
+        (its visibility is a layout reactive)."""
+        size = Size(self._width, self.line_count)
+        self.set_reactive(ScrollView.virtual_size, size)
+        self._scroll_update(size)
         if follow:
             self.scroll_end(animate=False, immediate=True, x_axis=False)
         self.refresh()

@@ -24,6 +24,10 @@ class LogPanel(Panel):
         self.run_id: str | None = None
         self.log_path: str | None = None          # of the run shown: the log viewer follows it
         self.lines_written = 0
+        # Lines of runs not shown: another slot's, or one whose start has not arrived yet
+        # (the engine holds a run's start until its step ends; the trainer writes at once).
+        self.others: dict[str, tuple[deque[str], str]] = {}   # run id -> (lines, open line)
+        self.finished: set[str] = set()
 
     def compose(self) -> ComposeResult:
         yield LiveLog(max_lines=MAX_LOG_LINES, id="log")
@@ -41,9 +45,15 @@ class LogPanel(Panel):
         self.log.write_line(f"── run {run.run_id} · experiment #{run.experiment_id} · "
                             f"{run.commit[:7]} · {run.description}")
         self.border_subtitle = f"run {run.run_id}"
+        lines, live = self.others.pop(run.run_id, ((), ""))
+        self.log.write_lines(lines)
+        self.log.set_live(live)
 
     def show_tail(self, lines: int = 200) -> None:
-        """What the shown run logged before the panel followed it (its log file's end)."""
+        """What the shown run logged before the panel followed it (its log file's end), when
+        the panel has not kept its lines itself."""
+        if len(self.log.lines) > 1:       # more than its header: lines kept from the engine
+            return
         try:
             with open(self.log_path or "", encoding="utf-8", errors="replace") as f:
                 tail = list(deque(f, maxlen=lines))
@@ -55,7 +65,11 @@ class LogPanel(Panel):
         if self.run_id is None:
             self.run_id = run_id
         if run_id != self.run_id:
-            return                       # late lines of a run that is no longer shown
+            if run_id not in self.finished:      # kept for when the panel shows that run
+                kept, _ = self.others.setdefault(run_id, (deque(maxlen=MAX_LOG_LINES), ""))
+                kept.extend(lines)
+                self.others[run_id] = (kept, live)
+            return
         log = self.log
         if dropped:
             log.write_line(f"… {dropped:,} lines skipped to keep up (full log on disk) …")
@@ -64,6 +78,8 @@ class LogPanel(Panel):
         self.lines_written += len(lines)
 
     def finish_run(self, run_id: str, summary: str) -> None:
+        self.finished.add(run_id)
+        self.others.pop(run_id, None)
         if run_id == self.run_id:
             self.log.set_live("")
             self.log.write_line(f"── {summary}")

@@ -21,10 +21,11 @@ class Panel(Vertical):
 class PanelGrid(Container):
     """The panels, laid out by the stylesheet; `toggle_full` shows one alone, full size.
 
-    Done with inline styles (the other panels' display, the grid's layout) rather than
-    Screen.maximize: that sets a class on the screen, and a class change restyles every
-    widget below it, the whole app (80-170 ms a key); this restyles nothing and lays out
-    one panel."""
+    Done with inline styles on the panels (the others' display, the one's span over the
+    whole grid) rather than Screen.maximize, which sets a class on the screen: a class
+    change restyles every widget below it, the whole app (80-170 ms a key). Nor by changing
+    the grid's layout: that refreshes every widget below the grid too. This lays out once
+    and renders only what changed size."""
 
     def __init__(self, **kwargs) -> None:
         super().__init__(**kwargs)
@@ -37,7 +38,8 @@ class PanelGrid(Container):
         for other in self.query_children(Panel):
             if other is not panel:
                 other.styles.display = "none"
-        self.styles.layout = "vertical"
+        columns, rows = self.styles.grid_size_columns, self.styles.grid_size_rows
+        panel.styles.column_span, panel.styles.row_span = columns, rows
         self.full = panel
 
     def restore(self) -> None:
@@ -45,5 +47,5 @@ class PanelGrid(Container):
             return
         for panel in self.query_children(Panel):
             panel.styles.display = None            # None: back to the stylesheet's say
-        self.styles.layout = None
+        self.full.styles.column_span = self.full.styles.row_span = None
         self.full = None
