@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Callable, Sequence
 
 from engine import confine, evaluation
+from engine.run_compile_cache import CommitCache, code_key, seed_of
 from engine.records import RunResult, RunStatus
 from engine.run_watchdog import DEFAULT_STALL_S, Watchdog
 
@@ -85,6 +86,8 @@ class Runner:
         expected_eval_tokens: int | None = None,
         expected_checksum: str | None = None,
         confined: bool = True,
+        code_files: Sequence[str] = ("train.py",),
+        cache_dir: str | Path | None = None,
     ):
         """
         budget_s: the training budget handed to train.py (PAIRLAB_TIME_BUDGET).
@@ -99,6 +102,10 @@ class Runner:
             "summary_line" (an adopted repository's own summary block, not verified).
         expected_eval_tokens, expected_checksum: when given, the result must match them.
         confined: run train.py under engine.confine where the kernel allows it.
+        code_files: the files the agent edits (the workspace's targets): their content keys
+            the run's compile cache (engine/run_compile_cache.py).
+        cache_dir: where the commits' compile caches live; default the .pairlab/cache of
+            workspace_root (a slot's worktree passes its workspace's, so slots share them).
         """
         if metric_source not in METRIC_SOURCES:
             raise ValueError(f"metric_source must be one of {METRIC_SOURCES}, not {metric_source!r}")
@@ -121,6 +128,9 @@ class Runner:
         self.expected_eval_tokens = expected_eval_tokens
         self.expected_checksum = expected_checksum
         self.folders = evaluation.RunFolders.of(self.result_path.parent)
+        self.compile_cache = CommitCache(
+            Path(cache_dir) if cache_dir else pairlab_dir / "cache",
+            code_key(self.workspace_root, code_files), seed_of(data_dir))
         # Why the run is not confined (None: it is). An adopted repository reads its own
         # data and caches wherever it keeps them: only pairlab's train.py is confined.
         self.unconfined_reason = (
@@ -183,10 +193,7 @@ class Runner:
             # The training split only: where val.bin is stays the evaluator's secret.
             if self.data_dir:
                 env["PAIRLAB_DATA_DIR"] = str(self.folders.data)
-            cache = self.workspace_root / ".pairlab" / "cache"
-            env.update(TMPDIR=str(self.folders.writable),
-                       TORCHINDUCTOR_CACHE_DIR=str(cache / "inductor"),
-                       TRITON_CACHE_DIR=str(cache / "triton"))
+            env.update(TMPDIR=str(self.folders.writable), **self.compile_cache.env())
         return env
 
     def _is_cpu_run(self) -> bool:
@@ -207,16 +214,22 @@ class Runner:
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         self.result_path.parent.mkdir(parents=True, exist_ok=True)
         self.result_path.unlink(missing_ok=True)   # a stale result must never count
-        command = self.command
-        if self.metric_source == "result_file":
-            linked = evaluation.prepare_folders(self.folders, self.data_dir)
-            cache = self.workspace_root / ".pairlab" / "cache"
-            cache.mkdir(parents=True, exist_ok=True)
+        if self.metric_source != "result_file":
+            return self._train(self.command, on_lines, on_progress, on_start, on_live)
+        linked = evaluation.prepare_folders(self.folders, self.data_dir)
+        cache = self.compile_cache.open()
+        try:
+            command = self.command
             if self.unconfined_reason is None:
                 policy = evaluation.training_policy(self.workspace_root, self.folders, linked,
                                                     cache)
                 command = confine.launcher(policy, self.command)
+            return self._train(command, on_lines, on_progress, on_start, on_live)
+        finally:
+            self.compile_cache.close()
 
+    def _train(self, command, on_lines, on_progress, on_start, on_live) -> RunResult:
+        """Start the command, supervise it to its end, and judge the run."""
         started = time.monotonic()
         self._on_live = on_live
         with open(self.log_path, "w", encoding="utf-8") as log_file:
