@@ -180,6 +180,7 @@ def write_seed(data_dir: Path, device: str | None = None, force: bool = False,
     with tempfile.TemporaryDirectory(dir=data_dir, prefix=f".{SEED_FOLDER}.new-") as scratch:
         work, fresh = Path(scratch) / "work", Path(scratch) / SEED_FOLDER
         work.mkdir()
+        fresh.mkdir()
         shutil.copyfile(Path(nanochat.__file__).resolve().parent / "train.py",
                         work / "train.py")
         env = {**os.environ, **cache_env(fresh), "PAIRLAB_DATA_DIR": str(data_dir),

@@ -4,6 +4,7 @@ into another commit's)."""
 
 from __future__ import annotations
 
+import json
 import os
 import textwrap
 import time
@@ -13,7 +14,8 @@ import pytest
 
 from engine import confine, evaluation
 from engine.records import RunStatus
-from engine.run_compile_cache import FOLDER, SEED_FOLDER, CommitCache, code_key, prune
+from engine.run_compile_cache import (FOLDER, SEED_FOLDER, STAMP_FILE, CommitCache, code_key,
+                                      prune, seed_stamp, write_seed)
 from engine.runner import Runner
 
 # Lists what its inductor cache holds, then leaves a file of its own there; it hands
@@ -37,14 +39,20 @@ SPY = textwrap.dedent('''
 ''')
 
 
-@pytest.fixture
-def seeded_data(tmp_path, dataset_dir) -> Path:
-    """The test dataset's files, with a prepared seed beside them."""
+def linked_data(tmp_path, dataset_dir) -> Path:
+    """The test dataset's files, linked into a folder of the test's own."""
     data = tmp_path / "data"
     data.mkdir()
     for path in dataset_dir.iterdir():
         if path.is_file():
             os.link(path, data / path.name)
+    return data
+
+
+@pytest.fixture
+def seeded_data(tmp_path, dataset_dir) -> Path:
+    """The test dataset's files, with a prepared seed beside them."""
+    data = linked_data(tmp_path, dataset_dir)
     (data / SEED_FOLDER / "inductor").mkdir(parents=True)
     (data / SEED_FOLDER / "inductor" / "from-the-seed").write_text("the template's compile")
     return data
@@ -137,3 +145,20 @@ def test_the_evaluator_is_never_pointed_at_a_compile_cache(tmp_path):
     env = evaluation.evaluator_env(runner.child_env(), None)
     assert "TORCHINDUCTOR_CACHE_DIR" in runner.child_env()
     assert "TORCHINDUCTOR_CACHE_DIR" not in env and "TRITON_CACHE_DIR" not in env
+
+
+def test_the_seed_is_written_by_the_shipped_train_py_once(tmp_path, dataset_dir, monkeypatch):
+    """The real template, a few steps on the test dataset; uncompiled here (seconds, not
+    minutes), so the seed holds only its stamp: what this checks is the swap and the stamp."""
+    monkeypatch.setenv("PAIRLAB_COMPILE", "0")
+    monkeypatch.setenv("PAIRLAB_SEQ_LEN", "64")
+    data = linked_data(tmp_path, dataset_dir)
+    assert write_seed(data, "cpu") is True
+    seed = data / SEED_FOLDER
+    assert json.loads((seed / STAMP_FILE).read_text()) == seed_stamp("cpu")
+    assert sorted(path.name for path in data.iterdir()) == sorted(
+        [*(path.name for path in dataset_dir.iterdir() if path.is_file()), SEED_FOLDER])
+    assert write_seed(data, "cpu") is False                  # stamped: nothing to do
+    (seed / "stale").write_text("from an older torch")
+    assert write_seed(data, "cpu", force=True) is True
+    assert not (seed / "stale").exists()
