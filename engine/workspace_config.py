@@ -18,7 +18,7 @@ class WorkspaceError(Exception):
 
 
 GPU_BUDGET_S = 300.0      # autoresearch's 5 minutes
-CPU_BUDGET_S = 120.0      # a first judged experiment in ~7 minutes on a 2-core CPU
+CPU_BUDGET_S = 120.0      # a first judged experiment in ~6 minutes on a 2-core CPU
 
 
 @dataclass
@@ -70,8 +70,9 @@ class Config:
 
     def training_budget(self, device: str | None = None) -> float:
         """The training seconds per run: the configured budget, else the device's default.
-        A 2-core CPU judges its first experiment in about 7 minutes at CPU_BUDGET_S (two runs
-        with compile and evaluation on top), where 300 s and up-front noise repeats took 16;
+        A quiet 2-core CPU judged its first experiment in 7.1 minutes at CPU_BUDGET_S (two
+        runs with compile and evaluation on top; about 6 with the compile seed, README), where
+        300 s and up-front noise repeats took 16;
         `device` None means the GPU default when an NVIDIA GPU is visible."""
         if self.budget_s is not None:
             return self.budget_s
