@@ -122,6 +122,9 @@ def evaluator_env(base: dict[str, str], data_dir: Path | None) -> dict[str, str]
     if data_dir is not None:
         env["PAIRLAB_DATA_DIR"] = str(data_dir)
     env["PYTHONPATH"] = os.pathsep.join([str(SOURCE_ROOT), *site.getsitepackages()])
+    # As train.py does: OpenMP threads that sleep rather than spin between operations. With
+    # the cores shared, the same model's evaluation took 162 s instead of 262 s, same val_bpb.
+    env.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     return env
 
 

@@ -140,11 +140,12 @@ def test_pruning_keeps_the_recent_folders_and_the_held_ones(tmp_path):
     assert [path.name for path in prune(tmp_path / FOLDER, keep=2)] == ["key0"]
 
 
-def test_the_evaluator_is_never_pointed_at_a_compile_cache(tmp_path):
+def test_the_evaluator_gets_no_compile_cache_and_openmp_threads_that_sleep(tmp_path):
     runner = Runner(tmp_path, "r1", 1.0, device="cpu")
     env = evaluation.evaluator_env(runner.child_env(), None)
     assert "TORCHINDUCTOR_CACHE_DIR" in runner.child_env()
     assert "TORCHINDUCTOR_CACHE_DIR" not in env and "TRITON_CACHE_DIR" not in env
+    assert env["OMP_WAIT_POLICY"] == "PASSIVE"
 
 
 def test_the_seed_is_written_by_the_shipped_train_py_once(tmp_path, dataset_dir, monkeypatch):
