@@ -6,7 +6,7 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 TORCH  ?= torch==2.13.0
 
-.PHONY: install run test bench clean
+.PHONY: install prepare run test bench clean
 
 install: $(VENV)/.installed
 
@@ -17,7 +17,12 @@ $(VENV)/.installed: pyproject.toml
 	$(PY) -m pip install -q -e '.[test,ray]'
 	touch $@
 
-run: install
+# The data, the tokenizer and a torch.compile cache of the shipped train.py (once; later
+# calls see them prepared): a fresh workspace's first runs start from that cache.
+prepare: install
+	$(PY) -m nanochat.prepare --compile-seed
+
+run: prepare
 	$(VENV)/bin/pairlab
 
 # One pytest worker per core: tests keep to their own tmp dirs, tmux servers, sockets and

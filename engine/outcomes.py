@@ -79,7 +79,9 @@ class OutcomesMixin:
             result_path=ws.pairlab_dir / "runs" / run_id / "result.json",
             hard_timeout_s=s.hard_timeout_s, metric_source=ws.config.metric_source,
             expected_eval_tokens=self.journal.get_state("eval_tokens"),
-            expected_checksum=self.loop.data_checksum)
+            expected_checksum=self.loop.data_checksum, code_files=ws.config.targets,
+            # a slot's worktree shares its workspace's compile caches; a Ray worker keeps its own
+            cache_dir=ws.pairlab_dir / "cache" if s.executor == "local" else None)
 
     def launch(self, plan: RunPlan, commit: str, description: str) -> ActiveRun:
         """Start the run in a free slot; returns it."""

@@ -1,9 +1,9 @@
 """Run one training run of a workspace's train.py and judge how it went.
 
-The child runs in its own session (process group): a terminal Ctrl-C reaches only the
-engine, and a kill takes the whole group, dataloader workers and grandchildren included.
-Output is read in raw chunks so that `\\r` progress updates are seen as they happen; they
-are collapsed, so the log file and the line callback only ever get finished lines.
+The child runs in its own session (process group, engine/run_process.py): a terminal
+Ctrl-C reaches only the engine, and a kill takes the whole group, dataloader workers and
+grandchildren included. Its output becomes finished lines and progress updates in
+engine/run_output.py; how it ended is read in engine/run_results.py.
 
 val_bpb comes from the evaluator (engine/evaluation.py), a separate process that scores
 the model train.py handed over, never from anything train.py prints or writes; the
@@ -14,9 +14,6 @@ metric_source="summary_line": the `---` summary block, recorded as not verified.
 
 from __future__ import annotations
 
-import codecs
-import json
-import math
 import os
 import re
 import signal
@@ -24,12 +21,16 @@ import subprocess
 import sys
 import threading
 import time
-from collections import deque
 from pathlib import Path
 from typing import Callable, Sequence
 
 from engine import confine, evaluation
 from engine.records import RunResult, RunStatus
+from engine.run_compile_cache import CommitCache, code_key, seed_of
+from engine.run_output import OutputCollector
+from engine.run_process import die_with_engine, has_exited, signal_group
+from engine.run_results import (check_result, crash_message, invalid_val_bpb, number,
+                                signal_message, summary_block)
 from engine.run_watchdog import DEFAULT_STALL_S, Watchdog
 
 # on_lines(lines): a batch of finished log lines
@@ -39,9 +40,7 @@ OnLive = Callable[[str], None]
 # on_progress(step, loss, percent, elapsed_s, remaining_s)
 OnProgress = Callable[[int, float, float, float, float], None]
 
-PROGRESS_RE = re.compile(r"step (\d+) \(([\d.]+)%\) \| loss: ([-\w.+]+).*?remaining: (\d+)s")
 METRIC_SOURCES = ("result_file", "summary_line")
-RESULT_SCHEMA = 1
 
 # Variables that look like credentials never reach the training process: train.py is
 # written by an agent and its output is shown on screen and stored in logs.
@@ -52,12 +51,7 @@ SECRET_NAME_RE = re.compile(r"(_API_KEY|_TOKEN|_SECRET|_SECRET_KEY|_SECRET_ACCES
 CPU_MALLOC_ENV = {"MALLOC_MMAP_MAX_": "0", "MALLOC_TRIM_THRESHOLD_": "2147483647"}
 
 TAIL_LINES = 40               # RunResult.log_tail
-KEPT_LINES = 400              # in memory, for the tail, the traceback and the summary block
 LINE_BATCH_INTERVAL_S = 0.05  # on_lines at most ~20 times a second
-MAX_LINE_CHARS = 64 * 1024    # an endless line without a newline is cut into pieces
-MAX_LIVE_CHARS = 1024         # of the open line sent live: wider than any terminal
-MAX_RESULT_BYTES = 1 << 20
-READ_CHUNK = 64 * 1024
 
 
 class Runner:
@@ -85,6 +79,8 @@ class Runner:
         expected_eval_tokens: int | None = None,
         expected_checksum: str | None = None,
         confined: bool = True,
+        code_files: Sequence[str] = ("train.py",),
+        cache_dir: str | Path | None = None,
     ):
         """
         budget_s: the training budget handed to train.py (PAIRLAB_TIME_BUDGET).
@@ -99,6 +95,10 @@ class Runner:
             "summary_line" (an adopted repository's own summary block, not verified).
         expected_eval_tokens, expected_checksum: when given, the result must match them.
         confined: run train.py under engine.confine where the kernel allows it.
+        code_files: the files the agent edits (the workspace's targets): their content keys
+            the run's compile cache (engine/run_compile_cache.py).
+        cache_dir: where the commits' compile caches live; default the .pairlab/cache of
+            workspace_root (a slot's worktree passes its workspace's, so slots share them).
         """
         if metric_source not in METRIC_SOURCES:
             raise ValueError(f"metric_source must be one of {METRIC_SOURCES}, not {metric_source!r}")
@@ -121,6 +121,9 @@ class Runner:
         self.expected_eval_tokens = expected_eval_tokens
         self.expected_checksum = expected_checksum
         self.folders = evaluation.RunFolders.of(self.result_path.parent)
+        self.compile_cache = CommitCache(
+            Path(cache_dir) if cache_dir else pairlab_dir / "cache",
+            code_key(self.workspace_root, code_files), seed_of(data_dir))
         # Why the run is not confined (None: it is). An adopted repository reads its own
         # data and caches wherever it keeps them: only pairlab's train.py is confined.
         self.unconfined_reason = (
@@ -132,7 +135,7 @@ class Runner:
         self._wake = threading.Event()
         self._proc: subprocess.Popen | None = None
         self._kill_request: tuple[RunStatus, str] | None = None
-        self._collector: _OutputCollector | None = None
+        self._collector: OutputCollector | None = None
         self._watchdog: Watchdog | None = None
         self._elapsed_s = 0.0   # wall time of the training process, by the engine's clock
         self._eval_seconds = 0.0   # wall time of the evaluator
@@ -160,7 +163,7 @@ class Runner:
                 self._kill_request = (status, message)
             proc = self._proc
         if proc is not None:
-            _signal_group(proc.pid, signal.SIGTERM)
+            signal_group(proc.pid, signal.SIGTERM)
         self._wake.set()
 
     def child_env(self) -> dict[str, str]:
@@ -183,10 +186,7 @@ class Runner:
             # The training split only: where val.bin is stays the evaluator's secret.
             if self.data_dir:
                 env["PAIRLAB_DATA_DIR"] = str(self.folders.data)
-            cache = self.workspace_root / ".pairlab" / "cache"
-            env.update(TMPDIR=str(self.folders.writable),
-                       TORCHINDUCTOR_CACHE_DIR=str(cache / "inductor"),
-                       TRITON_CACHE_DIR=str(cache / "triton"))
+            env.update(TMPDIR=str(self.folders.writable), **self.compile_cache.env())
         return env
 
     def _is_cpu_run(self) -> bool:
@@ -207,26 +207,32 @@ class Runner:
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         self.result_path.parent.mkdir(parents=True, exist_ok=True)
         self.result_path.unlink(missing_ok=True)   # a stale result must never count
-        command = self.command
-        if self.metric_source == "result_file":
-            linked = evaluation.prepare_folders(self.folders, self.data_dir)
-            cache = self.workspace_root / ".pairlab" / "cache"
-            cache.mkdir(parents=True, exist_ok=True)
+        if self.metric_source != "result_file":
+            return self._train(self.command, on_lines, on_progress, on_start, on_live)
+        linked = evaluation.prepare_folders(self.folders, self.data_dir)
+        cache = self.compile_cache.open()
+        try:
+            command = self.command
             if self.unconfined_reason is None:
                 policy = evaluation.training_policy(self.workspace_root, self.folders, linked,
                                                     cache)
                 command = confine.launcher(policy, self.command)
+            return self._train(command, on_lines, on_progress, on_start, on_live)
+        finally:
+            self.compile_cache.close()
 
+    def _train(self, command, on_lines, on_progress, on_start, on_live) -> RunResult:
+        """Start the command, supervise it to its end, and judge the run."""
         started = time.monotonic()
         self._on_live = on_live
         with open(self.log_path, "w", encoding="utf-8") as log_file:
-            collector = _OutputCollector(log_file, started)
+            collector = OutputCollector(log_file, started)
             self._collector = collector
             try:
                 proc = subprocess.Popen(
                     command, cwd=self.workspace_root, env=self.child_env(),
                     stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                    start_new_session=True, preexec_fn=_die_with_engine,
+                    start_new_session=True, preexec_fn=die_with_engine,
                 )
             except OSError as exc:
                 message = f"could not start {' '.join(self.command)}: {exc.strerror or exc}"
@@ -235,7 +241,7 @@ class Runner:
                 self._proc = proc
                 kill_early = self._kill_request is not None
             if kill_early:
-                _signal_group(proc.pid, signal.SIGTERM)
+                signal_group(proc.pid, signal.SIGTERM)
             if on_start is not None:
                 on_start(proc.pid)
 
@@ -265,7 +271,7 @@ class Runner:
         term_sent_at = None
         self._watchdog = Watchdog(self.budget_s, started, grace_s=self.grace_s,
                                   stall_s=self.silence_timeout_s, hard_cap_s=self.hard_timeout_s)
-        while not _has_exited(proc):
+        while not has_exited(proc):
             self._wake.wait(LINE_BATCH_INTERVAL_S)
             self._wake.clear()
             self._deliver(collector, on_lines, on_progress)
@@ -273,18 +279,18 @@ class Runner:
             if timed_out_message is None and self._kill_request is None:
                 timed_out_message = self._watchdog.verdict(now, collector.last_output_at)
                 if timed_out_message is not None:
-                    _signal_group(proc.pid, signal.SIGTERM)
+                    signal_group(proc.pid, signal.SIGTERM)
             stopping = timed_out_message is not None or self._kill_request is not None
             if stopping and term_sent_at is None:
                 term_sent_at = now
             if term_sent_at is not None and now - term_sent_at > self.term_grace_s:
-                _signal_group(proc.pid, signal.SIGKILL)
+                signal_group(proc.pid, signal.SIGKILL)
         return timed_out_message
 
     def _reap_group(self, proc: subprocess.Popen) -> None:
         # The leader is a zombie until reaped, so its pid (the group id) cannot be reused
         # by an unrelated process while we signal the group.
-        _signal_group(proc.pid, signal.SIGKILL)
+        signal_group(proc.pid, signal.SIGKILL)
         proc.wait()
 
     def _deliver(self, collector, on_lines, on_progress) -> None:
@@ -310,16 +316,16 @@ class Runner:
         if timed_out_message is not None:
             return self._result(RunStatus.TIMEOUT, timed_out_message)
         if returncode < 0:
-            return self._result(RunStatus.CRASH, _signal_message(-returncode, kept))
+            return self._result(RunStatus.CRASH, signal_message(-returncode, kept))
         if returncode != 0:
-            return self._result(RunStatus.CRASH, _crash_message(name, returncode, kept))
+            return self._result(RunStatus.CRASH, crash_message(name, returncode, kept))
         if self._collector.log_error is not None:
             return self._result(RunStatus.CRASH, f"the run's log could not be written "
                                 f"({self._collector.log_error}): free disk space in "
                                 f"{self.log_path.parent}")
         if self.metric_source == "summary_line":
-            summary = _summary_block(kept)
-            error = _invalid_val_bpb(summary.get("val_bpb"))
+            summary = summary_block(kept)
+            error = invalid_val_bpb(summary.get("val_bpb"))
             if error:
                 return self._result(RunStatus.CRASH, f"summary block rejected: {error}")
             return self._result(RunStatus.KEEP, "", metrics=summary)
@@ -341,7 +347,7 @@ class Runner:
         if self._kill_request is not None:
             return self._result(*self._kill_request)
         if run.returncode != 0:
-            return self._result(RunStatus.CRASH, _crash_message("nanochat.evaluate",
+            return self._result(RunStatus.CRASH, crash_message("nanochat.evaluate",
                                                                 abs(run.returncode), run.lines))
         metrics, error = check_result(run.result or b"", self.run_id, self.expected_eval_tokens,
                                       self.expected_checksum)
@@ -358,7 +364,7 @@ class Runner:
             self._proc = proc
             kill_early = self._kill_request is not None
         if kill_early:
-            _signal_group(proc.pid, signal.SIGTERM)
+            signal_group(proc.pid, signal.SIGTERM)
 
     def _append_to_log(self, lines: list[str]) -> None:
         try:
@@ -371,7 +377,7 @@ class Runner:
     def _result(self, status: RunStatus, message: str, metrics: dict | None = None) -> RunResult:
         metrics = metrics or {}
         kept = list(self._collector.kept) if self._collector else []
-        peak_mb = _number(metrics.get("peak_memory_mb", metrics.get("peak_vram_mb")))
+        peak_mb = number(metrics.get("peak_memory_mb", metrics.get("peak_vram_mb")))
         verified = self.metric_source == "result_file"
         if verified:   # the engine's clock: train.py's own figure is kept as reported_*
             metrics = {**metrics, "training_seconds": self._elapsed_s,
@@ -381,12 +387,12 @@ class Runner:
             status=status,
             val_bpb=float(metrics["val_bpb"]) if "val_bpb" in metrics else None,
             memory_gb=peak_mb / 1024,
-            training_seconds=_number(metrics.get("training_seconds")),
+            training_seconds=number(metrics.get("training_seconds")),
             total_seconds=(self._elapsed_s + self._eval_seconds if verified
-                           else _number(metrics.get("total_seconds")) or self._elapsed_s),
-            num_steps=int(_number(metrics.get("num_steps"))),
-            total_tokens=int(_number(metrics.get("total_tokens"))),
-            num_params=int(_number(metrics.get("num_params"))),
+                           else number(metrics.get("total_seconds")) or self._elapsed_s),
+            num_steps=int(number(metrics.get("num_steps"))),
+            total_tokens=int(number(metrics.get("total_tokens"))),
+            num_params=int(number(metrics.get("num_params"))),
             device=str(metrics.get("device", self.device or "")),
             message=message,
             log_tail="\n".join(kept[-TAIL_LINES:]),
@@ -395,289 +401,3 @@ class Runner:
             confined=self.unconfined_reason is None,
             metric_verified=verified,
         )
-
-
-class _OutputCollector:
-    """Turns the child's raw output into finished lines and progress updates.
-
-    The reader thread calls `read_all`; the supervising thread calls `take` to collect what
-    arrived since the last call. A `\\r`-terminated segment is a progress update: it is
-    parsed, and only its last state is written, once, before the next finished line (or at
-    the end), unless that next line is itself the newer state of the same progress line.
-    The open line (what a terminal shows on its last row: the text after the last `\\r`, or
-    the last `\\r` state while nothing follows it) is kept for `take_live`.
-    """
-
-    def __init__(self, log_file, started: float):
-        self.log_file = log_file
-        self.started = started
-        self.kept: deque[str] = deque(maxlen=KEPT_LINES)
-        self.log_error: OSError | None = None
-        self.last_output_at = started
-        self._decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
-        self._buffer = ""
-        self._pending_progress: str | None = None   # last \r segment not yet written
-        self._reported: str | None = None            # the open segment already parsed live
-        self._lock = threading.Lock()        # guards what take() hands over
-        self._feed_lock = threading.Lock()   # feed() against finish() if the reader lingers
-        self._finished = False
-        self._lines: list[str] = []
-        self._progress: list[tuple[int, float, float, float, float]] = []
-        self._live = ""                      # the open line now
-        self._live_taken = ""                # the open line take_live last handed over
-
-    def read_all(self, fd: int) -> None:
-        while True:
-            try:
-                chunk = os.read(fd, READ_CHUNK)
-            except OSError:
-                chunk = b""
-            if not chunk:
-                return
-            self.last_output_at = time.monotonic()
-            with self._feed_lock:
-                if self._finished:   # the run is judged and the log closed
-                    return
-                self.feed(self._decoder.decode(chunk))
-
-    def feed(self, text: str) -> None:
-        buffer = self._buffer + text
-        # "\r\n" is a newline; hold a trailing "\r" until we know whether "\n" follows.
-        buffer = buffer.replace("\r\n", "\n")
-        start = 0
-        finished: list[str] = []
-        for match in re.finditer(r"[\r\n]", buffer):
-            end = match.start()
-            if buffer[end] == "\r" and end == len(buffer) - 1:
-                break
-            self._segment(buffer[start:end], buffer[end], finished)
-            start = end + 1
-        rest = buffer[start:]
-        while len(rest) > MAX_LINE_CHARS:
-            self._segment(rest[:MAX_LINE_CHARS], "\n", finished)
-            rest = rest[MAX_LINE_CHARS:]
-        self._buffer = rest
-        # An open segment can already be a complete progress line (autoresearch prints
-        # "\rstep ..." with end=""): report it now rather than at the next step.
-        open_segment = rest.rstrip("\r")
-        if open_segment and open_segment != self._reported and self._parse_progress(open_segment):
-            self._reported = open_segment
-        self._write(finished)
-        self._set_live(open_segment or self._pending_progress or "")
-
-    def finish(self) -> None:
-        """End of output: flush what is still open into the log."""
-        with self._feed_lock:
-            finished: list[str] = []
-            tail = self._buffer + self._decoder.decode(b"", final=True)
-            self._buffer = ""
-            if tail.rstrip("\r"):
-                self._segment(tail.rstrip("\r"), "\r" if tail.endswith("\r") else "\n", finished)
-            if self._pending_progress is not None:
-                finished.append(self._pending_progress)
-                self._pending_progress = None
-            self._write(finished)
-            self._set_live("")
-            self._finished = True
-
-    def take(self) -> tuple[list[str], list[tuple[int, float, float, float, float]]]:
-        with self._lock:
-            lines, self._lines = self._lines, []
-            progress, self._progress = self._progress, []
-        return lines, progress
-
-    def take_live(self) -> str | None:
-        """The open line if it changed since the last call ("" once none is open), else None:
-        called at the delivery rate, so a writer rewriting its line 10,000 times a second
-        costs the consumer one update per delivery."""
-        with self._lock:
-            live = self._live
-        if live == self._live_taken:
-            return None
-        self._live_taken = live
-        return live
-
-    def _set_live(self, text: str) -> None:
-        with self._lock:
-            self._live = text[:MAX_LIVE_CHARS]
-
-    def _segment(self, text: str, terminator: str, finished: list[str]) -> None:
-        if terminator == "\r":
-            if text:
-                if text != self._reported:
-                    self._parse_progress(text)
-                self._pending_progress = text
-            self._reported = None
-            return
-        if text:
-            is_progress = self._parse_progress(text) if text != self._reported else True
-            if self._pending_progress is not None and not is_progress:
-                finished.append(self._pending_progress)
-            finished.append(text)
-        elif self._pending_progress is not None:
-            finished.append(self._pending_progress)
-        else:
-            finished.append(text)
-        self._pending_progress = None
-        self._reported = None
-
-    def _parse_progress(self, text: str) -> bool:
-        match = PROGRESS_RE.search(text)
-        if not match:
-            return False
-        step, percent, loss, remaining = match.groups()
-        try:
-            loss_value = float(loss)
-        except ValueError:
-            loss_value = math.nan
-        update = (int(step), loss_value, float(percent), time.monotonic() - self.started,
-                  float(remaining))
-        with self._lock:
-            self._progress.append(update)
-        return True
-
-    def _write(self, finished: list[str]) -> None:
-        if not finished:
-            return
-        if self.log_error is None:
-            try:
-                self.log_file.write("".join(line + "\n" for line in finished))
-                self.log_file.flush()
-            except OSError as exc:       # e.g. disk full: keep draining the pipe, say so later
-                self.log_error = exc
-        self.kept.extend(finished)
-        with self._lock:
-            self._lines.extend(finished)
-
-
-def check_result(raw: bytes, run_id: str, expected_eval_tokens: int | None,
-                 expected_checksum: str | None) -> tuple[dict, str | None]:
-    """The evaluator's result file, validated: (metrics, None) or ({}, why it is refused)."""
-    if len(raw) > MAX_RESULT_BYTES:
-        return {}, "result file is larger than 1 MiB"
-    try:
-        data = json.loads(raw)
-    except (ValueError, UnicodeDecodeError) as exc:
-        return {}, f"not valid JSON ({exc})"
-    if not isinstance(data, dict):
-        return {}, "not a JSON object"
-    if data.get("schema") != RESULT_SCHEMA:
-        return {}, f"schema is {data.get('schema')!r}, expected {RESULT_SCHEMA}"
-    if data.get("run_id") != run_id:
-        return {}, f"run_id is {data.get('run_id')!r}, expected {run_id!r}"
-    error = _invalid_val_bpb(data.get("val_bpb"))
-    if error:
-        return {}, error
-    if expected_eval_tokens is not None and data.get("eval_tokens") != expected_eval_tokens:
-        return {}, (f"eval_tokens is {data.get('eval_tokens')!r}, "
-                    f"expected {expected_eval_tokens}")
-    if expected_checksum is not None and data.get("data_checksum") != expected_checksum:
-        return {}, "data_checksum does not match the prepared validation data"
-    return data, None
-
-
-def _die_with_engine() -> None:
-    """In the child, before exec: on Linux, SIGKILL it if the engine dies (kill -9 included).
-
-    Without this a silent run would go on training for an engine that no longer exists,
-    holding the accelerator while the restarted engine trains the same proposal again.
-    """
-    if sys.platform.startswith("linux"):
-        import ctypes
-        PR_SET_PDEATHSIG = 1
-        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
-
-
-def _has_exited(proc: subprocess.Popen) -> bool:
-    """True once the leader has exited, without reaping it (see Runner._reap_group)."""
-    if hasattr(os, "waitid"):
-        try:
-            return os.waitid(os.P_PID, proc.pid, os.WEXITED | os.WNOHANG | os.WNOWAIT) is not None
-        except ChildProcessError:
-            return True
-    return proc.poll() is not None
-
-
-def _signal_group(pgid: int, sig: signal.Signals) -> None:
-    try:
-        os.killpg(pgid, sig)
-    except (ProcessLookupError, PermissionError):
-        pass   # the group is already gone
-
-
-def _signal_message(signum: int, lines: list[str]) -> str:
-    oom = _oom_line(lines)
-    if oom:
-        return f"out of memory: {oom}"
-    if signum == signal.SIGKILL:
-        return "killed by signal 9 (out of memory?)"
-    try:
-        return f"killed by signal {signum} ({signal.Signals(signum).name})"
-    except ValueError:
-        return f"killed by signal {signum}"
-
-
-def _crash_message(name: str, returncode: int, lines: list[str]) -> str:
-    for line in reversed(lines):
-        if line.startswith("FAIL:"):
-            return f"{name} failed: {line[len('FAIL:'):].strip()}"
-    oom = _oom_line(lines)
-    if oom:
-        return f"out of memory: {oom}"
-    exception = _last_exception_line(lines)
-    if exception:
-        return f"{name} crashed: {exception}"
-    if 128 < returncode < 128 + signal.NSIG:   # a wrapper (shell, uv run) reporting a signal
-        return _signal_message(returncode - 128, lines)
-    last = next((line.strip() for line in reversed(lines) if line.strip()), "")
-    return f"{name} exited with code {returncode}" + (f": {last}" if last else "")
-
-
-def _oom_line(lines: list[str]) -> str | None:
-    for line in reversed(lines):
-        if "out of memory" in line.lower() or "OutOfMemoryError" in line:
-            return line.strip()
-    return None
-
-
-def _last_exception_line(lines: list[str]) -> str | None:
-    """The `Type: message` line that ends the last Python traceback in the lines."""
-    starts = [i for i, line in enumerate(lines) if line.startswith("Traceback (most recent call last)")]
-    if not starts:
-        return None
-    after = lines[starts[-1] + 1:]
-    candidates = [line for line in after if line.strip() and not line.startswith((" ", "\t"))]
-    return candidates[-1].strip() if candidates else None
-
-
-def _summary_block(lines: list[str]) -> dict:
-    """The `key: value` lines after the last `---` line (autoresearch's summary)."""
-    starts = [i for i, line in enumerate(lines) if line.strip() == "---"]
-    if not starts:
-        return {}
-    summary = {}
-    for line in lines[starts[-1] + 1:]:
-        key, sep, value = line.partition(":")
-        if not sep:
-            continue
-        try:
-            summary[key.strip()] = float(value.strip())
-        except ValueError:
-            continue
-    return summary
-
-
-def _invalid_val_bpb(value) -> str | None:
-    if value is None:
-        return "no val_bpb"
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        return f"val_bpb is not a number: {value!r}"
-    if not math.isfinite(value) or value <= 0:
-        return f"val_bpb is not a finite positive number: {value!r}"
-    return None
-
-
-def _number(value) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-        return 0.0
-    return float(value)

@@ -604,6 +604,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--force", action="store_true", help="rebuild even if already prepared")
     parser.add_argument("--max-bytes", type=int, help="use at most this many bytes of training text (quick tests)")
     parser.add_argument("--num-shards", type=int, default=2, help="climbmix training shards to download (default 2)")
+    parser.add_argument("--compile-seed", action="store_true",
+                        help="also compile the shipped train.py once (about a minute on a CPU): every workspace's "
+                             "first runs start from that torch.compile cache")
+    parser.add_argument("--device", help="the device the seed is compiled for (default: the one training picks)")
     args = parser.parse_args(argv)
 
     bar = TextProgressBar()
@@ -618,6 +622,15 @@ def main(argv: list[str] | None = None) -> int:
     meta = json.loads((dataset / "meta.json").read_text())
     print(f"dataset: {dataset}")
     print(f"vocab_size: {meta['vocab_size']}  train_tokens: {meta['train_tokens']:,}  val_tokens: {meta['val_tokens']:,}")
+    if args.compile_seed:
+        from engine.run_compile_cache import SEED_FOLDER, write_seed
+        print(f"compile seed: {dataset / SEED_FOLDER} ...", flush=True)
+        try:
+            compiled = write_seed(dataset, args.device, force=args.force)
+        except (RuntimeError, OSError, subprocess.SubprocessError) as e:
+            print(f"error: {e}", file=sys.stderr)
+            return 1
+        print("compile seed: " + ("compiled" if compiled else "already compiled (--force recompiles)"))
     return 0
 
 

@@ -14,7 +14,8 @@ import pytest
 
 from engine import confine
 from engine.records import RunStatus
-from engine.runner import Runner, _OutputCollector, check_result
+from engine.run_output import OutputCollector
+from engine.runner import Runner, check_result
 
 # What every fake train.py can use: the progress line of contracts §3, and the real
 # hand-off of a model that predicts every token of the vocabulary alike.
@@ -500,7 +501,7 @@ def test_collector_is_independent_of_chunk_boundaries():
               "é unicode line\nwarn: x\r" + "y" * 10 + "\nlast without newline")
 
     def collect(chunks):
-        collector = _OutputCollector(io.StringIO(), time.monotonic())
+        collector = OutputCollector(io.StringIO(), time.monotonic())
         for chunk in chunks:
             collector.feed(chunk)
         collector.finish()
@@ -517,7 +518,7 @@ def test_collector_is_independent_of_chunk_boundaries():
 
 
 def test_the_open_line_is_handed_over_live_and_cleared_once_finished():
-    collector = _OutputCollector(io.StringIO(), time.monotonic())
+    collector = OutputCollector(io.StringIO(), time.monotonic())
     seen = []
 
     def feed(text):
