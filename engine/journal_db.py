@@ -18,7 +18,7 @@ from pathlib import Path
 
 from engine.journal_promotions import PROMOTION_SCHEMA
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2                # 2: held wins settled in `settlements`
 
 _ANTHROPIC_KEY = re.compile(r"sk-ant-[A-Za-z0-9_\-]+")
 # shorter values would redact ordinary words if someone set a placeholder key
@@ -100,6 +100,15 @@ CREATE TABLE IF NOT EXISTS note_links (        -- which drafts a note went into
     note_id INTEGER NOT NULL REFERENCES notes(id),
     proposal_id INTEGER NOT NULL REFERENCES proposals(id)
 );
+CREATE TABLE IF NOT EXISTS settlements (      -- a human's word on a held win: not a decision,
+    id INTEGER PRIMARY KEY,                    -- which each proposal gets once, before it trains
+    run_id TEXT NOT NULL UNIQUE REFERENCES runs(id),   -- the held experiment's run
+    proposal_id INTEGER NOT NULL REFERENCES proposals(id),
+    outcome TEXT NOT NULL,                     -- keep | discard
+    who TEXT NOT NULL,
+    reason TEXT NOT NULL,
+    at REAL NOT NULL
+);
 CREATE TABLE IF NOT EXISTS notices (
     id INTEGER PRIMARY KEY,
     level TEXT NOT NULL,
@@ -108,6 +117,18 @@ CREATE TABLE IF NOT EXISTS notices (
     at REAL NOT NULL
 );
 """
+# Schema 1 recorded a human's word on a held win as a second decision, at the moment it
+# settled the run (the run's finished_at): moved to `settlements`.
+SETTLEMENTS_FROM_DECISIONS = (
+    "INSERT OR IGNORE INTO settlements (run_id, proposal_id, outcome, who, reason, at)"
+    " SELECT r.id, d.proposal_id, r.status, d.who, d.reason, d.at FROM decisions d"
+    " JOIN runs r ON r.proposal_id = d.proposal_id AND r.kind = 'experiment'"
+    " AND r.status IN ('keep', 'discard') AND r.finished_at = d.at"
+    " WHERE d.id > (SELECT MIN(e.id) FROM decisions e WHERE e.proposal_id = d.proposal_id)",
+    "DELETE FROM decisions WHERE id > (SELECT MIN(e.id) FROM decisions e"
+    " WHERE e.proposal_id = decisions.proposal_id) AND EXISTS (SELECT 1 FROM settlements s"
+    " WHERE s.proposal_id = decisions.proposal_id AND s.at = decisions.at)",
+)
 
 
 def redact(text: str) -> str:
@@ -178,6 +199,9 @@ class JournalDB:
                 if column not in columns:
                     self._db.execute(f"ALTER TABLE runs ADD COLUMN {column} INTEGER NOT NULL "
                                      "DEFAULT 1")
+            if version < 2:
+                for statement in SETTLEMENTS_FROM_DECISIONS:
+                    self._db.execute(statement)
             self._db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
             self._db.execute("COMMIT")
         except BaseException:

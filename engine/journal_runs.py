@@ -115,8 +115,9 @@ class RunJournal:
                  m.noise_dof, m.improvement, m.margin))
 
     def settle_held(self, run_id: str, status: RunStatus, decision: Decision) -> Experiment:
-        """A human's decision on a held win: its run becomes keep or discard, its proposal
-        done, and the decision is recorded, in one transaction."""
+        """A human's word on a held win: its run becomes keep or discard, its proposal done,
+        and the settlement is recorded (apart from the decisions: the proposal had its one
+        decision before it trained), in one transaction."""
         decision.at = decision.at or time.time()
         with self._lock:
             self._write(
@@ -124,7 +125,10 @@ class RunJournal:
                  (RunStatus(status).value, decision.at, run_id, RunStatus.HELD.value)),
                 ("UPDATE proposals SET state = ? WHERE id = ?",
                  (ProposalState.DONE.value, decision.proposal_id)),
-                self._decision_insert(decision))
+                ("INSERT INTO settlements (run_id, proposal_id, outcome, who, reason, at)"
+                 " VALUES (?, ?, ?, ?, ?, ?)",
+                 (run_id, decision.proposal_id, RunStatus(status).value, redact(decision.who),
+                  redact(decision.reason), decision.at)))
             return self.get_run(run_id)
 
     def _run_update(self, result: RunResult, finished_at: float) -> tuple[str, tuple]:

@@ -78,10 +78,13 @@ class JournalViews:
                 message=r["message"])))
             if r["status"] == RunStatus.KEEP.value and val_bpb is not None:
                 best_before = val_bpb
+        # a held win a human discarded is told as a veto too: its reason is the human's
         vetoes = self._read(
             "SELECT p.description, p.hypothesis, p.diff, d.who, d.reason, d.at"
-            " FROM decisions d JOIN proposals p ON p.id = d.proposal_id WHERE d.kind = ?",
-            (DecisionKind.VETO.value,))
+            " FROM decisions d JOIN proposals p ON p.id = d.proposal_id WHERE d.kind = ?"
+            " UNION ALL SELECT p.description, p.hypothesis, p.diff, s.who, s.reason, s.at"
+            " FROM settlements s JOIN proposals p ON p.id = s.proposal_id WHERE s.outcome = ?",
+            (DecisionKind.VETO.value, RunStatus.DISCARD.value))
         for v in vetoes:
             items.append((v["at"], HistoryItem(
                 description=v["description"], hypothesis=v["hypothesis"], status="vetoed",
@@ -123,11 +126,9 @@ class JournalViews:
         totals.usage = Usage(input_tokens=usage[1], output_tokens=usage[2],
                              cache_read_tokens=usage[3], cache_write_tokens=usage[4],
                              cost_usd=usage[5])
-        # a held win that a human vetoed trained: it counts as discarded, not vetoed
-        totals.vetoed = self._read(
-            "SELECT COUNT(DISTINCT d.proposal_id) FROM decisions d WHERE d.kind = ? AND NOT"
-            " EXISTS (SELECT 1 FROM runs r WHERE r.proposal_id = d.proposal_id"
-            " AND r.kind = 'experiment')", (DecisionKind.VETO.value,))[0][0]
+        # a held win that a human vetoed trained: a settlement, counted as discarded
+        totals.vetoed = self._read("SELECT COUNT(*) FROM decisions WHERE kind = ?",
+                                   (DecisionKind.VETO.value,))[0][0]
         totals.experiments = (totals.kept + totals.discarded + totals.crashed + totals.vetoed
                               + totals.held + totals.judging)
         totals.human_edits = self._read("SELECT COUNT(*) FROM decisions WHERE kind = ?",
