@@ -169,7 +169,10 @@ class DecisionsMixin:
         self.emit(ModeChanged(command.mode))
         if command.mode == "auto":
             for proposal_id in list(self.loop.review):
-                self.decide(proposal_id, Decision(proposal_id, DecisionKind.ACCEPT, "auto"))
+                # a kept run judged on the way moves the best: a later one may go stale
+                if proposal_id in self.loop.review:
+                    self.decide(proposal_id, Decision(proposal_id, DecisionKind.ACCEPT,
+                                                      "auto"))
 
     def _note(self, command: Note) -> int:
         text = command.text.strip()

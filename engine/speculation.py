@@ -46,14 +46,18 @@ class SpeculationMixin:
         return self.loop.mode == "review" and self.settings.speculate
 
     def speculative_run(self, proposal_id: int) -> ActiveRun | None:
+        """The proposal's speculative run in flight, unless it is being killed: a run cut
+        short (a rebase, a veto) never becomes the proposal's experiment."""
         return next((active for active in self.loop.runs.values()
-                     if active.plan.kind == "speculative"
+                     if active.plan.kind == "speculative" and not active.superseded
                      and active.plan.proposal_id == proposal_id), None)
 
     def unspeculated(self) -> tuple[int, ...]:
-        """Proposals waiting for review that no slot trains or has trained, oldest first."""
+        """Proposals waiting for review that no slot trains (or is still killing) or has
+        trained, oldest first."""
+        training = {active.plan.proposal_id for active in self.loop.runs.values()}
         return tuple(i for i in self.loop.review
-                     if i not in self.loop.ahead and self.speculative_run(i) is None)
+                     if i not in self.loop.ahead and i not in training)
 
     # ------------------------------------------------------------------ its run ended
 

@@ -197,6 +197,68 @@ def test_history_tells_results_vetoes_and_human_edits_in_order(journal):
     assert [h.description for h in journal.history(limit=2)] == ["drop the warmup", "depth 40"]
 
 
+def held_win(journal, decided_at: float = 120.0) -> tuple[int, str]:
+    """A proposal accepted, trained and held as an unusually large win; returns its id and
+    its run's."""
+    pid = journal.add_proposal(make_proposal("a suspiciously good idea"))
+    journal.record_decision(Decision(pid, DecisionKind.ACCEPT, "auto", at=decided_at))
+    journal.start_run("held", "1" * 40, "experiment", proposal_id=pid)
+    journal.finish_run(RunResult(run_id="held", status=RunStatus.HELD, val_bpb=0.5),
+                       proposal_state=ProposalState.HELD)
+    return pid, "held"
+
+
+def settlements(journal) -> list[tuple]:
+    raw = sqlite3.connect(journal.path)
+    try:
+        return raw.execute("SELECT run_id, proposal_id, outcome, who, reason FROM settlements"
+                           " ORDER BY id").fetchall()
+    finally:
+        raw.close()
+
+
+@pytest.mark.parametrize("outcome", [RunStatus.KEEP, RunStatus.DISCARD])
+def test_a_held_win_is_settled_apart_from_the_one_decision_its_proposal_had(journal, outcome):
+    pid, run_id = held_win(journal)
+    reason = "too good to be true" if outcome is RunStatus.DISCARD else ""
+    kind = DecisionKind.VETO if outcome is RunStatus.DISCARD else DecisionKind.ACCEPT
+    settled = journal.settle_held(run_id, outcome, Decision(pid, kind, "human", reason=reason))
+    assert settled.status is outcome and settled.decided_by == "auto"
+    assert journal.get_proposal(pid).state is ProposalState.DONE
+    assert [(d.kind, d.who) for d in journal.decisions(pid)] == [(DecisionKind.ACCEPT, "auto")]
+    assert settlements(journal) == [(run_id, pid, outcome.value, "human", reason)]
+    totals = journal.totals()
+    assert (totals.kept, totals.discarded, totals.vetoed) == (
+        (1, 0, 0) if outcome is RunStatus.KEEP else (0, 1, 0))
+    # a discarded held win is told to the agent as the human's veto, with their reason
+    told = [(h.status, h.veto_reason) for h in journal.history()]
+    assert told == [(outcome.value, "")] + (
+        [("vetoed", reason)] if outcome is RunStatus.DISCARD else [])
+
+
+def test_a_schema_1_journal_moves_its_held_win_settlements_out_of_the_decisions(tmp_path):
+    """Schema 1 recorded a held win's settlement as a second decision, at the moment the
+    run was settled; opening the journal moves it where it belongs."""
+    with Journal(journal_path(tmp_path)) as j:
+        pid, run_id = held_win(j)
+        other = j.add_proposal(make_proposal("an ordinary idea"))
+        j.record_decision(Decision(other, DecisionKind.VETO, "human", reason="no", at=130.0))
+    raw = sqlite3.connect(journal_path(tmp_path))
+    with raw:
+        raw.execute("UPDATE runs SET status = 'discard', finished_at = 140.0 WHERE id = ?",
+                    (run_id,))
+        raw.execute("INSERT INTO decisions (proposal_id, kind, who, reason, edited_diff, at)"
+                    " VALUES (?, 'veto', 'human', 'too good to be true', '', 140.0)", (pid,))
+        raw.execute("DROP TABLE settlements")
+    raw.execute("PRAGMA user_version=1")
+    raw.close()
+    with Journal(journal_path(tmp_path)) as j:
+        assert [(d.proposal_id, d.kind) for d in j.decisions()] == [
+            (pid, DecisionKind.ACCEPT), (other, DecisionKind.VETO)]
+        assert settlements(j) == [(run_id, pid, "discard", "human", "too good to be true")]
+        assert (j.totals().vetoed, j.totals().discarded) == (1, 1)
+
+
 def test_interrupted_runs_are_found_after_a_restart(tmp_path):
     with Journal(journal_path(tmp_path)) as j:
         pid = j.add_proposal(make_proposal())

@@ -8,15 +8,17 @@ from __future__ import annotations
 
 import os
 import threading
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
 
 from engine.commands import CommandRefused
-from engine.events import BestUpdated, RunAccepted, RunFinished, RunStarted
+from engine.events import (BestUpdated, ExperimentSettled, ProposalStale, RunAccepted,
+                           RunFinished, RunStarted, WinHeld)
 from engine.records import ProposalState, RunStatus
 from engine.slots import Worktrees
-from tests.faults.conftest import assert_git_matches_journal
+from tests.faults.conftest import assert_git_matches_journal, journal_snapshot
 from tests.test_coordinator import (WAIT_S, Events, ScriptedAgent, run_kinds,
                                     standin_workspace, started)
 from tests.test_tui_support import pilot_test
@@ -42,6 +44,9 @@ if gate.exists():
 print("---")
 print(f"val_bpb: {VALUE + jitter[count % len(jitter)]:.6f}")
 '''
+
+
+TO_0_9 = ("VALUE = 1.0", "VALUE = 0.9")
 
 
 @pytest.fixture
@@ -82,13 +87,25 @@ def releasing(tmp_path, events: Events, runs: int) -> threading.Thread:
     return thread
 
 
+@contextmanager
+def reviewing(standin, dataset_dir, tmp_path, *changes: tuple[str, str], runs: int = 2,
+              **overrides):
+    """A review-mode session whose agent drafts `changes` (default: VALUE 1.0 -> 0.9), with
+    the first `runs` runs let through the gate as each starts; stopped on the way out."""
+    events = Events()
+    releasing(tmp_path, events, runs)
+    session, events = started(standin, ScriptedAgent(*(changes or [TO_0_9])),
+                              review(dataset_dir, tmp_path, **overrides), events)
+    try:
+        yield session, events
+    finally:
+        session.stop()
+
+
 def test_a_waiting_proposal_trains_aside_and_counts_with_its_time_once_accepted(
         standin, dataset_dir, tmp_path):
-    events = Events()
-    releasing(tmp_path, events, runs=2)                   # the baseline and the noise repeat
-    session, events = started(standin, ScriptedAgent(("VALUE = 1.0", "VALUE = 0.9")),
-                              review(dataset_dir, tmp_path), events)
-    try:
+    # the gate lets the baseline and the noise repeat through
+    with reviewing(standin, dataset_dir, tmp_path) as (session, events):
         ahead = events.wait(RunStarted, speculative=True)
         baseline = session.best[0]
         assert ahead.proposal_id == 1 and ahead.commit != baseline
@@ -108,8 +125,6 @@ def test_a_waiting_proposal_trains_aside_and_counts_with_its_time_once_accepted(
         assert session.journal.get_proposal(1).state is ProposalState.TRAINING
         release(tmp_path)
         assert session.wait(WAIT_S)
-    finally:
-        session.stop()
     assert run_kinds(session) == [("baseline", "keep"), ("noise", "discard"),
                                   ("experiment", "keep")]
     kept = session.experiments()[-1]
@@ -123,11 +138,7 @@ def test_a_waiting_proposal_trains_aside_and_counts_with_its_time_once_accepted(
 
 def test_a_speculative_run_that_finished_is_judged_at_once_when_accepted(
         standin, dataset_dir, tmp_path):
-    events = Events()
-    releasing(tmp_path, events, runs=3)
-    session, events = started(standin, ScriptedAgent(("VALUE = 1.0", "VALUE = 0.9")),
-                              review(dataset_dir, tmp_path), events)
-    try:
+    with reviewing(standin, dataset_dir, tmp_path, runs=3) as (session, events):
         finished = events.wait(RunFinished, count=3)
         assert finished.result.status is RunStatus.SPECULATIVE
         assert finished.experiment.speculative and finished.experiment.val_bpb == 0.9
@@ -139,8 +150,6 @@ def test_a_speculative_run_that_finished_is_judged_at_once_when_accepted(
         assert session.best[1] == pytest.approx(0.9)
         assert events.of(BestUpdated)[-1].experiment_id == finished.experiment.id
         assert session.wait(WAIT_S)
-    finally:
-        session.stop()
     assert run_kinds(session) == [("baseline", "keep"), ("noise", "discard"),
                                   ("experiment", "keep")]
     assert_git_matches_journal(standin)
@@ -148,11 +157,7 @@ def test_a_speculative_run_that_finished_is_judged_at_once_when_accepted(
 
 def test_a_veto_kills_the_speculative_run_at_once_and_records_it_vetoed(
         standin, dataset_dir, tmp_path):
-    events = Events()
-    releasing(tmp_path, events, runs=2)
-    session, events = started(standin, ScriptedAgent(("VALUE = 1.0", "VALUE = 0.9")),
-                              review(dataset_dir, tmp_path), events)
-    try:
+    with reviewing(standin, dataset_dir, tmp_path) as (session, events):
         ahead = events.wait(RunStarted, speculative=True)
         session.veto(1, "not that knob")
         vetoed = events.wait(RunFinished, count=3)
@@ -161,8 +166,6 @@ def test_a_veto_kills_the_speculative_run_at_once_and_records_it_vetoed(
         assert "val_bpb" not in Path(ahead.log_path).read_text()      # it never finished
         with pytest.raises(CommandRefused, match="already vetoed"):
             session.accept(1)
-    finally:
-        session.stop()
     assert run_kinds(session) == [("baseline", "keep"), ("noise", "discard"),
                                   ("speculative", "vetoed")]
     totals = session.journal.totals()
@@ -175,11 +178,7 @@ def test_a_veto_kills_the_speculative_run_at_once_and_records_it_vetoed(
 
 
 def test_an_edit_restarts_the_speculative_run_with_the_edit(standin, dataset_dir, tmp_path):
-    events = Events()
-    releasing(tmp_path, events, runs=2)
-    session, events = started(standin, ScriptedAgent(("VALUE = 1.0", "VALUE = 0.9")),
-                              review(dataset_dir, tmp_path), events)
-    try:
+    with reviewing(standin, dataset_dir, tmp_path) as (session, events):
         ahead = events.wait(RunStarted, speculative=True)
         text = session.proposal_text(1, "train.py").replace("VALUE = 0.9", "VALUE = 0.8")
         session.edit(1, {"train.py": text})
@@ -191,8 +190,6 @@ def test_an_edit_restarts_the_speculative_run_with_the_edit(standin, dataset_dir
         assert "VALUE = 0.8" in standin.file_at(again.commit, "train.py")
         release(tmp_path)
         assert session.wait(WAIT_S)
-    finally:
-        session.stop()
     assert run_kinds(session) == [("baseline", "keep"), ("noise", "discard"),
                                   ("speculative", "interrupted"), ("experiment", "keep")]
     assert session.best[1] == pytest.approx(0.8)
@@ -201,18 +198,78 @@ def test_an_edit_restarts_the_speculative_run_with_the_edit(standin, dataset_dir
 
 def test_switching_to_auto_accepts_the_speculative_run_in_flight(standin, dataset_dir,
                                                                   tmp_path):
-    events = Events()
-    releasing(tmp_path, events, runs=3)
-    session, events = started(standin, ScriptedAgent(("VALUE = 1.0", "VALUE = 1.1")),
-                              review(dataset_dir, tmp_path), events)
-    try:
+    with reviewing(standin, dataset_dir, tmp_path, ("VALUE = 1.0", "VALUE = 1.1"),
+                   runs=3) as (session, events):
         ahead = events.wait(RunStarted, speculative=True)
         session.set_mode("auto")
         assert events.wait(RunAccepted).run_id == ahead.run_id
         assert session.wait(WAIT_S)
-    finally:
-        session.stop()
     assert run_kinds(session)[-1] == ("experiment", "discard")
+    assert_git_matches_journal(standin)
+
+
+# ---------------------------------------------------------------------- one decision each
+# Switching to auto decides every waiting proposal in one coordinator step: a speculative run
+# judged and kept on the way moves the best under the proposals whose turn comes next.
+
+TWO_AHEAD = dict(drafts_ahead=2, max_experiments=None)
+
+
+def test_a_speculative_run_cut_short_by_a_rebase_is_not_taken_for_the_experiment(
+        standin, dataset_dir, tmp_path):
+    with reviewing(standin, dataset_dir, tmp_path, TO_0_9, ("EXTRA = 0", "EXTRA = 1"),
+                   runs=3, **TWO_AHEAD) as (session, events):
+        cut = events.wait(RunStarted, count=4)        # #1 trained ahead, #2 trains ahead
+        assert (cut.proposal_id, cut.speculative) == (2, True)
+        # #1 is kept, which merges #2 onto the new best and kills its run; #2 is accepted
+        # while that run is still dying: it trains again, on the new best
+        session.set_mode("auto")
+        again = events.wait(RunStarted, count=5)
+        assert (again.proposal_id, again.speculative) == (2, False)
+        text = standin.file_at(again.commit, "train.py")
+        assert "VALUE = 0.9" in text and "EXTRA = 1" in text
+        cut_short = session.journal.get_run(cut.run_id)
+        assert (cut_short.kind, cut_short.status) == ("speculative", RunStatus.INTERRUPTED)
+        assert session.journal.get_proposal(2).state is ProposalState.TRAINING
+    assert [d.proposal_id for d in session.journal.decisions()] == [1, 2]
+
+
+def test_switching_to_auto_goes_on_past_a_proposal_that_went_stale_on_the_way(
+        standin, dataset_dir, tmp_path):
+    with reviewing(standin, dataset_dir, tmp_path, TO_0_9, ("VALUE = 1.0", "VALUE = 0.8"),
+                   runs=3, **TWO_AHEAD) as (session, events):
+        events.wait(RunStarted, count=4)
+        session.set_mode("auto")                      # #1 kept: #2 no longer applies
+        assert events.wait(ProposalStale).proposal_id == 2
+        assert session.mode == "auto" and session.best[1] == pytest.approx(0.9)
+        assert session.journal.get_proposal(2).state is ProposalState.STALE
+    assert [d.proposal_id for d in session.journal.decisions()] == [1]
+
+
+@pytest.mark.parametrize("decide", ["accept", "veto"])
+def test_a_held_win_trained_ahead_takes_one_decision_then_a_settlement(
+        standin, dataset_dir, tmp_path, decide):
+    """The storm's "decided at most once": a large win is accepted (its one decision),
+    confirmed, held, and the human's word on it is a settlement, not a second decision."""
+    with reviewing(standin, dataset_dir, tmp_path, ("VALUE = 1.0", "VALUE = 0.5"), runs=4,
+                   large_win_fraction=0.05, max_experiments=None) as (session, events):
+        ahead = events.wait(RunFinished, count=3).experiment
+        assert ahead.speculative
+        session.accept(1)                             # judged at once: re-run, then held
+        assert events.wait(WinHeld).proposal_id == 1
+        if decide == "accept":
+            session.accept(1)
+        else:
+            session.veto(1, "too good to be true")
+        settled = events.wait(ExperimentSettled).experiment
+        assert settled.run_id == ahead.run_id
+    assert [(d.proposal_id, d.kind.value) for d in session.journal.decisions()] == [
+        (1, "accept")]
+    outcome = "keep" if decide == "accept" else "discard"
+    rows = journal_snapshot(standin)["settlements"]
+    assert [(s["run_id"], s["proposal_id"], s["outcome"]) for s in rows] == [
+        (ahead.run_id, 1, outcome)]
+    assert session.journal.totals().vetoed == 0       # it trained
     assert_git_matches_journal(standin)
 
 
@@ -235,7 +292,7 @@ async def test_the_app_shows_the_run_as_speculative_until_the_human_accepts_it(
     from tui.app import PairlabApp
     events = Events()
     releasing(tmp_path, events, runs=2)
-    session = Session(standin, ScriptedAgent(("VALUE = 1.0", "VALUE = 0.9")),
+    session = Session(standin, ScriptedAgent(TO_0_9),
                       review(dataset_dir, tmp_path), monitor=False)
     session.subscribe(events)
     app = PairlabApp(session)
