@@ -89,7 +89,7 @@ class SpeculationMixin:
         if decision.kind is DecisionKind.ACCEPT and active is not None:
             loop.queue.remove(proposal_id)
             active.plan = replace(active.plan, kind="experiment")
-            active.started = replace(active.started, speculative=False)
+            active.started = replace(active.started, kind="experiment", speculative=False)
             loop.proposals[proposal_id].state = ProposalState.TRAINING
             self.journal.accept_speculative(active.started.run_id, ProposalState.TRAINING)
             self.emit(RunAccepted(active.started.run_id, proposal_id))

@@ -122,6 +122,9 @@ def test_a_waiting_proposal_trains_aside_and_counts_with_its_time_once_accepted(
         accepted = events.wait(RunAccepted)
         assert (accepted.run_id, accepted.proposal_id) == (ahead.run_id, 1)
         assert session.journal.get_run(ahead.run_id).kind == "experiment"
+        # every reader says it trains as the experiment now, the engine's status line too
+        assert session.current_run.kind == "experiment" and not session.current_run.speculative
+        assert session.state == "training"
         assert session.journal.get_proposal(1).state is ProposalState.TRAINING
         release(tmp_path)
         assert session.wait(WAIT_S)
