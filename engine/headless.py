@@ -11,6 +11,10 @@ import threading
 import time
 
 from engine import events as ev
+from engine.records import RunStatus
+
+# runs that measure the best rather than try a change: neither kept nor discarded
+MEASUREMENTS = {"baseline": "baseline", "noise": "noise repeat", "rerun": "confirmation re-run"}
 
 
 def run_engine(args) -> int:
@@ -174,8 +178,9 @@ class ReadablePrinter:
             r, e = event.result, event.experiment
             bpb = f"{r.val_bpb:.6f}" if r.val_bpb is not None else "-"
             extra = f" ({r.message})" if r.message else ""
-            return [f"run {r.run_id} finished: {r.status.value} val_bpb {bpb}{extra}"
-                    + (f" [experiment {e.id}]" if e else "")]
+            outcome = finished_outcome(e.kind if e else "experiment", r.status)
+            return [f"run {r.run_id} finished: {outcome} val_bpb {bpb}{extra}"
+                    + (f" [experiment {e.id}]" if e and e.kind == "experiment" else "")]
         if isinstance(event, ev.DecisionMade):
             d = event.decision
             reason = f": {d.reason}" if d.reason else ""
@@ -203,3 +208,11 @@ class ReadablePrinter:
         if isinstance(event, ev.SessionStopped):
             return [f"stopped: {event.reason}", f"  {event.summary}"]
         return []
+
+
+def finished_outcome(kind: str, status: RunStatus) -> str:
+    """How a finished run reads: what it was for a measurement, else its status."""
+    label = MEASUREMENTS.get(kind)
+    if label is None:
+        return status.value
+    return label if status in (RunStatus.KEEP, RunStatus.DISCARD) else f"{label} {status.value}"

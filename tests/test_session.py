@@ -231,3 +231,23 @@ def test_report_writes_png_and_markdown(tiny_workspace, tiny_settings, tmp_path)
     assert (tmp_path / "progress.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     report = (tmp_path / "report.md").read_text()
     assert f"{session.best[1]:.6f}" in report
+
+
+@pytest.mark.parametrize("kind, status, reads", [
+    ("noise", RunStatus.DISCARD, "finished: noise repeat val_bpb 1.100000"),
+    ("noise", RunStatus.CRASH, "finished: noise repeat crash val_bpb -"),
+    ("baseline", RunStatus.KEEP, "finished: baseline val_bpb 1.100000"),
+    ("experiment", RunStatus.DISCARD, "finished: discard val_bpb 1.100000 [experiment 2]"),
+])
+def test_headless_lines_say_what_a_finished_run_was(kind, status, reads):
+    import io
+    from engine.headless import ReadablePrinter
+    from engine.records import Experiment, RunResult
+    val_bpb = None if status is RunStatus.CRASH else 1.1
+    experiment = Experiment(id=2, proposal_id=None, commit="f" * 40, status=status,
+                            val_bpb=val_bpb, memory_gb=0.0, description="", decided_by="",
+                            run_id="run-0002", started_at=0.0, finished_at=1.0, log_path="",
+                            kind=kind)
+    out = io.StringIO()
+    ReadablePrinter(out)(RunFinished(experiment, RunResult("run-0002", status, val_bpb=val_bpb)))
+    assert out.getvalue().split(" ", 1)[1] == f"run run-0002 {reads}\n"
