@@ -29,7 +29,7 @@ LABEL_STYLES = {
     "interrupted": "dim",
     "held": "bold $text-accent",
     "vetoed": "$text-error",
-    "noise repeat": "$text-muted",
+    "noise repeat": "italic $text-secondary",   # $text-muted renders black in a table cell
     "confirmation": "$text-primary",
     "training": "bold $text-accent",
     "speculative": "bold italic $text-accent",
