@@ -1,11 +1,14 @@
 """The footer: Textual's, less the keys that do not fit. Textual's cuts the last key shown
 at the right edge (at 80 columns "m Mode" became "m Mo"); here a key is shown whole or not
 at all, in the footer's order of importance, and a shorter key further on may still take
-the room left (`?` lists every key)."""
+the room left (`?` lists every key). Textual's recomposes on every change of the screen's
+bindings, focus moves included, and restyling its keys cost a key press tens of ms; this one
+recomposes only when the keys it shows would change."""
 
 from __future__ import annotations
 
 from textual.app import ComposeResult
+from textual.screen import Screen
 from textual.widgets import Footer
 from textual.widgets._footer import FooterKey
 
@@ -21,6 +24,7 @@ class WholeKeysFooter(Footer):
     def __init__(self, **kwargs) -> None:
         super().__init__(**kwargs)
         self._composed_for = 0           # the width the keys were chosen for
+        self._shown: tuple = ()          # the bindings the keys were made from
 
     def compose(self) -> ComposeResult:
         # before the first layout the footer has no size: the terminal's width is its own
@@ -32,6 +36,15 @@ class WholeKeysFooter(Footer):
                     continue
                 room -= width
             yield widget
+
+    def bindings_changed(self, screen: Screen) -> None:
+        shown = tuple((binding.key, binding.description, enabled)
+                      for _, binding, enabled, _ in screen.active_bindings.values()
+                      if binding.show)
+        if shown == self._shown and self._bindings_ready:
+            return
+        self._shown = shown
+        super().bindings_changed(screen)
 
     def on_resize(self) -> None:
         if self.size.width != self._composed_for:
