@@ -5,8 +5,14 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import sys
 import threading
+import time
+import traceback
 from pathlib import Path
+from unittest import mock
+
+from textual.pilot import Pilot, WaitForScreenTimeout
 
 from engine.events import (BestUpdated, DecisionMade, DeviceSample, DraftStarted, LogLines,
                            ModeChanged, NoiseFloor, ProposalReady, ReasoningDelta, RunFinished,
@@ -20,11 +26,89 @@ T0 = 1_700_000_000.0            # every event carries this time: nothing time-de
 TRAIN_PY = "".join(f"LINE_{i} = {i}\n" for i in range(1, 30))
 
 
+STALL_S = 2.0      # the event loop running nothing else this long is worth a note
+
+
+class LoopWatch:
+    """Notes each stretch of STALL_S or more in which the event loop answered no ping, with
+    the loop thread's stack taken during it, and the tasks left waiting when a pilot timed
+    out: what a bare WaitForScreenTimeout cannot tell (a blocked loop, or a stuck handler)."""
+
+    def __init__(self) -> None:
+        self.stalls: list[str] = []
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def start(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._thread = threading.Thread(target=self._watch, args=(loop, threading.get_ident()),
+                                        daemon=True, name="loop-watch")
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    def _watch(self, loop: asyncio.AbstractEventLoop, loop_thread: int) -> None:
+        while not self._stop.wait(0.25):
+            answered = threading.Event()
+            try:
+                loop.call_soon_threadsafe(answered.set)
+            except RuntimeError:
+                return                                  # the loop has closed
+            started = time.monotonic()
+            if answered.wait(STALL_S):
+                continue
+            frame = sys._current_frames().get(loop_thread)
+            stack = "".join(traceback.format_stack(frame)) if frame else "(no frame)\n"
+            while not answered.wait(1.0) and not self._stop.is_set():
+                pass
+            self.stalls.append(f"the event loop stalled {time.monotonic() - started:.1f} s "
+                               f"in:\n{stack}")
+
+    @staticmethod
+    def waiting_tasks() -> str:
+        stacks = []
+        for task in asyncio.all_tasks():
+            frames, awaited = [], task.get_coro()       # the await chain, outermost first
+            while awaited is not None:
+                frame = getattr(awaited, "cr_frame", None) or getattr(awaited, "gi_frame", None)
+                if frame is not None:
+                    frames.append(frame)
+                awaited = (getattr(awaited, "cr_await", None)
+                           or getattr(awaited, "gi_yieldfrom", None))
+            where = traceback.StackSummary.extract((f, f.f_lineno) for f in frames[-8:])
+            stacks.append(f"task {task.get_name()}:\n{''.join(where.format())}")
+        return "tasks waiting when the pilot timed out:\n" + "\n".join(stacks)
+
+
 def pilot_test(test):
-    """Run an async test with asyncio.run: no pytest async plugin needed."""
+    """Run an async test with asyncio.run: no pytest async plugin needed. A failure carries
+    the LoopWatch's notes."""
     @functools.wraps(test)
     def run(*args, **kwargs):
-        return asyncio.run(test(*args, **kwargs))
+        watch = LoopWatch()
+
+        async def watched():
+            watch.start(asyncio.get_running_loop())
+            return await test(*args, **kwargs)
+
+        wait_for_screen = Pilot._wait_for_screen
+
+        async def noted_wait_for_screen(pilot, *wait_args, **wait_kwargs):
+            try:
+                return await wait_for_screen(pilot, *wait_args, **wait_kwargs)
+            except WaitForScreenTimeout as error:      # while the stuck tasks still wait
+                error.add_note(watch.waiting_tasks())
+                raise
+
+        try:
+            with mock.patch.object(Pilot, "_wait_for_screen", noted_wait_for_screen):
+                return asyncio.run(watched())
+        except BaseException as error:
+            for stall in watch.stalls:
+                error.add_note(stall)
+            raise
+        finally:
+            watch.stop()
     return run
 
 
