@@ -7,7 +7,8 @@
    Unix socket between the same two processes.
 2. Attach time with N experiments in the journal: from connect() to the client holding the
    whole snapshot, and to the app's first screen (the real Textual app, headless, on that
-   client, every row loaded). Reference: reading the experiments from the journal directly.
+   client, every row loaded), in a process of its own as `pairlab attach` is, several times.
+   Reference: reading the experiments from the journal directly.
 
     python bench/engine_service.py [--events 2000] [--experiments 1000]
     python bench/engine_service.py --quick        # seconds, tiny sizes (the test suite runs it)
@@ -131,12 +132,13 @@ def fill_journal(journal: Journal, count: int, commit: str) -> None:
                                      val_bpb=1.5 - number * 1e-5, memory_gb=0.5))
 
 
-def first_screen_s(path: Path, rows: int) -> tuple[float, float]:
-    """(attach, first screen): seconds from connect() to the snapshot, and to the app's main
+def _first_screen(path: str, rows: int, out) -> None:
+    """In a child process of its own, like `pairlab attach` beside the detached engine:
+    (attach, first screen), seconds from connect() to the snapshot, and to the app's main
     screen mounted with every experiment row loaded."""
-    from tui.app import PairlabApp
+    from tui.app import PairlabApp                       # imported before the clock starts
     started = time.perf_counter()
-    client = connect(path)
+    client = connect(Path(path))
     attached = time.perf_counter() - started
 
     async def run() -> float:
@@ -148,17 +150,28 @@ def first_screen_s(path: Path, rows: int) -> tuple[float, float]:
 
     shown = asyncio.run(run())
     client.close()
-    return attached, shown
+    out.send((attached, shown))
+
+
+def first_screen_s(path: Path, rows: int) -> tuple[float, float]:
+    context = multiprocessing.get_context("spawn")
+    receive, send = context.Pipe(duplex=False)
+    child = context.Process(target=_first_screen, args=(str(path), rows, send))
+    child.start()
+    figures = receive.recv()
+    child.join()
+    return figures
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--events", type=int, default=2000)
     parser.add_argument("--experiments", type=int, default=1000)
+    parser.add_argument("--attaches", type=int, default=3, help="first screens measured")
     parser.add_argument("--quick", action="store_true", help="tiny sizes, seconds")
     args = parser.parse_args()
     if args.quick:
-        args.events, args.experiments = 100, 50
+        args.events, args.experiments, args.attaches = 100, 50, 1
     with tempfile.TemporaryDirectory() as tmp_name:
         tmp = Path(tmp_name)
         workspace = init(tmp / "ws", tag="bench")
@@ -181,13 +194,18 @@ def main() -> None:
         started = time.perf_counter()
         session.journal.experiments()
         journal_s = time.perf_counter() - started
-        attached_s, shown_s = first_screen_s(path, args.experiments)
-        print(f"attach with {args.experiments} experiments in the journal:")
+        attaches = [first_screen_s(path, args.experiments) for _ in range(args.attaches)]
+        print(f"attach with {args.experiments} experiments in the journal, "
+              f"{args.attaches} time(s) (the app in a process of its own):")
         print(f"  journal read (reference) {journal_s * 1000:8.1f} ms")
-        print(f"  snapshot received        {attached_s * 1000:8.1f} ms   "
-              f"(x{attached_s / journal_s:.1f} the journal read)")
-        print(f"  first screen             {shown_s * 1000:8.1f} ms   target < 1000 ms: "
-              f"{'met' if shown_s < 1.0 else 'NOT met'}")
+        for name, values in (("snapshot received", [a for a, _ in attaches]),
+                             ("first screen", [s for _, s in attaches])):
+            print(f"  {name:18} worst {max(values) * 1000:8.1f} ms   (each: "
+                  + ", ".join(f"{v * 1000:.0f}" for v in values) + f"; worst x"
+                  f"{max(values) / journal_s:.1f} the journal read)")
+        worst_shown = max(s for _, s in attaches)
+        print(f"  first screen target < 1000 ms every time: "
+              f"{'met' if worst_shown < 1.0 else 'NOT met'}")
         service.close()
         session.journal.close()
 

@@ -205,9 +205,9 @@ class MainScreen(Screen):
         """What the session already knows (a resumed journal), before live events arrive."""
         session = self.session
         experiments = session.experiments()
-        self.table.load(experiments)
-        self.chart.load(experiments)
         best = best_value(session.best)
+        self.table.load(experiments, best[1] if best else None)
+        self.chart.load(experiments)
         self._set_best(best)
         self.status.noise_floor = session.noise_floor
         self.chart.set_noise_floor(session.noise_floor)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from rich.measure import Measurement
+from rich.text import Text
 from textual.app import ComposeResult
 from textual.content import Content
 from textual.widget import Widget
@@ -86,6 +88,32 @@ def ladder_marks(experiment: Experiment) -> list[tuple[str, str]]:
     return marks
 
 
+class Cell:
+    """A styled cell that tells its width without rendering. DataTable measures every cell
+    of each new row, and measuring a bare Content renders it: with 1,000 rows that was most
+    of an attach. Rendered (for the rows on screen only) as the Content itself."""
+
+    __slots__ = ("content",)
+
+    def __init__(self, content: Content) -> None:
+        self.content = content
+
+    def __str__(self) -> str:
+        return self.content.plain
+
+    def __rich_measure__(self, console, options) -> Measurement:
+        width = self.content.cell_length
+        return Measurement(width, width)
+
+    def __rich_console__(self, console, options):
+        yield self.content
+
+
+def plain(text: str) -> Text:
+    """An unstyled cell: a str cell would be parsed as markup when the table formats it."""
+    return Text(text, no_wrap=True, end="")
+
+
 class ExperimentsTable(DataTable):
     pass
 
@@ -124,9 +152,10 @@ class ExperimentsPanel(Panel):
             table.move_cursor(row=table.row_count - 1)
         self.border_subtitle = totals(list(self.rows.values()))
 
-    def load(self, experiments: list[Experiment]) -> None:
-        """A whole journal at once (attaching to a long session): the cursor and the totals
-        once, not per row, so 1,000 rows cost 1,000 steps, not a million."""
+    def load(self, experiments: list[Experiment], best: float | None) -> None:
+        """A whole journal at once (attaching to a long session): the best, the cursor and
+        the totals once, not per row, so 1,000 rows cost 1,000 steps, not a million."""
+        self.best = best
         for experiment in experiments:
             self._put(experiment, training=False)
         table = self.query_one(ExperimentsTable)
@@ -150,18 +179,21 @@ class ExperimentsPanel(Panel):
         return False
 
     def set_best(self, best: float | None) -> None:
+        if best == self.best:
+            return                   # every row's Δ already says so
         self.best = best
         table = self.query_one(ExperimentsTable)
         for experiment in self.rows.values():
             table.update_cell(experiment.run_id, "Δ best", self._delta(experiment))
 
-    def _delta(self, experiment: Experiment) -> Content:
+    def _delta(self, experiment: Experiment) -> Cell:
         if experiment.val_bpb is None or self.best is None:
-            return Content.styled("—", "dim")
+            return Cell(Content.styled("—", "dim"))
         delta = experiment.val_bpb - self.best
         if abs(delta) < 5e-7:
-            return Content.styled("best", "bold $text-success")
-        return Content.styled(f"{delta:+.4f}", "$text-warning" if delta > 0 else "$text-success")
+            return Cell(Content.styled("best", "bold $text-success"))
+        return Cell(Content.styled(f"{delta:+.4f}",
+                                   "$text-warning" if delta > 0 else "$text-success"))
 
     def _cells(self, experiment: Experiment, training: bool) -> list:
         label = run_label(experiment, training)
@@ -172,5 +204,5 @@ class ExperimentsPanel(Panel):
         integrity = experiment.integrity_label
         description = Content.assemble(*ladder_marks(experiment), experiment.description,
                                        (f" [{integrity}]" if integrity else "", "$text-warning"))
-        return [number, experiment.commit[:7], status, bpb, self._delta(experiment),
-                experiment.decided_by, description]
+        return [plain(number), plain(experiment.commit[:7]), Cell(status), plain(bpb),
+                self._delta(experiment), plain(experiment.decided_by), Cell(description)]
