@@ -15,8 +15,9 @@ from pathlib import Path
 import pytest
 from textual.widgets import DataTable, Input
 
-from engine.events import (DeviceSample, LiveLine, LogLines, ProposalReady, ReasoningDelta,
-                           RunAccepted, RunFinished, RunProgress, RunStarted, StateChanged)
+from engine.events import (DeviceSample, DraftStarted, LiveLine, LogLines, ProposalReady,
+                           ReasoningDelta, RunAccepted, RunFinished, RunProgress, RunStarted,
+                           StateChanged)
 from engine.records import KeepMeasure, ProposalState, RunResult, RunStatus
 from test_tui_support import (T0, ScriptedSession, experiment, history_events, pilot_test,
                               proposal)
@@ -840,3 +841,21 @@ async def test_a_run_without_a_verified_or_confined_metric_says_so_in_the_table(
             "adopted run [metric reported by train.py (not verified)]"
         assert str(table.get_cell("r6", "description")) == "no landlock [unconfined]"
         assert str(table.get_cell("r2", "description")) == "depth 4 -> 6"
+
+
+@pilot_test
+async def test_drafts_started_back_to_back_leave_the_app_processing_messages(tmp_path):
+    """Two drafts announced in one go (two slots, drafts ahead): the second stops the first's
+    reasoning stream before that stream's task has ever run. Its cancellation must not
+    escape the handler: it would end the app's message loop, and the app would freeze."""
+    app = PairlabApp(ScriptedSession(tmp_path, history_events()))
+    async with app.run_test(size=WIDE) as pilot:
+        await settle(pilot)
+        for draft_id in (21, 22, 23):          # queued together: no step of the loop between
+            app.post_message(EngineEvent(DraftStarted(draft_id, "tuner", "abc1234", at=T0)))
+        app.post_message(ReasoningBatch(23, [("text", "the third draft's reasoning")]))
+        await settle(pilot)
+        reasoning = app.main.query_one(ReasoningPanel)
+        assert reasoning.draft_id == 23
+        assert reasoning.text == "the third draft's reasoning"
+        assert "draft #23" in reasoning.border_subtitle

@@ -65,7 +65,16 @@ class LoopWatch:
                                f"in:\n{stack}")
 
     @staticmethod
-    def waiting_tasks() -> str:
+    def waiting_tasks(app) -> str:
+        """The widgets whose message loop has ended, and every task still waiting but for
+        idle message pumps and timers."""
+        ended = []
+        for node in (app, *app.screen.walk_children(with_self=True)):
+            task = node._task
+            if task is not None and task.done():
+                cause = ("cancelled" if task.cancelled() else
+                         repr(task.exception()) if task.exception() else "returned")
+                ended.append(f"the message loop of {node!r} has ended: {cause}")
         stacks = []
         for task in asyncio.all_tasks():
             frames, awaited = [], task.get_coro()       # the await chain, outermost first
@@ -75,9 +84,11 @@ class LoopWatch:
                     frames.append(frame)
                 awaited = (getattr(awaited, "cr_await", None)
                            or getattr(awaited, "gi_yieldfrom", None))
+            if any(f.f_code.co_name in ("_get_message", "_run_timer") for f in frames):
+                continue                                # an idle message pump, a timer
             where = traceback.StackSummary.extract((f, f.f_lineno) for f in frames[-8:])
             stacks.append(f"task {task.get_name()}:\n{''.join(where.format())}")
-        return "tasks waiting when the pilot timed out:\n" + "\n".join(stacks)
+        return "\n".join([*ended, "tasks waiting when the pilot timed out:", *stacks])
 
 
 def pilot_test(test):
@@ -97,7 +108,7 @@ def pilot_test(test):
             try:
                 return await wait_for_screen(pilot, *wait_args, **wait_kwargs)
             except WaitForScreenTimeout as error:      # while the stuck tasks still wait
-                error.add_note(watch.waiting_tasks())
+                error.add_note(watch.waiting_tasks(pilot.app))
                 raise
 
         try:

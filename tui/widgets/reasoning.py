@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+
 from textual.app import ComposeResult
 from textual.containers import VerticalScroll
 from textual.content import Content
@@ -117,6 +119,14 @@ class ReasoningPanel(Panel):
         await self._stop_stream()
 
     async def _stop_stream(self) -> None:
-        if self._stream is not None:
-            await self._stream.stop()
-            self._stream = None
+        stream, self._stream = self._stream, None
+        if stream is None:
+            return
+        try:
+            await stream.stop()
+        except asyncio.CancelledError:
+            # A stream stopped before its task ever ran (drafts announced back to back) ends
+            # cancelled, with nothing written to it; escaping this handler, that cancellation
+            # would end the app's message loop. Only our own cancellation goes on up.
+            if asyncio.current_task().cancelling():
+                raise
