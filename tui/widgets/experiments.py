@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from rich.measure import Measurement
-from rich.text import Text
 from textual.app import ComposeResult
 from textual.content import Content
 from textual.widget import Widget
@@ -89,29 +87,22 @@ def ladder_marks(experiment: Experiment) -> list[tuple[str, str]]:
 
 
 class Cell:
-    """A styled cell that tells its width without rendering. DataTable measures every cell
-    of each new row, and measuring a bare Content renders it: with 1,000 rows that was most
-    of an attach. Rendered (for the rows on screen only) as the Content itself."""
+    """A cell the table need not measure. DataTable measures every cell of each new row, and
+    measuring costs a Content a render and a Text a fresh ConsoleOptions: with 1,000 rows,
+    most of an attach. Every column here has a fixed width, which a measured width never
+    changes, so a Cell offers none (DataTable then takes 1) and is rendered, for the rows on
+    screen only, as its Content."""
 
     __slots__ = ("content",)
 
-    def __init__(self, content: Content) -> None:
-        self.content = content
+    def __init__(self, content: Content | str) -> None:
+        self.content = Content(content) if isinstance(content, str) else content
 
     def __str__(self) -> str:
         return self.content.plain
 
-    def __rich_measure__(self, console, options) -> Measurement:
-        width = self.content.cell_length
-        return Measurement(width, width)
-
     def __rich_console__(self, console, options):
         yield self.content
-
-
-def plain(text: str) -> Text:
-    """An unstyled cell: a str cell would be parsed as markup when the table formats it."""
-    return Text(text, no_wrap=True, end="")
 
 
 class ExperimentsTable(DataTable):
@@ -204,5 +195,5 @@ class ExperimentsPanel(Panel):
         integrity = experiment.integrity_label
         description = Content.assemble(*ladder_marks(experiment), experiment.description,
                                        (f" [{integrity}]" if integrity else "", "$text-warning"))
-        return [plain(number), plain(experiment.commit[:7]), Cell(status), plain(bpb),
-                self._delta(experiment), plain(experiment.decided_by), Cell(description)]
+        return [Cell(number), Cell(experiment.commit[:7]), Cell(status), Cell(bpb),
+                self._delta(experiment), Cell(experiment.decided_by), Cell(description)]
