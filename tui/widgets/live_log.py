@@ -11,8 +11,8 @@ import re
 from typing import Iterable, Sequence
 
 from rich.cells import cell_len
+from rich.segment import Segment
 from rich.style import Style
-from rich.text import Text
 from textual.cache import LRUCache
 from textual.geometry import Size
 from textual.scroll_view import ScrollView
@@ -119,8 +119,15 @@ class LiveLog(ScrollView, can_focus=True):
         only its scrollbars are updated. One that appears or goes still lays the screen out
         (its visibility is a layout reactive)."""
         size = Size(self._width, self.line_count)
+        widened = size.width != self.virtual_size.width
         self.set_reactive(ScrollView.virtual_size, size)
-        self._scroll_update(size)
+        if widened:
+            self._scroll_update(size)
+        else:
+            # Only the height moved: the vertical bar's reactive repaints it. The horizontal
+            # bar, which nothing changed, is not re-rendered (that was a quarter of a frame).
+            self.vertical_scrollbar.window_virtual_size = size.height
+            self.scroll_y = self.validate_scroll_y(self.scroll_y)
         if follow:
             self.scroll_end(animate=False, immediate=True, x_axis=False)
         self.refresh()
@@ -144,14 +151,16 @@ class LiveLog(ScrollView, can_focus=True):
             key = self._first + index
             strip = self._strips.get(key)
             if strip is None:
-                strip = self._strip(self._lines[index], style)
+                strip = self._strip(self._lines[index])
                 self._strips[key] = strip
         elif index == len(self._lines) and self._live:
-            strip = self._strip(self._live, style)
+            strip = self._strip(self._live)
         else:
             return Strip.blank(width, style)
         return strip.crop_extend(scroll_x, scroll_x + width, style)
 
-    def _strip(self, line: str, style) -> Strip:
-        text = Text(line, no_wrap=True, style=style)
-        return Strip(text.render(self.app.console), cell_len(line))
+    @staticmethod
+    def _strip(line: str) -> Strip:
+        # One unstyled segment (the widget's style is applied around it): a log line is
+        # plain text, already cleaned of control characters.
+        return Strip([Segment(line)], cell_len(line))
