@@ -13,7 +13,6 @@ journal, and a new app attaches)."""
 from __future__ import annotations
 
 import asyncio
-import gc
 
 from textual import events, on, work
 from textual.app import App
@@ -23,6 +22,7 @@ from textual.message import Message
 from engine.client import EngineClient, EngineLost, Resynced
 from engine.events import DraftFailed, DraftStarted
 from tui.bridge import FLUSH_INTERVAL_S, EventBridge
+from tui.collector import TICK_S as COLLECT_TICK_S, ScheduledCollector
 from tui.messages import DeviceUpdate, EngineEvent, LogBatch, ProgressBatch, ReasoningBatch
 from tui.screens.main import MainScreen
 from tui.screens.modals import ConfirmStopScreen, EngineLostScreen
@@ -32,16 +32,6 @@ from tui.widgets.log import MAX_LOG_LINES
 
 # The app's exit code when the user asked to restart an engine that died.
 EXIT_RESTART = 75
-
-
-def freeze_startup_objects() -> None:
-    """Once the first frame is up: what startup built (modules, classes, styles, widgets,
-    ~100k objects that live as long as the app) leaves the cyclic collector's view. A full
-    collection walks every tracked object, and with these it took 100-300 ms on a 2-core
-    machine: a key pressed meanwhile waited for it (issue 10's latency spikes). New objects
-    are collected as before. (No collection first: it would cost the first key what the
-    freeze saves; what little garbage startup left is kept until the app exits.)"""
-    gc.freeze()
 
 
 class PairlabApp(App[int]):
@@ -59,6 +49,10 @@ class PairlabApp(App[int]):
         self._event_loop: asyncio.AbstractEventLoop | None = None   # set once the app runs
         self.main = MainScreen(session, read_only=read_only)
         self._quitting = False
+        self.collector = ScheduledCollector()
+        # Scrolls and the rest at once: an animated one-line scroll first moves on the
+        # animator's next tick, a frame after the key; over SSH every step is a frame sent.
+        self.animation_level = "none"
 
     def get_default_screen(self) -> MainScreen:
         return self.main
@@ -71,10 +65,11 @@ class PairlabApp(App[int]):
         self.set_interval(FLUSH_INTERVAL_S, self.bridge.flush)
         if self.autostart:
             self._start_session()
-        self.call_after_refresh(freeze_startup_objects)
+        self.call_after_refresh(self.collector.start)
+        self.set_interval(COLLECT_TICK_S, self.collector.tick)
 
     def on_unmount(self) -> None:
-        gc.unfreeze()        # a process that goes on after the app (a test run) collects them
+        self.collector.stop()
 
     def _post_in_order(self, message: Message) -> None:
         """Queue a message from any thread, in the order of the calls. Textual queues a post
@@ -99,7 +94,23 @@ class PairlabApp(App[int]):
     async def on_event(self, event: events.Event) -> None:
         if isinstance(event, events.Key) and self.main.is_mounted:
             self.main.diff.nudge.key_pressed()      # someone is here: no nudge for a while
+            if self.screen is self.main and await self._run_binding_now(event):
+                return
         await super().on_event(event)
+
+    async def _run_binding_now(self, event: events.Key) -> bool:
+        """Run the key's binding as it arrives. Textual runs a key's (non-priority) binding
+        only once the key has bubbled from the focused widget up to the app, a message queue
+        a hop, and a frame could render between hops: on a busy screen a key waited up to
+        50 ms before its action ran (issue 10). The main screen's widgets handle keys by
+        bindings alone (no key handlers, no text input), so the binding the bubble would
+        reach is the one the screen's active bindings name: the focused widget's first, then
+        its ancestors', the screen's and the app's, as Textual resolves them."""
+        active = self.screen.active_bindings.get(event.key)
+        if active is None or not active.enabled:
+            return False
+        await self.run_action(active.binding.action, active.node)
+        return True
 
     # ------------------------------------------------------------------ engine messages
 
