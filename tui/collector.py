@@ -22,10 +22,12 @@ class ScheduledCollector:
     def __init__(self) -> None:
         self.ticks = 0
         self.running = False
+        self._was_enabled = True
 
     def start(self) -> None:
         """Once the first frame is up. No collection first: it would cost the first key what
         the freeze saves; what little garbage startup left is kept until the app exits."""
+        self._was_enabled = gc.isenabled()
         gc.freeze()
         gc.disable()
         self.running = True
@@ -44,4 +46,5 @@ class ScheduledCollector:
         if self.running:
             self.running = False
             gc.unfreeze()
-            gc.enable()
+            if self._was_enabled:
+                gc.enable()
