@@ -28,12 +28,14 @@ import time
 from pathlib import Path
 
 import psutil
-from textual import events
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from engine.events import LiveLine, LogLines, RunStarted  # noqa: E402
+# The app's package first: it sets Textual's frame rate, read when Textual is first imported.
 from tui.app import PairlabApp  # noqa: E402
+from textual import events  # noqa: E402
+
+from engine.events import LiveLine, LogLines, RunStarted  # noqa: E402
 from tui.widgets.log import LogPanel  # noqa: E402
 from tui.widgets.panel import PanelGrid  # noqa: E402
 
@@ -138,6 +140,7 @@ async def run_rates(rates: list[int], seconds: float) -> None:
         app.bridge(LogLines("bench", [LINE.format(i) for i in range(500)]))
         await pilot.pause(0.3)                        # lines to scroll through, even idle
         log.focus()
+        await pilot.pause(0.3)                        # the focus change restyles its panel
         acted: list[float] = []
         time_action(log, "action_scroll_up", acted)
         time_action(log, "action_scroll_down", acted)

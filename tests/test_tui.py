@@ -354,6 +354,13 @@ async def test_tab_cycles_panels_and_f_full_screens_the_focused_one(session):
         await pilot.press("f", "tab")                         # tab leaves full screen
         await pilot.pause()
         assert app.main.query_one(PanelGrid).full is None and app.main.current_panel == "diff-panel"
+        await pilot.press("f")
+        await pilot.pause()
+        assert app.main.query_one(PanelGrid).full is not None
+        await pilot.press("escape")                           # and so does escape
+        await pilot.pause()
+        assert app.main.query_one(PanelGrid).full is None
+        assert all(p.region.height for p in app.main.panels())
 
 
 @pilot_test

@@ -81,3 +81,14 @@ def test_main_screen_80x24_on_the_log_panel(snap_compare, tmp_path):
 
     app = PairlabApp(ScriptedSession(tmp_path, history_events()))
     assert snap_compare(app, terminal_size=(80, 24), run_before=to_log)
+
+
+def test_main_screen_120x40_log_panel_full_screen(snap_compare, tmp_path):
+    async def full_log(pilot) -> None:
+        await _settle(pilot)
+        pilot.app.main.focus_panel("log-panel")
+        await pilot.press("f")
+        await _settle(pilot)
+
+    app = PairlabApp(ScriptedSession(tmp_path, history_events()))
+    assert snap_compare(app, terminal_size=(120, 40), run_before=full_log)

@@ -68,6 +68,8 @@ def trains_words(slot_runs: dict[int, RunStarted]) -> str | None:
 
 
 class MainScreen(Screen):
+    # A panel full-screened with `f` keeps the status line and the keys around it.
+    ALLOW_IN_MAXIMIZED_VIEW = "StatusLine, Footer"
     # Footer order: what matters most first, so a narrow footer cuts the least useful keys;
     # q early, so even an 80-column footer says that leaving does not stop the loop.
     BINDINGS = [

@@ -4,6 +4,7 @@ shows one alone for `f`."""
 from __future__ import annotations
 
 from textual.containers import Container, Vertical
+from textual.screen import Screen
 from textual.widget import Widget
 
 
@@ -21,31 +22,26 @@ class Panel(Vertical):
 class PanelGrid(Container):
     """The panels, laid out by the stylesheet; `toggle_full` shows one alone, full size.
 
-    Done with inline styles on the panels (the others' display, the one's span over the
-    whole grid) rather than Screen.maximize, which sets a class on the screen: a class
-    change restyles every widget below it, the whole app (80-170 ms a key). Nor by changing
-    the grid's layout: that refreshes every widget below the grid too. This lays out once
-    and renders only what changed size."""
+    Full size is the screen's maximized widget (Screen.arrange then lays out that panel and
+    what the screen's ALLOW_IN_MAXIMIZED_VIEW names), set without Screen.maximize's watcher:
+    that one classes the screen, and a class change restyles the whole app (80-170 ms a
+    key). Hiding the other panels instead re-renders each of them when they come back; set
+    this way, only the panel that changed size renders, both ways."""
 
-    def __init__(self, **kwargs) -> None:
-        super().__init__(**kwargs)
-        self.full: Panel | None = None
+    @property
+    def full(self) -> Panel | None:
+        maximized = self.screen.maximized
+        return maximized if isinstance(maximized, Panel) else None
 
     def toggle_full(self, panel: Panel) -> None:
-        if self.full is not None:
-            self.restore()
-            return
-        for other in self.query_children(Panel):
-            if other is not panel:
-                other.styles.display = "none"
-        columns, rows = self.styles.grid_size_columns, self.styles.grid_size_rows
-        panel.styles.column_span, panel.styles.row_span = columns, rows
-        self.full = panel
+        self._set_full(None if self.full is not None else panel)
 
     def restore(self) -> None:
-        if self.full is None:
-            return
-        for panel in self.query_children(Panel):
-            panel.styles.display = None            # None: back to the stylesheet's say
-        self.full.styles.column_span = self.full.styles.row_span = None
-        self.full = None
+        if self.full is not None:
+            self._set_full(None)
+
+    def _set_full(self, panel: Panel | None) -> None:
+        screen = self.screen
+        screen.set_reactive(Screen.maximized, panel)
+        # A new layout draws everything that moved; a repaint as well would draw it twice.
+        screen.refresh(layout=True, repaint=False)
