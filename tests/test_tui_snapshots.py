@@ -46,15 +46,19 @@ def test_main_screen_100x30(snap_compare, tmp_path):
     assert snap_compare(app, terminal_size=(100, 30), run_before=_settle)
 
 
-def test_main_screen_100x30_switched_to_the_live_loss(snap_compare, tmp_path):
-    async def switch(pilot) -> None:
+def _key_on_panel(panel_id: str, key: str):
+    """A run_before: the script on screen, then `key` pressed on that panel."""
+    async def press(pilot) -> None:
         await _settle(pilot)
-        pilot.app.main.focus_panel("chart-panel")
-        await pilot.press("c")
+        pilot.app.main.focus_panel(panel_id)
+        await pilot.press(key)
         await _settle(pilot)
+    return press
 
+
+def test_main_screen_100x30_switched_to_the_live_loss(snap_compare, tmp_path):
     app = PairlabApp(ScriptedSession(tmp_path, history_events()))
-    assert snap_compare(app, terminal_size=(100, 30), run_before=switch)
+    assert snap_compare(app, terminal_size=(100, 30), run_before=_key_on_panel("chart-panel", "c"))
 
 
 def test_main_screen_200x50(snap_compare, tmp_path):
@@ -84,11 +88,5 @@ def test_main_screen_80x24_on_the_log_panel(snap_compare, tmp_path):
 
 
 def test_main_screen_120x40_log_panel_full_screen(snap_compare, tmp_path):
-    async def full_log(pilot) -> None:
-        await _settle(pilot)
-        pilot.app.main.focus_panel("log-panel")
-        await pilot.press("f")
-        await _settle(pilot)
-
     app = PairlabApp(ScriptedSession(tmp_path, history_events()))
-    assert snap_compare(app, terminal_size=(120, 40), run_before=full_log)
+    assert snap_compare(app, terminal_size=(120, 40), run_before=_key_on_panel("log-panel", "f"))
