@@ -22,42 +22,54 @@ ENGINE_ARGS_NAME = "engine.json"      # how the running engine was started: a re
 ENGINE_START_TIMEOUT_S = 120.0        # a first start may import torch on a loaded machine
 
 
-def _loop_flags(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--workspace", type=Path, default=None,
+def _workspace_flag(parser: argparse.ArgumentParser, subcommand: bool = True) -> None:
+    parser.add_argument("--workspace", type=Path, default=_default(None, subcommand),
                         help="research workspace (default: $PAIRLAB_WORKSPACE or "
                              "~/pairlab-workspace, created on first use)")
-    parser.add_argument("--agent", choices=("auto", "claude", "tuner"), default="auto",
+
+
+def _default(value, subcommand: bool):
+    """A subcommand's flag sets nothing unless given, so `pairlab --workspace W stop` keeps
+    W: a default of its own would overwrite what the flag before the command said."""
+    return argparse.SUPPRESS if subcommand else value
+
+
+def _loop_flags(parser: argparse.ArgumentParser, subcommand: bool = True) -> None:
+    _workspace_flag(parser, subcommand)
+    unset = _default(None, subcommand)
+    parser.add_argument("--agent", choices=("auto", "claude", "tuner"),
+                        default=_default("auto", subcommand),
                         help="auto: Claude when ANTHROPIC_API_KEY is set, else the offline tuner")
-    parser.add_argument("--mode", choices=("review", "auto"), default=None,
+    parser.add_argument("--mode", choices=("review", "auto"), default=unset,
                         help="review: every patch waits for you; auto: none do")
-    parser.add_argument("--budget", type=float, default=None, metavar="SECONDS",
+    parser.add_argument("--budget", type=float, default=unset, metavar="SECONDS",
                         help="training seconds per experiment (default 300)")
-    parser.add_argument("--max-experiments", type=int, default=None, metavar="N")
-    parser.add_argument("--max-cost", type=float, default=None, metavar="USD")
-    parser.add_argument("--max-hours", type=float, default=None, metavar="H")
-    parser.add_argument("--drafts-ahead", type=int, default=None, metavar="N",
+    parser.add_argument("--max-experiments", type=int, default=unset, metavar="N")
+    parser.add_argument("--max-cost", type=float, default=unset, metavar="USD")
+    parser.add_argument("--max-hours", type=float, default=unset, metavar="H")
+    parser.add_argument("--drafts-ahead", type=int, default=unset, metavar="N",
                         help="proposals kept ready ahead of the trainer (default 1)")
-    parser.add_argument("--noise-repeats", type=int, default=None, metavar="N",
+    parser.add_argument("--noise-repeats", type=int, default=unset, metavar="N",
                         help="extra baseline runs that measure the noise floor (default 2)")
-    parser.add_argument("--device", choices=("cpu", "cuda", "mps"), default=None)
-    parser.add_argument("--slots", type=int, default=None, metavar="K",
+    parser.add_argument("--device", choices=("cpu", "cuda", "mps"), default=unset)
+    parser.add_argument("--slots", type=int, default=unset, metavar="K",
                         help="runs trained at once, each on its own GPU and git worktree "
                              "(default: one per visible GPU; 1 on a CPU or MPS machine)")
     parser.add_argument("--no-speculate", dest="speculate", action="store_false",
-                        default=None, help="review mode: do not train the top proposal "
-                                           "before you accept it")
-    parser.add_argument("--model", default=None, help="Claude model id")
-    parser.add_argument("--executor", choices=("local", "ray"), default=None,
+                        default=unset, help="review mode: do not train the top "
+                                            "proposal before you accept it")
+    parser.add_argument("--model", default=unset, help="Claude model id")
+    parser.add_argument("--executor", choices=("local", "ray"), default=unset,
                         help="local: runs train on this machine (default); ray: each run is "
                              "a task on an existing Ray cluster (pip install 'pairlab[ray]')")
-    parser.add_argument("--ray-address", default=None, metavar="ADDRESS",
+    parser.add_argument("--ray-address", default=unset, metavar="ADDRESS",
                         help="the Ray cluster, e.g. 10.0.0.5:6379 (default: the cluster this "
                              "machine belongs to)")
-    parser.add_argument("--ray-resources", default=None, metavar="NAME=AMOUNT,...",
+    parser.add_argument("--ray-resources", default=unset, metavar="NAME=AMOUNT,...",
                         help="what each run asks of the cluster: num_cpus, num_gpus, memory "
                              "(bytes) or a custom resource (default num_gpus=1; on CPU "
                              "workers: num_cpus=1,num_gpus=0)")
-    parser.add_argument("--ray-data-dir", default=None, metavar="PATH",
+    parser.add_argument("--ray-data-dir", default=unset, metavar="PATH",
                         help="the prepared data at a path every Ray node reads (a shared file "
                              "system); default: shipped through Ray's object store")
 
@@ -78,7 +90,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="A terminal copilot for autonomous LLM-training research. With no "
                     "command, attaches the app to the workspace's engine, starting the engine "
                     "(detached: it outlives the app and the terminal) if none runs.")
-    _loop_flags(parser)
+    _loop_flags(parser, subcommand=False)
     sub = parser.add_subparsers(dest="command")
 
     headless = sub.add_parser("headless", help="run the engine in the foreground, without "
@@ -87,7 +99,7 @@ def build_parser() -> argparse.ArgumentParser:
     headless.add_argument("--jsonl", action="store_true", help="print events as JSON lines")
 
     attach = sub.add_parser("attach", help="open the app on the workspace's running engine")
-    attach.add_argument("--workspace", type=Path, default=None)
+    _workspace_flag(attach)
     attach.add_argument("--read-only", action="store_true",
                         help="watch without deciding: no accept, edit, veto or controls")
 
@@ -100,10 +112,10 @@ def build_parser() -> argparse.ArgumentParser:
                      help="only 127.0.0.1 is served: the browser view has no login")
 
     status = sub.add_parser("status", help="print the running engine's state in plain text")
-    status.add_argument("--workspace", type=Path, default=None)
+    _workspace_flag(status)
 
     stop = sub.add_parser("stop", help="stop the workspace's engine (kills the run in flight)")
-    stop.add_argument("--workspace", type=Path, default=None)
+    _workspace_flag(stop)
 
     init = sub.add_parser("init", help="create a research workspace, or adopt a repo")
     init.add_argument("dir", type=Path)
@@ -121,7 +133,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_parser("prepare", help="prepare training data and tokenizer", add_help=False)
 
     report = sub.add_parser("report", help="write progress.png and a Markdown summary")
-    report.add_argument("--workspace", type=Path, default=None)
+    _workspace_flag(report)
     report.add_argument("--out", type=Path, default=None,
                         help="output directory (default: the workspace)")
     return parser

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
-from engine.cli import main
+from engine.cli import build_parser, main
 from engine.workspace import init
 
 
@@ -20,3 +22,17 @@ def test_without_an_engine_the_command_says_how_to_start_one(tmp_path, capsys, c
 def test_attach_to_a_directory_that_is_no_workspace_says_so(tmp_path, capsys):
     assert main(["attach", "--workspace", str(tmp_path / "nothing")]) == 2
     assert "pairlab: " in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("command", ["headless", "attach", "status", "stop", "report", "web"])
+def test_flags_before_the_command_are_kept_and_the_commands_own_win(command):
+    parser = build_parser()
+    args = parser.parse_args(["--workspace", "/w/before", command])
+    assert args.workspace == Path("/w/before")
+    args = parser.parse_args(["--workspace", "/w/before", command, "--workspace", "/w/after"])
+    assert args.workspace == Path("/w/after")
+    if command in ("headless", "web"):
+        args = parser.parse_args(["--budget", "40", "--agent", "tuner", "--no-speculate", command])
+        assert (args.budget, args.agent, args.speculate) == (40.0, "tuner", False)
+        args = parser.parse_args([command])
+        assert (args.budget, args.agent, args.speculate) == (None, "auto", None)
