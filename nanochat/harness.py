@@ -71,8 +71,42 @@ def _pick_device():
     return next(name for name, ok in available.items() if ok)
 
 
+def cpu_has_native_bf16(cpuinfo=None):
+    """Whether this CPU multiplies bf16 in hardware (AVX512-BF16 or AMX); without it, torch
+    emulates bf16 matmuls at a fraction of the fp32 speed. cpuinfo: /proc/cpuinfo's text."""
+    if cpuinfo is None:
+        try:
+            cpuinfo = Path("/proc/cpuinfo").read_text()
+        except OSError:  # not Linux: Apple silicon runs bf16 natively, other hosts rarely
+            return sys.platform == "darwin"
+    flags = cpuinfo.split()
+    return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
+PRECISIONS = ("auto", "bf16", "fp32")
+
+
+def auto_precision(device, native_bf16):
+    """bf16 on accelerators and on CPUs that multiply bf16 in hardware; fp32 where bf16 would
+    be emulated (on a Cascade Lake ~3x slower matmuls, training ~2x slower)."""
+    return "bf16" if device != "cpu" or native_bf16 else "fp32"
+
+
+def pick_precision(requested, device, native_bf16):
+    """PAIRLAB_PRECISION: auto (the rule above), bf16 or fp32. Forcing one runs that path on
+    any machine: bf16 without native support is slow, but correct."""
+    requested = (requested or "auto").strip().lower()
+    if requested not in PRECISIONS:
+        fail(f"PAIRLAB_PRECISION={requested!r}: expected one of {', '.join(PRECISIONS)}",
+             EXIT_SETUP_ERROR)
+    return auto_precision(device, native_bf16) if requested == "auto" else requested
+
+
 DEVICE = _pick_device()
 CPU = DEVICE == "cpu"
+PRECISION = pick_precision(os.environ.get("PAIRLAB_PRECISION"), DEVICE,
+                           CPU and cpu_has_native_bf16())
+COMPUTE_DTYPE = torch.bfloat16 if PRECISION == "bf16" else torch.float32
 TIME_BUDGET = _env_number("PAIRLAB_TIME_BUDGET", float, 300.0)  # training seconds
 MAX_STEPS = _env_number("PAIRLAB_MAX_STEPS", int, None)  # fixed step count, or None: by time
 COMPILE = os.environ.get("PAIRLAB_COMPILE", "1").strip() != "0"
@@ -276,16 +310,6 @@ def peak_flops(dtype=torch.bfloat16):
     return measure_matmul_flops(dtype, size=1024 if CPU else 8192, seconds=0.3)
 
 
-def cpu_has_native_bf16():
-    """Whether this CPU multiplies bf16 in hardware (AVX512-BF16 or AMX); without it, torch
-    emulates bf16 matmuls at a fraction of the fp32 speed."""
-    try:
-        flags = Path("/proc/cpuinfo").read_text().split()
-    except OSError:  # not Linux: Apple silicon runs bf16 natively, other hosts rarely
-        return sys.platform == "darwin"
-    return "avx512_bf16" in flags or "amx_bf16" in flags
-
-
 def _synchronize():
     if DEVICE == "cuda":
         torch.cuda.synchronize()
@@ -333,12 +357,32 @@ def _unwrap(model):
     return getattr(model, "_orig_mod", model)
 
 
+class _UnderAutocast(torch.nn.Module):
+    """The forward under the autocast it was trained with, inside the graph: export records
+    a wrap_with_autocast node, so the evaluator runs the casts that training ran. (A bare
+    forward exported inside an autocast context keeps the dtypes autocast chose but not its
+    casts: such a graph fails on its own tensors, "Expected: BFloat16, Got: float".)"""
+
+    def __init__(self, module, device_type, dtype):
+        super().__init__()
+        self.module = module
+        self.device_type = device_type
+        self.dtype = dtype
+
+    def forward(self, tokens):
+        with torch.autocast(device_type=self.device_type, dtype=self.dtype):
+            return self.module(tokens)
+
+
 def export_model(model, *, autocast, batch_size, seq_len=None):
-    """torch.export of the forward from a [batch_size, seq_len] token batch to logits."""
+    """torch.export of the forward from a [batch_size, seq_len] token batch to logits, with
+    train.py's autocast (a torch.autocast, or a null context for none) in the graph."""
     from torch.export import export
     module = _unwrap(model).eval()
+    if isinstance(autocast, torch.autocast) and autocast._enabled:
+        module = _UnderAutocast(module, autocast.device, autocast.fast_dtype)
     tokens = torch.zeros((batch_size, seq_len or MAX_SEQ_LEN), dtype=torch.long, device=DEVICE)
-    with torch.no_grad(), autocast:
+    with torch.no_grad():
         return export(module, (tokens,))
 
 

@@ -49,10 +49,10 @@ WARMDOWN_RATIO = 0.5  # fraction of the run spent ramping the lr down at the end
 FINAL_LR_FRAC = 0.0  # lr at the very end, as a fraction of the peak
 SEED = 42  # initialization and data order
 
-# bf16 on GPUs and on CPUs with native bf16 (AMX, AVX512-BF16). Elsewhere bf16 matmuls are
-# emulated: on a Cascade Lake they run ~3x slower than fp32, and training ~2x slower.
-use_bf16 = not CPU or harness.cpu_has_native_bf16()
-compute_dtype = torch.bfloat16 if use_bf16 else torch.float32
+# bf16 on GPUs and on CPUs with native bf16 (AMX, AVX512-BF16); fp32 where bf16 would be
+# emulated. PAIRLAB_PRECISION=bf16|fp32 forces one (the harness reads it).
+compute_dtype = harness.COMPUTE_DTYPE
+use_bf16 = compute_dtype == torch.bfloat16
 
 # ---------------------------------------------------------------------------
 # GPT model
@@ -207,7 +207,7 @@ class GPT(nn.Module):
         self.x0_lambdas.fill_(0.1)
         for ve in self.value_embeds.values():
             nn.init.uniform_(ve.weight, -s, s)
-        if DEVICE == "cuda":
+        if use_bf16:
             # Halves the memory traffic of the largest tables; the matmuls run in bf16 anyway.
             self.transformer.wte.to(dtype=torch.bfloat16)
             self.value_embeds.to(dtype=torch.bfloat16)
