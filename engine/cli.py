@@ -111,6 +111,12 @@ def build_parser() -> argparse.ArgumentParser:
     web.add_argument("--host", default="127.0.0.1",
                      help="only 127.0.0.1 is served: the browser view has no login")
 
+    doctor = sub.add_parser("doctor", help="check this machine and workspace in seconds: "
+                                           "data, device and precision, confinement, "
+                                           "torch.compile, a tiny run through the evaluator")
+    _workspace_flag(doctor)
+    doctor.add_argument("--device", choices=("cpu", "cuda", "mps"), default=argparse.SUPPRESS)
+
     status = sub.add_parser("status", help="print the running engine's state in plain text")
     _workspace_flag(status)
 
@@ -154,6 +160,8 @@ def main(argv: list[str] | None = None) -> int:
             return _headless(args)
         if args.command == "status":
             return _status(args)
+        if args.command == "doctor":
+            return _doctor(args)
         if args.command == "stop":
             return _stop(args)
         if args.command == "web":
@@ -347,6 +355,30 @@ def _web(args) -> int:
     except web.WebRefused as exc:
         raise UserError(str(exc)) from exc
     return 0
+
+
+def _doctor(args) -> int:
+    """One line per check; exit 1 when one failed."""
+    from engine import doctor
+    from engine.workspace import Workspace, default_workspace_dir, is_workspace
+    root = Path(args.workspace).expanduser() if args.workspace else default_workspace_dir()
+    started = time.monotonic()
+    workspace = Workspace.open(root) if is_workspace(root) else None
+    if workspace is None:
+        print(f"pairlab doctor: no workspace at {root} yet: checking the template a new one "
+              "starts from")
+        target = doctor.template_target(device=args.device)
+    else:
+        print(f"pairlab doctor: {workspace.root}")
+        target = doctor.target_of(workspace, settings_from_args(
+            build_parser().parse_args(["headless", "--workspace", str(root),
+                                       *(["--device", args.device] if args.device else [])]),
+            workspace.config))
+    checks = doctor.run_checks(target, on_check=lambda check: print(check.line(), flush=True))
+    failed = [check.name for check in checks if check.failed]
+    took = f"{time.monotonic() - started:.1f}s"
+    print(f"failed: {', '.join(failed)} ({took})" if failed else f"all checks passed ({took})")
+    return 1 if failed else 0
 
 
 def _status(args) -> int:

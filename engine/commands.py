@@ -72,3 +72,12 @@ class EditProgram(Command):
 @dataclass
 class Stop(Command):
     reason: str = "stopped by the user"
+
+
+@dataclass
+class ClientsAttached:
+    """From the service, not a client: how many attached clients may decide (not read-only).
+    With none in auto mode, nobody can press a key: a failure the loop cannot go on from
+    ends the engine instead of pausing it."""
+
+    deciding: int

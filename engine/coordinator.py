@@ -23,9 +23,9 @@ from concurrent.futures import Future
 from dataclasses import replace
 from typing import Callable
 
-from engine import keep_rule, planner, slots, workers
+from engine import doctor, keep_rule, planner, slots, workers
 from engine.agents.base import Agent
-from engine.commands import Command, CommandRefused
+from engine.commands import ClientsAttached, Command, CommandRefused
 from engine.decisions import DecisionsMixin
 from engine.drafting import DraftingMixin
 from engine.events import Event, Notice, SessionStopped, StateChanged
@@ -158,6 +158,8 @@ class Coordinator(DecisionsMixin, DraftingMixin, OutcomesMixin, ProgramMixin,
             self.on_run(message)
         elif isinstance(message, workers.DataChecked):
             self.on_data(message)
+        elif isinstance(message, ClientsAttached):
+            self.loop.deciding_clients = message.deciding
         elif isinstance(message, workers.WorkerFailed):
             if message.worker == "trainer":
                 self.loop.runs.pop(message.slot, None)
@@ -192,10 +194,24 @@ class Coordinator(DecisionsMixin, DraftingMixin, OutcomesMixin, ProgramMixin,
             except Exception:                 # the journal may be on the full disk
                 pass
             self.emit(Notice("error", message, hint))
-        self.request_stop(reason)
+        self.request_stop(reason, failed=True)
 
-    def request_stop(self, reason: str) -> None:
+    def halt(self, reason: str, message: str, fix: str) -> None:
+        """The loop cannot go on until the user does `fix`: an error notice, then a pause
+        for the human, or, with nobody to press a key, a stop with a non-zero exit
+        (planner.unattended). Nothing recorded is lost either way."""
+        if planner.unattended(self.loop.mode, self.loop.deciding_clients):
+            self.notice("error", message, f"{fix}, then start pairlab again: it resumes "
+                                          "where it stopped")
+            self.request_stop(f"{reason} (auto mode, no app attached: nobody to resume)",
+                              failed=True)
+        else:
+            self.notice("error", message, f"{fix}, then press p to resume")
+            self.pause(reason)
+
+    def request_stop(self, reason: str, failed: bool = False) -> None:
         loop = self.loop
+        loop.failed = loop.failed or failed
         if loop.stopping:
             if reason in ("disk full", "internal error"):
                 loop.stop_reason = reason
@@ -224,10 +240,11 @@ class Coordinator(DecisionsMixin, DraftingMixin, OutcomesMixin, ProgramMixin,
             pass
         self._shown = None
         self.snapshot = replace(self.snapshot, state="stopped", detail=self.loop.stop_reason,
+                                failed=self.loop.failed,
                                 current_run=None, best=self._best(),
                                 noise_floor=self.journal.get_state("noise_floor"))
         self.emit(StateChanged("stopped", self.loop.stop_reason))
-        self.emit(SessionStopped(self.loop.stop_reason, summary))
+        self.emit(SessionStopped(self.loop.stop_reason, summary, failed=self.loop.failed))
 
     # ------------------------------------------------------------------ what to start
 
@@ -266,7 +283,9 @@ class Coordinator(DecisionsMixin, DraftingMixin, OutcomesMixin, ProgramMixin,
         if not loop.data_ready and not loop.checking_data and not loop.paused:
             loop.checking_data = True
             data_dir = loop.data_dir
-            workers.start("data", self.post, lambda: workers.check_data(data_dir, self.emit))
+            first_check = self.first_start_check()
+            workers.start("data", self.post,
+                          lambda: workers.check_data(data_dir, self.emit, first_check))
         self.check_caps()
         self.commit_program_edit()
         if planner.preempts(self.view()):
@@ -278,6 +297,15 @@ class Coordinator(DecisionsMixin, DraftingMixin, OutcomesMixin, ProgramMixin,
             self.start_run(plan)
         if planner.should_draft(self.view()):
             self.start_draft()
+
+    def first_start_check(self):
+        """`pairlab doctor`'s pipeline check, for a workspace that has trained nothing yet
+        (its first start, or a restart after that check failed)."""
+        if not self.settings.first_start_check or self.journal.run_count() > 0:
+            return None
+        workspace, settings = self.workspace, self.settings
+        return lambda data_dir: doctor.pipeline_check(doctor.target_of(
+            workspace, replace(settings, data_dir=data_dir)))
 
     def check_caps(self) -> None:
         s = self.settings

@@ -252,6 +252,7 @@ class SessionStopped(Event):
     type: ClassVar[str] = "stopped"
     reason: str
     summary: str
+    failed: bool = False             # the loop could not go on: the engine exits non-zero
 
 
 EVENT_TYPES: dict[str, type[Event]] = {

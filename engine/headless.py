@@ -65,7 +65,7 @@ def _serve_loop(session, jsonl: bool) -> int:
     while not session.wait(timeout=0.5):
         pass
     session.stop()
-    return 0
+    return 1 if session.failed else 0
 
 
 COMMANDS_HELP = ("commands: accept ID | veto ID REASON... | pause | resume | kill | "

@@ -27,6 +27,7 @@ class Snapshot:
     pending: tuple[Proposal, ...] = ()
     queued: tuple[Proposal, ...] = ()
     open: tuple[Proposal, ...] = ()   # every proposal not yet done: pending to held
+    failed: bool = False             # stopped because the loop could not go on
 
 
 @dataclass
@@ -90,4 +91,6 @@ class LoopState:
     start_commit: str = ""
     program_edit: str | None = None  # the human's program.md, to commit once no run trains
     program_commit: ProgramCommit | None = None
+    deciding_clients: int = 0        # attached clients that may decide (engine/service.py)
+    failed: bool = False             # stopping because the loop cannot go on (non-zero exit)
 

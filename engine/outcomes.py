@@ -113,16 +113,24 @@ class OutcomesMixin:
             self.notice("error", f"could not prepare the training data: {checked.prepare_error}",
                         "run `pairlab prepare` to see the details, or `pairlab prepare "
                         "--text FILE...` to use your own text")
-            self.request_stop("no training data")
+            self.request_stop("no training data", failed=True)
             return
         loop.data_dir = checked.data_dir
         if checked.problem:
             # Missing or corrupt data would crash every run, or worse, change the metric:
             # pause until the user rebuilds it; resuming checks again.
-            self.notice("error", checked.problem, "rebuild it with `pairlab prepare --force` "
-                        "(with your own text: `pairlab prepare --text FILE... --force`), then "
-                        "press p to resume")
-            self.pause("the training data is missing or corrupt")
+            self.halt("the training data is missing or corrupt", checked.problem,
+                      "rebuild it with `pairlab prepare --force` (with your own text: "
+                      "`pairlab prepare --text FILE... --force`)")
+            return
+        if checked.first_check is not None and checked.first_check.failed:
+            # The same check as `pairlab doctor`: seconds, where a broken baseline would
+            # have cost a whole budget first.
+            self.halt("the first-start check failed",
+                      f"the first-start check failed before the baseline: "
+                      f"{checked.first_check.detail}",
+                      "fix train.py, the data or the setup (`pairlab doctor` runs the check "
+                      "again)")
             return
         loop.data_checksum = checked.checksum
         loop.data_ready = True
@@ -188,9 +196,9 @@ class OutcomesMixin:
             self.emit(BestUpdated(done.commit, result.val_bpb, experiment.id))
         self.emit(RunFinished(experiment, result))
         if not measured:
-            self.notice("error", f"the {plan.label} did not train: {result.message}",
-                        "read its log, fix train.py or the data, then press p to resume")
-            self.pause(f"the {plan.label} failed")
+            self.halt(f"the {plan.label} failed",
+                      f"the {plan.label} did not train: {result.message}",
+                      "read its log, fix train.py or the data")
             return
         if noise.sigma is not None:
             self.emit(NoiseFloor(noise.sigma, self.run_groups()[done.commit]))

@@ -36,6 +36,13 @@ from dataclasses import dataclass, field, replace
 from engine import promotion
 
 
+def unattended(mode: str, deciding_clients: int) -> bool:
+    """Nobody can press a key: auto mode with no app attached that may decide. A failure
+    the loop cannot go on from then ends the engine (non-zero exit) rather than pausing it
+    for a human who is not there; in review mode, or with an app attached, it pauses."""
+    return mode == "auto" and deciding_clients == 0
+
+
 @dataclass(frozen=True)
 class Awaiting:
     """An experiment that trained and waits for the judge's next run."""

@@ -158,6 +158,11 @@ class EngineService:
         for client in clients:
             client.finish(grace_s)
 
+    def _count_deciding(self) -> None:
+        with self._lock:
+            deciding = sum(not client.read_only for client in self._clients)
+        self.session.clients_attached(deciding)
+
     def client_count(self) -> int:
         with self._lock:
             return len(self._clients)
@@ -263,6 +268,7 @@ class EngineService:
                 if self._closed.is_set():
                     return
                 self._clients.add(client)
+            self._count_deciding()
             client.start()
             while True:
                 try:
@@ -288,6 +294,7 @@ class EngineService:
             if client is not None:
                 with self._lock:
                     self._clients.discard(client)
+                self._count_deciding()
                 client.finish()
             else:
                 conn.close()

@@ -48,6 +48,7 @@ class SessionSettings:
     data_dir: Path | None = None          # prepared dataset; None: PAIRLAB_DATA_DIR or default
     extra_env: dict[str, str] = field(default_factory=dict)
     speculate: bool = True                # review mode: train the top proposal before review
+    first_start_check: bool = True        # a new workspace: doctor's pipeline check first
     slots: int | None = None              # runs at once; None: one per visible GPU
     executor: str = "local"               # local | ray: each run a task on a Ray cluster
     ray_address: str | None = None        # None: the cluster this machine belongs to
@@ -116,6 +117,15 @@ class Session:
             self.wait(timeout)
         if self._monitor:
             self._monitor.stop()
+
+    @property
+    def failed(self) -> bool:
+        """Stopped because the loop could not go on (the engine's exit is non-zero)."""
+        return self._snapshot.failed
+
+    def clients_attached(self, deciding: int) -> None:
+        """From the service: how many attached clients may decide."""
+        self._coordinator.post(commands.ClientsAttached(deciding))
 
     @property
     def stopped(self) -> bool:

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Callable
 
 from engine import patch
+from engine.doctor import Check
 from engine.agents.base import Agent, AgentError, DraftCancelled, DraftContext
 from engine.events import Event, LiveLine, LogLines, Preparing, ReasoningDelta, RunProgress
 from engine.planner import RunPlan
@@ -57,6 +58,7 @@ class DataChecked:
     checksum: str | None = None
     problem: str = ""                # missing or corrupt data, in words
     prepare_error: str = ""          # the data could not be prepared at all
+    first_check: Check | None = None   # a new workspace's pipeline check (engine/doctor.py)
 
 
 @dataclass
@@ -115,8 +117,10 @@ def train(plan: RunPlan, runner: Runner, experiment_id: int, commit: str, emit: 
     return RunDone(plan, run_id, experiment_id, commit, result, slot)
 
 
-def check_data(data_dir: Path | None, emit: Emit) -> DataChecked:
-    """Prepare the default dataset when none is given, then check it is whole."""
+def check_data(data_dir: Path | None, emit: Emit,
+               first_check: Callable[[Path], Check] | None = None) -> DataChecked:
+    """Prepare the default dataset when none is given, then check it is whole; then, for a
+    new workspace, first_check(data_dir): a few steps through the hand-off and evaluator."""
     from nanochat import prepare
     if data_dir is None:
         try:
@@ -129,7 +133,10 @@ def check_data(data_dir: Path | None, emit: Emit) -> DataChecked:
         return DataChecked(Path(data_dir), problem=problem)
     meta = Path(data_dir) / "meta.json"
     checksum = json.loads(meta.read_text())["checksum"] if meta.is_file() else None
-    return DataChecked(Path(data_dir), checksum=checksum)
+    if first_check is not None:
+        emit(Preparing("checking the pipeline: a few steps through the evaluator", 0.0))
+    return DataChecked(Path(data_dir), checksum=checksum,
+                       first_check=first_check(Path(data_dir)) if first_check else None)
 
 
 def data_problem(directory: Path) -> str | None:

@@ -2,6 +2,7 @@ from pathlib import Path
 
 import pytest
 
+from engine import doctor
 from nanochat import prepare
 
 
@@ -19,27 +20,25 @@ def dataset_dir(tmp_path_factory) -> Path:
 
 # ---------------------------------------------------------------------- tiny research loops
 
-# Constants of train.py rewritten for a model that trains in a second or two on the CPU.
-TINY_CONSTANTS = {
-    "DEPTH": "1",
-    "ASPECT_RATIO": "64",
-    "HEAD_DIM": "64",
-    "TOTAL_BATCH_SIZE": "256",
-    "DEVICE_BATCH_SIZE": "4",
-}
-# Caller-owned run settings: no compile, short sequences, a small fixed eval set.
-TINY_ENV = {"PAIRLAB_COMPILE": "0", "PAIRLAB_SEQ_LEN": "64", "PAIRLAB_EVAL_TOKENS": "4096",
-            "PAIRLAB_DEVICE": "cpu"}
+# The engine's tests train doctor's tiny config (a step in milliseconds) in fp32 on the CPU
+# on every machine: their subject is the loop, and fixed numbers keep its decisions the same
+# everywhere. Tests of training, hand-off and evaluation run both precisions (`precision`).
+TINY_ENV = {**doctor.TINY_ENV, "PAIRLAB_PRECISION": "fp32", "PAIRLAB_DEVICE": "cpu"}
+PRECISIONS = ("bf16", "fp32")
 
 
 def tiny_train_py(source: str) -> str:
-    """train.py with TINY_CONSTANTS in place of the template's values (comments kept)."""
-    import re
-    for name, value in TINY_CONSTANTS.items():
-        source, count = re.subn(rf"^{name} = [^#\n]*?(\s*#)", rf"{name} = {value}\1", source,
-                                count=1, flags=re.M)
-        assert count == 1, f"{name} not found in train.py"
-    return source
+    """train.py with doctor's tiny constants in place of the template's values."""
+    tiny = doctor.tiny_source(source, "cpu")
+    assert tiny != source, "none of doctor.TINY_CONSTANTS is a constant of this train.py"
+    return tiny
+
+
+@pytest.fixture(params=PRECISIONS)
+def precision(request) -> str:
+    """Each training, hand-off and evaluation test once per path, whatever the CPU (bf16
+    is emulated where the CPU lacks it: slow, but a tiny model keeps it to seconds)."""
+    return request.param
 
 
 @pytest.fixture
@@ -61,7 +60,8 @@ def tiny_settings(dataset_dir):
 
     def make(**overrides):
         values = dict(mode="auto", budget_s=5.0, max_steps=6, noise_repeats=0, device="cpu",
-                      data_dir=dataset_dir, extra_env=dict(TINY_ENV), hard_timeout_s=120.0)
+                      data_dir=dataset_dir, extra_env=dict(TINY_ENV), hard_timeout_s=120.0,
+                      first_start_check=False)   # tests/test_doctor.py runs it
         values.update(overrides)
         return SessionSettings(**values)
     return make

@@ -74,11 +74,23 @@ def fail_line(run) -> str:
 
 # ---- what the evaluator computes -------------------------------------------------------------
 
-def test_exported_gpt_scores_as_in_process_within_1e_4(dataset_dir, tmp_path, monkeypatch):
-    # train.py's own GPT, trained a few steps in this process; the hand-off is caught.
+# How far the evaluator's val_bpb of the exported model may be from the in-process one. The
+# graph runs the same kernels, with train.py's autocast recorded in it: what is left is a
+# kernel that reduces in another order, one ulp of the compute dtype on a logit.
+SAME_SCORE_TOLERANCE = {"fp32": 1e-5, "bf16": 1e-3}
+
+
+def test_exported_gpt_scores_as_in_process(dataset_dir, tmp_path, monkeypatch, precision):
+    # train.py's own GPT, trained a few steps in this process; the hand-off is caught. Under
+    # bf16 its embedding tables are bf16 and the forward runs under autocast: exported as a
+    # bare forward inside the autocast context, that graph failed in the evaluator with
+    # "Tensor dtype mismatch! Expected: BFloat16, Got: float" (issue 18).
     script = write_train_py(tmp_path, **TINY)
     monkeypatch.setenv("PAIRLAB_DATA_DIR", str(dataset_dir))
-    for name, value in {"MAX_SEQ_LEN": SEQ_LEN, "COMPILE": False, "MAX_STEPS": 3}.items():
+    for name, value in {"MAX_SEQ_LEN": SEQ_LEN, "COMPILE": False, "MAX_STEPS": 3,
+                        "PRECISION": precision,
+                        "COMPUTE_DTYPE": {"bf16": torch.bfloat16, "fp32": torch.float32}[
+                            precision]}.items():
         monkeypatch.setattr(harness, name, value)
     monkeypatch.setattr(evaluate, "MAX_SEQ_LEN", SEQ_LEN)
     caught = {}
@@ -95,6 +107,8 @@ def test_exported_gpt_scores_as_in_process_within_1e_4(dataset_dir, tmp_path, mo
         gc.unfreeze()    # train.py froze and disabled the collector of this process
         gc.enable()
     model, autocast, batch_size = caught["model"], caught["autocast"], caught["batch_size"]
+    expected_dtype = torch.bfloat16 if precision == "bf16" else torch.float32
+    assert model.transformer.wte.weight.dtype == expected_dtype
 
     def in_process(idx):
         with autocast:
@@ -111,7 +125,8 @@ def test_exported_gpt_scores_as_in_process_within_1e_4(dataset_dir, tmp_path, mo
     loaded = evaluate.load_program(tmp_path / "model")
     exported = evaluate.evaluate(loaded.module(), batch_size, dataset_dir, SEQ_LEN, 2048)
     assert exported.tokens == reference.tokens and exported.bytes == reference.bytes
-    assert exported.val_bpb == pytest.approx(reference.val_bpb, abs=1e-4)
+    assert exported.val_bpb == pytest.approx(reference.val_bpb,
+                                             abs=SAME_SCORE_TOLERANCE[precision])
 
     rows = evaluate.eval_rows(str(dataset_dir), SEQ_LEN, 2048)[:batch_size]
     inputs, targets = rows[:, :-1], rows[:, 1:]

@@ -147,9 +147,9 @@ def test_a_crashing_proposal_is_recorded_and_the_loop_goes_on(tiny_workspace, ti
     assert tiny_workspace.head() == session.best[0]       # the crash was reset away
 
 
-def _headless(workspace, dataset_dir, *extra, **popen):
-    env = dict(os.environ, **TINY_ENV, PAIRLAB_DATA_DIR=str(dataset_dir),
-               PAIRLAB_MAX_STEPS="6")
+def _headless(workspace, dataset_dir, *extra, env_extra=None, **popen):
+    env = {**os.environ, **TINY_ENV, "PAIRLAB_DATA_DIR": str(dataset_dir),
+           "PAIRLAB_MAX_STEPS": "6", **(env_extra or {})}
     env.pop("ANTHROPIC_API_KEY", None)
     return subprocess.Popen(
         [sys.executable, "-m", "engine", "headless", "--workspace", str(workspace),
@@ -157,15 +157,22 @@ def _headless(workspace, dataset_dir, *extra, **popen):
          *extra], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **popen)
 
 
-def test_headless_on_a_fresh_dir_ends_with_results_and_branch_on_best(tmp_path, dataset_dir):
+def test_headless_on_a_fresh_dir_ends_with_results_and_branch_on_best(tmp_path, dataset_dir,
+                                                                      precision):
     from tests.conftest import tiny_train_py
     from engine.workspace import init
     ws = init(tmp_path / "ws")
     (ws.root / "train.py").write_text(tiny_train_py((ws.root / "train.py").read_text()))
     ws.commit_change({"train.py": (ws.root / "train.py").read_text()}, "tiny", parent=ws.head())
-    proc = _headless(ws.root, dataset_dir, "--max-experiments", "3", "--jsonl")
+    proc = _headless(ws.root, dataset_dir, "--max-experiments", "3", "--jsonl",
+                     env_extra={"PAIRLAB_PRECISION": precision})
     out, err = proc.communicate(timeout=300)
     assert proc.returncode == 0, err
+    # the first start checked the pipeline before the baseline, and every run trained on
+    # the precision asked for and was scored by the evaluator
+    assert "checking the pipeline" in out
+    logs = sorted(ws.logs_dir.glob("run-*.log"))
+    assert logs and all(f"precision: {precision}" in log.read_text() for log in logs)
     rows = (ws.root / "results.tsv").read_text().splitlines()
     assert rows[0] == TSV_HEADER.rstrip("\n") and len(rows) == 1 + 1 + 3
     journal = Journal(ws.pairlab_dir / "journal.db")

@@ -260,9 +260,11 @@ def test_throughput_bench_quick_runs_every_eager_configuration(dataset_dir):
     assert proc.returncode == 0, proc.stderr
     rows = {m.group(1): m.groups()[1:] for m in BENCH_ROW.finditer(proc.stdout)}
     shipped = "bf16" if harness.cpu_has_native_bf16() else "fp32"
+    other = "fp32" if shipped == "bf16" else "bf16"
     assert list(rows) == ["naive port: fp32, eager, spinning threads",
                           f"{shipped} (shipped), eager, default malloc",
-                          f"{shipped} (shipped), eager, tuned malloc"], proc.stdout
+                          f"{shipped} (shipped), eager, tuned malloc",
+                          f"{other} autocast, eager, tuned malloc"], proc.stdout
     assert rows["naive port: fp32, eager, spinning threads"][2] == "1.00"
     # Thread and allocator settings change the speed, never the numbers: same val_bpb.
     val_bpbs = {row[-1] for name, row in rows.items() if shipped in name}

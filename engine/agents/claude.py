@@ -26,7 +26,7 @@ from http import HTTPStatus
 import anthropic
 
 # anthropic 2.x streams over httpx2; a connection dropped mid-stream surfaces as the
-# transport's own error, which the SDK does not wrap.
+# transport's own error or (2.17 and later) wrapped in the SDK's APIConnectionError.
 try:
     import httpx2 as httpx
 except ImportError:
@@ -393,34 +393,38 @@ class _DraftRun:
         stop_reason, usage, finished = "", Usage(), False
         stream = self.client.messages.create(stream=True, extra_headers=headers, **params)
         with stream:
-            for event in stream:
-                if self.cancel.is_set():
-                    raise DraftCancelled()
-                kind = event.type
-                if kind == "message_start":
-                    usage = _usage(event.message.usage, Usage())
-                elif kind == "content_block_start":
-                    block = event.content_block
-                    content.append(_block_param(block))
-                    if block.type == "tool_use":
-                        json_parts[event.index] = []
-                elif kind == "content_block_delta":
-                    block, delta = content[event.index], event.delta
-                    if delta.type == "thinking_delta":
-                        block["thinking"] += delta.thinking
-                        self.emit("thinking", delta.thinking)
-                    elif delta.type == "signature_delta":
-                        block["signature"] = delta.signature
-                    elif delta.type == "text_delta":
-                        block["text"] += delta.text
-                        self.emit("text", delta.text)
-                    elif delta.type == "input_json_delta":
-                        json_parts[event.index].append(delta.partial_json)
-                elif kind == "message_delta":
-                    stop_reason = event.delta.stop_reason or stop_reason
-                    usage = _usage(event.usage, usage)
-                elif kind == "message_stop":
-                    finished = True
+            try:
+                for event in stream:
+                    if self.cancel.is_set():
+                        raise DraftCancelled()
+                    kind = event.type
+                    if kind == "message_start":
+                        usage = _usage(event.message.usage, Usage())
+                    elif kind == "content_block_start":
+                        block = event.content_block
+                        content.append(_block_param(block))
+                        if block.type == "tool_use":
+                            json_parts[event.index] = []
+                    elif kind == "content_block_delta":
+                        block, delta = content[event.index], event.delta
+                        if delta.type == "thinking_delta":
+                            block["thinking"] += delta.thinking
+                            self.emit("thinking", delta.thinking)
+                        elif delta.type == "signature_delta":
+                            block["signature"] = delta.signature
+                        elif delta.type == "text_delta":
+                            block["text"] += delta.text
+                            self.emit("text", delta.text)
+                        elif delta.type == "input_json_delta":
+                            json_parts[event.index].append(delta.partial_json)
+                    elif kind == "message_delta":
+                        stop_reason = event.delta.stop_reason or stop_reason
+                        usage = _usage(event.usage, usage)
+                    elif kind == "message_stop":
+                        finished = True
+            except (anthropic.APIConnectionError, httpx.TransportError) as error:
+                # the response had begun: whatever the SDK calls it, it broke off
+                raise _StreamBroke() from error
         if not finished:
             raise _StreamBroke()
         calls = []

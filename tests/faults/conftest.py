@@ -38,7 +38,7 @@ from tests.conftest import TINY_ENV, tiny_train_py
 # speculative training: each fault test counts the runs it causes (tests/test_speculation.py).
 FAULT_SETTINGS = dict(mode="review", budget_s=5.0, max_steps=4, noise_repeats=0,
                       device="cpu", extra_env=dict(TINY_ENV), hard_timeout_s=60.0,
-                      speculate=False)
+                      speculate=False, first_start_check=False)
 WAIT_S = 90.0
 
 
