@@ -294,20 +294,26 @@ def check_loss(loss, step):
              EXIT_TRAINING_FAILED)
 
 
-# Datasheet dense bf16 peaks, so GPU MFU compares with autoresearch's figures.
-_DATASHEET_BF16_FLOPS = {"H100": 989.5e12, "H200": 989.5e12, "A100": 312e12}
+# Datasheet dense bf16 peaks (no sparsity), so GPU MFU compares with autoresearch's
+# figures. Most specific names first: an "H100 PCIe" is not an SXM H100.
+DATASHEET_BF16_FLOPS = (("H100 PCIe", 756e12), ("H100 NVL", 835e12), ("GH200", 989.5e12),
+                        ("H200", 989.5e12), ("H100", 989.5e12), ("A100", 312e12),
+                        ("L40S", 362e12), ("L4", 121e12))
+
+
+def datasheet_peak(device_name, dtype):
+    """The datasheet bf16 peak of a GPU by its CUDA name, None when it is not known."""
+    if dtype != torch.bfloat16:
+        return None
+    return next((flops for model, flops in DATASHEET_BF16_FLOPS if model in device_name), None)
 
 
 @lru_cache(maxsize=None)
 def peak_flops(dtype=torch.bfloat16):
     """Peak matmul FLOP/s of DEVICE in dtype: the datasheet bf16 figure for known GPUs, else
     measured here on a square matmul for a fraction of a second."""
-    if DEVICE == "cuda" and dtype == torch.bfloat16:
-        name = torch.cuda.get_device_name()
-        for model_name, flops in _DATASHEET_BF16_FLOPS.items():
-            if model_name in name:
-                return flops
-    return measure_matmul_flops(dtype, size=1024 if CPU else 8192, seconds=0.3)
+    known = datasheet_peak(torch.cuda.get_device_name(), dtype) if DEVICE == "cuda" else None
+    return known or measure_matmul_flops(dtype, size=1024 if CPU else 8192, seconds=0.3)
 
 
 def _synchronize():

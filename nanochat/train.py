@@ -106,7 +106,8 @@ fa3 = load_flash_attention()
 
 
 def attention(q, k, v, window):
-    """Causal attention over (B, T, H, D) tensors, looking back at most `window` tokens."""
+    """Causal attention over (B, T, H, D) tensors: each position sees itself and the `window`
+    tokens before it (FA3's window_size=(window, 0); the SDPA mask says the same)."""
     seq_len = q.size(1)
     if fa3 is not None:
         return fa3.flash_attn_func(q, k, v, causal=True, window_size=(window, 0))
@@ -116,7 +117,7 @@ def attention(q, k, v, window):
     else:
         pos = torch.arange(seq_len, device=q.device)
         distance = pos[:, None] - pos[None, :]
-        y = F.scaled_dot_product_attention(q, k, v, attn_mask=(distance >= 0) & (distance < window))
+        y = F.scaled_dot_product_attention(q, k, v, attn_mask=(distance >= 0) & (distance <= window))
     return y.transpose(1, 2)
 
 

@@ -18,6 +18,7 @@ import torch
 from engine.evaluation import evaluator_env, read_reported, run_evaluator
 from engine.patch import PROTECTED_BEGIN, PROTECTED_END
 from nanochat import evaluate, harness, prepare
+from tests.conftest import PRECISIONS
 
 REPO = Path(__file__).resolve().parents[1]
 TEMPLATE = REPO / "nanochat" / "train.py"
@@ -69,17 +70,21 @@ def run_train(script, data_dir, **env):
     return proc, json.loads(evaluation.result), read_reported(model)
 
 
-@pytest.fixture(scope="module")
-def fixed_step_runs(dataset_dir, tmp_path_factory):
-    """The same tiny config trained twice, side by side, for 30 steps with the same seed."""
+@pytest.fixture(scope="module", params=PRECISIONS)
+def fixed_step_runs(request, dataset_dir, tmp_path_factory):
+    """The same tiny config trained twice, side by side, for 30 steps with the same seed, on
+    each precision path."""
     scripts = [write_train_py(tmp_path_factory.mktemp("run"), **TINY) for _ in range(2)]
     with ThreadPoolExecutor(2) as pool:
-        return list(pool.map(lambda s: run_train(s, dataset_dir, PAIRLAB_MAX_STEPS="30"), scripts))
+        return request.param, list(pool.map(lambda s: run_train(
+            s, dataset_dir, PAIRLAB_MAX_STEPS="30", PAIRLAB_PRECISION=request.param), scripts))
 
 
 def test_training_run_learns_and_is_scored_by_the_evaluator(fixed_step_runs, dataset_dir):
-    proc, result, reported = fixed_step_runs[0]
+    precision, runs = fixed_step_runs
+    proc, result, reported = runs[0]
     assert proc.returncode == 0, proc.stderr
+    assert f"precision: {precision}" in proc.stdout
     losses = [float(m.group(3)) for m in PROGRESS.finditer(proc.stdout)]
     assert len(losses) == 30
     assert losses[-1] < losses[0] - 1.0, losses
@@ -104,23 +109,25 @@ def test_training_run_learns_and_is_scored_by_the_evaluator(fixed_step_runs, dat
 
 
 def test_fixed_steps_and_seed_give_identical_val_bpb(fixed_step_runs):
-    (first, first_result, _), (second, second_result, _) = fixed_step_runs
+    (first, first_result, _), (second, second_result, _) = fixed_step_runs[1]
     assert first.returncode == second.returncode == 0
     assert first_result["val_bpb"] == second_result["val_bpb"]
 
 
-def test_time_budget_stops_training(dataset_dir, tmp_path):
+def test_time_budget_stops_training(dataset_dir, tmp_path, precision):
     script = write_train_py(tmp_path, **TINY)
-    proc, _, reported = run_train(script, dataset_dir, PAIRLAB_TIME_BUDGET="1.5")
+    proc, _, reported = run_train(script, dataset_dir, PAIRLAB_TIME_BUDGET="1.5",
+                                  PAIRLAB_PRECISION=precision)
     assert proc.returncode == 0, proc.stderr
     # The first steps are not charged (compile warm-up), so the budget is reached just after.
     assert 1.5 <= reported["training_seconds"] < 10
     assert reported["num_steps"] > 10
 
 
-def test_diverging_loss_fails_fast_with_exit_3(dataset_dir, tmp_path):
+def test_diverging_loss_fails_fast_with_exit_3(dataset_dir, tmp_path, precision):
     script = write_train_py(tmp_path, **TINY, UNEMBEDDING_LR="1e999")  # lr = inf
-    proc, result, _ = run_train(script, dataset_dir, PAIRLAB_MAX_STEPS="50")
+    proc, result, _ = run_train(script, dataset_dir, PAIRLAB_MAX_STEPS="50",
+                                PAIRLAB_PRECISION=precision)
     assert proc.returncode == harness.EXIT_TRAINING_FAILED
     assert proc.stderr.strip().splitlines()[-1] == "FAIL: loss is nan at step 1"
     assert "Traceback" not in proc.stderr
@@ -134,6 +141,31 @@ def test_missing_data_is_a_clear_error(tmp_path):
     assert f"FAIL: no prepared data at {tmp_path / 'nowhere'}" in proc.stderr
     assert "run `pairlab prepare`" in proc.stderr
     assert "Traceback" not in proc.stderr and result is None
+
+
+def test_an_unknown_precision_is_a_clear_error(dataset_dir, tmp_path):
+    script = write_train_py(tmp_path, **TINY)
+    proc, result, _ = run_train(script, dataset_dir, PAIRLAB_PRECISION="fp16")
+    assert proc.returncode == harness.EXIT_SETUP_ERROR and result is None
+    assert proc.stderr.strip().splitlines()[-1] == (
+        "FAIL: PAIRLAB_PRECISION='fp16': expected one of auto, bf16, fp32")
+
+
+@pytest.mark.parametrize("device, native_bf16, expected", [
+    ("cuda", False, "bf16"), ("mps", False, "bf16"), ("cpu", True, "bf16"),
+    ("cpu", False, "fp32")])
+def test_auto_precision_is_bf16_where_it_is_native(device, native_bf16, expected):
+    assert harness.pick_precision("auto", device, native_bf16) == expected
+    assert harness.pick_precision("", device, native_bf16) == expected
+    other = "fp32" if expected == "bf16" else "bf16"
+    assert harness.pick_precision(other.upper(), device, native_bf16) == other   # forced
+
+
+@pytest.mark.parametrize("flags, native", [
+    ("fpu avx2 avx512f avx512_bf16 avx512_vnni", True), ("fpu avx2 amx_bf16 amx_tile", True),
+    ("fpu sse4_2 avx2 avx512f avx512_vnni", False), ("fpu avx2 avx512_bf16x", False)])
+def test_native_bf16_is_read_from_the_cpu_flags(flags, native):
+    assert harness.cpu_has_native_bf16(f"processor\t: 0\nflags\t\t: {flags}\n") is native
 
 
 def test_crashing_train_py_exits_nonzero_with_traceback(dataset_dir, tmp_path):
