@@ -17,6 +17,7 @@ import time
 from pathlib import Path
 
 from engine import events as ev
+from engine.records import RunStatus
 
 ENGINE_ARGS_NAME = "engine.json"      # how the running engine was started: a restart reuses it
 ENGINE_START_TIMEOUT_S = 120.0        # a first start may import torch on a loaded machine
@@ -397,11 +398,19 @@ def status_text(client) -> str:
     lines = [f"workspace: {snap.workspace}",
              f"state: {client.state}" + (f" ({snap.detail})" if snap.detail else ""),
              f"mode: {client.mode}"]
+    if snap.error and (snap.paused or snap.stopped):
+        lines.append(f"error: {snap.error}")
     best = client.best
     lines.append(f"best: {best[1]:.6f} at {best[0][:7]}" if best else "best: none yet")
     if client.noise_floor is not None:
         lines.append(f"noise floor: {client.noise_floor:.6f}")
-    lines.append(f"experiments: {len(client.experiments())}")
+    experiments = client.experiments()
+    lines.append(f"experiments: {len(experiments)}")
+    finished = [e for e in experiments if e.finished_at is not None]
+    if finished and finished[-1].status in (RunStatus.CRASH, RunStatus.TIMEOUT) \
+            and finished[-1].message:
+        last = finished[-1]
+        lines.append(f"last run: {last.run_id} {last.status.value}: {last.message}")
     pending = client.pending()
     lines.append(f"pending: {len(pending)}")
     lines += [f"  #{p.id} {p.description}" for p in pending]

@@ -222,7 +222,7 @@ def row_experiment(r: sqlite3.Row) -> Experiment:
         val_bpb=r["val_bpb"], memory_gb=r["memory_gb"], description=r["description"],
         decided_by=r["decided_by"] or r["kind"], run_id=r["id"], started_at=r["started_at"],
         finished_at=r["finished_at"], log_path=r["log_path"], kind=r["kind"],
-        speculative=r["kind"] == "speculative",
+        speculative=r["kind"] == "speculative", message=r["message"],
         confined=bool(r["confined"]),
         metric_verified=bool(r["metric_verified"]),
         promotions=[PromotionRung(depth, None if held is None else bool(held))

@@ -173,6 +173,7 @@ class Snapshot:
     workspace: str
     targets: list[str]
     resync: bool = False               # True: sent because this client fell behind
+    error: str = ""                    # the error that paused or stopped the loop, whole
     open_notes: list[SteeringNote] = field(default_factory=list)   # no draft has taken yet
 
 

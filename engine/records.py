@@ -191,6 +191,7 @@ class Experiment:
     metric_verified: bool = True
     measure: KeepMeasure | None = None   # the judge's figures, for a judged experiment
     promotions: list[PromotionRung] = field(default_factory=list)  # its rungs on the ladder
+    message: str = ""                # why a run that got no metric ended, whole (redacted)
 
     @property
     def integrity_label(self) -> str:

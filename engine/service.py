@@ -26,7 +26,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from engine import protocol as proto
-from engine.events import (DraftFailed, DraftStarted, Event, LogLines, ProposalReady,
+from engine.events import (DraftFailed, DraftStarted, Event, LogLines, Notice, ProposalReady,
                            ReasoningDelta, RunFinished, RunProgress, RunStarted, StateChanged,
                            SteeringNote)
 from engine.patch import PatchRefused
@@ -114,6 +114,7 @@ class EngineService:
         self._busy = 0                                # commands being run
         # Kept from the event stream for the snapshot: the getters do not hold these.
         self._detail = ""
+        self._error = ""                      # the last error, while the loop is held by it
         self._log_tail: deque[str] = deque(maxlen=LOG_TAIL_LINES)
         self._progress: deque[RunProgress] = deque(maxlen=PROGRESS_SAMPLES)
         self._run_id = ""
@@ -195,6 +196,10 @@ class EngineService:
                     self._reasoning.append(proto.ReasoningChunk(event.kind, event.text))
         elif isinstance(event, StateChanged):
             self._detail = event.detail
+            if event.state not in ("paused", "stopping", "stopped"):
+                self._error = ""              # going again: whatever stopped it was fixed
+        elif isinstance(event, Notice) and event.level == "error":
+            self._error = f"{event.message} ({event.hint})" if event.hint else event.message
         elif isinstance(event, RunStarted):
             self._run_id = event.run_id
             self._log_tail.clear()
@@ -219,7 +224,7 @@ class EngineService:
             log_tail = list(self._log_tail) if current else []
             progress = list(self._progress) if current else []
             reasoning = [proto.ReasoningChunk(c.kind, c.text) for c in self._reasoning]
-            detail = self._detail
+            detail, error = self._detail, self._error
         return proto.Snapshot(
             state=s.state, detail=detail, mode=s.mode, paused=s.paused, stopped=s.stopped,
             best=s.best, noise_floor=s.noise_floor, total_cost=s.total_cost,
@@ -228,7 +233,7 @@ class EngineService:
             draft_id=draft[0] if draft else None, draft_agent=draft[1] if draft else "",
             draft_base=draft[2] if draft else "", reasoning=reasoning,
             workspace=str(s.workspace.root), targets=list(s.workspace.config.targets),
-            resync=resync, open_notes=[SteeringNote(note_id, text)
+            resync=resync, error=error, open_notes=[SteeringNote(note_id, text)
                                        for note_id, text in s.journal.open_notes()])
 
     # ------------------------------------------------------------------ connections

@@ -1,9 +1,74 @@
+import os
+import signal
+import sys
+import time
+import uuid
 from pathlib import Path
 
+import psutil
 import pytest
 
 from engine import doctor
 from nanochat import prepare
+
+
+# ---------------------------------------------------------------------- nothing left behind
+
+# Every process a test starts inherits this variable, daemons included (a tmux server, a
+# Ray head, a detached engine): after the test, whatever still carries the test's tag is
+# stopped, passed or failed; after the session, whatever carries the session's.
+OWNER = "PAIRLAB_TEST_OWNER"
+SESSION_TAG = f"pairlab-tests-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+os.environ[OWNER] = SESSION_TAG
+left_behind: list[str] = []
+
+
+def stop_tagged(tag: str, since: float = 0.0) -> list[str]:
+    """SIGKILL every process started since `since` whose environment carries `tag` (or a
+    tag under it); returns what each was."""
+    me = os.getpid()
+    found = []
+    for proc in psutil.process_iter(["pid", "create_time", "name"]):
+        if proc.pid == me or (proc.info["create_time"] or 0) < since - 1:
+            continue
+        try:
+            owner = proc.environ().get(OWNER, "")
+        except (psutil.Error, OSError):
+            continue
+        if owner == tag or owner.startswith(tag + "/"):
+            found.append(proc)
+    stopped = []
+    for proc in found:
+        try:
+            stopped.append(f"{proc.pid} {' '.join(proc.cmdline())[:120]}")
+            proc.send_signal(signal.SIGKILL)
+        except (psutil.Error, OSError):
+            continue
+    for proc in found:
+        try:
+            proc.wait(timeout=5)       # reaps our own children; others just end
+        except (psutil.Error, OSError):
+            pass
+    return stopped
+
+
+@pytest.fixture(autouse=True)
+def stops_what_it_started(request):
+    tag = f"{SESSION_TAG}/{uuid.uuid4().hex[:8]}"
+    os.environ[OWNER] = tag
+    started = time.time()
+    try:
+        yield
+    finally:
+        os.environ[OWNER] = SESSION_TAG     # a module's fixture started later is the session's
+        left_behind.extend(f"{request.node.nodeid}: {what}" for what in stop_tagged(tag, started))
+
+
+def pytest_unconfigure(config):
+    stopped = stop_tagged(SESSION_TAG)
+    if left_behind or stopped:
+        print(f"\npairlab tests: stopped {len(left_behind) + len(stopped)} processes the tests "
+              f"left running:", *left_behind, *stopped, sep="\n  ", file=sys.stderr)
 
 
 @pytest.fixture(scope="session")

@@ -151,3 +151,26 @@ def test_an_unattended_baseline_failure_stops_and_loses_nothing(tiny_workspace, 
     rows = session.journal.run_rows()
     assert [(r["kind"], r["status"]) for r in rows] == [("baseline", "crash")]
     session.journal.close()
+
+
+def test_in_review_mode_the_engine_pauses_and_status_shows_the_whole_error(tiny_workspace,
+                                                                           dataset_dir):
+    break_train_py(tiny_workspace)
+    engine = headless(tiny_workspace, dataset_dir, "--mode", "review")
+    try:
+        for line in engine.stdout:
+            if "[paused] the first-start check failed" in line:
+                break
+        else:
+            raise AssertionError(f"the engine ended without pausing: {engine.stderr.read()}")
+        status = subprocess.run([sys.executable, "-m", "engine", "status", "--workspace",
+                                 str(tiny_workspace.root)], capture_output=True, text=True,
+                                timeout=60, cwd=REPO)
+        assert "state: paused (the first-start check failed)" in status.stdout, status.stdout
+        error = status.stdout[status.stdout.index("\nerror: "):status.stdout.index("\nbest: ")]
+        assert "long enough to be cut at a panel edge" in error and "press p to resume" in error
+    finally:
+        subprocess.run([sys.executable, "-m", "engine", "stop", "--workspace",
+                        str(tiny_workspace.root)], capture_output=True, timeout=60, cwd=REPO)
+        engine.wait(timeout=60)
+    assert engine.returncode == 0                # stopped by the user: not a failure

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 from textual.widgets import DataTable, Input
+from textual.widgets.data_table import RowKey
 
 from engine.events import (DeviceSample, DraftStarted, LiveLine, LogLines, ProposalReady,
                            ReasoningDelta, RunAccepted, RunFinished, RunProgress, RunStarted,
@@ -31,7 +32,7 @@ from tui.screens.modals import ConfirmStopScreen, HelpScreen, VetoScreen
 from tui.widgets.chart import ChartPanel
 from tui.widgets.device import describe
 from tui.widgets.diff import DiffPanel, HunkView, parse_hunks, render_hunk
-from tui.widgets.experiments import ExperimentsPanel
+from tui.widgets.experiments import ExperimentsPanel, why_lines
 from tui.widgets.live_log import LiveLog, terminal_lines
 from tui.widgets.panel import PanelGrid
 from tui.widgets.reasoning import ReasoningPanel
@@ -866,3 +867,35 @@ async def test_drafts_started_back_to_back_leave_the_app_processing_messages(tmp
         assert reasoning.draft_id == 23
         assert reasoning.text == "the third draft's reasoning"
         assert "draft #23" in reasoning.border_subtitle
+
+
+CRASH = ("nanochat.evaluate crashed: RuntimeError: Tensor dtype mismatch! Expected: BFloat16, "
+         "Got: float (raised in the evaluator running the exported graph, long enough to be cut)")
+
+
+@pilot_test
+async def test_a_crash_reads_whole_in_its_table_row_and_the_log_panel(session):
+    app = PairlabApp(session)
+    async with app.run_test(size=(100, 30)) as pilot:
+        await settle(pilot)
+        data = app.main.table.query_one(DataTable)
+        crashed = replace(experiment(4, "r4", RunStatus.CRASH, None, "raise the learning rate",
+                                     "efa5678"), message=CRASH)
+        session.emit_from_thread([RunFinished(crashed, RunResult("r4", RunStatus.CRASH, None,
+                                                                 message=CRASH), at=T0)])
+        await settle(pilot)
+        # the row grew to hold the error, in its place (the runs after it stay after it)
+        panel = app.main.table
+        assert data.get_row_height(RowKey("r4")) == 1 + len(why_lines(crashed, panel.why_width)) >= 3
+        assert [row.key.value for row in data.ordered_rows] == ["r0", "r1", "r2", "r3", "r4"]
+        shown = " ".join(" ".join(data.render_line(y).text.split())
+                         for y in range(data.virtual_size.height))
+        assert f"raise the learning rate ↳ {CRASH}" in shown, shown
+        # the log panel's last lines: the whole error, wrapped to the panel
+        log = app.main.log_panel.log
+        lines = list(log.lines)
+        summary = lines[max(i for i, line in enumerate(lines) if line.startswith("── crash")):]
+        assert " ".join(line.strip() for line in summary) == \
+            f"── crash · val_bpb — · {CRASH}"
+        assert len(summary) > 1
+        assert max(len(line) for line in summary) < log.scrollable_content_region.width

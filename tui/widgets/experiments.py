@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import textwrap
+
 from textual.app import ComposeResult
 from textual.content import Content
 from textual.widget import Widget
 from textual.widgets import DataTable
 from textual.coordinate import Coordinate
-from textual.widgets.data_table import CellDoesNotExist, RowDoesNotExist
+from textual.widgets.data_table import CellDoesNotExist, RowDoesNotExist, RowKey
 
 from engine.records import Experiment, RunStatus
 from tui.widgets.panel import Panel
@@ -40,6 +42,16 @@ MEASUREMENT_LABELS = {"noise": "noise repeat", "rerun": "confirmation", "promoti
 RUNG_MARKS = {True: ("✓", "$text-success"), False: ("✗", "$text-error"), None: ("…", "dim")}
 # A run that produced a metric: its kind says what it was for.
 MEASURED = (RunStatus.KEEP, RunStatus.DISCARD)
+# Runs whose message says what went wrong: shown whole, wrapped under the description.
+ENDED_BADLY = (RunStatus.CRASH, RunStatus.TIMEOUT, RunStatus.KILLED)
+
+
+def why_lines(experiment: Experiment, width: int, training: bool = False) -> list[str]:
+    """Why a run ended without a metric, wrapped to `width` (the description's visible part)."""
+    if training or experiment.status not in ENDED_BADLY or not experiment.message:
+        return []
+    return textwrap.wrap(experiment.message, width, initial_indent="↳ ", subsequent_indent="  ",
+                         break_on_hyphens=False)
 
 
 def run_label(experiment: Experiment, training: bool = False) -> str:
@@ -93,10 +105,11 @@ class Cell:
     changes, so a Cell offers none (DataTable then takes 1) and is rendered, for the rows on
     screen only, as its Content."""
 
-    __slots__ = ("content",)
+    __slots__ = ("content", "rank")
 
-    def __init__(self, content: Content | str) -> None:
+    def __init__(self, content: Content | str, rank: int = 0) -> None:
         self.content = Content(content) if isinstance(content, str) else content
+        self.rank = rank            # the id column's: the row's place, for re-sorting
 
     def __str__(self) -> str:
         return self.content.plain
@@ -115,6 +128,8 @@ class ExperimentsPanel(Panel):
     def __init__(self, **kwargs) -> None:
         super().__init__(**kwargs)
         self.rows: dict[str, Experiment] = {}          # by run id: unique for every kind of run
+        self.ranks: dict[str, int] = {}                # by run id: the order rows came in
+        self.why_width = WIDTHS["description"]         # what of the description shows
         self.best: float | None = None
 
     def compose(self) -> ComposeResult:
@@ -157,17 +172,45 @@ class ExperimentsPanel(Panel):
     def _put(self, experiment: Experiment, training: bool) -> bool:
         """Add or update the run's row; True when the row is new."""
         table = self.query_one(ExperimentsTable)
-        self.rows[experiment.run_id] = experiment
-        cells = self._cells(experiment, training)
         key = experiment.run_id
+        self.rows[key] = experiment
+        self.ranks.setdefault(key, len(self.ranks))
+        cells = self._cells(experiment, training)
+        height = 1 + len(why_lines(experiment, self.why_width, training))
         try:
             table.get_row(key)
         except RowDoesNotExist:
-            table.add_row(*cells, key=key)
+            table.add_row(*cells, key=key, height=height)
             return True
+        if table.get_row_height(RowKey(key)) != height:
+            self._replace_row(table, key, cells, height)
+            return False
         for column, value in zip(COLUMNS, cells):
             table.update_cell(key, column, value)
         return False
+
+    def _replace_row(self, table: DataTable, key: str, cells: list, height: int) -> None:
+        """A row whose height changes (a run that crashed: its error, whole) is added again,
+        in its place among the others, with the cursor where it was."""
+        selected = self.selected
+        table.remove_row(key)
+        table.add_row(*cells, key=key, height=height)
+        table.sort("id", key=lambda cell: cell.rank)
+        if selected is not None:
+            table.move_cursor(row=table.get_row_index(selected.run_id))
+
+    def on_resize(self) -> None:
+        """The errors of crashed runs wrapped again to what of the description now shows."""
+        table = self.query_one(ExperimentsTable)
+        others = sum(WIDTHS[c] + 2 * table.cell_padding for c in COLUMNS if c != "description")
+        width = max(20, min(WIDTHS["description"],
+                            table.scrollable_content_region.width - others - 2 * table.cell_padding))
+        if width == self.why_width:
+            return
+        self.why_width = width
+        for experiment in list(self.rows.values()):
+            if why_lines(experiment, width):
+                self._put(experiment, training=False)
 
     def set_best(self, best: float | None) -> None:
         if best == self.best:
@@ -193,7 +236,10 @@ class ExperimentsPanel(Panel):
         number = "—" if experiment.id is None or experiment.id < 0 else str(experiment.id)
         # What the metric rests on, when it is less than the evaluator on a confined run.
         integrity = experiment.integrity_label
+        why = why_lines(experiment, self.why_width, training)
         description = Content.assemble(*ladder_marks(experiment), experiment.description,
-                                       (f" [{integrity}]" if integrity else "", "$text-warning"))
-        return [Cell(number), Cell(experiment.commit[:7]), Cell(status), Cell(bpb),
+                                       (f" [{integrity}]" if integrity else "", "$text-warning"),
+                                       ("".join(f"\n{line}" for line in why), "$text-error"))
+        return [Cell(number, self.ranks[experiment.run_id]), Cell(experiment.commit[:7]),
+                Cell(status), Cell(bpb),
                 self._delta(experiment), Cell(experiment.decided_by), Cell(description)]

@@ -4,6 +4,7 @@ unless the user has scrolled up."""
 
 from __future__ import annotations
 
+import textwrap
 from collections import deque
 
 from textual.app import ComposeResult
@@ -82,4 +83,7 @@ class LogPanel(Panel):
         self.others.pop(run_id, None)
         if run_id == self.run_id:
             self.log.set_live("")
-            self.log.write_line(f"── {summary}")
+            # wrapped to the panel: a crash's error is read whole, not cut at the edge
+            width = max(20, self.log.scrollable_content_region.width - 1)
+            self.log.write_lines(textwrap.wrap(f"── {summary}", width, subsequent_indent="   ",
+                                               break_on_hyphens=False) or ["──"])
