@@ -38,9 +38,9 @@ HUMAN_LINE = "# the human was here: this version trains\n"
 
 def open_session(tmp_path, dataset_dir, **settings) -> Session:
     options = dict(mode="review", budget_s=3.0, max_steps=2, noise_repeats=0,
-                   data_dir=dataset_dir,
+                   data_dir=dataset_dir, first_start_check=False,
                    extra_env={"PAIRLAB_COMPILE": "0", "PAIRLAB_SEQ_LEN": "64",
-                              "PAIRLAB_EVAL_TOKENS": "8192"})
+                              "PAIRLAB_EVAL_TOKENS": "8192", "PAIRLAB_PRECISION": "fp32"})
     options.update(settings)
     return make_session(open_workspace(tmp_path / "ws"), "tuner", SessionSettings(**options))
 
