@@ -170,10 +170,12 @@ def _probe_main(compile_enabled: bool) -> None:
                 return torch.nn.functional.relu(x @ w).square().sum(-1)
             x = torch.randn(16, 32, device=harness.DEVICE)
             w = torch.randn(32, 32, device=harness.DEVICE)
-            compiled = torch.compile(step, fullgraph=True, dynamic=False)
-            same = torch.allclose(compiled(x, w), step(x, w), rtol=1e-4, atol=1e-4)
+            compiled, eager = torch.compile(step, fullgraph=True, dynamic=False)(x, w), step(x, w)
+            # other kernels sum in another order: agreement to float rounding, not bits
+            same = torch.allclose(compiled, eager, rtol=1e-3, atol=1e-3)
             found["compile"] = {"ok": bool(same), "seconds": time.monotonic() - started,
-                                "error": "" if same else "compiled and eager results differ"}
+                                "error": "" if same else "compiled and eager results differ by "
+                                f"{float((compiled - eager).abs().max()):.3g}"}
         except Exception as error:
             found["compile"] = {"ok": False, "seconds": time.monotonic() - started,
                                 "error": f"{type(error).__name__}: {error}".strip()}
