@@ -6,7 +6,7 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 TORCH  ?= torch==2.13.0
 
-.PHONY: install prepare run test bench clean
+.PHONY: install prepare run test test-fast bench clean
 
 install: $(VENV)/.installed
 
@@ -29,6 +29,11 @@ run: prepare
 # ports, so they run side by side; worksteal evens out the few long ones.
 test: install
 	$(PY) -m pytest -q -n auto --dist worksteal --durations=25
+
+# The edit-test cycle: everything but the end-to-end runs (training through the evaluator,
+# tmux, Ray, the browser, the benches); CI runs the whole suite.
+test-fast: install
+	$(PY) -m pytest -q -n auto --dist worksteal --durations=10 -m "not e2e"
 
 bench: install
 	$(PY) bench/train_throughput.py

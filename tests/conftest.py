@@ -64,6 +64,18 @@ def stops_what_it_started(request):
         left_behind.extend(f"{request.node.nodeid}: {what}" for what in stop_tagged(tag, started))
 
 
+# A test that asks for any of these trains the template for real (or starts a Ray cluster):
+# an end-to-end test, which `make test-fast` leaves out. Others are marked where they are.
+E2E_FIXTURES = {"tiny_workspace", "baselined_template", "fixed_step_runs", "ray_cluster",
+                "precision"}
+
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        if E2E_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.e2e)
+
+
 def pytest_unconfigure(config):
     stopped = stop_tagged(SESSION_TAG)
     if left_behind or stopped:

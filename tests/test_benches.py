@@ -11,6 +11,8 @@ from pathlib import Path
 
 import pytest
 
+pytestmark = pytest.mark.e2e   # real runs through the evaluator
+
 ROOT = Path(__file__).resolve().parent.parent
 # bench -> the test file that runs its --quick mode and checks what it prints
 CHECKED_ELSEWHERE = {"engine_service.py": "test_service_bench.py",

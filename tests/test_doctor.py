@@ -19,6 +19,8 @@ from engine.session import Session
 from tests.conftest import TINY_ENV
 from tests.faults.conftest import headless
 
+pytestmark = pytest.mark.e2e   # real runs through the evaluator
+
 REPO = Path(__file__).resolve().parents[1]
 # Fails before the model exists: the pipeline check must show this whole, not cut.
 BROKEN = ('raise RuntimeError("Tensor dtype mismatch! Expected: BFloat16, Got: float '

@@ -135,6 +135,7 @@ def test_exported_gpt_scores_as_in_process(dataset_dir, tmp_path, monkeypatch, p
                           atol=1e-5)
 
 
+@pytest.mark.e2e
 def test_evaluator_process_scores_a_handed_over_model(dataset_dir, tmp_path):
     vocab = vocab_of(dataset_dir)
     model = Bigram(vocab)
@@ -149,6 +150,7 @@ def test_evaluator_process_scores_a_handed_over_model(dataset_dir, tmp_path):
 
 # ---- models and files that are refused -------------------------------------------------------
 
+@pytest.mark.e2e
 def test_a_model_that_looks_ahead_is_refused_naming_the_position(dataset_dir, tmp_path):
     run = evaluator(hand_over(PeeksAtTheNextToken(vocab_of(dataset_dir)), tmp_path / "m"),
                     dataset_dir)
@@ -198,6 +200,7 @@ def test_a_model_that_reads_the_next_row_of_the_batch_is_refused(dataset_dir, ca
                         capsys.readouterr().err.strip())
 
 
+@pytest.mark.e2e
 def test_a_pickle_that_would_run_code_on_load_is_refused_unrun(dataset_dir, tmp_path):
     marker = tmp_path / "code-ran"
 
@@ -219,6 +222,7 @@ def test_a_pickle_that_would_run_code_on_load_is_refused_unrun(dataset_dir, tmp_
     assert not marker.exists()
 
 
+@pytest.mark.e2e
 def test_a_torch_export_save_archive_is_not_loaded(dataset_dir, tmp_path):
     # torch.export.load would unpickle it with weights_only=False: the evaluator never does.
     model_dir = tmp_path / "model"
@@ -251,6 +255,7 @@ def test_a_graph_that_reads_a_file_is_refused(dataset_dir, capsys):
                                                "does not run")
 
 
+@pytest.mark.e2e
 def test_a_forward_of_the_wrong_shape_is_refused(dataset_dir, tmp_path):
     class ReturnsALoss(Bigram):
         def forward(self, idx):
@@ -263,6 +268,7 @@ def test_a_forward_of_the_wrong_shape_is_refused(dataset_dir, tmp_path):
                                      "shape [batch, seq_len, >= ")
 
 
+@pytest.mark.e2e
 def test_the_eval_overhead_bench_runs_quick(dataset_dir):
     bench = Path(__file__).resolve().parents[1] / "bench" / "eval_overhead.py"
     proc = subprocess.run([sys.executable, str(bench), "--quick"], capture_output=True,

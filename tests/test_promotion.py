@@ -399,6 +399,7 @@ session.wait()
 REPO = str(Path(__file__).resolve().parents[1])
 
 
+@pytest.mark.e2e
 def test_an_engine_killed_mid_promotion_trains_it_again_and_loses_nothing(
         ladder_standin, dataset_dir, tmp_path):
     root, gate = ladder_standin.root, tmp_path / "gate"
@@ -444,7 +445,7 @@ def test_an_engine_killed_mid_promotion_trains_it_again_and_loses_nothing(
 
 # ---------------------------------------------------------------------- real training, the app
 
-@pytest.mark.slow
+@pytest.mark.e2e
 @pytest.mark.timeout(900)                 # five to six tiny runs: minutes on 2 shared cores
 def test_a_change_kept_at_depth_1_is_trained_at_depth_2_and_the_app_and_report_show_it(
         tiny_workspace, tiny_settings, tmp_path):

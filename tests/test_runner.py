@@ -126,6 +126,7 @@ def test_last_progress_state_is_logged_before_an_interrupting_line(tmp_path):
     assert recorder.lines == log_lines(result)
 
 
+@pytest.mark.e2e
 def test_metric_comes_from_the_evaluator_not_from_printed_lines(tmp_path, dataset_dir):
     meta = json.loads((dataset_dir / "meta.json").read_text())
     runner = make_runner(tmp_path, f'''
@@ -222,6 +223,7 @@ def test_exit_without_hand_off_and_stale_model_or_result_is_not_used(tmp_path):
     assert result.val_bpb is None and not (run_dir / "result.json").exists()
 
 
+@pytest.mark.e2e
 def test_a_model_the_evaluator_cannot_load_is_a_crash_of_that_run(tmp_path, dataset_dir):
     runner = make_runner(tmp_path, '''
         model = os.environ["PAIRLAB_MODEL"]

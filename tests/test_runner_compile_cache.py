@@ -148,6 +148,7 @@ def test_the_evaluator_gets_no_compile_cache_and_openmp_threads_that_sleep(tmp_p
     assert env["OMP_WAIT_POLICY"] == "PASSIVE"
 
 
+@pytest.mark.e2e
 def test_the_seed_is_written_by_the_shipped_train_py_once(tmp_path, dataset_dir, monkeypatch):
     """The real template, a few steps on the test dataset; uncompiled here (seconds, not
     minutes), so the seed holds only its stamp: what this checks is the swap and the stamp."""

@@ -4,9 +4,12 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
+@pytest.mark.e2e
 def test_engine_service_bench_quick_prints_latency_and_attach_figures():
     done = subprocess.run([sys.executable, str(ROOT / "bench" / "engine_service.py"), "--quick"],
                           capture_output=True, text=True, timeout=300, cwd=ROOT)

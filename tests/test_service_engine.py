@@ -25,7 +25,7 @@ from tests.faults.conftest import (assert_git_matches_journal, assert_nothing_lo
                                    baselined_template, baselined_workspace, journal_snapshot)
 from test_service_support import WAIT_S, Watch, engine_argv, engine_env, engine_pid, wait_gone  # noqa: F401
 
-pytestmark = pytest.mark.slow
+pytestmark = pytest.mark.e2e
 
 def first_pending(client, watch: Watch) -> int:
     if client.pending():

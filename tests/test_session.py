@@ -15,6 +15,8 @@ from engine.session import Session
 from engine.workspace import Workspace
 from tests.conftest import TINY_ENV
 
+pytestmark = pytest.mark.e2e   # real runs through the evaluator
+
 
 def collect(session):
     events = []

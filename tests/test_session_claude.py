@@ -25,6 +25,8 @@ from engine.session import Session
 from tests.fakeapi import (fake_api, rate_limited, server_error, str_replace,  # noqa: F401
                            submit, turn)
 
+pytestmark = pytest.mark.e2e   # real runs through the evaluator
+
 KEY = "sk-ant-session-test-KEY-9876543210"
 
 EMBED_LR = ("EMBEDDING_LR = 0.6", "EMBEDDING_LR = 0.3")       # lowers val_bpb: a keep

@@ -134,6 +134,7 @@ def test_diverging_loss_fails_fast_with_exit_3(dataset_dir, tmp_path, precision)
     assert result is None
 
 
+@pytest.mark.e2e
 def test_missing_data_is_a_clear_error(tmp_path):
     script = write_train_py(tmp_path, **TINY)
     proc, result, _ = run_train(script, tmp_path / "nowhere")
@@ -143,6 +144,7 @@ def test_missing_data_is_a_clear_error(tmp_path):
     assert "Traceback" not in proc.stderr and result is None
 
 
+@pytest.mark.e2e
 def test_an_unknown_precision_is_a_clear_error(dataset_dir, tmp_path):
     script = write_train_py(tmp_path, **TINY)
     proc, result, _ = run_train(script, dataset_dir, PAIRLAB_PRECISION="fp16")
@@ -168,6 +170,7 @@ def test_native_bf16_is_read_from_the_cpu_flags(flags, native):
     assert harness.cpu_has_native_bf16(f"processor\t: 0\nflags\t\t: {flags}\n") is native
 
 
+@pytest.mark.e2e
 def test_crashing_train_py_exits_nonzero_with_traceback(dataset_dir, tmp_path):
     script = write_train_py(tmp_path, **TINY)
     source = script.read_text().replace(
@@ -284,6 +287,7 @@ def test_dataloader_is_bos_aligned_and_seeded(dataset_dir, monkeypatch):
 BENCH_ROW = re.compile(r"^(.+?)\s+([\d,]+)\s+([\d.]+)%\s+([\d.]+)x\s+(\d+)\s+([\d.]+)$", re.M)
 
 
+@pytest.mark.e2e
 def test_throughput_bench_quick_runs_every_eager_configuration(dataset_dir):
     proc = subprocess.run(
         [sys.executable, str(REPO / "bench" / "train_throughput.py"), "--quick"],

@@ -548,7 +548,7 @@ def test_hunks_carry_line_numbers_and_prefixes():
     assert rendered[5].split()[:1] == ["12"]
 
 
-@pytest.mark.slow
+@pytest.mark.e2e
 def test_in_tmux_the_log_panels_last_line_is_the_live_step_line(tmp_path, dataset_dir):
     """The real command in a real terminal, training its baseline: the log panel's last row
     is train.py's `\\r` progress line, and it changes in place while the run trains."""
@@ -748,14 +748,14 @@ async def wait_until(pilot, condition, timeout: float = 20.0) -> None:
 @pilot_test
 async def test_a_proposal_waiting_unseen_rings_the_bell_once_until_a_key_is_pressed(
         session, monkeypatch):
-    monkeypatch.setenv("PAIRLAB_NUDGE_MINUTES", "0.05")           # 3 s
+    monkeypatch.setenv("PAIRLAB_NUDGE_MINUTES", "0.025")          # 1.5 s
     app = PairlabApp(session)
     async with app.run_test(size=WIDE) as pilot:
         nudge = app.main.diff.nudge
         await wait_until(pilot, lambda: nudge.rung == 1)
         assert nudge.waiting
-        assert any("waited 0.05 min for your review" in n.message for n in app._notifications)
-        await pilot.pause(3.5)
+        assert any("waited 0.025 min for your review" in n.message for n in app._notifications)
+        await pilot.pause(2.0)
         assert nudge.rung == 1                                      # once per wait
         for _ in range(4):                                          # someone is looking
             await pilot.press("down")
@@ -765,7 +765,7 @@ async def test_a_proposal_waiting_unseen_rings_the_bell_once_until_a_key_is_pres
         await pilot.press("a", "a")                                 # nothing waits any more
         await settle(pilot)
         assert not nudge.waiting
-        await pilot.pause(3.5)
+        await pilot.pause(2.0)
         assert nudge.rung == 2
 
 
@@ -791,7 +791,7 @@ def test_the_nudge_is_a_bell_and_an_osc_9_wrapped_for_tmux():
     assert notification("look", in_tmux=True) == "\a\x1bPtmux;\x1b\x1b]9;look\a\x1b\\"
 
 
-@pytest.mark.slow
+@pytest.mark.e2e
 def test_the_log_throughput_bench_runs_quick():
     root = Path(__file__).resolve().parents[1]
     out = subprocess.run([sys.executable, str(root / "bench" / "tui_log_throughput.py"), "--quick"],

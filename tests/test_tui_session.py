@@ -30,7 +30,7 @@ from tui.widgets.diff import DiffPanel
 
 # Each test trains train.py for real (two steps, tiny model): tens of seconds on 2 quiet
 # CPUs, minutes on a loaded machine; the hang guard allows for that.
-pytestmark = [pytest.mark.slow, pytest.mark.timeout(900)]
+pytestmark = [pytest.mark.e2e, pytest.mark.timeout(900)]
 
 SIZE = (120, 40)
 HUMAN_LINE = "# the human was here: this version trains\n"

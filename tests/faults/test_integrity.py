@@ -34,6 +34,8 @@ from tests.faults.conftest import (WAIT_S, assert_git_matches_journal, assert_no
                                    prepend, run_fault, wait_for)
 from tests.faults.test_api_faults import EMBED_LR, Events, edit_turn
 
+pytestmark = pytest.mark.e2e   # real runs through the evaluator
+
 
 def base_train_py(workspace) -> str:
     return workspace.file_at(workspace.head(), "train.py")

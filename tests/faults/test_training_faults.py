@@ -6,9 +6,13 @@ the journal gained exactly the crashed run, git is back on the best commit, and 
 the user reads names what happened.
 """
 
+import pytest
+
 from engine.records import RunStatus
 from tests.faults.conftest import (assert_nothing_lost, fault_settings,
                                    prepend, results_rows, run_fault)
+
+pytestmark = pytest.mark.e2e   # real runs through the evaluator
 
 
 def _check_recorded_as(outcome, status: RunStatus, workspace):
