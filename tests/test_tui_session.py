@@ -282,8 +282,13 @@ def test_pairlab_in_tmux_detach_reattach_two_windows_and_stop(tmp_path, dataset_
                    "the baseline's row and a pending proposal")
         rows_before = results.read_text().count("\n")
         first.keys("a")
-        first.wait(lambda s: "── run " in s and _trainers(root), 120, "the accepted run training")
-        trainer = _trainers(root)[0]
+        trainers: list = []                               # the one seen, not a fresh look
+
+        def training(screen: str) -> bool:
+            trainers[:] = _trainers(root) if "── run " in screen else []
+            return bool(trainers)
+        first.wait(training, 120, "the accepted run training")
+        trainer = trainers[0]
         first.keys("q")                                   # detach while it trains
         deadline = time.monotonic() + 30
         while not exit_file.exists() and time.monotonic() < deadline:
