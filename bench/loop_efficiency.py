@@ -227,11 +227,11 @@ def main() -> None:
     parser.add_argument("--decide", type=float, default=30.0,
                         help="review mode: seconds the human takes after each proposal")
     parser.add_argument("--quick", action="store_true",
-                        help="3 runs of 1 s, drafts of 0.5 s: seconds, for the test suite")
+                        help="3 runs of 0.5 s, drafts of 0.25 s: seconds, for the test suite")
     args = parser.parse_args()
     if args.quick:
-        args.runs, args.budget, args.agent_seconds = 3, 1.0, 0.5
-        args.review_runs, args.review_budget, args.decide = 2, 1.0, 1.5
+        args.runs, args.budget, args.agent_seconds = 3, 0.5, 0.25
+        args.review_runs, args.review_budget, args.decide = 2, 0.5, 0.75
     print(f"{args.runs} experiments of {args.budget:g}s each, agent drafts in "
           f"{args.agent_seconds:g}s\n")
     print(f"{'loop':<26}{'busy':>8}{'steady':>9}{'wall s':>9}{'mean gap s':>12}{'max gap s':>11}")

@@ -159,14 +159,16 @@ def _headless(workspace, dataset_dir, *extra, env_extra=None, **popen):
          *extra], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **popen)
 
 
+# bf16: the same path on the other precision, one experiment is enough to show it
+@pytest.mark.parametrize("precision, experiments", [("fp32", 3), ("bf16", 1)])
 def test_headless_on_a_fresh_dir_ends_with_results_and_branch_on_best(tmp_path, dataset_dir,
-                                                                      precision):
+                                                                      precision, experiments):
     from tests.conftest import tiny_train_py
     from engine.workspace import init
     ws = init(tmp_path / "ws")
     (ws.root / "train.py").write_text(tiny_train_py((ws.root / "train.py").read_text()))
     ws.commit_change({"train.py": (ws.root / "train.py").read_text()}, "tiny", parent=ws.head())
-    proc = _headless(ws.root, dataset_dir, "--max-experiments", "3", "--jsonl",
+    proc = _headless(ws.root, dataset_dir, "--max-experiments", str(experiments), "--jsonl",
                      env_extra={"PAIRLAB_PRECISION": precision})
     out, err = proc.communicate(timeout=300)
     assert proc.returncode == 0, err
@@ -176,7 +178,7 @@ def test_headless_on_a_fresh_dir_ends_with_results_and_branch_on_best(tmp_path, 
     logs = sorted(ws.logs_dir.glob("run-*.log"))
     assert logs and all(f"precision: {precision}" in log.read_text() for log in logs)
     rows = (ws.root / "results.tsv").read_text().splitlines()
-    assert rows[0] == TSV_HEADER.rstrip("\n") and len(rows) == 1 + 1 + 3
+    assert rows[0] == TSV_HEADER.rstrip("\n") and len(rows) == 1 + 1 + experiments
     journal = Journal(ws.pairlab_dir / "journal.db")
     assert Workspace.open(ws.root).head() == journal.best().commit
     import json
@@ -185,14 +187,14 @@ def test_headless_on_a_fresh_dir_ends_with_results_and_branch_on_best(tmp_path, 
     # (re-runs of the best, of the candidate), each finished once, and a settled experiment
     # finished again with its outcome
     kinds = [r["kind"] for r in journal.run_rows()]
-    assert (kinds.count("baseline"), kinds.count("experiment")) == (1, 3)
+    assert (kinds.count("baseline"), kinds.count("experiment")) == (1, experiments)
     settled = sum(1 for r in journal.run_rows() if r["kind"] == "experiment"
                   and any(k["kind"] in ("noise", "rerun") and k["experiment"] > r["experiment"]
                           for k in journal.run_rows()))
     assert len(kinds) <= types.count("run_finished") <= len(kinds) + settled
     assert types[-1] == "stopped"
     t = journal.totals()
-    assert t.experiments == t.kept + t.discarded + t.crashed + t.vetoed == 3
+    assert t.experiments == t.kept + t.discarded + t.crashed + t.vetoed == experiments
 
 
 def test_headless_review_mode_takes_decisions_on_stdin(tiny_workspace, dataset_dir):
