@@ -8,6 +8,7 @@ import shlex
 import shutil
 import subprocess
 import sys
+import threading
 import time
 from dataclasses import replace
 from pathlib import Path
@@ -143,8 +144,7 @@ async def test_edit_shows_a_refusal_inline_then_saves_the_human_version(session)
     async with app.run_test(size=WIDE) as pilot:
         await settle(pilot)
         await pilot.press("e")
-        await pilot.pause()
-        assert isinstance(app.screen, EditorScreen)
+        await wait_until(pilot, lambda: isinstance(app.screen, EditorScreen))
         area = app.screen.query_one(PythonTextArea)
         assert area.text.startswith("LR = 0.03")
         assert any(name == "number" for row in area._highlights.values() for *_, name in row)
@@ -899,3 +899,36 @@ async def test_a_crash_reads_whole_in_its_table_row_and_the_log_panel(session):
             f"── crash · val_bpb — · {CRASH}"
         assert len(summary) > 1
         assert max(len(line) for line in summary) < log.scrollable_content_region.width
+
+
+@pilot_test
+async def test_keys_answer_while_the_engine_holds_the_reply_the_editor_waits_for(session,
+                                                                               monkeypatch):
+    # `e` needs the proposal's files from the engine; an engine that takes its time must not
+    # freeze the app (it did: the call ran on the UI thread, up to the client's 120 s).
+    asked, released = threading.Event(), threading.Event()
+    files = session.proposal_text
+
+    def held_reply(proposal_id: int, path: str) -> str:
+        asked.set()
+        released.wait(5)
+        return files(proposal_id, path)
+
+    monkeypatch.setattr(session, "proposal_text", held_reply)
+    app = PairlabApp(session)
+    async with app.run_test(size=WIDE) as pilot:
+        await settle(pilot)
+        await pilot.press("e")
+        await wait_until(pilot, asked.is_set)
+        before = app.focused
+        pressed = time.monotonic()
+        await pilot.press("tab")
+        while app.focused is before:                        # as soon as it moved, not 50 ms on
+            assert time.monotonic() - pressed < 20, "the key was never answered"
+            await pilot.pause()
+        print(f"tab moved the focus {1000 * (time.monotonic() - pressed):.0f} ms after the key, "
+              "the engine's reply still held")
+        assert not released.is_set() and not isinstance(app.screen, EditorScreen)
+        released.set()
+        await wait_until(pilot, lambda: isinstance(app.screen, EditorScreen))
+        assert app.screen.query_one(PythonTextArea).text.startswith("LR = 0.03")

@@ -444,11 +444,23 @@ class MainScreen(Screen):
 
     def action_edit(self) -> None:
         proposal = self.diff.selected_proposal
-        if proposal is None:
-            return
-        paths = list(proposal.files) or self.session.workspace.config.targets
-        texts = {path: self.session.proposal_text(proposal.id, path) for path in paths}
+        if proposal is not None:
+            self._open_editor(proposal)
 
+    @work(thread=True, exit_on_error=False, group="engine")
+    def _open_editor(self, proposal) -> None:
+        """The proposal's files come from the engine: asked off the UI thread, so a slow or
+        dead engine never freezes the keys; the editor opens once they are here."""
+        paths = list(proposal.files) or self.session.workspace.config.targets
+        try:
+            texts = {path: self.session.proposal_text(proposal.id, path) for path in paths}
+        except Exception as error:
+            self.app.call_from_thread(self.notify, f"edit #{proposal.id}: {error}",
+                                      severity="error")
+            return
+        self.app.call_from_thread(self._show_editor, proposal, texts)
+
+    def _show_editor(self, proposal, texts: dict[str, str]) -> None:
         def edited(saved: bool | None) -> None:
             if saved:
                 self.diff.remove(proposal.id)
