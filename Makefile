@@ -20,7 +20,7 @@ $(VENV)/.installed: pyproject.toml
 # The data, the tokenizer and a torch.compile cache of the shipped train.py (once; later
 # calls see them prepared): a fresh workspace's first runs start from that cache.
 prepare: install
-	$(PY) -m nanochat.prepare --compile-seed
+	$(VENV)/bin/pairlab prepare --compile-seed
 
 run: prepare
 	$(VENV)/bin/pairlab

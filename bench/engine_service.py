@@ -31,13 +31,13 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from engine import protocol as proto                                  # noqa: E402
+from engine.service import protocol as proto                                  # noqa: E402
 from engine.agents.tuner import TunerAgent                            # noqa: E402
-from engine.client import connect                                     # noqa: E402
-from engine.events import StateChanged                                # noqa: E402
+from engine.service.client import connect                                     # noqa: E402
+from engine.base.events import StateChanged                                # noqa: E402
 from engine.journal import Journal                                    # noqa: E402
-from engine.records import RunResult, RunStatus                       # noqa: E402
-from engine.service import EngineService, socket_path                 # noqa: E402
+from engine.base.records import RunResult, RunStatus                       # noqa: E402
+from engine.service.server import EngineService, socket_path                 # noqa: E402
 from engine.session import Session, SessionSettings                   # noqa: E402
 from engine.workspace import init                                     # noqa: E402
 

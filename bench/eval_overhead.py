@@ -27,7 +27,7 @@ sys.path.insert(0, str(REPO))
 
 import torch  # noqa: E402
 
-from engine.evaluation import evaluator_env, run_evaluator  # noqa: E402
+from engine.run.evaluation import evaluator_env, run_evaluator  # noqa: E402
 from nanochat import evaluate, harness  # noqa: E402
 
 RUN_SECONDS = 300.0

@@ -5,13 +5,13 @@ in units of sigma; true values sit at 400 sigma, about val_bpb 2.0 with sigma 0.
 judge's "more than 5% of val_bpb" hold never fires on these wins). Two rules, both seeded the
 same way:
 
-- today's rule, the reference: a copy of the rule engine/judge.py had before the keep rule,
+- today's rule, the reference: a copy of the rule engine/loop/judge.py had before the keep rule,
   kept here only for comparison. The best is the baseline's first run (then the value a
   change was kept at); the noise floor is the spread (max - min) of the baseline and its 2
   repeats; a candidate better than the best by less than the floor is re-run once and the
   mean of its two runs must beat the best.
 - the keep rule as the engine runs it: engine/judge.judge (which applies
-  engine/keep_rule.py and the large-win hold), fed as the coordinator feeds it: means of all
+  engine/loop/keep_rule.py and the large-win hold), fed as the coordinator feeds it: means of all
   runs, sigma pooled over every repeated commit, confirmations re-running the best or the
   candidate as the judge asks, the best re-run every `best_rerun_every` candidate runs
   (keep_rule.should_rerun_best). A held win counts as kept (the human accepts it).
@@ -37,8 +37,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from engine.judge import JudgeRules, Verdict, judge  # noqa: E402
-from engine.keep_rule import KeepRuleSettings, pooled_noise, should_rerun_best  # noqa: E402
+from engine.loop.judge import JudgeRules, Verdict, judge  # noqa: E402
+from engine.loop.keep_rule import KeepRuleSettings, pooled_noise, should_rerun_best  # noqa: E402
 
 BASELINE_RUNS = 3          # the baseline and its 2 noise repeats, as `make run` does today
 MIX = ((2.0, 0.3), (0.0, 0.4), (-2.0, 0.3))   # (true improvement in sigma, share)

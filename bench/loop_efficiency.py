@@ -28,9 +28,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from engine.commands import CommandRefused                           # noqa: E402
-from engine.events import ProposalReady, RunFinished, RunStarted     # noqa: E402
-from engine.records import Draft                                     # noqa: E402
+from engine.base.commands import CommandRefused                           # noqa: E402
+from engine.base.events import ProposalReady, RunFinished, RunStarted     # noqa: E402
+from engine.base.records import Draft                                     # noqa: E402
 from engine.session import Session, SessionSettings                  # noqa: E402
 from engine.workspace import init                                    # noqa: E402
 from nanochat import prepare                                         # noqa: E402

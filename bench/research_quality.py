@@ -2,7 +2,7 @@
 
 Both searches get the same budget, the same experiments and the same shared baseline on the
 default CPU config (the shipped train.py and the default dataset): each experiment trains
-through the real Runner and is judged by the keep rule (engine/keep_rule.py), confirmations
+through the real Runner and is judged by the keep rule (engine/loop/keep_rule.py), confirmations
 included; the best of each search is re-run once at the end to check that its win holds.
 Random search changes one of the same constants (the tuner's knobs) to a value drawn within
 three of the knob's steps of the current one (its whole range would spend the budget on
@@ -36,11 +36,11 @@ sys.path.insert(0, str(ROOT))
 
 from engine.agents import template_checks                                     # noqa: E402
 from engine.agents.base import DraftContext, HistoryItem                       # noqa: E402
-from engine.agents.tuner import (TunerAgent, describe, knob_for, parse_constants,  # noqa: E402
-                                 rewrite)
-from engine.keep_rule import Action, KeepRuleSettings, judge, pooled_noise     # noqa: E402
-from engine.records import Draft, RunStatus                                    # noqa: E402
-from engine.runner import Runner                                               # noqa: E402
+from engine.agents.tuner import TunerAgent, describe, knob_for            # noqa: E402
+from engine.base.constants import parse_constants, rewrite                # noqa: E402
+from engine.loop.keep_rule import Action, KeepRuleSettings, judge, pooled_noise     # noqa: E402
+from engine.base.records import Draft, RunStatus                                    # noqa: E402
+from engine.run.runner import Runner                                               # noqa: E402
 from nanochat import prepare                                                   # noqa: E402
 
 HARNESS_SOURCE = (ROOT / "nanochat" / "harness.py").read_text()

@@ -36,7 +36,7 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 import torch  # noqa: E402
 
-from engine.evaluation import evaluator_env, run_evaluator  # noqa: E402
+from engine.run.evaluation import evaluator_env, run_evaluator  # noqa: E402
 from nanochat import REPORT_FILE, harness  # noqa: E402
 
 TEMPLATE = REPO / "nanochat" / "train.py"

@@ -35,7 +35,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from tui.app import PairlabApp  # noqa: E402
 from textual import events  # noqa: E402
 
-from engine.events import LiveLine, LogLines, RunStarted  # noqa: E402
+from engine.base.events import LiveLine, LogLines, RunStarted  # noqa: E402
 from tui.widgets.log import LogPanel  # noqa: E402
 from tui.widgets.panel import PanelGrid  # noqa: E402
 

@@ -10,8 +10,8 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
 from engine.journal import FAILED_STATUSES, Journal, Totals
-from engine.journal_promotions import Promotion
-from engine.records import Experiment, KeepMeasure, RunStatus
+from engine.journal.promotions import Promotion
+from engine.base.records import Experiment, KeepMeasure, RunStatus
 
 PNG_NAME = "progress.png"
 MD_NAME = "report.md"

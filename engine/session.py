@@ -1,7 +1,7 @@
 """The research loop with a human in it: draft -> validate -> review -> commit -> run -> judge.
 
 `Session` is the one public API that the CLI, the service and the tests drive: a thin facade
-over the coordinator (engine/coordinator.py), the one thread that owns proposals, git and
+over the coordinator (engine/loop/coordinator.py), the one thread that owns proposals, git and
 the journal. Commands go to it as messages and return once applied (a refusal raises
 CommandRefused, a ValueError whose text is the user's message); getters read the immutable
 snapshot it publishes, so they never wait on git or a run.
@@ -15,14 +15,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
-from engine import commands
+from engine.base import commands
 from engine.agents.base import Agent
-from engine.coordinator import Coordinator
-from engine.decisions import MODES
-from engine.events import Event, ModeChanged, RunStarted
+from engine.loop.coordinator import Coordinator
+from engine.loop.decisions import MODES
+from engine.base.events import Event, ModeChanged, RunStarted
 from engine.journal import Journal
-from engine.monitor import Monitor
-from engine.records import Experiment, Proposal
+from engine.run.monitor import Monitor
+from engine.base.records import Experiment, Proposal
 from engine.workspace import Workspace
 
 

@@ -593,7 +593,7 @@ def prepare_dataset(source: str = "default", cache_dir: str | Path | None = None
 # ---------------------------------------------------------------------------
 
 
-def main(argv: list[str] | None = None) -> int:
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="pairlab prepare", formatter_class=argparse.RawDescriptionHelpFormatter,
         description="Prepare the training data and the tokenizer (once per machine).",
@@ -607,12 +607,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--force", action="store_true", help="rebuild even if already prepared")
     parser.add_argument("--max-bytes", type=int, help="use at most this many bytes of training text (quick tests)")
     parser.add_argument("--num-shards", type=int, default=2, help="climbmix training shards to download (default 2)")
-    parser.add_argument("--compile-seed", action="store_true",
-                        help="also compile the shipped train.py once (about a minute on a CPU): every workspace's "
-                             "first runs start from that torch.compile cache")
-    parser.add_argument("--device", help="the device the seed is compiled for (default: the one training picks)")
-    args = parser.parse_args(argv)
+    return parser
 
+
+def run(args: argparse.Namespace) -> tuple[int, Path | None]:
+    """Prepare what the parsed arguments ask for: (exit code, the dataset folder)."""
     bar = TextProgressBar()
     try:
         dataset = prepare_dataset(args.source, args.cache_dir, args.vocab_size, args.text, bar, args.force,
@@ -621,21 +620,15 @@ def main(argv: list[str] | None = None) -> int:
         if bar.last:
             sys.stderr.write("\n")
         print(f"error: {e}", file=sys.stderr)
-        return e.exit_code
+        return e.exit_code, None
     meta = json.loads((dataset / "meta.json").read_text())
     print(f"dataset: {dataset}")
     print(f"vocab_size: {meta['vocab_size']}  train_tokens: {meta['train_tokens']:,}  val_tokens: {meta['val_tokens']:,}")
-    if args.compile_seed:
-        from engine.run_compile_cache import SEED_FOLDER, write_seed
-        print(f"compile seed: {dataset / SEED_FOLDER} ...", flush=True)
-        try:
-            compiled = write_seed(dataset, args.device, force=args.force)
-        except (RuntimeError, OSError, subprocess.SubprocessError) as e:
-            print(f"error: {e}", file=sys.stderr)
-            return 1
-        print("compile seed: " + ("compiled" if compiled else "already compiled (--force recompiles)"))
-    return 0
+    return 0, dataset
 
+
+def main(argv: list[str] | None = None) -> int:
+    return run(build_parser().parse_args(argv))[0]
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -8,7 +8,7 @@ from pathlib import Path
 import psutil
 import pytest
 
-from engine import doctor
+from engine.run import doctor
 from nanochat import prepare
 
 

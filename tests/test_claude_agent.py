@@ -11,7 +11,7 @@ import pytest
 from engine.agents.base import AgentError, DraftCancelled, DraftContext, HistoryItem
 from engine.agents.claude import ClaudeAgent
 from engine.agents.editor_tool import ScratchEditor
-from engine.patch import PROTECTED_BEGIN, PROTECTED_END
+from engine.workspace.patch import PROTECTED_BEGIN, PROTECTED_END
 from tests.fakeapi import (EDITOR, broken, closed_port, fake_api, insert, overloaded,  # noqa: F401
                            rate_limited, server_error, str_replace, stream_error, submit, turn,
                            unauthorized, view)

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from engine.cli import build_parser, main
+from pairlab.cli import build_parser, main
 from engine.workspace import init
 
 
@@ -40,7 +40,7 @@ def test_flags_before_the_command_are_kept_and_the_commands_own_win(command):
 
 def test_every_command_says_what_it_does_with_an_example_in_the_order_a_user_meets_them(
         capsys):
-    from engine.cli import COMMANDS
+    from pairlab.cli import COMMANDS
     with pytest.raises(SystemExit):
         main(["--help"])
     listing = capsys.readouterr().out

@@ -9,8 +9,8 @@ import asyncio
 import pytest
 
 from engine.agents.tuner import TunerAgent
-from engine.client import connect
-from engine.service import EngineService, socket_path
+from engine.service.client import connect
+from engine.service.server import EngineService, socket_path
 from engine.session import Session, SessionSettings
 from engine.workspace import init
 from test_tui_support import pilot_test

@@ -12,7 +12,7 @@ import textwrap
 
 import pytest
 
-from engine import confine
+from engine.run import confine
 
 pytestmark = pytest.mark.skipif(confine.probe() is not None,
                                 reason=f"no confinement here: {confine.probe()}")

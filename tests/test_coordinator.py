@@ -14,11 +14,11 @@ from pathlib import Path
 import pytest
 
 from engine.agents.base import AgentError, DraftCancelled
-from engine.commands import CommandRefused
-from engine.events import (BestUpdated, DecisionMade, ExperimentSettled, Notice, ProposalReady,
+from engine.base.commands import CommandRefused
+from engine.base.events import (BestUpdated, DecisionMade, ExperimentSettled, Notice, ProposalReady,
                            ProposalRebased, ProposalStale, RunFinished, RunStarted,
                            SessionStopped, StateChanged, SteeringNote, WinHeld)
-from engine.records import Draft, ProposalState, RunStatus
+from engine.base.records import Draft, ProposalState, RunStatus
 from engine.session import Session, SessionSettings
 from engine.workspace import init
 from tests.faults.conftest import assert_git_matches_journal
@@ -464,7 +464,7 @@ def test_detail_only_state_changes_reach_subscribers(standin, dataset_dir):
 
 def test_a_trainer_that_dies_stops_the_loop_and_says_so(standin, dataset_dir, monkeypatch):
     """Issue 8: a trainer dying of anything but a full disk never emitted SessionStopped."""
-    from engine.runner import Runner
+    from engine.run.runner import Runner
 
     def broken(self, *args, **kwargs):
         raise RuntimeError("the accelerator fell off the bus")

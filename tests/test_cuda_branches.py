@@ -15,8 +15,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from engine.evaluation import evaluator_env, run_evaluator
-from engine.monitor import Monitor, Nvml
+from engine.run.evaluation import evaluator_env, run_evaluator
+from engine.run.monitor import Monitor, Nvml
 from nanochat import harness
 from tests.test_training import TEMPLATE, TINY, run_train, write_train_py
 from tui.widgets.device import describe

@@ -12,9 +12,10 @@ from pathlib import Path
 
 import pytest
 
-from engine import confine, planner
+from engine.run import confine
+from engine.loop import planner
 from engine.agents.tuner import TunerAgent
-from engine.events import Notice, SessionStopped
+from engine.base.events import Notice, SessionStopped
 from engine.session import Session
 from tests.conftest import TINY_ENV
 from tests.faults.conftest import headless
@@ -30,7 +31,7 @@ BROKEN = ('raise RuntimeError("Tensor dtype mismatch! Expected: BFloat16, Got: f
 
 def doctor(workspace_root, dataset_dir, **env) -> subprocess.CompletedProcess:
     full = {**os.environ, **TINY_ENV, "PAIRLAB_DATA_DIR": str(dataset_dir), **env}
-    return subprocess.run([sys.executable, "-m", "engine", "doctor", "--workspace",
+    return subprocess.run([sys.executable, "-m", "pairlab", "doctor", "--workspace",
                            str(workspace_root)], env=full, capture_output=True, text=True,
                           timeout=300, cwd=REPO)
 
@@ -165,14 +166,14 @@ def test_in_review_mode_the_engine_pauses_and_status_shows_the_whole_error(tiny_
                 break
         else:
             raise AssertionError(f"the engine ended without pausing: {engine.stderr.read()}")
-        status = subprocess.run([sys.executable, "-m", "engine", "status", "--workspace",
+        status = subprocess.run([sys.executable, "-m", "pairlab", "status", "--workspace",
                                  str(tiny_workspace.root)], capture_output=True, text=True,
                                 timeout=60, cwd=REPO)
         assert "state: paused (the first-start check failed)" in status.stdout, status.stdout
         error = status.stdout[status.stdout.index("\nerror: "):status.stdout.index("\nbest: ")]
         assert "long enough to be cut at a panel edge" in error and "press p to resume" in error
     finally:
-        subprocess.run([sys.executable, "-m", "engine", "stop", "--workspace",
+        subprocess.run([sys.executable, "-m", "pairlab", "stop", "--workspace",
                         str(tiny_workspace.root)], capture_output=True, timeout=60, cwd=REPO)
         engine.wait(timeout=60)
     assert engine.returncode == 0                # stopped by the user: not a failure

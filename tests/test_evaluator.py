@@ -2,7 +2,7 @@
 would forge the metric are refused with a specific message.
 
 The hand-off and the evaluator are the real ones (harness.save_model, nanochat.evaluate
-in a subprocess through engine.evaluation); the models are small torch modules, and one
+in a subprocess through engine.run.evaluation); the models are small torch modules, and one
 is train.py's own GPT after a few steps of real training.
 """
 
@@ -23,7 +23,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from engine.evaluation import evaluator_env, run_evaluator
+from engine.run.evaluation import evaluator_env, run_evaluator
 from nanochat import evaluate, harness
 from tests.test_training import TINY, write_train_py
 

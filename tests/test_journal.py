@@ -22,7 +22,7 @@ from engine.journal import (
     journal_path,
     redact,
 )
-from engine.records import (
+from engine.base.records import (
     Decision,
     DecisionKind,
     KeepMeasure,
@@ -399,7 +399,7 @@ def test_writes_from_many_threads_all_land(journal):
 WRITER = textwrap.dedent("""
     import sys
     from engine.journal import Journal
-    from engine.records import RunResult, RunStatus
+    from engine.base.records import RunResult, RunStatus
     journal = Journal(sys.argv[1])
     i = 0
     while True:

@@ -3,8 +3,8 @@ no threads. The statistics themselves are tested in tests/test_keep_rule.py."""
 
 import pytest
 
-from engine.judge import JudgeRules, Verdict, judge
-from engine.keep_rule import KeepRuleSettings, Noise, pooled_noise
+from engine.loop.judge import JudgeRules, Verdict, judge
+from engine.loop.keep_rule import KeepRuleSettings, Noise, pooled_noise
 
 UNMEASURED = Noise(None, 0, 0)
 

@@ -5,7 +5,7 @@ import math
 
 import pytest
 
-from engine.keep_rule import (Action, KeepRuleSettings, Noise, judge, margin,
+from engine.loop.keep_rule import (Action, KeepRuleSettings, Noise, judge, margin,
                               pooled_noise, should_rerun_best, student_t_critical)
 
 # Exact Student's t quantiles at the one-sided level of z = 2 (0.97725), from tables.

@@ -10,8 +10,8 @@ import time
 import psutil
 import pytest
 
-from engine.events import DeviceSample
-from engine.monitor import Monitor, Nvml
+from engine.base.events import DeviceSample
+from engine.run.monitor import Monitor, Nvml
 
 
 def test_cpu_sample_has_numbers():

@@ -7,8 +7,8 @@ import pytest
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
-from engine import patch
-from engine.patch import (PROTECTED_BEGIN, PROTECTED_END, PatchRefused, check_protected,
+from engine.workspace import patch
+from engine.workspace.patch import (PROTECTED_BEGIN, PROTECTED_END, PatchRefused, check_protected,
                           parse_user_diff, rebase, split_lines, unified_diff, validate_change,
                           validator)
 from engine.workspace import adopt, init
@@ -73,7 +73,7 @@ def edit(text, old, new):
 
 @pytest.fixture(scope="module")
 def scratch(tmp_path_factory):
-    """A git repo where diffs are applied to f.py, independently of engine.patch."""
+    """A git repo where diffs are applied to f.py, independently of engine.workspace.patch."""
     root = tmp_path_factory.mktemp("scratch")
     git(root, "init", "-q")
     return root
@@ -229,14 +229,14 @@ def test_a_malformed_fence_at_the_base_is_reported():
 
 
 def test_the_markers_are_defined_once():
-    # engine/patch.py holds the one definition; everything else imports it (the template
+    # engine/workspace/patch.py holds the one definition; everything else imports it (the template
     # writes the lines themselves, once each)
     root = Path(__file__).resolve().parents[1]
     sources = [p for folder in ("engine", "nanochat", "tests", "tui", "bench")
                for p in (root / folder).rglob("*.py")]
     prefix = PROTECTED_END[:-len("end ----")]
     holders = sorted(p.relative_to(root).as_posix() for p in sources if prefix in p.read_text())
-    assert holders == ["engine/patch.py", "nanochat/train.py"]
+    assert holders == ["engine/workspace/patch.py", "nanochat/train.py"]
 
 
 # random edits: inside the fence always refused, outside always accepted

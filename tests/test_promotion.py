@@ -1,4 +1,4 @@
-"""The promotion ladder: the pure decisions (engine/promotion.py, the planner's hook), then a
+"""The promotion ladder: the pure decisions (engine/loop/promotion.py, the planner's hook), then a
 real change kept at depth 1 and trained at depth 2 with its baseline, shown by the journal,
 the app and the report, and a restart in the middle of a promotion."""
 
@@ -13,16 +13,18 @@ from pathlib import Path
 
 import pytest
 
-from engine import planner, promotion
-from engine.events import ExperimentSettled, RunFinished, RunStarted
-from engine.planner import LoopView
-from engine.promoting import PREEMPTED
-from engine.promotion import KeptChange, LadderView, PromotionRecord
-from engine.records import Experiment, PromotionRung, RunStatus
+from engine.loop import planner
+from engine.loop import promotion
+from engine.base.events import ExperimentSettled, RunFinished, RunStarted
+from engine.loop.planner import LoopView
+from engine.loop.promoting import PREEMPTED
+from engine.loop.promotion import KeptChange, LadderView, PromotionRecord
+from engine.base.records import Experiment, PromotionRung, RunStatus
 from engine.report import write_report
 from engine.session import Session, SessionSettings
-from engine.slots import Worktrees
-from engine.workspace import Config, Workspace, WorkspaceError, run_git
+from engine.scale.slots import Worktrees
+from engine.base.git import run_git
+from engine.workspace import Config, Workspace, WorkspaceError
 from test_tui_support import pilot_test
 from tests.faults.conftest import (assert_git_matches_journal, assert_nothing_lost,
                                    journal_snapshot, wait_for)

@@ -16,13 +16,16 @@ from pathlib import Path
 import psutil
 import pytest
 
-from engine import cli, ray_executor, ray_worker
+from pairlab import cli
+from engine.scale import ray_executor
+from engine.scale import ray_worker
 from engine.agents.tuner import TunerAgent
-from engine.events import LogLines, Notice, RunFinished, RunStarted
+from engine.base.events import LogLines, Notice, RunFinished, RunStarted
 from engine.journal import TSV_HEADER
-from engine.records import RunStatus
+from engine.base.records import RunStatus
 from engine.session import Session
-from engine.workspace import Config, WorkspaceError, run_git
+from engine.base.git import run_git
+from engine.workspace import Config, WorkspaceError
 
 SOURCE_ROOT = Path(__file__).resolve().parent.parent
 RAY_TASK_TITLE = "ray::train_on_worker"     # a Ray worker's process title while it trains
@@ -63,7 +66,7 @@ def test_a_cluster_without_the_resource_is_named_before_anything_waits_on_it():
 
 def test_engine_imports_without_ray_and_the_cli_says_what_to_install(tmp_path):
     script = ("import sys; sys.modules['ray'] = None\n"   # as if Ray were not installed
-              "import engine.session, engine.outcomes, engine.ray_executor\n"
+              "import engine.session, engine.loop.outcomes, engine.scale.ray_executor\n"
               "from engine import cli\n"
               "sys.exit(cli.main(sys.argv[1:]))")
     proc = subprocess.run([sys.executable, "-c", script, "headless", "--executor", "ray",

@@ -7,7 +7,7 @@ import struct
 import pytest
 
 from engine.journal import Journal, journal_path
-from engine.records import (Decision, DecisionKind, KeepMeasure, Proposal, RunResult, RunStatus,
+from engine.base.records import (Decision, DecisionKind, KeepMeasure, Proposal, RunResult, RunStatus,
                             Usage)
 from engine.report import summarize, write_report
 

@@ -1,6 +1,6 @@
 """The run watchdog's deadlines, on times passed in (no processes)."""
 
-from engine.run_watchdog import Watchdog
+from engine.run.watchdog import Watchdog
 
 
 def test_a_run_that_prints_its_own_way_gets_the_fixed_deadline():

@@ -12,10 +12,10 @@ import time
 import psutil
 import pytest
 
-from engine import confine
-from engine.records import RunStatus
-from engine.run_output import OutputCollector
-from engine.runner import Runner, check_result
+from engine.run import confine
+from engine.base.records import RunStatus
+from engine.run.output import OutputCollector
+from engine.run.runner import Runner, check_result
 
 # What every fake train.py can use: the progress line of contracts §3, and the real
 # hand-off of a model that predicts every token of the vocabulary alike.

@@ -12,11 +12,12 @@ from pathlib import Path
 
 import pytest
 
-from engine import confine, evaluation
-from engine.records import RunStatus
-from engine.run_compile_cache import (FOLDER, SEED_FOLDER, STAMP_FILE, CommitCache, code_key,
+from engine.run import confine
+from engine.run import evaluation
+from engine.base.records import RunStatus
+from engine.run.compile_cache import (FOLDER, SEED_FOLDER, STAMP_FILE, CommitCache, code_key,
                                       prune, seed_stamp, write_seed)
-from engine.runner import Runner
+from engine.run.runner import Runner
 
 # Lists what its inductor cache holds, then leaves a file of its own there; it hands
 # nothing over, so each run ends as a crash of that run (which is all these tests need).

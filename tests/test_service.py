@@ -11,11 +11,11 @@ from pathlib import Path
 
 import pytest
 
-from engine import protocol as proto
+from engine.service import protocol as proto
 from engine.agents.tuner import TunerAgent
-from engine.client import CommandRefused, EngineClient, EngineLost, connect
-from engine.events import StateChanged
-from engine.service import EngineLock, EngineService, ServiceError, reachable, socket_path
+from engine.service.client import CommandRefused, EngineClient, EngineLost, connect
+from engine.base.events import StateChanged
+from engine.service.server import EngineLock, EngineService, ServiceError, reachable, socket_path
 from engine.session import Session, SessionSettings
 from engine.workspace import init
 

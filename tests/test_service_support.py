@@ -15,8 +15,8 @@ from typing import Callable
 import psutil
 import pytest
 
-from engine.cli import ENGINE_ARGS_NAME
-from engine.client import EngineLost
+from pairlab.cli import ENGINE_ARGS_NAME
+from engine.service.client import EngineLost
 from tests.conftest import TINY_ENV
 
 WAIT_S = 180.0                 # a loaded CI box imports torch slowly
@@ -24,7 +24,7 @@ WAIT_S = 180.0                 # a loaded CI box imports torch slowly
 
 def engine_argv(root: Path, *flags: str) -> list[str]:
     """`pairlab headless` on the workspace with the offline tuner and tiny runs."""
-    return [sys.executable, "-m", "engine", "headless", "--workspace", str(root),
+    return [sys.executable, "-m", "pairlab", "headless", "--workspace", str(root),
             "--agent", "tuner", "--budget", "5", "--noise-repeats", "0", *flags]
 
 

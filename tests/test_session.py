@@ -8,9 +8,9 @@ import time
 import pytest
 
 from engine.agents.tuner import TunerAgent
-from engine.events import DecisionMade, ProposalReady, RunFinished, SessionStopped
+from engine.base.events import DecisionMade, ProposalReady, RunFinished, SessionStopped
 from engine.journal import Journal, TSV_HEADER
-from engine.records import ProposalState, RunStatus
+from engine.base.records import ProposalState, RunStatus
 from engine.session import Session
 from engine.workspace import Workspace
 from tests.conftest import TINY_ENV
@@ -93,7 +93,7 @@ def test_review_mode_waits_for_the_human_and_tells_the_agent_about_a_veto(
 
 def test_edit_replaces_the_agents_version_and_refusals_are_precise(tiny_workspace,
                                                                     tiny_settings):
-    from engine.patch import PatchRefused
+    from engine.workspace.patch import PatchRefused
     # the edit of a proposal training ahead of its review: tests/test_speculation.py
     session = Session(tiny_workspace, TunerAgent(), tiny_settings(mode="review",
                       max_experiments=1, speculate=False), monitor=False)
@@ -154,7 +154,7 @@ def _headless(workspace, dataset_dir, *extra, env_extra=None, **popen):
            "PAIRLAB_MAX_STEPS": "6", **(env_extra or {})}
     env.pop("ANTHROPIC_API_KEY", None)
     return subprocess.Popen(
-        [sys.executable, "-m", "engine", "headless", "--workspace", str(workspace),
+        [sys.executable, "-m", "pairlab", "headless", "--workspace", str(workspace),
          "--agent", "tuner", "--mode", "auto", "--budget", "5", "--noise-repeats", "0",
          *extra], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **popen)
 
@@ -201,7 +201,7 @@ def test_headless_review_mode_takes_decisions_on_stdin(tiny_workspace, dataset_d
     env = dict(os.environ, **TINY_ENV, PAIRLAB_DATA_DIR=str(dataset_dir), PAIRLAB_MAX_STEPS="4")
     env.pop("ANTHROPIC_API_KEY", None)
     proc = subprocess.Popen(
-        [sys.executable, "-m", "engine", "headless", "--workspace", str(tiny_workspace.root),
+        [sys.executable, "-m", "pairlab", "headless", "--workspace", str(tiny_workspace.root),
          "--agent", "tuner", "--mode", "review", "--noise-repeats", "0", "--max-experiments",
          "1"], env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
         text=True, bufsize=1)
@@ -232,7 +232,7 @@ def test_headless_review_mode_takes_decisions_on_stdin(tiny_workspace, dataset_d
 
 
 def test_report_writes_png_and_markdown(tiny_workspace, tiny_settings, tmp_path):
-    from engine.cli import main
+    from pairlab.cli import main
     session = Session(tiny_workspace, TunerAgent(), tiny_settings(max_experiments=1),
                       monitor=False)
     session.start()
@@ -252,8 +252,8 @@ def test_report_writes_png_and_markdown(tiny_workspace, tiny_settings, tmp_path)
 ])
 def test_headless_lines_say_what_a_finished_run_was(kind, status, reads):
     import io
-    from engine.headless import ReadablePrinter
-    from engine.records import Experiment, RunResult
+    from pairlab.headless import ReadablePrinter
+    from engine.base.records import Experiment, RunResult
     val_bpb = None if status is RunStatus.CRASH else 1.1
     experiment = Experiment(id=2, proposal_id=None, commit="f" * 40, status=status,
                             val_bpb=val_bpb, memory_gb=0.0, description="", decided_by="",

@@ -17,10 +17,10 @@ import time
 import pytest
 
 from engine.agents.claude import ClaudeAgent
-from engine.events import (BestUpdated, DecisionMade, DraftFailed, DraftStarted, Notice,
+from engine.base.events import (BestUpdated, DecisionMade, DraftFailed, DraftStarted, Notice,
                            ProposalReady, ProposalRebased, ProposalStale, ReasoningDelta,
                            RunStarted, SessionStopped, StateChanged)
-from engine.records import DecisionKind, RunStatus
+from engine.base.records import DecisionKind, RunStatus
 from engine.session import Session
 from tests.fakeapi import (fake_api, rate_limited, server_error, str_replace,  # noqa: F401
                            submit, turn)

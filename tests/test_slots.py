@@ -10,10 +10,10 @@ import signal
 import psutil
 import pytest
 
-from engine.events import BestUpdated, ProposalReady, RunFinished, RunStarted
-from engine.records import RunStatus
+from engine.base.events import BestUpdated, ProposalReady, RunFinished, RunStarted
+from engine.base.records import RunStatus
 from engine.session import SessionSettings
-from engine.slots import Worktrees, default_slot_count, make_slots, upcoming_slots
+from engine.scale.slots import Worktrees, default_slot_count, make_slots, upcoming_slots
 from tests.faults.conftest import (assert_git_matches_journal, assert_nothing_lost,  # noqa: F401
                                    baselined_template, baselined_workspace, headless,
                                    journal_snapshot, results_rows, wait_for)

@@ -13,11 +13,11 @@ from pathlib import Path
 
 import pytest
 
-from engine.commands import CommandRefused
-from engine.events import (BestUpdated, ExperimentSettled, ProposalStale, RunAccepted,
+from engine.base.commands import CommandRefused
+from engine.base.events import (BestUpdated, ExperimentSettled, ProposalStale, RunAccepted,
                            RunFinished, RunStarted, WinHeld)
-from engine.records import ProposalState, RunStatus
-from engine.slots import Worktrees
+from engine.base.records import ProposalState, RunStatus
+from engine.scale.slots import Worktrees
 from tests.faults.conftest import assert_git_matches_journal, journal_snapshot
 from tests.test_coordinator import (WAIT_S, Events, ScriptedAgent, run_kinds,
                                     standin_workspace, started)
@@ -277,7 +277,7 @@ def test_a_held_win_trained_ahead_takes_one_decision_then_a_settlement(
 
 
 def test_speculation_is_a_setting_and_a_flag(tmp_path):
-    from engine.cli import build_parser, settings_from_args
+    from pairlab.cli import build_parser, settings_from_args
     from engine.workspace import Config
     parser = build_parser()
     assert settings_from_args(parser.parse_args([]), Config()).speculate is True

@@ -11,12 +11,12 @@ import subprocess
 import pytest
 from textual.widgets import Input, TextArea
 
-from engine.client import connect
-from engine.commands import CommandRefused
-from engine.events import BestUpdated, Notice, ProposalReady, RunFinished, RunStarted, SteeringNote
-from engine.records import RunStatus
+from engine.service.client import connect
+from engine.base.commands import CommandRefused
+from engine.base.events import BestUpdated, Notice, ProposalReady, RunFinished, RunStarted, SteeringNote
+from engine.base.records import RunStatus
 from engine.report import markdown, summarize
-from engine.service import EngineService, socket_path
+from engine.service.server import EngineService, socket_path
 from test_service_support import WAIT_S as SERVICE_WAIT_S, Watch
 from test_tui_support import pilot_test
 from tests.test_coordinator import WAIT_S, ScriptedAgent, settings, standin, started

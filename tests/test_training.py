@@ -15,8 +15,8 @@ import numpy as np
 import pytest
 import torch
 
-from engine.evaluation import evaluator_env, read_reported, run_evaluator
-from engine.patch import PROTECTED_BEGIN, PROTECTED_END
+from engine.run.evaluation import evaluator_env, read_reported, run_evaluator
+from engine.workspace.patch import PROTECTED_BEGIN, PROTECTED_END
 from nanochat import evaluate, harness, prepare
 from tests.conftest import PRECISIONS
 

@@ -17,10 +17,10 @@ import pytest
 from textual.widgets import DataTable, Input
 from textual.widgets.data_table import RowKey
 
-from engine.events import (DeviceSample, DraftStarted, LiveLine, LogLines, ProposalReady,
+from engine.base.events import (DeviceSample, DraftStarted, LiveLine, LogLines, ProposalReady,
                            ReasoningDelta, RunAccepted, RunFinished, RunProgress, RunStarted,
                            StateChanged)
-from engine.records import KeepMeasure, ProposalState, RunResult, RunStatus
+from engine.base.records import KeepMeasure, ProposalState, RunResult, RunStatus
 from test_tui_support import (T0, ScriptedSession, experiment, history_events, pilot_test,
                               proposal)
 from tui.app import PairlabApp
@@ -569,7 +569,7 @@ def test_in_tmux_the_log_panels_last_line_is_the_live_step_line(tmp_path, datase
     # -u: a tmux server started under pytest hands its COLUMNS/LINES (80x24) to the pane
     exports = " ".join(f"{key}={shlex.quote(value)}" for key, value in env.items())
     command = (f"env -u COLUMNS -u LINES {exports} "
-               f"{shlex.quote(sys.executable)} -c 'from engine.cli import main; main()'"
+               f"{shlex.quote(sys.executable)} -c 'from pairlab.cli import main; main()'"
                f" --workspace {shlex.quote(str(ws.root))} --agent tuner --budget 60"
                f" --noise-repeats 0")
     name = f"pairlab-live-{os.getpid()}"
@@ -615,7 +615,7 @@ def test_in_tmux_the_log_panels_last_line_is_the_live_step_line(tmp_path, datase
     finally:
         subprocess.run([*tmux, "kill-server"], capture_output=True)
         # `pairlab` started the engine detached: it outlives its window unless stopped
-        subprocess.run([sys.executable, "-m", "engine", "stop", "--workspace", str(ws.root)],
+        subprocess.run([sys.executable, "-m", "pairlab", "stop", "--workspace", str(ws.root)],
                        capture_output=True, timeout=120,
                        env={**os.environ, "PYTHONPATH": env["PYTHONPATH"]})
 

@@ -16,11 +16,11 @@ from pathlib import Path
 import pytest
 from textual.widgets import Input
 
-from engine.events import DecisionMade, RunFinished, RunStarted, StateChanged
-from engine.records import DecisionKind, RunStatus
-from engine.cli import make_session, open_workspace
+from engine.base.events import DecisionMade, RunFinished, RunStarted, StateChanged
+from engine.base.records import DecisionKind, RunStatus
+from pairlab.cli import make_session, open_workspace
 from engine.session import Session, SessionSettings
-from engine.patch import PROTECTED_BEGIN
+from engine.workspace.patch import PROTECTED_BEGIN
 from test_tui_support import pilot_test
 from tui.app import PairlabApp
 from tui.screens.editor import EditorScreen, PythonTextArea
@@ -268,7 +268,7 @@ def test_pairlab_in_tmux_detach_reattach_two_windows_and_stop(tmp_path, dataset_
     root = tiny_workspace.root
     env = {"PAIRLAB_CACHE": str(cache), "PAIRLAB_COMPILE": "0", "PAIRLAB_SEQ_LEN": "64",
            "PAIRLAB_EVAL_TOKENS": "8192", "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
-    pairlab = f"{shlex.quote(sys.executable)} -m engine"
+    pairlab = f"{shlex.quote(sys.executable)} -m pairlab"
     # speculation off: the test follows the accepted run from its start
     start = (f"{pairlab} --workspace {shlex.quote(str(root))} --agent tuner --budget 8"
              f" --noise-repeats 0 --no-speculate")
@@ -323,12 +323,12 @@ def test_pairlab_in_tmux_detach_reattach_two_windows_and_stop(tmp_path, dataset_
         print(f"the second window showed the veto {time.monotonic() - vetoed_at:.2f} s after "
               "Enter in the first (tmux polled every 0.2 s)")
 
-        status = subprocess.run([sys.executable, "-m", "engine", "status", "--workspace",
+        status = subprocess.run([sys.executable, "-m", "pairlab", "status", "--workspace",
                                  str(root)], capture_output=True, text=True,
                                 env={**os.environ, **env}, timeout=60)
         assert status.returncode == 0, status.stderr
         assert f"workspace: {root}" in status.stdout and "best: " in status.stdout
-        stop = subprocess.run([sys.executable, "-m", "engine", "stop", "--workspace", str(root)],
+        stop = subprocess.run([sys.executable, "-m", "pairlab", "stop", "--workspace", str(root)],
                               capture_output=True, text=True, env={**os.environ, **env},
                               timeout=120)
         assert stop.returncode == 0, stop.stderr
@@ -338,7 +338,7 @@ def test_pairlab_in_tmux_detach_reattach_two_windows_and_stop(tmp_path, dataset_
     finally:
         for window in windows:
             window.close()
-        subprocess.run([sys.executable, "-m", "engine", "stop", "--workspace", str(root)],
+        subprocess.run([sys.executable, "-m", "pairlab", "stop", "--workspace", str(root)],
                        capture_output=True, env={**os.environ, **env}, timeout=120)
 
 

@@ -10,9 +10,9 @@ from pathlib import Path
 import pytest
 
 from engine.agents.base import AgentError, DraftCancelled, DraftContext, HistoryItem
-from engine.agents.tuner import (TunerAgent, format_like, parse_constants, parse_description,
-                                 rewrite)
-from engine.patch import PROTECTED_BEGIN, PROTECTED_END
+from engine.agents.tuner import TunerAgent, parse_description
+from engine.base.constants import format_like, parse_constants, rewrite
+from engine.base.protected import PROTECTED_BEGIN, PROTECTED_END
 
 TRAIN_PY = f'''"""A small GPT trained for a fixed budget (the tuner's test double of train.py)."""
 

@@ -15,10 +15,10 @@ import time
 import psutil
 import pytest
 
-from engine.cli import main
-from engine.client import connect
-from engine.events import StateChanged, SteeringNote
-from engine.service import socket_path
+from pairlab.cli import main
+from engine.service.client import connect
+from engine.base.events import StateChanged, SteeringNote
+from engine.service.server import socket_path
 from test_service_support import WAIT_S, Watch, engine_env, engine_pid, wait_gone  # noqa: F401
 from tui.web import LOOPBACK
 
@@ -98,7 +98,7 @@ def web_server(tiny_workspace, engine_env):
     port = free_port()
     log = (root / ".pairlab" / "web.log").open("wb")
     server = subprocess.Popen(
-        [sys.executable, "-m", "engine", "web", "--workspace", str(root), "--port", str(port),
+        [sys.executable, "-m", "pairlab", "web", "--workspace", str(root), "--port", str(port),
          "--agent", "tuner", "--mode", "review", "--budget", "5", "--noise-repeats", "0"],
         stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT)
     try:

@@ -180,7 +180,7 @@ def test_init_adopt_says_which_budget_it_read(tmp_path):
     root = make_autoresearch_clone(tmp_path / "autoresearch")
     (root / "prepare.py").write_text("TIME_BUDGET = 120\n")
     git(root, "commit", "-qam", "budget")
-    out = subprocess.run([sys.executable, "-m", "engine", "init", "--adopt", str(root)],
+    out = subprocess.run([sys.executable, "-m", "pairlab", "init", "--adopt", str(root)],
                          capture_output=True, text=True, check=True).stdout
     assert "training budget 120s, as prepare.py TIME_BUDGET states it" in out
 

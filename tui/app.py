@@ -19,8 +19,8 @@ from textual.app import App
 from textual.binding import Binding
 from textual.message import Message
 
-from engine.client import EngineClient, EngineLost, Resynced
-from engine.events import DraftFailed, DraftStarted
+from engine.service.client import EngineClient, EngineLost, Resynced
+from engine.base.events import DraftFailed, DraftStarted
 from tui.bridge import FLUSH_INTERVAL_S, EventBridge
 from tui.collector import TICK_S as COLLECT_TICK_S, ScheduledCollector
 from tui.messages import DeviceUpdate, EngineEvent, LogBatch, ProgressBatch, ReasoningBatch

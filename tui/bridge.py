@@ -17,7 +17,7 @@ from typing import Callable
 
 from textual.message import Message
 
-from engine.events import (DeviceSample, Event, LiveLine, LogLines, ReasoningDelta, RunFinished,
+from engine.base.events import (DeviceSample, Event, LiveLine, LogLines, ReasoningDelta, RunFinished,
                            RunProgress)
 from tui.messages import DeviceUpdate, EngineEvent, LogBatch, ProgressBatch, ReasoningBatch
 

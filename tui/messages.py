@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 
 from textual.message import Message
 
-from engine.events import DeviceSample, Event, RunProgress
+from engine.base.events import DeviceSample, Event, RunProgress
 
 
 @dataclass

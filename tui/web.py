@@ -32,7 +32,7 @@ def check_host(host: str) -> str:
 
 def app_command(workspace_root) -> str:
     """What each browser tab runs: the app attached to the workspace's engine."""
-    return shlex.join([sys.executable, "-m", "engine", "attach",
+    return shlex.join([sys.executable, "-m", "pairlab", "attach",
                        "--workspace", str(workspace_root)])
 
 

@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Protocol
 
-from engine.records import Draft
+from engine.base.records import Draft, HistoryItem
 
 # emit(kind, text): kind is "thinking", "text" or "tool"
 Emit = Callable[[str, str], None]
@@ -27,22 +27,6 @@ class AgentError(Exception):
 
 class DraftCancelled(Exception):
     """The session asked the agent to stop drafting (shutdown, or the best moved on)."""
-
-
-@dataclass
-class HistoryItem:
-    """One finished or vetoed experiment as the agent is told about it."""
-
-    description: str
-    hypothesis: str = ""
-    status: str = ""                 # keep | discard | crash | timeout | vetoed | ...
-    val_bpb: float | None = None
-    delta: float | None = None       # val_bpb - best before it (negative is better)
-    decided_by: str = ""
-    veto_reason: str = ""
-    human_edit_diff: str = ""        # what the human changed in the agent's patch
-    diff: str = ""
-    message: str = ""                # crash or timeout explanation (untrusted log text excluded)
 
 
 @dataclass

@@ -35,7 +35,7 @@ except ImportError:
 from engine.agents.base import AgentError, DraftCancelled, DraftContext, Emit
 from engine.agents.editor_tool import TOOL_NAME as EDITOR_TOOL_NAME
 from engine.agents.editor_tool import ScratchEditor, describe
-from engine.records import Draft, Usage
+from engine.base.records import Draft, Usage
 
 DEFAULT_MODEL = "claude-sonnet-4-6"
 SUBMIT_TOOL_NAME = "submit_experiment"

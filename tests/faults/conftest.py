@@ -1,6 +1,6 @@
 """Shared helpers of the fault-injection suite: real subprocesses, real git, real SQLite.
 
-A fault test drives a real Session (or a real `python -m engine headless` process) into one
+A fault test drives a real Session (or a real `python -m pairlab headless` process) into one
 fault and then checks the four promises of issue 5:
 
   (a) the loop goes on, or pauses with a specific message where going on would be wrong;
@@ -28,7 +28,7 @@ from typing import Callable
 
 import pytest
 
-from engine.events import Event, Notice, RunFinished, RunStarted
+from engine.base.events import Event, Notice, RunFinished, RunStarted
 from engine.journal import Journal
 from engine.session import Session, SessionSettings
 from engine.workspace import Workspace
@@ -286,14 +286,14 @@ def prepend(text: str, code: str) -> str:
 def headless(workspace: Workspace | Path, dataset_dir: Path, *args: str,
              env: dict[str, str] | None = None, preexec_fn=None,
              max_steps: int = 4) -> subprocess.Popen:
-    """`python -m engine headless` on the workspace with the tiny config, stdout/stderr piped."""
+    """`python -m pairlab headless` on the workspace with the tiny config, stdout/stderr piped."""
     root = workspace.root if isinstance(workspace, Workspace) else Path(workspace)
     full_env = dict(os.environ, **TINY_ENV, PAIRLAB_DATA_DIR=str(dataset_dir),
                     PAIRLAB_MAX_STEPS=str(max_steps))
     full_env.pop("ANTHROPIC_API_KEY", None)
     full_env.update(env or {})
     return subprocess.Popen(
-        [sys.executable, "-m", "engine", "headless", "--workspace", str(root),
+        [sys.executable, "-m", "pairlab", "headless", "--workspace", str(root),
          "--agent", "tuner", "--budget", "5", "--noise-repeats", "0", *args],
         env=full_env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
         preexec_fn=preexec_fn, cwd=Path(__file__).resolve().parents[2])

@@ -16,7 +16,7 @@ import time
 import pytest
 
 from engine.agents.claude import ClaudeAgent
-from engine.events import (DraftFailed, Notice, ProposalReady, ReasoningDelta, SessionStopped,
+from engine.base.events import (DraftFailed, Notice, ProposalReady, ReasoningDelta, SessionStopped,
                            StateChanged)
 from engine.session import Session
 from tests.fakeapi import (EDITOR, SUBMIT, broken, closed_port, fake_api,  # noqa: F401

@@ -12,10 +12,10 @@ import psutil
 import pytest
 
 from engine.agents.tuner import TunerAgent
-from engine.events import Notice, ProposalReady, SessionStopped
+from engine.base.events import Notice, ProposalReady, SessionStopped
 from engine.journal import Journal
-from engine.records import RunStatus
-from engine.outcomes import commit_message as _commit_message
+from engine.base.records import RunStatus
+from engine.loop.outcomes import commit_message as _commit_message
 from engine.session import Session
 from engine.workspace import Workspace
 from tests.faults.conftest import (assert_git_matches_journal, assert_nothing_lost,

@@ -19,13 +19,13 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from engine import confine
+from engine.run import confine
 from engine.agents.claude import ClaudeAgent
 from engine.agents.tuner import TunerAgent
-from engine.evaluation import SOURCE_ROOT
-from engine.events import DraftFailed, Notice, ProposalReady, RunFinished, SessionStopped
-from engine.patch import PROTECTED_BEGIN, PROTECTED_END, PatchRefused
-from engine.records import RunStatus
+from engine.run.evaluation import SOURCE_ROOT
+from engine.base.events import DraftFailed, Notice, ProposalReady, RunFinished, SessionStopped
+from engine.workspace.patch import PROTECTED_BEGIN, PROTECTED_END, PatchRefused
+from engine.base.records import RunStatus
 from engine.report import write_report
 from engine.session import Session
 from tests.fakeapi import fake_api, insert, str_replace, submit, turn  # noqa: F401

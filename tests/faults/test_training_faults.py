@@ -8,7 +8,7 @@ the user reads names what happened.
 
 import pytest
 
-from engine.records import RunStatus
+from engine.base.records import RunStatus
 from tests.faults.conftest import (assert_nothing_lost, fault_settings,
                                    prepend, results_rows, run_fault)
 

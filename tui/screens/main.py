@@ -16,13 +16,13 @@ from textual.content import Content
 from textual.screen import Screen
 from textual.widgets import DataTable, Footer, ProgressBar, Static
 
-from engine.events import (BestUpdated, DecisionMade, DraftFailed, DraftStarted, Event,
+from engine.base.events import (BestUpdated, DecisionMade, DraftFailed, DraftStarted, Event,
                            ExperimentSettled, ModeChanged, NoiseFloor, Notice, Preparing, ProposalReady,
                            ProposalRebased, ProposalStale, RunAccepted, RunFinished, RunProgress,
                            RunStarted, SessionStopped, StateChanged, SteeringNote)
-from engine.client import EngineClient, EngineLost
-from engine.records import Experiment, ProposalState, RunStatus
-from engine.slots import upcoming_slots
+from engine.service.client import EngineClient, EngineLost
+from engine.base.records import Experiment, ProposalState, RunStatus
+from engine.scale.slots import upcoming_slots
 from tui.messages import ProposalSelected
 from tui.screens.editor import EditorScreen
 from tui.screens.log_viewer import LogViewerScreen

@@ -18,7 +18,7 @@ from textual.widget import Widget
 from textual.widgets import Static
 from textual_plotext import PlotextPlot
 
-from engine.records import Experiment, RunStatus
+from engine.base.records import Experiment, RunStatus
 from tui.widgets.panel import Panel
 
 REDRAW_INTERVAL_S = 0.5

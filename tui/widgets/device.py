@@ -7,7 +7,7 @@ from textual.content import Content
 from textual.widget import Widget
 from textual.widgets import Static
 
-from engine.events import DeviceSample, RunStarted
+from engine.base.events import DeviceSample, RunStarted
 from tui.widgets.panel import Panel
 
 BAR_WIDTH = 10

@@ -14,7 +14,7 @@ from textual.highlight import highlight
 from textual.widget import Widget
 from textual.widgets import Static
 
-from engine.records import Proposal, ProposalState
+from engine.base.records import Proposal, ProposalState
 from tui.messages import ProposalSelected
 from tui.widgets.nudge import ReviewNudge
 from tui.widgets.panel import Panel

@@ -11,7 +11,7 @@ from textual.widgets import DataTable
 from textual.coordinate import Coordinate
 from textual.widgets.data_table import CellDoesNotExist, RowDoesNotExist, RowKey
 
-from engine.records import Experiment, RunStatus
+from engine.base.records import Experiment, RunStatus
 from tui.widgets.panel import Panel
 
 # The description last: free text of any length, it is the one cut at the panel's edge.

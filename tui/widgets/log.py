@@ -10,7 +10,7 @@ from collections import deque
 from textual.app import ComposeResult
 from textual.widget import Widget
 
-from engine.events import RunStarted
+from engine.base.events import RunStarted
 from tui.widgets.live_log import LiveLog
 from tui.widgets.panel import Panel
 

@@ -11,7 +11,7 @@ from textual.widget import Widget
 from textual.widgets import Markdown, Static
 from textual.widgets.markdown import MarkdownStream
 
-from engine.records import Proposal
+from engine.base.records import Proposal
 from tui.widgets.panel import Panel
 
 KIND_HEADINGS = {"thinking": "*thinking*", "text": "", "tool": "`tool`"}

@@ -10,7 +10,7 @@ from __future__ import annotations
 from textual.content import Content
 from textual.widgets import Static
 
-from engine.events import RunProgress
+from engine.base.events import RunProgress
 
 STATE_WORDS = {
     "starting": "starting",

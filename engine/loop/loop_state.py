@@ -1,0 +1,96 @@
+"""The loop's state as the coordinator holds it, and the immutable snapshot readers get."""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from engine.base.events import RunStarted
+from engine.loop.planner import RunPlan
+from engine.base.records import Proposal
+from engine.run.runner import Runner
+from engine.scale.slots import Slot
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    """What readers see: immutable, replaced whole after every message."""
+
+    state: str = "starting"
+    detail: str = ""
+    mode: str = "review"
+    paused: bool = False
+    best: tuple[str, float] | None = None
+    noise_floor: float | None = None
+    current_run: RunStarted | None = None
+    pending: tuple[Proposal, ...] = ()
+    queued: tuple[Proposal, ...] = ()
+    open: tuple[Proposal, ...] = ()   # every proposal not yet done: pending to held
+    failed: bool = False             # stopped because the loop could not go on
+
+
+@dataclass
+class ActiveRun:
+    plan: RunPlan                    # a speculative run's becomes "experiment" on accept
+    runner: Runner
+    started: RunStarted
+    slot: Slot
+    superseded: str = ""             # a speculative run killed: vetoed | edited | rebased | stale
+
+
+@dataclass
+class ActiveDraft:
+    draft_id: int
+    cancel: threading.Event
+    feedback: list[str]
+
+
+@dataclass
+class Judging:
+    """A trained experiment the judge has not decided yet (or has held for a human)."""
+
+    proposal_id: int
+    run_id: str
+    commit: str
+    need: str                        # "best" | "candidate" (the run it waits for) | "human"
+
+
+@dataclass(frozen=True)
+class ProgramCommit:
+    """The human's program.md committed on top of the measured best: the branch's base
+    until the best moves (a new best carries the program with it, engine/loop/program_edits.py)."""
+
+    on: str                          # the measured best (or the start commit) it sits on
+    commit: str
+
+
+@dataclass
+class LoopState:
+    """Everything the coordinator owns in memory; the journal holds the durable part."""
+
+    mode: str
+    paused: bool = False
+    pause_reason: str = ""
+    stopping: bool = False
+    stop_reason: str = ""
+    proposals: dict[int, Proposal] = field(default_factory=dict)
+    review: list[int] = field(default_factory=list)     # waiting for a human, oldest first
+    queue: list[int] = field(default_factory=list)      # accepted, waiting for the trainer
+    judging: dict[int, Judging] = field(default_factory=dict)
+    runs: dict[int, ActiveRun] = field(default_factory=dict)   # by slot index
+    ahead: dict[int, str] = field(default_factory=dict)  # proposal -> its finished speculative run
+    draft: ActiveDraft | None = None
+    checking_data: bool = False
+    data_ready: bool = False
+    data_dir: Path | None = None
+    data_checksum: str | None = None
+    feedback: list[str] = field(default_factory=list)   # told to the agent with its next draft
+    agent_failures: int = 0
+    draft_allowed_at: float = 0.0
+    start_commit: str = ""
+    program_edit: str | None = None  # the human's program.md, to commit once no run trains
+    program_commit: ProgramCommit | None = None
+    deciding_clients: int = 0        # attached clients that may decide (engine/service/server.py)
+    failed: bool = False             # stopping because the loop cannot go on (non-zero exit)
+

@@ -1,0 +1,429 @@
+"""The coordinator's side of training: start a planned run, record its outcome, apply the
+judge's verdict. Runs on the coordinator thread only (a mixin of Coordinator).
+
+One journal transaction per lifecycle transition: a run starts; a run finishes (with its
+proposal's new state and, for a confirmation, the experiment's final outcome); a held win is
+settled by a human.
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import replace
+
+from engine.loop import judge
+from engine.loop import keep_rule
+from engine.scale import ray_executor
+from engine.loop import workers
+from engine.base.events import (BestUpdated, NoiseFloor, ProposalReady, RunFinished, RunStarted,
+                           WinHeld)
+from engine.journal import FAILED_STATUSES
+from engine.loop.loop_state import ActiveRun, Judging
+from engine.loop.lost_runs import MAX_LOST_RUNS
+from engine.loop.planner import RunPlan
+from engine.base.records import Decision, DecisionKind, Proposal, ProposalState, RunResult, RunStatus
+from engine.run.runner import Runner
+
+
+class OutcomesMixin:
+    # ------------------------------------------------------------------ starting a run
+
+    def start_run(self, plan: RunPlan) -> None:
+        """Start the planned run, unless its proposal went stale (the planner plans anew)."""
+        loop = self.loop
+        if plan.kind == "promotion":
+            self.start_promotion(plan)
+            return
+        side = self.trains_aside(plan)
+        if plan.kind in ("experiment", "speculative"):
+            if plan.kind == "experiment":
+                loop.queue.remove(plan.proposal_id)
+            proposal = loop.proposals[plan.proposal_id]
+            best_commit = self.best_commit()
+            if proposal.base_commit != best_commit and not self.rebase(proposal, best_commit):
+                return
+            decisions = self.journal.decisions(proposal.id)
+            decision = decisions[-1] if decisions else None
+            human = decision is not None and decision.kind == DecisionKind.EDIT
+            message = commit_message(proposal, decision)
+            if side:                           # the research branch moves on a keep only
+                commit = self.workspace.make_commit(proposal.files, message,
+                                                    parent=best_commit, human=human)
+            else:
+                self.protect_human_changes("pairlab committed the next experiment")
+                commit = self.workspace.commit_change(proposal.files, message,
+                                                      parent=best_commit, human=human)
+            if plan.kind == "experiment":
+                proposal.state = ProposalState.TRAINING
+            self.launch(plan, commit, proposal.description)
+            return
+        if not side and self.workspace.head() != plan.commit:
+            self.protect_human_changes("pairlab checked out a commit to measure it again")
+            self.workspace.reset_to(plan.commit)
+        self.launch(plan, plan.commit, plan.label)
+
+    def trains_aside(self, plan: RunPlan) -> bool:
+        """Whether a run trains in its slot's worktree rather than the workspace's checkout:
+        a speculative run (no human accepted it, so the branch must not move for it), a
+        promotion run (its side commit is on no branch), and every run when several slots
+        train at once."""
+        return plan.kind in ("speculative", "promotion") or len(self.slots) > 1
+
+    def make_runner(self, workdir, run_id: str, slot) -> Runner:
+        """The one place a run's executor is built: the slot's working directory, its
+        device pin and the session's settings."""
+        ws, s = self.workspace, self.settings
+        env = {**slot.env, **s.extra_env}
+        if s.max_steps:
+            env["PAIRLAB_MAX_STEPS"] = str(s.max_steps)
+        return ray_executor.runner_class(s)(
+            workdir, run_id, s.budget_s, command=ws.config.command(), env=env, device=s.device,
+            data_dir=self.loop.data_dir, log_path=ws.logs_dir / f"{run_id}.log",
+            result_path=ws.pairlab_dir / "runs" / run_id / "result.json",
+            hard_timeout_s=s.hard_timeout_s, metric_source=ws.config.metric_source,
+            expected_eval_tokens=self.journal.get_state("eval_tokens"),
+            expected_checksum=self.loop.data_checksum, code_files=ws.config.targets,
+            # a slot's worktree shares its workspace's compile caches; a Ray worker keeps its own
+            cache_dir=ws.pairlab_dir / "cache" if s.executor == "local" else None)
+
+    def launch(self, plan: RunPlan, commit: str, description: str) -> ActiveRun:
+        """Start the run in a free slot; returns it."""
+        slot = next(slot for slot in self.slots if slot.index not in self.loop.runs)
+        workdir = self.worktrees.checkout(slot, commit) if self.trains_aside(plan) \
+            else self.workspace.root
+        run_id = f"run-{self.journal.run_count() + 1:04d}"
+        runner = self.make_runner(workdir, run_id, slot)
+        experiment_id = self.journal.start_run(
+            run_id, commit, plan.kind, proposal_id=plan.proposal_id, description=description,
+            log_path=str(runner.log_path))
+        started = RunStarted(run_id, experiment_id, plan.proposal_id, commit, description,
+                             self.settings.budget_s, str(runner.log_path),
+                             speculative=plan.kind == "speculative", slot=slot.index,
+                             slots=len(self.slots), kind=plan.kind)
+        active = self.loop.runs[slot.index] = ActiveRun(plan, runner, started, slot)
+        self.emit(copy.deepcopy(started))
+        emit, on_pid = self.emit, self.on_trainer_pid
+        workers.start("trainer", self.post, lambda: workers.train(
+            plan, runner, experiment_id, commit, emit, on_pid, slot.index), slot=slot.index)
+        return active
+
+    # ------------------------------------------------------------------ the data
+
+    def on_data(self, checked: workers.DataChecked) -> None:
+        loop = self.loop
+        loop.checking_data = False
+        if checked.prepare_error:
+            self.notice("error", f"could not prepare the training data: {checked.prepare_error}",
+                        "run `pairlab prepare` to see the details, or `pairlab prepare "
+                        "--text FILE...` to use your own text")
+            self.request_stop("no training data", failed=True)
+            return
+        loop.data_dir = checked.data_dir
+        if checked.problem:
+            # Missing or corrupt data would crash every run, or worse, change the metric:
+            # pause until the user rebuilds it; resuming checks again.
+            self.halt("the training data is missing or corrupt", checked.problem,
+                      "rebuild it with `pairlab prepare --force` (with your own text: "
+                      "`pairlab prepare --text FILE... --force`)")
+            return
+        if checked.first_check is not None and checked.first_check.failed:
+            # The same check as `pairlab doctor`: seconds, where a broken baseline would
+            # have cost a whole budget first.
+            self.halt("the first-start check failed",
+                      f"the first-start check failed before the baseline: "
+                      f"{checked.first_check.detail}",
+                      "fix train.py, the data or the setup (`pairlab doctor` runs the check "
+                      "again)")
+            return
+        loop.data_checksum = checked.checksum
+        loop.data_ready = True
+
+    # ------------------------------------------------------------------ a run finished
+
+    def on_run(self, done: workers.RunDone) -> None:
+        loop = self.loop
+        active = loop.runs.pop(done.slot)
+        done.plan = plan = active.plan          # a speculative run accepted meanwhile
+        result = done.result
+        if active.superseded:
+            self.superseded_run(done, active.superseded)
+            return
+        if loop.stopping and result.status is RunStatus.KILLED:
+            # Stopped mid-run: not judged. An experiment is accepted again, and the planner
+            # schedules a baseline, noise repeat or confirmation again from what is missing.
+            result.status = RunStatus.INTERRUPTED
+            result.message = "the engine was stopped during this run; it trains again next time"
+            self.journal.finish_run(result, proposal_state=ProposalState.ACCEPTED
+                                    if plan.kind == "experiment" else None)
+            self.reset_to_best()
+            return
+        if result.status is RunStatus.INTERRUPTED:
+            if self.lost_runs(plan) < MAX_LOST_RUNS:
+                self.requeue_lost(done)
+                return
+            result.status = RunStatus.CRASH      # a run that kills its worker every time
+            result.message += f" ({MAX_LOST_RUNS + 1} times in a row: not again)"
+        if plan.kind == "speculative":
+            self.trained_ahead(done)
+            return
+        state = {}
+        if result.val_bpb is not None and self.journal.get_state("eval_tokens") is None:
+            state["eval_tokens"] = result.metrics.get("eval_tokens")
+        measured = result.status is RunStatus.KEEP   # runner: KEEP means "produced a metric"
+        if plan.kind in ("baseline", "noise"):
+            self.on_measurement(done, state, measured)
+        elif plan.kind == "experiment":
+            self.on_experiment(done, state, measured)
+        elif plan.kind == "promotion":
+            self.on_promotion_run(done)
+        else:
+            self.on_rerun(done, state, measured)
+        self.workspace.write_results_tsv(self.journal)
+        self.reset_to_best()
+
+    def on_measurement(self, done: workers.RunDone, state: dict, measured: bool) -> None:
+        """The baseline, or a run of the best again: a noise repeat, a confirmation that
+        re-runs the best, or a re-run that follows drift."""
+        plan, result = done.plan, done.result
+        if measured and plan.kind == "noise":
+            result.status = RunStatus.DISCARD          # a run of the best only measures
+        noise = None
+        if measured:
+            groups = self.run_groups()
+            groups.setdefault(done.commit, []).append(result.val_bpb)
+            noise = keep_rule.pooled_noise(groups.values())
+            if noise.sigma is not None:
+                state["noise_floor"] = noise.sigma
+        experiment = self.journal.finish_run(result, state=state)
+        if measured and plan.kind == "baseline":
+            self.emit(BestUpdated(done.commit, result.val_bpb, experiment.id))
+        self.emit(RunFinished(experiment, result))
+        if not measured:
+            self.halt(f"the {plan.label} failed",
+                      f"the {plan.label} did not train: {result.message}",
+                      "read its log, fix train.py or the data")
+            return
+        if noise.sigma is not None:
+            self.emit(NoiseFloor(noise.sigma, self.run_groups()[done.commit]))
+        for waiting in list(self.loop.judging.values()):
+            # a keep among them sends the wins on the old best back to train again
+            if waiting.need == "best" and waiting.proposal_id in self.loop.judging:
+                self.rejudge(waiting, None)
+
+    def on_experiment(self, done: workers.RunDone, state: dict, measured: bool) -> None:
+        """Judge an experiment's first run (a speculative run's too, once accepted)."""
+        result, proposal_id = done.result, done.plan.proposal_id
+        loop = self.loop
+        loop.proposals[proposal_id].state = ProposalState.DONE
+        if not measured:
+            experiment = self.journal.finish_run(result, state=state)
+            loop.proposals.pop(proposal_id, None)
+            self.emit(RunFinished(experiment, result))
+            return
+        # a result no better than the best is discarded here, before any noise estimate;
+        # with several slots the best may have moved: judged against the best at its base
+        base, to_beat = self.runs_to_beat(done.commit)
+        verdict = judge.judge([result.val_bpb], to_beat, self.noise(), self.rules())
+        if not self.is_best_base(base) and verdict.verdict is not judge.Verdict.DISCARD:
+            self.won_on_moved_base(done, state, base, verdict)
+            return
+        result.message = verdict.reason
+        if verdict.verdict is judge.Verdict.CONFIRM:
+            result.status = RunStatus.CONFIRMING
+            experiment = self.journal.finish_run(result, proposal_state=ProposalState.TRAINING,
+                                                 state=state, measure=verdict.measure)
+            loop.proposals[proposal_id].state = ProposalState.TRAINING
+            loop.judging[proposal_id] = Judging(proposal_id, done.run_id, done.commit,
+                                                verdict.rerun)
+            self.emit(RunFinished(experiment, result))
+            self.notice("info", f"#{proposal_id}: {verdict.reason}")
+            return
+        result.status = RunStatus.KEEP if verdict.verdict is judge.Verdict.KEEP \
+            else RunStatus.DISCARD
+        experiment = self.journal.finish_run(result, state=state, measure=verdict.measure)
+        loop.proposals.pop(proposal_id, None)
+        self.emit(RunFinished(experiment, result))
+        if result.status is RunStatus.KEEP:
+            self.became_best(done.commit, result.val_bpb, experiment.id)
+
+    def on_rerun(self, done: workers.RunDone, state: dict, measured: bool) -> None:
+        result, waiting = done.result, self.loop.judging.get(done.plan.proposal_id)
+        if waiting is None:            # the best moved meanwhile: it trains again there
+            if measured:
+                result.status = RunStatus.DISCARD
+            self.emit(RunFinished(self.journal.finish_run(result, state=state), result))
+            return
+        if measured:
+            result.status = RunStatus.DISCARD          # the re-run only measures
+            self.rejudge(waiting, result, state)
+            return
+        settled = self.settled_result(waiting, RunStatus.DISCARD,
+                                      "the re-run to confirm a win did not produce a metric")
+        rerun = self.journal.finish_run(result, proposal_state=ProposalState.DONE,
+                                        settles=settled, state=state)
+        self.emit(RunFinished(rerun, result))
+        self.emit(RunFinished(self.journal.get_run(waiting.run_id), settled))
+        self.loop.judging.pop(waiting.proposal_id, None)
+        self.loop.proposals.pop(waiting.proposal_id, None)
+
+    def rejudge(self, waiting: Judging, rerun: RunResult | None, state: dict | None = None
+                ) -> None:
+        """Judge a waiting experiment again, after a re-run of it (`rerun`, not yet in the
+        journal) or of the best (already there)."""
+        runs = self.candidate_runs(waiting.commit) + ([rerun.val_bpb] if rerun else [])
+        best_runs = self.best_runs()
+        groups = self.run_groups()
+        if rerun is not None:
+            groups.setdefault(waiting.commit, []).append(rerun.val_bpb)
+        verdict = judge.judge(runs, best_runs, keep_rule.pooled_noise(groups.values()),
+                              self.rules())
+        if verdict.verdict is judge.Verdict.CONFIRM:
+            waiting.need = verdict.rerun
+            if rerun is None:
+                self.journal.record_measure(waiting.run_id, verdict.measure)
+            else:
+                finished = self.journal.finish_run(
+                    rerun, proposal_state=ProposalState.TRAINING, state=state,
+                    measure=verdict.measure, measured_run=waiting.run_id)
+                self.emit(RunFinished(finished, rerun))
+            self.notice("info", f"#{waiting.proposal_id}: {verdict.reason}")
+            return
+        status = {judge.Verdict.KEEP: RunStatus.KEEP,
+                  judge.Verdict.HOLD: RunStatus.HELD}.get(verdict.verdict, RunStatus.DISCARD)
+        settled = self.settled_result(waiting, status, verdict.reason)
+        settled.val_bpb = verdict.value
+        settled.metrics["first_val_bpb"] = runs[0]
+        held = status is RunStatus.HELD
+        proposal_state = ProposalState.HELD if held else ProposalState.DONE
+        if rerun is None:
+            self.journal.finish_run(settled, proposal_state=proposal_state,
+                                    measure=verdict.measure)
+        else:
+            finished = self.journal.finish_run(rerun, proposal_state=proposal_state,
+                                               settles=settled, state=state,
+                                               measure=verdict.measure)
+            self.emit(RunFinished(finished, rerun))
+        experiment = self.journal.get_run(waiting.run_id)
+        self.emit(RunFinished(experiment, settled))
+        if held:
+            self.hold(waiting, settled)
+            return
+        self.loop.judging.pop(waiting.proposal_id, None)
+        self.loop.proposals.pop(waiting.proposal_id, None)
+        if status is RunStatus.KEEP:
+            self.became_best(waiting.commit, settled.val_bpb, experiment.id)
+
+    def settled_result(self, waiting: Judging, status: RunStatus, message: str) -> RunResult:
+        """The waiting experiment's run as recorded, with its final status and message."""
+        return self.recorded_result(waiting.run_id, status, message)
+
+    def recorded_result(self, run_id: str, status: RunStatus, message: str | None
+                        ) -> RunResult:
+        """A finished run as the journal holds it, with the given status and message
+        (None: the recorded one)."""
+        row = next(r for r in self.journal.run_rows() if r["id"] == run_id)
+        return RunResult(run_id=run_id, status=status, val_bpb=row["val_bpb"],
+                         memory_gb=row["memory_gb"], training_seconds=row["training_seconds"],
+                         total_seconds=row["total_seconds"], num_steps=row["num_steps"],
+                         total_tokens=row["total_tokens"], num_params=row["num_params"],
+                         device=row["device"],
+                         message=row["message"] if message is None else message,
+                         metrics=dict(row["metrics"]),
+                         confined=bool(row["confined"]),
+                         metric_verified=bool(row["metric_verified"]))
+
+    def hold(self, waiting, settled: RunResult) -> None:
+        """An unusually large win waits for a human, in every mode."""
+        waiting.need = "human"
+        proposal = self.loop.proposals[waiting.proposal_id]
+        proposal.state = ProposalState.HELD
+        best = self.snapshot.best
+        experiment = self.journal.get_run(waiting.run_id)
+        self.notice("warning", f"unusually large win: look before it becomes the best "
+                    f"(#{waiting.proposal_id}, val_bpb {settled.val_bpb:.6f})",
+                    f"accept #{waiting.proposal_id} to keep it, or veto it to discard it")
+        self.emit(WinHeld(waiting.proposal_id, experiment.id, settled.val_bpb,
+                          best[1] if best else settled.val_bpb, proposal.diff))
+        # Back in the review queue, marked held: a human reads its diff, then a or v.
+        self.emit(ProposalReady(copy.deepcopy(proposal)))
+
+    def became_best(self, commit: str, val_bpb: float, experiment_id: int) -> None:
+        self.snapshot = replace(self.snapshot, best=(commit, val_bpb))
+        self.workspace.reset_to(commit)
+        self.keep_program_on(commit)
+        self.emit(BestUpdated(commit, val_bpb, experiment_id))
+        self.rebase_open_proposals(self.best_commit())
+        self.requeue_judgments_off_best()
+
+    def reset_to_best(self) -> None:
+        best = self.best_commit()
+        if self.workspace.head() != best:
+            self.protect_human_changes("pairlab reset the research branch")
+            self.workspace.reset_to(best)
+
+    # ------------------------------------------------------------------ the judge's inputs
+
+    def rules(self) -> judge.JudgeRules:
+        s = self.settings
+        return judge.JudgeRules(
+            keep=keep_rule.KeepRuleSettings(k=s.keep_k, max_candidate_runs=s.max_candidate_runs,
+                                            min_best_runs=s.min_best_runs,
+                                            best_rerun_every=s.best_rerun_every),
+            large_win_sigmas=s.large_win_sigmas, large_win_fraction=s.large_win_fraction)
+
+    def run_groups(self) -> dict[str, list[float]]:
+        """Every measured val_bpb, grouped by commit in run order: the runs of one commit
+        are repeats of each other (the baseline and its repeats, an experiment and its
+        confirmations, the best and its re-runs)."""
+        # a vetoed speculative run measured a change nobody kept, nor will re-run
+        failed = {s.value for s in FAILED_STATUSES} | {RunStatus.VETOED.value}
+        groups: dict[str, list[float]] = {}
+        for r in self.journal.run_rows():
+            if r["val_bpb"] is None or r["status"] in failed or r["kind"] == "promotion":
+                continue                  # a promotion run is another scale: its own noise
+            # a settled experiment's row holds the mean of its runs; its own run is kept apart
+            value = r["metrics"].get("first_val_bpb", r["val_bpb"]) \
+                if r["kind"] == "experiment" else r["val_bpb"]
+            groups.setdefault(r["commit_sha"], []).append(value)
+        return groups
+
+    def noise(self) -> keep_rule.Noise:
+        return keep_rule.pooled_noise(self.run_groups().values())
+
+    def candidate_runs(self, commit: str) -> list[float]:
+        """The measured runs of an experiment's commit: its first run, then its re-runs."""
+        return self.run_groups().get(commit, [])
+
+    def best_runs(self) -> list[float]:
+        """Every run of the best commit: the runs it was kept on and its re-runs since."""
+        best = self.journal.best()
+        return self.run_groups().get(best.commit) or [best.val_bpb]
+
+    def runs_since_best_ran(self) -> int:
+        """Candidate runs judged against the best since the best itself last ran."""
+        best = self.journal.best()
+        count = 0
+        for r in self.journal.run_rows():
+            if best is not None and r["commit_sha"] == best.commit:
+                count = 0
+            elif r["kind"] in ("experiment", "rerun") and r["val_bpb"] is not None:
+                count += 1
+        return count
+
+    def need_of(self, commit: str) -> str:
+        """Which run a restored, undecided experiment waits for: the best's or its own."""
+        verdict = judge.judge(self.candidate_runs(commit), self.best_runs(), self.noise(),
+                              self.rules())
+        return verdict.rerun or "candidate"
+
+
+def commit_message(proposal: Proposal, decision: Decision | None) -> str:
+    lines = [proposal.description.strip().splitlines()[0][:72] if proposal.description.strip()
+             else f"proposal {proposal.id}", ""]
+    if proposal.hypothesis:
+        lines += [f"Hypothesis: {proposal.hypothesis.strip()}", ""]
+    lines.append(f"pairlab-proposal: {proposal.id}")
+    lines.append(f"pairlab-agent: {proposal.agent}")
+    if decision and decision.kind == DecisionKind.EDIT:
+        lines.append("pairlab-edited-by: human")
+    return "\n".join(lines) + "\n"

@@ -1,0 +1,404 @@
+"""A client of the engine service with the Session facade's getters and commands, so the
+app (and scripts) run the same on a Client as on an in-process Session.
+
+The client keeps a mirror of the engine's screen state: the snapshot it got on attach,
+brought up to date by each event. Commands go over the socket and return when the engine
+answered; a refusal raises with the engine's message (a refused patch as PatchRefused).
+Subscribers get the engine's events on the client's reader thread, plus two of the
+client's own: `Resynced` (a fresh snapshot replaced the mirror) and `EngineLost`.
+"""
+
+from __future__ import annotations
+
+import itertools
+import socket
+import sys
+import threading
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Callable, ClassVar
+
+from engine.service import protocol as proto
+from engine.base.events import (BestUpdated, DecisionMade, Event, ExperimentSettled, ModeChanged,
+                           NoiseFloor, ProposalReady, ProposalRebased, ProposalStale, RunAccepted,
+                           RunFinished, RunStarted, SessionStopped, StateChanged)
+from engine.workspace.patch import PatchRefused
+from engine.base.records import DecisionKind, Experiment, Proposal, ProposalState
+from engine.service.address import ServiceError, reachable
+
+REPLY_TIMEOUT_S = 120.0                 # a stop waits for the run in flight to be killed
+BACKLOG_EVENTS = 10_000                 # kept for the first subscriber, at most
+
+
+class CommandRefused(ValueError):
+    """The engine refused a command; str() is its message."""
+
+
+class EngineFailed(CommandRefused):
+    """The command raised an unexpected error inside the engine (its log has the trace)."""
+
+
+@dataclass
+class Resynced(Event):
+    """The client's mirror was replaced by a fresh snapshot (it had fallen behind)."""
+
+    type: ClassVar[str] = "client_resynced"
+
+
+@dataclass
+class EngineLost(Event):
+    """The connection to the engine ended. `stopped`: after the loop stopped as asked;
+    otherwise the engine died (killed, crashed, or its machine went away)."""
+
+    type: ClassVar[str] = "client_engine_lost"
+    stopped: bool
+    message: str
+
+
+def connect(path: Path, read_only: bool = False, timeout: float = 10.0) -> "EngineClient":
+    """Attach to the engine serving `path`; ServiceError if none does, or it refuses."""
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    sock.settimeout(timeout)
+    try:
+        with reachable(Path(path)) as address:
+            sock.connect(address)
+    except (FileNotFoundError, ConnectionRefusedError) as exc:
+        sock.close()
+        raise ServiceError(f"no engine is running (nothing listens on {path})") from exc
+    except OSError:
+        sock.close()
+        raise
+    try:
+        return EngineClient(sock, read_only)
+    except BaseException:
+        sock.close()
+        raise
+
+
+class EngineClient:
+    def __init__(self, sock: socket.socket, read_only: bool = False):
+        self.read_only = read_only
+        self._sock = sock
+        self._reader = sock.makefile("rb")
+        self._send_lock = threading.Lock()
+        self._lock = threading.Lock()
+        self._ids = itertools.count(1)
+        self._waiting: dict[int, tuple[threading.Event, list]] = {}
+        self._subscribers: list[Callable[[Event], None]] = []
+        # Events that came before anyone subscribed (while the app starts), handed to the
+        # first subscriber so that nothing between the snapshot and the screen is missed.
+        self._backlog: list[Event] | None = []
+        self._delivering = threading.RLock()  # the backlog goes out before newer events
+        self._workspace_handle = None
+        self._lost = threading.Event()
+        self._stop_seen = False
+        self._handshake()
+        sock.settimeout(None)
+        threading.Thread(target=self._read_loop, name="pairlab-client-reader",
+                         daemon=True).start()
+
+    # ------------------------------------------------------------------ connection
+
+    def _handshake(self) -> None:
+        hello = self._next_message()
+        if isinstance(hello, proto.Refused):
+            raise ServiceError(hello.message)
+        if not isinstance(hello, proto.Hello):
+            raise ServiceError("the engine did not greet with a hello")
+        if hello.version != proto.PROTOCOL_VERSION:
+            raise ServiceError(proto.version_mismatch(proto.PROTOCOL_VERSION, hello.version,
+                                                      we="client", they="engine"))
+        self._send(proto.Hello(proto.PROTOCOL_VERSION, "client", read_only=self.read_only))
+        snapshot = self._next_message()
+        if isinstance(snapshot, proto.Refused):
+            raise ServiceError(snapshot.message)
+        if not isinstance(snapshot, proto.Snapshot):
+            raise ServiceError(f"expected a snapshot from the engine, got {snapshot!r}")
+        self._load(snapshot)
+
+    def _next_message(self):
+        line = self._reader.readline()
+        if not line:
+            raise ServiceError("the engine closed the connection during the handshake")
+        return proto.decode(line)
+
+    def _send(self, message) -> None:
+        with self._send_lock:
+            self._sock.sendall(proto.encode(message))
+
+    def close(self) -> None:
+        """Detach: the engine and its loop go on."""
+        try:
+            self._sock.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
+        self._sock.close()
+
+    def _read_loop(self) -> None:
+        try:
+            while True:
+                line = self._reader.readline()
+                if not line:
+                    break
+                message = proto.decode(line)
+                if isinstance(message, proto.Reply):
+                    self._answer(message)
+                elif isinstance(message, proto.EventMessage):
+                    self._apply(message.event)
+                    self._emit(message.event)
+                elif isinstance(message, proto.Snapshot):
+                    self._load(message)
+                    self._emit(Resynced())
+        except (OSError, ValueError, proto.ProtocolError):
+            pass
+        finally:
+            self._lost.set()
+            with self._lock:
+                waiting = list(self._waiting.values())
+            for done, _ in waiting:
+                done.set()
+            if self._stop_seen:
+                message = "the engine stopped"
+            else:
+                message = (f"the engine is gone (killed or crashed); its log is "
+                           f"{Path(self._workspace) / '.pairlab' / 'engine.log'}")
+            self._emit(EngineLost(self._stop_seen, message))
+
+    @property
+    def connected(self) -> bool:
+        return not self._lost.is_set()
+
+    # ------------------------------------------------------------------ events
+
+    def subscribe(self, callback: Callable[[Event], None]) -> None:
+        with self._delivering:
+            with self._lock:
+                backlog, self._backlog = self._backlog or [], None
+                self._subscribers.append(callback)
+            for event in backlog:
+                callback(event)
+
+    def _emit(self, event: Event) -> None:
+        with self._lock:
+            if self._backlog is not None:
+                if len(self._backlog) < BACKLOG_EVENTS:
+                    self._backlog.append(event)
+                return
+            subscribers = list(self._subscribers)
+        with self._delivering:
+            for callback in subscribers:
+                try:
+                    callback(event)
+                except Exception as exc:      # a broken subscriber must not end the reading
+                    print(f"pairlab: event subscriber failed: {exc!r}", file=sys.stderr)
+
+    def _load(self, snapshot: proto.Snapshot) -> None:
+        with self._lock:
+            self._snapshot = snapshot
+            self._state, self._mode, self._paused = snapshot.state, snapshot.mode, snapshot.paused
+            self._best, self._noise_floor = snapshot.best, snapshot.noise_floor
+            self._total_cost, self._current_run = snapshot.total_cost, snapshot.current_run
+            self._pending = {p.id: p for p in snapshot.pending}
+            self._queued = {p.id: p for p in snapshot.queued}
+            self._experiments = {e.id: e for e in snapshot.experiments}
+            self._workspace, self._targets = snapshot.workspace, snapshot.targets
+            self._stop_seen = self._stop_seen or snapshot.stopped
+
+    def _apply(self, event: Event) -> None:
+        """Bring the mirror up to date, as the engine's own state moved."""
+        with self._lock:
+            if isinstance(event, StateChanged):
+                self._state, self._paused = event.state, event.state == "paused"
+            elif isinstance(event, ModeChanged):
+                self._mode = event.mode
+            elif isinstance(event, ProposalReady):
+                if event.proposal.state in (ProposalState.PENDING, ProposalState.HELD):
+                    self._pending[event.proposal.id] = event.proposal
+                self._total_cost += event.proposal.usage.cost_usd
+            elif isinstance(event, ProposalRebased):
+                for book in (self._pending, self._queued):
+                    if event.proposal_id in book:
+                        book[event.proposal_id] = replace(
+                            book[event.proposal_id], base_commit=event.base_commit,
+                            diff=event.diff)
+            elif isinstance(event, ProposalStale):
+                self._pending.pop(event.proposal_id, None)
+                self._queued.pop(event.proposal_id, None)
+            elif isinstance(event, DecisionMade):
+                proposal = self._pending.pop(event.decision.proposal_id, None)
+                if proposal is not None and proposal.state is not ProposalState.HELD \
+                        and event.decision.kind is not DecisionKind.VETO:
+                    self._queued[proposal.id] = replace(proposal, state=ProposalState.ACCEPTED)
+            elif isinstance(event, RunStarted):
+                self._current_run = event
+                if event.proposal_id is not None:
+                    self._queued.pop(event.proposal_id, None)
+            elif isinstance(event, RunAccepted):        # trains on: no longer queued
+                self._queued.pop(event.proposal_id, None)
+                if self._current_run and self._current_run.run_id == event.run_id:
+                    self._current_run = replace(self._current_run, speculative=False)
+            elif isinstance(event, RunFinished):
+                if self._current_run and self._current_run.run_id == event.result.run_id:
+                    self._current_run = None
+                if event.experiment is not None:
+                    self._experiments[event.experiment.id] = event.experiment
+            elif isinstance(event, ExperimentSettled):
+                self._experiments[event.experiment.id] = event.experiment
+            elif isinstance(event, BestUpdated):
+                self._best = (event.commit, event.val_bpb)
+            elif isinstance(event, NoiseFloor):
+                self._noise_floor = event.spread
+            elif isinstance(event, SessionStopped):
+                self._stop_seen = True
+                self._state = "stopped"
+
+    # ------------------------------------------------------------------ commands
+
+    def _call(self, command: proto.Command):
+        if self._lost.is_set():
+            raise CommandRefused("not connected: the engine is gone")
+        command.request_id = next(self._ids)
+        done, answer = threading.Event(), []
+        with self._lock:
+            self._waiting[command.request_id] = (done, answer)
+        try:
+            self._send(command)
+            if not done.wait(REPLY_TIMEOUT_S):
+                raise CommandRefused(f"{command.name}: the engine did not answer in "
+                                     f"{REPLY_TIMEOUT_S:g} s")
+        except OSError as exc:
+            raise CommandRefused(f"not connected: {exc}") from exc
+        finally:
+            with self._lock:
+                self._waiting.pop(command.request_id, None)
+        if not answer:
+            raise CommandRefused("the engine went away before it answered")
+        reply: proto.Reply = answer[0]
+        if reply.ok:
+            return reply.value
+        if reply.refusal == "patch":
+            raise PatchRefused(reply.rule, reply.error)
+        if reply.refusal == "internal":
+            raise EngineFailed(reply.error)
+        raise CommandRefused(reply.error)
+
+    def _answer(self, reply: proto.Reply) -> None:
+        with self._lock:
+            waiter = self._waiting.get(reply.request_id)
+        if waiter is not None:
+            waiter[1].append(reply)
+            waiter[0].set()
+
+    def accept(self, proposal_id: int) -> None:
+        self._call(proto.Accept(proposal_id))
+
+    def veto(self, proposal_id: int, reason: str) -> None:
+        self._call(proto.Veto(proposal_id, reason))
+
+    def edit(self, proposal_id: int, files: dict[str, str],
+             base_commit: str | None = None) -> None:
+        self._call(proto.Edit(proposal_id, files, base_commit))
+
+    def pause(self) -> None:
+        self._call(proto.Pause())
+
+    def resume(self) -> None:
+        self._call(proto.Resume())
+
+    def kill_run(self) -> bool:
+        return bool(self._call(proto.KillRun()))
+
+    def set_mode(self, mode: str) -> None:
+        self._call(proto.SetMode(mode))
+
+    def note(self, text: str) -> int:
+        return self._call(proto.Note(text))
+
+    def edit_program(self, text: str) -> str | None:
+        return self._call(proto.EditProgram(text))
+
+    def stop(self, timeout: float = 15.0) -> None:
+        """Stop the engine's loop (not just this client): returns once it has stopped."""
+        self._call(proto.Stop())
+
+    def start(self) -> None:
+        """The engine's loop already runs: nothing to start from a client."""
+
+    def wait(self, timeout: float | None = None) -> bool:
+        """Block until the connection ends (the engine stopped or died). True if it did."""
+        return self._lost.wait(timeout)
+
+    @property
+    def stopped(self) -> bool:
+        return self._stop_seen or self._lost.is_set()
+
+    # ------------------------------------------------------------------ getters
+
+    @property
+    def state(self) -> str:
+        return self._state
+
+    @property
+    def mode(self) -> str:
+        return self._mode
+
+    @property
+    def paused(self) -> bool:
+        return self._paused
+
+    @property
+    def best(self) -> tuple[str, float] | None:
+        return self._best
+
+    @property
+    def noise_floor(self) -> float | None:
+        return self._noise_floor
+
+    @property
+    def total_cost(self) -> float:
+        return self._total_cost
+
+    @property
+    def current_run(self) -> RunStarted | None:
+        return self._current_run
+
+    @property
+    def snapshot(self) -> proto.Snapshot:
+        """The snapshot last received (on attach or a resync): log tail, draft reasoning."""
+        return self._snapshot
+
+    def pending(self) -> list[Proposal]:
+        with self._lock:
+            return sorted(self._pending.values(), key=lambda p: p.id)
+
+    def queued(self) -> list[Proposal]:
+        with self._lock:
+            return list(self._queued.values())
+
+    def proposal(self, proposal_id: int) -> Proposal:
+        with self._lock:
+            for book in (self._pending, self._queued):
+                if proposal_id in book:
+                    return book[proposal_id]
+        raise KeyError(f"no proposal {proposal_id} waiting or queued")
+
+    def proposal_text(self, proposal_id: int, path: str) -> str:
+        return self._call(proto.ProposalText(proposal_id, path))
+
+    def experiments(self) -> list[Experiment]:
+        with self._lock:
+            return sorted(self._experiments.values(), key=lambda e: e.id)
+
+    def log_path(self, experiment_id: int) -> Path:
+        return Path(self._call(proto.LogPath(experiment_id)))
+
+    def summary(self) -> str:
+        return self._call(proto.Summary())
+
+    @property
+    def workspace(self):
+        """The engine's workspace, opened here (same machine, same user)."""
+        from engine.workspace import Workspace
+        if self._workspace_handle is None:
+            self._workspace_handle = Workspace.open(self._workspace)
+        return self._workspace_handle

@@ -1,0 +1,420 @@
+"""The engine as a service: a Unix socket in `.pairlab/` that clients attach to.
+
+One thread accepts connections; each client gets a reader thread (its commands, run one at
+a time, each answered) and a writer thread that drains the client's bounded queue. The
+engine only ever puts an already-encoded line on each queue without waiting: a client that
+falls behind is marked, its queue is dropped and it gets a fresh snapshot instead, so a slow
+client never slows the engine.
+
+The socket is the owner's only (mode 0600 in a private directory), and every connection's
+peer credentials are checked: another uid is told why and disconnected.
+"""
+
+from __future__ import annotations
+
+import errno
+import fcntl
+import os
+import queue
+import socket
+import struct
+import sys
+import threading
+import traceback
+from collections import deque
+from pathlib import Path
+
+from engine.service import protocol as proto
+from engine.base.events import (DraftFailed, DraftStarted, Event, LogLines, Notice, ProposalReady,
+                           ReasoningDelta, RunFinished, RunProgress, RunStarted, StateChanged,
+                           SteeringNote)
+from engine.service.address import (LOCK_NAME, LOG_NAME, SOCKET_NAME, ServiceError,  # noqa: F401
+                                    reachable, socket_path)
+from engine.workspace.patch import PatchRefused
+
+# Lines a client may be behind before it is resynced with a snapshot instead.
+CLIENT_QUEUE_LINES = 2000
+LOG_TAIL_LINES = 200
+PROGRESS_SAMPLES = 5000
+
+
+def peer_uid(conn: socket.socket) -> int:
+    _pid, uid, _gid = struct.unpack("3i", conn.getsockopt(
+        socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i")))
+    return uid
+
+
+class EngineLock:
+    """One engine per workspace: an flock on `.pairlab/engine.lock`, released when the
+    process dies (also by kill -9), so a stale lock never blocks a restart."""
+
+    def __init__(self, pairlab_dir: Path):
+        self.path = Path(pairlab_dir) / LOCK_NAME
+        self._fd: int | None = None
+
+    def acquire(self) -> None:
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as exc:
+            holder = os.read(fd, 32).decode(errors="replace").strip() or "unknown"
+            os.close(fd)
+            if exc.errno in (errno.EWOULDBLOCK, errno.EACCES):
+                raise ServiceError(f"an engine already runs for this workspace (pid {holder}); "
+                                   "attach to it with `pairlab attach`, or end it with "
+                                   "`pairlab stop`") from exc
+            raise
+        os.ftruncate(fd, 0)
+        os.write(fd, f"{os.getpid()}\n".encode())
+        self._fd = fd
+
+    def release(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
+
+
+class EngineService:
+    """Serves `session` on `path` until close(). The caller holds the EngineLock."""
+
+    def __init__(self, session, path: Path, queue_lines: int = CLIENT_QUEUE_LINES):
+        self.session = session
+        self.path = Path(path)
+        self.queue_lines = queue_lines
+        self._lock = threading.Lock()
+        self._clients: set[_Client] = set()
+        self._listener: socket.socket | None = None
+        self._closed = threading.Event()
+        self._idle = threading.Condition(self._lock)  # notified when a command finishes
+        self._busy = 0                                # commands being run
+        # Kept from the event stream for the snapshot: the getters do not hold these.
+        self._detail = ""
+        self._error = ""                      # the last error, while the loop is held by it
+        self._log_tail: deque[str] = deque(maxlen=LOG_TAIL_LINES)
+        self._progress: deque[RunProgress] = deque(maxlen=PROGRESS_SAMPLES)
+        self._run_id = ""
+        self._draft: tuple[int, str, str] | None = None
+        self._reasoning: list[proto.ReasoningChunk] = []
+        self.resyncs = 0                      # times a client fell behind (each gets a snapshot)
+
+    # ------------------------------------------------------------------ lifecycle
+
+    def start(self) -> None:
+        self.path.parent.chmod(0o700)
+        self.path.unlink(missing_ok=True)     # left by a killed engine; the lock says it is dead
+        listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        old_umask = os.umask(0o177)
+        try:
+            with reachable(self.path) as address:
+                listener.bind(address)
+        finally:
+            os.umask(old_umask)
+        os.chmod(self.path, 0o600)
+        listener.listen(16)
+        self._listener = listener
+        self.session.subscribe(self._on_event)
+        threading.Thread(target=self._accept_loop, name="pairlab-service", daemon=True).start()
+
+    def close(self, grace_s: float = 5.0) -> None:
+        """Stop serving. Commands in progress (a stop) get their reply, and each client gets
+        what was queued for it (the SessionStopped) before its connection ends."""
+        if self._closed.is_set():
+            return
+        self._closed.set()
+        if self._listener is not None:
+            try:
+                self._listener.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+            self._listener.close()
+        self.path.unlink(missing_ok=True)
+        with self._lock:
+            self._idle.wait_for(lambda: self._busy == 0, timeout=grace_s)
+            clients = list(self._clients)
+        for client in clients:
+            client.finish(grace_s)
+
+    def _count_deciding(self) -> None:
+        with self._lock:
+            deciding = sum(not client.read_only for client in self._clients)
+        self.session.clients_attached(deciding)
+
+    def client_count(self) -> int:
+        with self._lock:
+            return len(self._clients)
+
+    # ------------------------------------------------------------------ events
+
+    def _on_event(self, event: Event) -> None:
+        """On engine threads: remember what the snapshot needs, queue one line per client."""
+        with self._lock:
+            self._remember(event)
+            clients = list(self._clients)
+        if not clients:
+            return
+        line = proto.encode(proto.EventMessage(event))
+        for client in clients:
+            client.offer(line)
+
+    def _remember(self, event: Event) -> None:
+        if isinstance(event, LogLines):
+            if event.run_id == self._run_id:
+                self._log_tail.extend(event.lines)
+        elif isinstance(event, RunProgress):
+            if event.run_id == self._run_id:
+                self._progress.append(event)
+        elif isinstance(event, ReasoningDelta):
+            if self._draft and self._draft[0] == event.draft_id:
+                if self._reasoning and self._reasoning[-1].kind == event.kind:
+                    self._reasoning[-1].text += event.text
+                else:
+                    self._reasoning.append(proto.ReasoningChunk(event.kind, event.text))
+        elif isinstance(event, StateChanged):
+            self._detail = event.detail
+            if event.state not in ("paused", "stopping", "stopped"):
+                self._error = ""              # going again: whatever stopped it was fixed
+        elif isinstance(event, Notice) and event.level == "error":
+            self._error = f"{event.message} ({event.hint})" if event.hint else event.message
+        elif isinstance(event, RunStarted):
+            self._run_id = event.run_id
+            self._log_tail.clear()
+            self._progress.clear()
+        elif isinstance(event, RunFinished):
+            if event.result.run_id == self._run_id:
+                self._progress.clear()
+        elif isinstance(event, DraftStarted):
+            self._draft = (event.draft_id, event.agent, event.base_commit)
+            self._reasoning = []
+        elif isinstance(event, (ProposalReady, DraftFailed)):
+            draft_id = event.proposal.id if isinstance(event, ProposalReady) else event.draft_id
+            if self._draft and self._draft[0] == draft_id:
+                self._draft, self._reasoning = None, []
+
+    def snapshot(self, resync: bool = False) -> proto.Snapshot:
+        s = self.session
+        pending, queued, experiments = s.pending(), s.queued(), s.experiments()
+        current = s.current_run
+        with self._lock:
+            draft = self._draft
+            log_tail = list(self._log_tail) if current else []
+            progress = list(self._progress) if current else []
+            reasoning = [proto.ReasoningChunk(c.kind, c.text) for c in self._reasoning]
+            detail, error = self._detail, self._error
+        return proto.Snapshot(
+            state=s.state, detail=detail, mode=s.mode, paused=s.paused, stopped=s.stopped,
+            best=s.best, noise_floor=s.noise_floor, total_cost=s.total_cost,
+            current_run=current, progress=progress, pending=pending, queued=queued,
+            experiments=experiments, log_tail=log_tail,
+            draft_id=draft[0] if draft else None, draft_agent=draft[1] if draft else "",
+            draft_base=draft[2] if draft else "", reasoning=reasoning,
+            workspace=str(s.workspace.root), targets=list(s.workspace.config.targets),
+            resync=resync, error=error, open_notes=[SteeringNote(note_id, text)
+                                       for note_id, text in s.journal.open_notes()])
+
+    # ------------------------------------------------------------------ connections
+
+    def _accept_loop(self) -> None:
+        while not self._closed.is_set():
+            try:
+                conn, _ = self._listener.accept()
+            except OSError:
+                return                        # closed
+            threading.Thread(target=self._serve, args=(conn,), daemon=True,
+                             name="pairlab-client").start()
+
+    def _serve(self, conn: socket.socket) -> None:
+        """Handshake, then this client's commands until it leaves."""
+        client = None
+        try:
+            uid = peer_uid(conn)
+            if uid != os.getuid():
+                _send_and_close(conn, proto.Refused(
+                    f"connection refused: this engine belongs to uid {os.getuid()}, and uid "
+                    f"{uid} may not attach to it"))
+                return
+            conn.sendall(proto.encode(proto.Hello(proto.PROTOCOL_VERSION, "engine",
+                                                  workspace=str(self.session.workspace.root))))
+            reader = conn.makefile("rb")
+            hello = _read_message(reader)
+            if not isinstance(hello, proto.Hello):
+                _send_and_close(conn, proto.Refused("the first message must be a hello"))
+                return
+            if hello.version != proto.PROTOCOL_VERSION:
+                _send_and_close(conn, proto.Refused(proto.version_mismatch(
+                    proto.PROTOCOL_VERSION, hello.version, we="engine", they="client")))
+                return
+            client = _Client(self, conn, hello.read_only)
+            with self._lock:
+                if self._closed.is_set():
+                    return
+                self._clients.add(client)
+            self._count_deciding()
+            client.start()
+            while True:
+                try:
+                    message = _read_message(reader)
+                except proto.ProtocolError as exc:
+                    client.offer(proto.encode(proto.Reply(0, False, error=str(exc),
+                                                          refusal="refused")), must=True)
+                    continue
+                if message is None:
+                    return
+                with self._lock:
+                    self._busy += 1
+                try:
+                    reply = self._run_command(message, client.read_only)
+                    client.offer(proto.encode(reply), must=True)
+                finally:
+                    with self._lock:
+                        self._busy -= 1
+                        self._idle.notify_all()
+        except (OSError, proto.ProtocolError):
+            return
+        finally:
+            if client is not None:
+                with self._lock:
+                    self._clients.discard(client)
+                self._count_deciding()
+                client.finish()
+            else:
+                conn.close()
+
+    def _run_command(self, command, read_only: bool) -> proto.Reply:
+        if not isinstance(command, proto.Command):
+            return proto.Reply(0, False, error=f"expected a command, got a {command.kind}",
+                               refusal="refused")
+        rid = command.request_id
+        if read_only and command.decides:
+            return proto.Reply(rid, False, refusal="refused", error=(
+                f"this client is attached read-only and cannot {command.name.replace('_', ' ')};"
+                " attach without --read-only to decide"))
+        try:
+            value = getattr(self.session, command.name)(*command.arguments())
+        except PatchRefused as exc:
+            return proto.Reply(rid, False, error=exc.message, refusal="patch", rule=exc.rule)
+        except KeyError as exc:
+            return proto.Reply(rid, False, error=str(exc.args[0] if exc.args else exc),
+                               refusal="refused")
+        except ValueError as exc:
+            return proto.Reply(rid, False, error=str(exc), refusal="refused")
+        except Exception as exc:
+            print(f"pairlab: command {command.name} failed:\n{traceback.format_exc()}",
+                  file=sys.stderr, flush=True)
+            return proto.Reply(rid, False, error=f"{type(exc).__name__}: {exc}",
+                               refusal="internal")
+        return proto.Reply(rid, True, value=proto.to_plain(value))
+
+
+class _Client:
+    """One attached client: a bounded queue of encoded lines and the thread that sends them."""
+
+    def __init__(self, service: EngineService, conn: socket.socket, read_only: bool):
+        self.service = service
+        self.conn = conn
+        self.read_only = read_only
+        # (is_reply, line): replies survive a resync, the client waits for them.
+        self.queue: queue.Queue[tuple[bool, bytes] | None] = queue.Queue(
+            maxsize=service.queue_lines)
+        self.needs_snapshot = True            # the first thing it gets
+        self.resynced = False
+        self._finished = threading.Event()
+        self._thread = threading.Thread(target=self._write_loop, daemon=True,
+                                        name="pairlab-client-writer")
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def offer(self, line: bytes, must: bool = False) -> None:
+        """Queue a line without waiting. A full queue means the client fell behind: drop its
+        backlog and send a snapshot instead. Replies (`must`) wait for room: they come from
+        this client's own reader, so only this client waits."""
+        if self._finished.is_set():
+            return
+        if must:
+            while not self._finished.is_set():
+                try:
+                    self.queue.put((True, line), timeout=1.0)
+                    return
+                except queue.Full:
+                    continue
+            return
+        if self.needs_snapshot:
+            return
+        try:
+            self.queue.put_nowait((False, line))
+        except queue.Full:
+            self.needs_snapshot = True
+            self.resynced = True
+            with self.service._lock:
+                self.service.resyncs += 1
+
+    def finish(self, grace_s: float = 0.0) -> None:
+        """End this connection; with a grace, after the writer sent what is queued."""
+        if self._finished.is_set():
+            return
+        try:
+            self.queue.put(None, timeout=grace_s) if grace_s else self.queue.put_nowait(None)
+        except queue.Full:
+            pass
+        if grace_s and self._thread.is_alive() and self._thread is not threading.current_thread():
+            self._thread.join(grace_s)
+        self._finished.set()
+        try:
+            self.conn.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
+
+    def _write_loop(self) -> None:
+        try:
+            while not self._finished.is_set():
+                if self.needs_snapshot:
+                    self._drain()
+                    # Cleared before the snapshot is built: an event after this point is
+                    # queued (and may repeat what the snapshot shows), none is lost.
+                    self.needs_snapshot = False
+                    resync, self.resynced = self.resynced, False
+                    self.conn.sendall(proto.encode(self.service.snapshot(resync=resync)))
+                    continue
+                try:
+                    item = self.queue.get(timeout=1.0)
+                except queue.Empty:
+                    continue
+                if item is None:
+                    break
+                is_reply, line = item
+                if self.needs_snapshot and not is_reply:
+                    continue                  # superseded by the snapshot about to be sent
+                self.conn.sendall(line)
+        except OSError:
+            pass
+        finally:
+            self._finished.set()
+            self.conn.close()
+
+    def _drain(self) -> None:
+        """Drop queued events; keep replies, which the client is waiting for."""
+        kept = []
+        while True:
+            try:
+                item = self.queue.get_nowait()
+            except queue.Empty:
+                break
+            if item is not None and item[0]:
+                kept.append(item[1])
+        for line in kept:
+            self.conn.sendall(line)
+
+
+def _read_message(reader):
+    line = reader.readline()
+    if not line:
+        return None
+    return proto.decode(line)
+
+
+def _send_and_close(conn: socket.socket, message) -> None:
+    try:
+        conn.sendall(proto.encode(message))
+    except OSError:
+        pass
+    conn.close()
