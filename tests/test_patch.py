@@ -229,14 +229,14 @@ def test_a_malformed_fence_at_the_base_is_reported():
 
 
 def test_the_markers_are_defined_once():
-    # engine/workspace/patch.py holds the one definition; everything else imports it (the template
-    # writes the lines themselves, once each)
+    # engine/base/protected.py holds the one definition; everything else imports it (the
+    # template writes the lines themselves, once each)
     root = Path(__file__).resolve().parents[1]
-    sources = [p for folder in ("engine", "nanochat", "tests", "tui", "bench")
+    sources = [p for folder in ("pairlab", "engine", "nanochat", "tests", "tui", "bench")
                for p in (root / folder).rglob("*.py")]
     prefix = PROTECTED_END[:-len("end ----")]
     holders = sorted(p.relative_to(root).as_posix() for p in sources if prefix in p.read_text())
-    assert holders == ["engine/workspace/patch.py", "nanochat/train.py"]
+    assert holders == ["engine/base/protected.py", "nanochat/train.py"]
 
 
 # random edits: inside the fence always refused, outside always accepted

@@ -67,7 +67,7 @@ def test_a_cluster_without_the_resource_is_named_before_anything_waits_on_it():
 def test_engine_imports_without_ray_and_the_cli_says_what_to_install(tmp_path):
     script = ("import sys; sys.modules['ray'] = None\n"   # as if Ray were not installed
               "import engine.session, engine.loop.outcomes, engine.scale.ray_executor\n"
-              "from engine import cli\n"
+              "from pairlab import cli\n"
               "sys.exit(cli.main(sys.argv[1:]))")
     proc = subprocess.run([sys.executable, "-c", script, "headless", "--executor", "ray",
                            "--workspace", str(tmp_path / "ws")],

@@ -77,7 +77,7 @@ def test_init_names_a_missing_template(tmp_path, templates):
 def test_default_templates_point_into_the_package():
     paths = ws_module.default_templates()
     assert paths["train.py"].parent.name == "nanochat"
-    assert paths["program.md"].parent == Path(ws_module.__file__).resolve().parent.parent
+    assert paths["program.md"].parent == Path(ws_module.__file__).resolve().parents[2]
 
 
 def test_default_tag_and_directory(monkeypatch, tmp_path):
