@@ -12,6 +12,8 @@ import time
 
 from engine.base import events as ev
 from engine.base.records import RunStatus
+from pairlab.engine_process import ENGINE_ARGS_NAME, engine_argv
+from pairlab.sessions import UserError, make_session, open_workspace, settings_from_args
 
 # runs that measure the best rather than try a change: neither kept nor discarded
 MEASUREMENTS = {"baseline": "baseline", "noise": "noise repeat", "rerun": "confirmation re-run"}
@@ -20,8 +22,6 @@ MEASUREMENTS = {"baseline": "baseline", "noise": "noise repeat", "rerun": "confi
 def run_engine(args) -> int:
     """The engine in the foreground: the loop, its events printed, commands on stdin, and
     the socket that apps attach to. A detached engine is this with stdin closed."""
-    from pairlab.cli import (ENGINE_ARGS_NAME, UserError, engine_argv, make_session,
-                            open_workspace, settings_from_args)
     from engine.service.server import EngineLock, EngineService, ServiceError, socket_path
     workspace = open_workspace(args.workspace)
     lock = EngineLock(workspace.pairlab_dir)

@@ -4,18 +4,13 @@ the FA3 kernels and for NVML."""
 
 from __future__ import annotations
 
-import json
-import os
 import re
-import subprocess
 import sys
 import types
-from pathlib import Path
 
 import pytest
 import torch
 
-from engine.run.evaluation import evaluator_env, run_evaluator
 from engine.run.monitor import Monitor, Nvml
 from nanochat import harness
 from tests.test_training import TEMPLATE, TINY, run_train, write_train_py

@@ -15,7 +15,7 @@ from typing import Callable
 import psutil
 import pytest
 
-from pairlab.cli import ENGINE_ARGS_NAME
+from pairlab.engine_process import ENGINE_ARGS_NAME
 from engine.service.client import EngineLost
 from tests.conftest import TINY_ENV
 

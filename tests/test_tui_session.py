@@ -18,7 +18,7 @@ from textual.widgets import Input
 
 from engine.base.events import DecisionMade, RunFinished, RunStarted, StateChanged
 from engine.base.records import DecisionKind, RunStatus
-from pairlab.cli import make_session, open_workspace
+from pairlab.sessions import make_session, open_workspace
 from engine.session import Session, SessionSettings
 from engine.workspace.patch import PROTECTED_BEGIN
 from test_tui_support import pilot_test

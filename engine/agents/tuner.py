@@ -21,7 +21,6 @@ The same journal and seed give the same proposal.
 
 from __future__ import annotations
 
-import ast
 import math
 import os
 import re
