@@ -36,7 +36,9 @@ sys.path.insert(0, str(ROOT))
 
 from engine.agents import template_checks                                     # noqa: E402
 from engine.agents.base import DraftContext, HistoryItem                       # noqa: E402
-from engine.agents.tuner import TunerAgent, describe, knob_for            # noqa: E402
+from engine.agents.knobs import knob_for                                    # noqa: E402
+from engine.agents.trials import describe                                 # noqa: E402
+from engine.agents.tuner import TunerAgent                                # noqa: E402
 from engine.base.constants import parse_constants, rewrite                # noqa: E402
 from engine.loop.keep_rule import Action, KeepRuleSettings, judge, pooled_noise     # noqa: E402
 from engine.base.records import Draft, RunStatus                                    # noqa: E402

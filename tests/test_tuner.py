@@ -10,7 +10,8 @@ from pathlib import Path
 import pytest
 
 from engine.agents.base import AgentError, DraftCancelled, DraftContext, HistoryItem
-from engine.agents.tuner import TunerAgent, parse_description
+from engine.agents.trials import parse_description
+from engine.agents.tuner import TunerAgent
 from engine.base.constants import format_like, parse_constants, rewrite
 from engine.base.protected import PROTECTED_BEGIN, PROTECTED_END
 

@@ -25,313 +25,30 @@ import math
 import os
 import re
 import threading
-from collections import Counter, defaultdict
-from dataclasses import dataclass, field
-from typing import Callable, Iterator, Mapping
+from collections import Counter
+from typing import Iterator, Mapping
 
 import optuna
 
 from engine.agents import template_checks
 from engine.agents.base import AgentError, DraftCancelled, DraftContext, Emit, HistoryItem
-from engine.base.constants import (Constant, format_like, is_number, parse_constants,
-                                   parse_value, rewrite)
+from engine.base.constants import (format_like, parse_constants,
+                                   rewrite)
+from engine.agents.knobs import (PRIORS, UNKNOWN_LR, Knob, direction_of, knob_for,
+                                 level_of, position_of, step)
+from engine.agents import tpe
+from engine.agents.tpe import TPE_STARTUP, fits, priority, suggest
+from engine.agents.trials import (FAILURES, Knowledge, Move, Trial, config_key, describe,
+                                  move_key, replay)
 from engine.base.records import Draft
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 
 MAX_VALIDATION_TRIES = 4
-OUTCOMES = ("keep", "discard", "crash", "timeout")
-FAILURES = ("crash", "timeout")
-
-# ---------------------------------------------------------------------------
-# What the tuner knows about each constant
-# ---------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Knob:
-    """How to move one constant.
-
-    scale: "log" (multiply by `step`), "linear" (add `step`), "int" (add `step`),
-    "ladder" (move to the neighbouring option; `options` lists them around the current value).
-    """
-
-    scale: str
-    low: float
-    high: float
-    step: float
-    role: str
-    options: Callable[[object], list] | None = None
-    verbs: tuple[str, str] = ("raising", "lowering")   # a step up, a step down, in words
-
-
-def _ladder(values: list) -> Callable[[object], list]:
-    return lambda current: sorted(set(values) | {current})
-
-
-def _window_patterns(current: object) -> list:
-    # Ordered from all-long to mostly-short windows, so a step has a direction.
-    patterns = {"L", "SL", "SSL", "SSSL", current}
-    return sorted(patterns, key=lambda p: (-p.count("L") / len(p), len(p), p))
-
-
-def _adam_betas(current: object) -> list:
-    if len(current) != 2:
-        return [current]
-    return sorted({(current[0], beta2) for beta2 in (0.9, 0.95, 0.99)} | {current})
-
-
-KNOBS: dict[str, Knob] = {
-    "MATRIX_LR": Knob("log", 1e-3, 0.5, 1.5, "learning rate of the transformer's matrices"),
-    "EMBEDDING_LR": Knob("log", 0.01, 5.0, 1.5, "learning rate of the token embeddings"),
-    "UNEMBEDDING_LR": Knob("log", 1e-4, 0.1, 1.5, "learning rate of the output head"),
-    "SCALAR_LR": Knob("log", 0.01, 5.0, 1.5, "learning rate of the per-layer scalars"),
-    "WEIGHT_DECAY": Knob("linear", 0.0, 1.0, 0.1, "weight decay"),
-    "WARMUP_RATIO": Knob("linear", 0.0, 0.5, 0.05, "share of the run spent warming up"),
-    "WARMDOWN_RATIO": Knob("linear", 0.0, 1.0, 0.1, "share of the run spent decaying the lr"),
-    "FINAL_LR_FRAC": Knob("linear", 0.0, 0.5, 0.05, "final lr as a fraction of the peak"),
-    "DEPTH": Knob("int", 1, 32, 1, "number of layers"),
-    "ASPECT_RATIO": Knob("ladder", 8, 512, 1, "model width per layer",
-                         _ladder([16, 24, 32, 48, 64, 96, 128, 192, 256])),
-    "HEAD_DIM": Knob("ladder", 16, 256, 1, "attention head width",
-                     _ladder([16, 32, 64, 128, 256])),
-    "TOTAL_BATCH_SIZE": Knob("ladder", 2**8, 2**22, 1, "tokens per optimizer step",
-                             _ladder([2**k for k in range(8, 23)])),
-    "DEVICE_BATCH_SIZE": Knob("ladder", 1, 1024, 1, "rows per forward pass",
-                              _ladder([2**k for k in range(0, 11)])),
-    "WINDOW_PATTERN": Knob("ladder", 0, 0, 1, "attention window pattern", _window_patterns,
-                           ("using more short windows in", "using more full windows in")),
-    "ADAM_BETAS": Knob("ladder", 0, 0, 1, "AdamW betas", _adam_betas,
-                       ("raising beta2 in", "lowering beta2 in")),
-}
-UNKNOWN_LR = Knob("log", 1e-6, 10.0, 1.5, "a learning rate")
-NEVER_TOUCHED = ("SEED",)
-
-# The first moves, most likely to help when a small CPU budget allows only a few hundred
-# steps: (changes as (name, direction), why). Skipped once all of their constants have a
-# history of their own, since the evidence then decides.
-PRIORS: list[tuple[tuple[tuple[str, int], ...], str]] = [
-    ((("MATRIX_LR", +1),),
-     "a short budget allows few optimizer steps; a larger learning rate for the matrices, "
-     "which hold most of the parameters, makes more progress per step"),
-    ((("WARMDOWN_RATIO", +1),),
-     "with few steps, a longer decay of the learning rate at the end usually lowers the "
-     "final loss"),
-    ((("TOTAL_BATCH_SIZE", -1), ("DEVICE_BATCH_SIZE", -1)),
-     "halving the batch doubles the optimizer steps in the fixed budget; halving both keeps "
-     "the gradient accumulation count, so the batch stays a whole number of micro-batches"),
-    ((("EMBEDDING_LR", +1),),
-     "embeddings see each token rarely in a short run; a larger learning rate lets them "
-     "catch up"),
-    ((("DEPTH", -1),),
-     "a shallower model takes more optimizer steps in the fixed budget; at this scale more "
-     "steps usually beat more layers"),
-    ((("UNEMBEDDING_LR", +1),),
-     "the output head learns slowly at its small learning rate; a short run may favour a "
-     "larger one"),
-    ((("WEIGHT_DECAY", -1),),
-     "an undertrained model needs little regularization; less weight decay may let it fit "
-     "faster"),
-    ((("SCALAR_LR", +1),),
-     "the residual mixing scalars may settle faster with a larger learning rate"),
-    ((("FINAL_LR_FRAC", +1),),
-     "ending the schedule above zero keeps learning in the last steps of a short run"),
-    ((("DEPTH", -1), ("ASPECT_RATIO", +1)),
-     "trading a layer for width keeps most of the capacity while each step gets cheaper"),
-]
-
-
-def knob_for(name: str) -> Knob | None:
-    if name in NEVER_TOUCHED or "SEED" in name:
-        return None
-    if name in KNOBS:
-        return KNOBS[name]
-    return UNKNOWN_LR if name.endswith("_LR") else None
-
-
-def step(knob: Knob, value: object, direction: int, level: float = 1.0) -> object | None:
-    """The value one step (or a fraction `level` of one) away, or None past the bounds."""
-    if knob.scale == "ladder":
-        if level < 1:
-            return None
-        options = knob.options(value)
-        index = options.index(value) + direction
-        return options[index] if 0 <= index < len(options) else None
-    if not is_number(value):
-        return None
-    if knob.scale == "log":
-        if value <= 0:
-            return None
-        new = _round_significant(value * knob.step ** (direction * level))
-    elif knob.scale == "int":
-        new = int(value) + direction * max(1, round(knob.step * level))
-    else:
-        new = round(value + direction * knob.step * level, 4)
-    return new if knob.low <= new <= knob.high and new != value else None
-
-
-def _level(knob: Knob, old: object, new: object) -> float:
-    """How many of the knob's steps a change took: 1 for a full step, 0.5 for a half."""
-    if knob.scale == "log" and old > 0 and new > 0:
-        steps = abs(math.log(new / old)) / math.log(knob.step)
-    elif knob.scale == "linear":
-        steps = abs(new - old) / knob.step
-    else:
-        return 1.0
-    return 0.5 if steps < 0.75 else 1.0
-
-
-def _round_significant(value: float, digits: int = 2) -> float:
-    return float(f"{value:.{digits}g}")
-
-
-def _position(knob: Knob, value: object, reference: object) -> float | None:
-    """Where a value sits on the knob's axis, for comparing directions; None if off it."""
-    if is_number(value):
-        return float(value)
-    options = knob.options(reference) if knob.options else []
-    return float(options.index(value)) if value in options else None
-
-
-def _direction(knob: Knob, old: object, new: object) -> int:
-    a, b = _position(knob, old, old), _position(knob, new, old)
-    if a is None or b is None or a == b:
-        return 0
-    return 1 if b > a else -1
-
-# ---------------------------------------------------------------------------
-# Reading the journal
-# ---------------------------------------------------------------------------
-
-_VALUE = r"\([^()]*\)|\"[^\"]*\"|'[^']*'|[^\s,]+"
-_CHANGE = re.compile(rf"\b([A-Z][A-Z0-9_]*) ({_VALUE}) -> ({_VALUE})")
-
-
-def describe(changes: dict[str, tuple[object, object]], constants: dict[str, Constant]) -> str:
-    """'MATRIX_LR 0.04 -> 0.06, WARMDOWN_RATIO 0.5 -> 0.6': readable, and parsed back later."""
-    return ", ".join(f"{name} {constants[name].text} -> {format_like(new, constants[name].text)}"
-                     for name, (_, new) in changes.items())
-
-
-def parse_description(text: str) -> dict[str, tuple[object, object]]:
-    changes = {}
-    for name, old, new in _CHANGE.findall(text):
-        old_value, new_value = parse_value(old), parse_value(new)
-        if old_value is not None and new_value is not None:
-            changes[name] = (old_value, new_value)
-    return changes
-
-
-def parse_diff(diff: str, device: str) -> dict[str, tuple[object, object]]:
-    """Constant changes in a unified diff: NAME -> (value on '-' line, value on '+' line)."""
-    removed, added = {}, {}
-    for line in diff.splitlines():
-        if line.startswith(("---", "+++")) or line[:1] not in ("-", "+"):
-            continue
-        try:
-            found = parse_constants(line[1:].strip() + "\n", device)
-        except SyntaxError:
-            continue
-        for name, c in found.items():
-            (removed if line[0] == "-" else added)[name] = c.value
-    return {name: (removed[name], added[name]) for name in added
-            if name in removed and removed[name] != added[name]}
-
-
-def item_changes(item: HistoryItem, device: str) -> dict[str, tuple[object, object]]:
-    """What an experiment changed; the diff is trusted over the (editable) description."""
-    changes = parse_diff(item.diff, device) if item.diff else {}
-    if not changes:
-        changes = parse_description(item.description)
-    for name, (_, new) in parse_diff(item.human_edit_diff, device).items():
-        old = changes[name][0] if name in changes else None
-        changes[name] = (old, new)
-    return {name: pair for name, pair in changes.items() if pair[0] != pair[1]}
-
-
-@dataclass
-class Trial:
-    """One journal entry replayed onto the configuration it ran with."""
-
-    item: HistoryItem
-    changes: dict[str, tuple[object, object]]
-    config: dict[str, object]
-    delta: float | None
-
-    @property
-    def status(self) -> str:
-        return self.item.status
-
-    @property
-    def has_outcome(self) -> bool:
-        return self.status in OUTCOMES and (self.status in FAILURES
-                                            or self.item.val_bpb is not None)
-
-
-def replay(history: list[HistoryItem], current: dict[str, object], device: str) -> list[Trial]:
-    """Full configurations of past experiments.
-
-    The file at the base commit is the best so far, so undoing the kept changes newest
-    first gives the configuration the journal started from; replaying forward then gives
-    each experiment's configuration."""
-    parsed = [item_changes(item, device) for item in history]
-    config = dict(current)
-    for item, changes in zip(reversed(history), reversed(parsed)):
-        if item.status == "keep":
-            for name, (old, _) in changes.items():
-                if name in config and old is not None:
-                    config[name] = old
-    trials, best = [], None
-    for item, changes in zip(history, parsed):
-        ran = {**config, **{name: new for name, (_, new) in changes.items() if name in config}}
-        delta = item.delta
-        if delta is None and item.val_bpb is not None and best is not None:
-            delta = item.val_bpb - best
-        trials.append(Trial(item, changes, ran, delta))
-        if item.status == "keep":
-            config = ran
-            if item.val_bpb is not None:
-                best = item.val_bpb if best is None else min(best, item.val_bpb)
-    return trials
 
 # ---------------------------------------------------------------------------
 # The search
 # ---------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Move:
-    changes: tuple[tuple[str, object], ...]      # (name, new value), in proposal order
-    hypothesis: str
-    tier: str
-
-
-@dataclass
-class _Knowledge:
-    """Everything one draft knows: the best configuration and what the journal says about it."""
-
-    constants: dict[str, Constant]
-    knobs: dict[str, Knob]                     # the constants this draft may change
-    base: dict[str, object]
-    trials: list[Trial]
-    noise: float
-    tried_configs: set = field(default_factory=set)
-    tried_moves: set = field(default_factory=set)
-    forbidden: set = field(default_factory=set)           # (name, value) a human vetoed
-    frozen: dict[str, str] = field(default_factory=dict)  # name -> the veto that names it
-    undo: set = field(default_factory=set)                # (name, value) a kept change left
-    limits: dict = field(default_factory=dict)            # name -> (lowest, highest) allowed
-    last: dict = field(default_factory=dict)              # name -> (trial, direction)
-    directions: dict = field(default_factory=lambda: defaultdict(set))  # name -> tried
-    touched: Counter = field(default_factory=Counter)
-
-
-def _config_key(config: dict[str, object]) -> tuple:
-    return tuple(sorted(config.items()))
-
-
-def _move_key(base: dict[str, object], changes) -> frozenset:
-    return frozenset((name, base.get(name), new) for name, new in changes)
 
 
 class TunerAgent:
@@ -385,7 +102,7 @@ class TunerAgent:
             if cancel.is_set():
                 raise DraftCancelled()
             config = {**know.base, **dict(move.changes)}
-            key = _config_key(config)
+            key = config_key(config)
             if key in seen or not self._admissible(know, move, key):
                 continue
             seen.add(key)
@@ -436,24 +153,24 @@ class TunerAgent:
         self._journal = self._journal + history[overlap:]
         return self._journal
 
-    def _learn(self, ctx: DraftContext, source: str, history: list[HistoryItem]) -> _Knowledge:
+    def _learn(self, ctx: DraftContext, source: str, history: list[HistoryItem]) -> Knowledge:
         try:
             constants = parse_constants(source, self.device)
         except SyntaxError as exc:
             raise AgentError(f"the tuner cannot parse the target: {exc}",
                              "fix the syntax error in train.py") from exc
         knobs = {name: knob for name, c in constants.items()
-                 if (knob := knob_for(name)) is not None and _fits(knob, c.value)}
+                 if (knob := knob_for(name)) is not None and fits(knob, c.value)}
         base = {name: constants[name].value for name in knobs}
         trials = replay(history, base, self.device)
-        know = _Knowledge(constants, knobs, base, trials, noise=ctx.noise_floor or 0.0)
-        know.tried_configs = {_config_key(t.config) for t in trials}
-        know.tried_configs.add(_config_key(base))
+        know = Knowledge(constants, knobs, base, trials, noise=ctx.noise_floor or 0.0)
+        know.tried_configs = {config_key(t.config) for t in trials}
+        know.tried_configs.add(config_key(base))
         know.tried_configs |= self._handed_out
         for trial in trials:
             before = {name: old for name, (old, _) in trial.changes.items()}
             changed = tuple((name, new) for name, (_, new) in trial.changes.items())
-            know.tried_moves.add(_move_key(before, changed))
+            know.tried_moves.add(move_key(before, changed))
             for name in trial.changes:
                 know.touched[name] += 1
             if trial.status == "vetoed":
@@ -464,7 +181,7 @@ class TunerAgent:
             knobs.pop(name, None)
         return know
 
-    def _learn_veto(self, know: _Knowledge, trial: Trial) -> None:
+    def _learn_veto(self, know: Knowledge, trial: Trial) -> None:
         for name, (_, new) in trial.changes.items():
             know.forbidden.add((name, new))
         reason = trial.item.veto_reason
@@ -473,12 +190,12 @@ class TunerAgent:
                          re.IGNORECASE):
                 know.frozen[name] = reason
 
-    def _learn_outcome(self, know: _Knowledge, trial: Trial) -> None:
+    def _learn_outcome(self, know: Knowledge, trial: Trial) -> None:
         for name, (old, new) in trial.changes.items():
             knob = know.knobs.get(name)
             if knob is None or old is None:
                 continue
-            direction = _direction(knob, old, new)
+            direction = direction_of(knob, old, new)
             if not direction:
                 continue
             know.last[name] = (trial, direction)
@@ -489,16 +206,16 @@ class TunerAgent:
                 self._fence_off(know, name, knob, new, direction)
 
     @staticmethod
-    def _fence_off(know: _Knowledge, name: str, knob: Knob, value: object, direction: int):
+    def _fence_off(know: Knowledge, name: str, knob: Knob, value: object, direction: int):
         """A run that crashed or timed out at `value`: nothing at or past it that way."""
-        position = _position(knob, value, know.base[name])
+        position = position_of(knob, value, know.base[name])
         if position is None:
             return
         low, high = know.limits.get(name, (-math.inf, math.inf))
         know.limits[name] = (low, min(high, position)) if direction > 0 \
             else (max(low, position), high)
 
-    def _report(self, ctx: DraftContext, target: str, know: _Knowledge, say) -> None:
+    def _report(self, ctx: DraftContext, target: str, know: Knowledge, say) -> None:
         values = ", ".join(f"{n}={know.constants[n].text}" for n in know.knobs)
         say(f"Read {target}: {len(know.knobs)} tunable constants on the {self.device} "
             f"branch: {values}.")
@@ -515,7 +232,7 @@ class TunerAgent:
 
     # ---- candidates, best first ---------------------------------------------------------
 
-    def _candidates(self, know: _Knowledge, draft_number: int) -> Iterator[Move]:
+    def _candidates(self, know: Knowledge, draft_number: int) -> Iterator[Move]:
         yield from self._exploit(know)
         yield from self._reverse(know)
         yield from self._priors(know)
@@ -523,12 +240,12 @@ class TunerAgent:
         yield from self._explore(know, draft_number)
         yield from self._sweep(know)
 
-    def _by_recency(self, know: _Knowledge) -> list[str]:
+    def _by_recency(self, know: Knowledge) -> list[str]:
         order = {id(t): i for i, t in enumerate(know.trials)}
         names = [n for n in know.last if n in know.knobs]
         return sorted(names, key=lambda n: -order[id(know.last[n][0])])
 
-    def _exploit(self, know: _Knowledge) -> Iterator[Move]:
+    def _exploit(self, know: Knowledge) -> Iterator[Move]:
         for trial in reversed(know.trials):
             if trial.status != "keep" or not trial.changes:
                 continue
@@ -539,7 +256,7 @@ class TunerAgent:
                 continue
             helped = f"{_verbs(live)} helped last time ({_signed(trial.delta)})"
             # Another step of the size that helped (a refined half step stays half).
-            level = min(_level(know.knobs[n], *trial.changes[n]) for n, _ in live)
+            level = min(level_of(know.knobs[n], *trial.changes[n]) for n, _ in live)
             if len(live) == 2:
                 yield self._move(know, live, level, "exploit",
                                  f"{helped}; another step of both may help again")
@@ -548,7 +265,7 @@ class TunerAgent:
                                  f"{helped}; a further step in the same direction may help "
                                  "again")
 
-    def _reverse(self, know: _Knowledge) -> Iterator[Move]:
+    def _reverse(self, know: Knowledge) -> Iterator[Move]:
         for name in self._by_recency(know):
             trial, direction = know.last[name]
             if not direction or not self._hurt(know, trial):
@@ -559,14 +276,14 @@ class TunerAgent:
                              f"{_verbs([(name, direction)])} {why}; the opposite direction "
                              "may help")
 
-    def _priors(self, know: _Knowledge) -> Iterator[Move]:
+    def _priors(self, know: Knowledge) -> Iterator[Move]:
         for moves, why in PRIORS:
             present = [(n, d) for n, d in moves if n in know.knobs]
             if not present or all(know.touched[n] for n, _ in present):
                 continue
             yield self._move(know, present, 1.0, "prior", why)
 
-    def _refine(self, know: _Knowledge) -> Iterator[Move]:
+    def _refine(self, know: Knowledge) -> Iterator[Move]:
         names = self._by_recency(know)
         mattered = [n for n in names
                     if know.last[n][0].status == "keep" or self._hurt(know, know.last[n][0])]
@@ -587,29 +304,29 @@ class TunerAgent:
                                  f"the noise ({_signed(trial.delta)}); the other direction is "
                                  "untested")
 
-    def _explore(self, know: _Knowledge, draft_number: int) -> Iterator[Move]:
+    def _explore(self, know: Knowledge, draft_number: int) -> Iterator[Move]:
         """Ask TPE, fitted on every finished run, for a value of the least explored knobs."""
-        study, finished = self._study(know, draft_number)
-        names = sorted(know.knobs, key=lambda n: (know.touched[n], _priority(n)))
+        study, finished = tpe.study(know, self.seed, draft_number)
+        names = sorted(know.knobs, key=lambda n: (know.touched[n], priority(n)))
         for name in names:
             knob = know.knobs[name]
             for _ in range(6):
                 proposal = study.ask()
-                value = _suggest(proposal, name, knob, know.base[name])
+                value = suggest(proposal, name, knob, know.base[name])
                 if value is None or value == know.base[name]:
                     continue
                 source = (f"TPE over {finished} finished runs rates {name} = "
                           f"{format_like(value, know.constants[name].text)} as promising"
-                          if finished >= _TPE_STARTUP else
+                          if finished >= TPE_STARTUP else
                           f"too few finished runs for a model yet, so a random draw of {name}")
                 yield Move(((name, value),), f"{source}; {name} ({knob.role}) is among the "
                            f"least explored constants ({know.touched[name]} changes so far)",
                            "explore")
                 break
 
-    def _sweep(self, know: _Knowledge) -> Iterator[Move]:
+    def _sweep(self, know: Knowledge) -> Iterator[Move]:
         for level in (1.0, 0.5, 0.25):
-            for name in sorted(know.knobs, key=_priority):
+            for name in sorted(know.knobs, key=priority):
                 for direction in (1, -1):
                     yield self._move(know, [(name, direction)], level, "sweep",
                                      f"an untried neighbour of the best configuration: "
@@ -617,7 +334,7 @@ class TunerAgent:
 
     # ---- helpers ------------------------------------------------------------------------
 
-    def _move(self, know: _Knowledge, directions, level: float, tier: str, why: str) -> Move:
+    def _move(self, know: Knowledge, directions, level: float, tier: str, why: str) -> Move:
         changes = []
         for name, direction in directions:
             value = step(know.knobs[name], know.base[name], direction, level)
@@ -635,97 +352,27 @@ class TunerAgent:
         return all(name in constants and constants[name].value == value
                    for name, value in config.items())
 
-    def _hurt(self, know: _Knowledge, trial: Trial) -> bool:
+    def _hurt(self, know: Knowledge, trial: Trial) -> bool:
         if trial.status in FAILURES:
             return True
         return trial.delta is not None and trial.delta > know.noise
 
-    def _admissible(self, know: _Knowledge, move: Move, key: tuple) -> bool:
+    def _admissible(self, know: Knowledge, move: Move, key: tuple) -> bool:
         if not move.changes or key in know.tried_configs:
             return False
-        if _move_key(know.base, move.changes) in know.tried_moves:
+        if move_key(know.base, move.changes) in know.tried_moves:
             return False
         for name, value in move.changes:
             knob = know.knobs.get(name)
-            if knob is None or value == know.base[name] or not _fits(knob, value):
+            if knob is None or value == know.base[name] or not fits(knob, value):
                 return False
             if (name, value) in know.forbidden or (name, value) in know.undo:
                 return False
             low, high = know.limits.get(name, (-math.inf, math.inf))
-            position = _position(knob, value, know.base[name])
+            position = position_of(knob, value, know.base[name])
             if position is not None and not low < position < high:
                 return False
         return True
-
-    def _study(self, know: _Knowledge, draft_number: int) -> tuple[optuna.Study, int]:
-        """A fresh in-memory study holding every finished run; returns it and their count."""
-        sampler = optuna.samplers.TPESampler(seed=self.seed * 100_003 + draft_number,
-                                             n_startup_trials=_TPE_STARTUP, multivariate=False)
-        study = optuna.create_study(direction="minimize", sampler=sampler)
-        scored = [t for t in know.trials if t.has_outcome]
-        values = [t.item.val_bpb for t in scored if t.item.val_bpb is not None]
-        if not values:
-            return study, 0
-        # Crashes and timeouts count as clearly worse than anything that finished.
-        penalty = max(values) + max(0.05, max(values) - min(values))
-        finished = []
-        for trial in scored:
-            params, distributions = {}, {}
-            for name, knob in know.knobs.items():
-                encoded = _encode(knob, trial.config.get(name), know.base[name])
-                if encoded is not None:
-                    params[name], distributions[name] = encoded
-            value = trial.item.val_bpb if trial.status not in FAILURES else penalty
-            if value is not None:
-                finished.append(optuna.trial.create_trial(
-                    params=params, distributions=distributions, value=value))
-        study.add_trials(finished)
-        return study, len(finished)
-
-
-_TPE_STARTUP = 5
-
-
-def _fits(knob: Knob, value: object) -> bool:
-    if knob.scale == "ladder":
-        return not is_number(value) or knob.low <= value <= knob.high
-    return is_number(value) and knob.low <= value <= knob.high
-
-
-def _priority(name: str) -> int:
-    order = [n for moves, _ in PRIORS for n, _ in moves] + list(KNOBS)
-    return order.index(name) if name in order else len(order)
-
-
-def _encode(knob: Knob, value: object, base: object):
-    """(param, distribution) for optuna, or None for a value off the knob's range."""
-    if value is None:
-        return None
-    if knob.scale == "ladder":
-        options = knob.options(base)
-        if value not in options:
-            return None
-        return options.index(value), optuna.distributions.IntDistribution(0, len(options) - 1)
-    if not _fits(knob, value):
-        return None
-    if knob.scale == "int":
-        return int(value), optuna.distributions.IntDistribution(int(knob.low), int(knob.high))
-    return float(value), optuna.distributions.FloatDistribution(
-        knob.low, knob.high, log=knob.scale == "log")
-
-
-def _suggest(trial: optuna.Trial, name: str, knob: Knob, base: object) -> object | None:
-    """TPE's value for one knob, snapped to what a person would write."""
-    if knob.scale == "ladder":
-        options = knob.options(base)
-        return options[trial.suggest_int(name, 0, len(options) - 1)]
-    if knob.scale == "int":
-        return trial.suggest_int(name, int(knob.low), int(knob.high))
-    raw = trial.suggest_float(name, knob.low, knob.high, log=knob.scale == "log")
-    if knob.scale == "log":
-        return _round_significant(raw)
-    grid = knob.step / 2
-    return round(round(raw / grid) * grid, 4)
 
 
 def _verbs(moves) -> str:
