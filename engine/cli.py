@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import shlex
 import subprocess
 import sys
@@ -17,6 +18,7 @@ import textwrap
 import time
 from pathlib import Path
 
+from engine import api_key
 from engine import events as ev
 from engine.records import RunStatus
 
@@ -173,7 +175,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    argv = sys.argv[1:] if argv is None else argv
+    """The `pairlab` command. Without argv it is this process's entry point (the console
+    script, `python -m engine`): the API key goes out of its environment first."""
+    if argv is None:
+        api_key.take()
+        argv = sys.argv[1:]
     if argv[:1] == ["prepare"]:
         from nanochat import prepare
         return prepare.main(argv[1:])
@@ -285,8 +291,9 @@ def make_session(workspace, agent_name: str, settings, model: str | None = None,
 
 
 def engine_argv(workspace, args=None) -> list[str]:
-    """The command that runs this workspace's engine: `pairlab headless` with the flags."""
-    argv = [sys.executable, "-m", "engine", "headless", "--workspace", str(workspace.root)]
+    """The command that runs this workspace's engine: `pairlab headless` with the flags.
+    With -P: the folder the user is in is not on the engine's path (nor, so, the run's)."""
+    argv = [sys.executable, "-P", "-m", "engine", "headless", "--workspace", str(workspace.root)]
     for option, attribute in LOOP_OPTIONS if args is not None else ():
         value = getattr(args, attribute, None)
         if value is not None and not (attribute == "agent" and value == "auto"):
@@ -306,8 +313,10 @@ def start_engine(workspace, argv: list[str]):
         log.write(f"\n--- {time.strftime('%Y-%m-%d %H:%M:%S')} starting: "
                   f"{shlex.join(argv)}\n".encode())
         log.flush()
-        process = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=log,
-                                   stderr=subprocess.STDOUT, start_new_session=True)
+        with api_key.handed_over(dict(os.environ)) as (env, fds):
+            process = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=log,
+                                       stderr=subprocess.STDOUT, start_new_session=True,
+                                       env=env, pass_fds=fds)
     deadline = time.monotonic() + ENGINE_START_TIMEOUT_S
     while True:
         try:

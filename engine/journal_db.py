@@ -4,25 +4,21 @@ transaction per write, and the redaction every text passes on its way in.
 Every write is its own committed transaction (WAL, synchronous=FULL), so a `kill -9` of the
 engine loses nothing that a method had returned from. One connection is shared by all
 engine threads behind a lock; SQLite itself then never sees two writers from this process.
-Text is passed through `redact` on the way in, so no API key ever reaches the disk.
+Text is passed through `redact` (engine/api_key.py) on the way in, so no API key ever
+reaches the disk.
 """
 
 from __future__ import annotations
 
 import json
-import os
-import re
 import sqlite3
 import threading
 from pathlib import Path
 
+from engine.api_key import redact
 from engine.journal_promotions import PROMOTION_SCHEMA
 
 SCHEMA_VERSION = 2                # 2: held wins settled in `settlements`
-
-_ANTHROPIC_KEY = re.compile(r"sk-ant-[A-Za-z0-9_\-]+")
-# shorter values would redact ordinary words if someone set a placeholder key
-_MIN_ENV_KEY_LENGTH = 8
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS proposals (
@@ -129,16 +125,6 @@ SETTLEMENTS_FROM_DECISIONS = (
     " WHERE e.proposal_id = decisions.proposal_id) AND EXISTS (SELECT 1 FROM settlements s"
     " WHERE s.proposal_id = decisions.proposal_id AND s.at = decisions.at)",
 )
-
-
-def redact(text: str) -> str:
-    """Replace anything that looks like an Anthropic key, and the configured key, with [redacted]."""
-    if not text:
-        return text
-    key = os.environ.get("ANTHROPIC_API_KEY", "").strip()
-    if len(key) >= _MIN_ENV_KEY_LENGTH:
-        text = text.replace(key, "[redacted]")
-    return _ANTHROPIC_KEY.sub("[redacted]", text)
 
 
 def redact_json(value):
