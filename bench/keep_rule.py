@@ -287,8 +287,8 @@ def main() -> None:
           "the best;\nwins: share of the 2-unit wins kept at the end; gain: true improvement of "
           "the final best, in units; runs/dec: runs per candidate decided, the best's "
           "re-runs included.\nthe bound: the sequential rule judging against the best's true "
-          "value, which no rule has (what measuring the best costs).\ntargets (main): false keeps <= 5%, wins >= 80%, gain >= the old "
-          "rule's")
+          "value, which no rule has (what measuring the best costs).\ntargets (main): false "
+          "keeps <= 5%, wins >= 80%, gain >= the old rule's")
 
 
 if __name__ == "__main__":

@@ -33,7 +33,7 @@ class Totals:
     """Counts and sums over the whole journal, for the status line and the report."""
 
     runs: int = 0                    # finished runs of every kind
-    experiments: int = 0             # kept + reverted + discarded + crashed + vetoed + held + judging
+    experiments: int = 0             # kept, reverted, discarded, crashed, vetoed, held, judging
     kept: int = 0                    # experiments kept (the baseline is not one)
     reverted: int = 0                # kept, then reverted by the best's re-runs
     discarded: int = 0

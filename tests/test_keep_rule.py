@@ -146,7 +146,6 @@ def test_empty_runs_are_an_error():
         judge([1.0], [], Noise(None, 0, 0))
 
 
-
 # ---------------------------------------------------------------------- the sequential rule
 # sigma 0.01 on 30 dof throughout: Student's t widens it by t(30)/2 = 1.044
 
@@ -192,10 +191,9 @@ def test_a_close_call_runs_again_then_the_limit_keeps_only_what_clears_the_keep_
     assert close.action is Action.CONFIRM and close.rerun == "candidate"
     assert close.drop_margin < close.improvement < close.margin
     assert "between the drop bound" in close.reason and "of at most 5" in close.reason
-    runs = [1.985] * SEQUENTIAL.max_candidate_runs
     last = judge(best, [1.993] * 5, noise, SEQUENTIAL)        # 0.7 sigma after 5 runs
     assert last.action is Action.DISCARD and "after 5 runs" in last.reason
-    assert judge(best, runs, noise, SEQUENTIAL).action is Action.KEEP
+    assert judge(best, [1.985] * 5, noise, SEQUENTIAL).action is Action.KEEP
 
 
 def test_the_sequential_rule_reruns_the_best_up_to_its_own_limit():
