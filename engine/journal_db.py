@@ -18,7 +18,7 @@ from pathlib import Path
 from engine.api_key import redact
 from engine.journal_promotions import PROMOTION_SCHEMA
 
-SCHEMA_VERSION = 2                # 2: held wins settled in `settlements`
+SCHEMA_VERSION = 3                # 2: held wins settled in `settlements`; 3: reverts
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS proposals (
@@ -81,7 +81,24 @@ CREATE TABLE IF NOT EXISTS measures (          -- what the judge's last decision
     sigma REAL,                                -- NULL while no commit has been run twice
     noise_dof INTEGER NOT NULL,
     improvement REAL NOT NULL,
-    margin REAL                                -- NULL without a sigma
+    margin REAL,                               -- the keep bound, NULL without a sigma
+    drop_margin REAL                           -- the sequential rule's drop bound, else NULL
+);
+CREATE TABLE IF NOT EXISTS reverts (           -- a keep the best's re-runs showed was noise
+    run_id TEXT PRIMARY KEY REFERENCES runs(id),   -- the kept experiment's run, now reverted
+    by_run TEXT NOT NULL REFERENCES runs(id),  -- the re-run of the best that decided it
+    back_to TEXT NOT NULL,                     -- the commit the research branch went back to
+    n_best INTEGER NOT NULL,                   -- the recheck: its predecessor's runs (best)
+    best_mean REAL NOT NULL,
+    n_candidate INTEGER NOT NULL,              -- ...and the kept change's (candidate)
+    candidate_mean REAL NOT NULL,
+    sigma REAL,
+    noise_dof INTEGER NOT NULL,
+    improvement REAL NOT NULL,
+    margin REAL,
+    drop_margin REAL,
+    reason TEXT NOT NULL,
+    at REAL NOT NULL
 );
 CREATE TABLE IF NOT EXISTS session_state (
     key TEXT PRIMARY KEY,
@@ -185,6 +202,9 @@ class JournalDB:
                 if column not in columns:
                     self._db.execute(f"ALTER TABLE runs ADD COLUMN {column} INTEGER NOT NULL "
                                      "DEFAULT 1")
+            measures = {r[1] for r in self._db.execute("PRAGMA table_info(measures)")}
+            if "drop_margin" not in measures:                # journals before the sequential rule
+                self._db.execute("ALTER TABLE measures ADD COLUMN drop_margin REAL")
             if version < 2:
                 for statement in SETTLEMENTS_FROM_DECISIONS:
                     self._db.execute(statement)
