@@ -2,8 +2,11 @@
 
 Both searches get the same budget, the same experiments and the same shared baseline on the
 default CPU config (the shipped train.py and the default dataset): each experiment trains
-through the real Runner and is judged by the keep rule (engine/loop/keep_rule.py), confirmations
-included; the best of each search is re-run once at the end to check that its win holds.
+through the real Runner and is judged by the keep rule (engine/loop/keep_rule.py, `--rule`) as the
+engine runs it: confirmations, re-runs of the best every `best_rerun_every` candidate runs,
+and each re-run of the best rechecking its keep (the sequential rule reverts a keep its
+re-runs show was noise); the best of each search is re-run once at the end to check that its
+win holds.
 Random search changes one of the same constants (the tuner's knobs) to a value drawn within
 three of the knob's steps of the current one (its whole range would spend the budget on
 configurations that never finish), skipping what train.py's own checks reject, like the
@@ -13,6 +16,7 @@ Reported: the best confirmed improvement of each against the baseline's mean, in
 the pooled noise sigma.
 
     python bench/research_quality.py [--quick] [--budget 60] [--experiments 10] [--seed 0]
+                                     [--rule margin|sequential]
 
 Full mode (60 s budget, 10 experiments each) takes about 45 minutes on 2 cores.
 --quick: the tests' tiny model on a small dataset for a 1 s budget, 1 experiment each.
@@ -40,7 +44,8 @@ from engine.agents.knobs import knob_for                                    # no
 from engine.agents.trials import describe                                 # noqa: E402
 from engine.agents.tuner import TunerAgent                                # noqa: E402
 from engine.base.constants import parse_constants, rewrite                # noqa: E402
-from engine.loop.keep_rule import Action, KeepRuleSettings, judge, pooled_noise     # noqa: E402
+from engine.loop.keep_rule import (RULES, Action, KeepRuleSettings, judge,  # noqa: E402
+                                   pooled_noise, recheck, settings_for, should_rerun_best)
 from engine.base.records import Draft, RunStatus                                    # noqa: E402
 from engine.run.runner import Runner                                               # noqa: E402
 from nanochat import prepare                                                   # noqa: E402
@@ -49,7 +54,7 @@ HARNESS_SOURCE = (ROOT / "nanochat" / "harness.py").read_text()
 TEMPLATE = (ROOT / "nanochat" / "train.py").read_text()
 # Bounded confirmations, so both searches fit in the time: a candidate runs at most 3 times
 # and the baseline's 3 runs are enough for the best.
-RULE = KeepRuleSettings(max_candidate_runs=3, min_best_runs=3)
+SHORT_LIMITS = dict(max_candidate_runs=3, min_best_runs=3)
 
 
 REACH = 3    # random search draws within this many of a knob's steps of the current value
@@ -140,69 +145,108 @@ class Trainer:
 @dataclass
 class Outcome:
     name: str
-    keeps: int = 0
+    keeps: int = 0               # keeps that stand at the end
+    reverted: int = 0            # keeps the best's re-runs showed were noise
     runs: int = 0
     best_runs: list = field(default_factory=list)
     best_description: str = "baseline"
     groups: list = field(default_factory=list)
 
 
-def search(name: str, agent, trainer: Trainer, baseline: list[float], experiments: int
-           ) -> Outcome:
-    source, best_runs = trainer.template, baseline
+@dataclass
+class Kept:
+    source: str
+    runs: list
+    description: str
+    told: HistoryItem | None = None    # its line in the agent's history (None: the baseline)
+
+
+def search(name: str, agent, trainer: Trainer, baseline: list[float], experiments: int,
+           rule: KeepRuleSettings) -> Outcome:
+    """The loop as the engine runs it: each experiment judged until the rule decides, the
+    best re-run every `best_rerun_every` candidate runs, each re-run of the best rechecking
+    its keep (a revert gives the best back to its predecessor)."""
+    chain = [Kept(trainer.template, baseline, "baseline")]
     outcome = Outcome(name)
     history = [HistoryItem("baseline", status="keep", val_bpb=sum(baseline) / len(baseline))]
     before = trainer.count
+    since_best_ran = 0
+
     def groups(*current):
-        """Every group of repeats once: the baseline's, finished ones, the best's, the candidate's."""
-        best = [best_runs] if best_runs is not baseline else []
-        return [baseline, *outcome.groups, *best, *current]
+        """Every group of repeats once: the chain's, finished ones, the candidate's."""
+        return [k.runs for k in chain] + outcome.groups + list(current)
+
+    def run_best() -> bool:
+        """The best once more, then the recheck; True if the run produced a metric."""
+        best = chain[-1]
+        value = trainer.run(best.source)
+        if value is None:
+            return False
+        best.runs.append(value)
+        if len(chain) > 1:
+            decision = recheck(chain[-2].runs, best.runs, pooled_noise(groups()), rule)
+            if decision is not None and decision.action is Action.DISCARD:
+                print(f"    -> {best.description}: {decision.reason}", flush=True)
+                outcome.groups.append(chain.pop().runs)
+                outcome.keeps -= 1
+                outcome.reverted += 1
+                best.told.status = "reverted"     # as the journal tells the agent
+        return True
 
     for number in range(1, experiments + 1):
+        if should_rerun_best(since_best_ran, rule):
+            print(f"  {name}: the best again, to follow drift", flush=True)
+            run_best()
+            since_best_ran = 0
+        best = chain[-1]
         noise = pooled_noise(groups())
         ctx = DraftContext(workspace=trainer.root, targets=["train.py"],
-                           files={"train.py": source}, base_commit="", program="",
+                           files={"train.py": best.source}, base_commit="", program="",
                            harness_source=HARNESS_SOURCE, history=list(history),
-                           best_val_bpb=sum(best_runs) / len(best_runs),
+                           best_val_bpb=sum(best.runs) / len(best.runs),
                            noise_floor=noise.sigma)
         draft = agent.draft(ctx, lambda kind, text: None, threading.Event())
         candidate = draft.files["train.py"]
         print(f"  {name} {number}: {draft.description}", flush=True)
         first = trainer.run(candidate)
-        diff = "".join(difflib.unified_diff(source.splitlines(True), candidate.splitlines(True),
-                                            "a/train.py", "b/train.py"))
+        since_best_ran += 1
+        diff = "".join(difflib.unified_diff(best.source.splitlines(True),
+                                            candidate.splitlines(True), "a/train.py",
+                                            "b/train.py"))
         if first is None:
             history.append(HistoryItem(draft.description, draft.hypothesis, "crash", diff=diff))
             continue
         runs = [first]
         while True:
-            decision = judge(best_runs, runs, pooled_noise(groups(runs)), RULE)
+            decision = judge(chain[-1].runs, runs, pooled_noise(groups(runs)), rule)
             if decision.action is not Action.CONFIRM:
                 break
-            target = best_runs if decision.rerun == "best" else runs
-            value = trainer.run(source if decision.rerun == "best" else candidate)
-            if value is None:
-                break
-            target.append(value)
-        print(f"    -> {decision.action.value}: {decision.reason}", flush=True)
-        kept = decision.action is Action.KEEP
+            if decision.rerun == "best":
+                if not run_best() or chain[-1] is not best:
+                    break            # a revert: the candidate stood on a best that is gone
+            else:
+                value = trainer.run(candidate)
+                if value is None:
+                    break
+                runs.append(value)
+                since_best_ran += 1
+        kept = decision.action is Action.KEEP and chain[-1] is best
+        print(f"    -> {'keep' if kept else 'discard'}: {decision.reason}", flush=True)
         mean = sum(runs) / len(runs)
         history.append(HistoryItem(draft.description, draft.hypothesis,
                                    "keep" if kept else "discard", mean,
-                                   mean - sum(best_runs) / len(best_runs), diff=diff))
+                                   mean - sum(best.runs) / len(best.runs), diff=diff))
         if kept:
-            if best_runs is not baseline:
-                outcome.groups.append(best_runs)
-            source, best_runs = candidate, runs
+            chain.append(Kept(candidate, runs, draft.description, history[-1]))
             outcome.keeps += 1
-            outcome.best_description = draft.description
+            since_best_ran = 0
         else:
             outcome.groups.append(runs)
     if outcome.keeps:
-        again = trainer.run(source)          # does the final best hold on one more run?
-        if again is not None:
-            best_runs.append(again)
-    outcome.best_runs = best_runs
+        run_best()                   # does the final best hold on one more run?
+    outcome.best_runs = chain[-1].runs
+    outcome.best_description = chain[-1].description
+    outcome.groups += [k.runs for k in chain[1:]]
     outcome.runs = trainer.count - before
     return outcome
 
@@ -214,7 +258,10 @@ def main() -> int:
     parser.add_argument("--experiments", type=int, default=10, help="experiments per search")
     parser.add_argument("--baseline-runs", type=int, default=3)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--rule", choices=RULES, default=KeepRuleSettings.rule,
+                        help="the keep rule (engine/loop/keep_rule.py); default: the engine's")
     args = parser.parse_args()
+    rule = settings_for(args.rule, **SHORT_LIMITS)
 
     with tempfile.TemporaryDirectory() as tmp_name:
         tmp = Path(tmp_name)
@@ -235,28 +282,30 @@ def main() -> int:
         if len(baseline) < 2:
             print("the baseline did not train twice: no noise estimate")
             return 1
-        outcomes = [search("tuner", TunerAgent(device="cpu", seed=args.seed), trainer, baseline,
-                           args.experiments),
+        # one baseline for both: its re-runs during either search sharpen its mean
+        outcomes = [search("tuner", TunerAgent(device="cpu", seed=args.seed), trainer,
+                           baseline, args.experiments, rule),
                     search("random", RandomSearch(args.seed), trainer, baseline,
-                           args.experiments)]
+                           args.experiments, rule)]
 
     base_mean = sum(baseline) / len(baseline)
-    noise = pooled_noise([baseline] + [g for o in outcomes
-                                       for g in o.groups + ([o.best_runs] if o.keeps else [])])
+    noise = pooled_noise([baseline] + [g for o in outcomes for g in o.groups])
     sigma = noise.sigma
     print(f"\n{args.experiments} experiments each, {args.budget:g}s budget; baseline mean "
           f"{base_mean:.6f} over {len(baseline)} runs; pooled sigma "
           f"{sigma:.6f} ({noise.dof} dof)\n")
-    print(f"{'search':<8}{'keeps':>6}{'runs':>6}{'best mean':>12}{'n':>4}{'gain':>11}"
-          f"{'gain/sigma':>12}  best change")
+    print(f"keep rule: {rule.rule}\n")
+    print(f"{'search':<8}{'keeps':>6}{'reverted':>9}{'runs':>6}{'best mean':>12}{'n':>4}"
+          f"{'gain':>11}{'gain/sigma':>12}  best change")
     for o in outcomes:
         mean = sum(o.best_runs) / len(o.best_runs)
         gain = base_mean - mean
         in_sigma = f"{gain / sigma:>12.2f}" if sigma else f"{'n/a':>12}"
-        print(f"{o.name:<8}{o.keeps:>6}{o.runs:>6}{mean:>12.6f}{len(o.best_runs):>4}"
-              f"{gain:>11.6f}{in_sigma}  {o.best_description}")
-    print("\ngain: baseline mean - the final best's mean (its runs include one more after the "
-          "search); target: at least one keep that holds, the tuner ahead of random search")
+        print(f"{o.name:<8}{o.keeps:>6}{o.reverted:>9}{o.runs:>6}{mean:>12.6f}"
+              f"{len(o.best_runs):>4}{gain:>11.6f}{in_sigma}  {o.best_description}")
+    print("\nkeeps: kept and never reverted; gain: the baseline's mean (its re-runs "
+          "included) - the final best's mean (its runs include one more after the search); "
+          "target: at least one keep that holds, the tuner ahead of random search")
     return 0
 
 

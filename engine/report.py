@@ -22,6 +22,7 @@ DISCARDED_COLOUR = "#b0b0b0"
 BEST_COLOUR = "#27ae60"
 CRASH_COLOUR = "#e74c3c"
 BASELINE_COLOUR = "#34495e"
+REVERTED_COLOUR = "#e67e22"
 
 
 @dataclass
@@ -111,6 +112,7 @@ class ChartPoints:
     kept: list[Experiment]
     others: list[Experiment]         # discarded, measurements, held and undecided wins
     crashed: list[Experiment]        # crash, timeout, killed
+    reverted: list[Experiment]       # kept, then shown to be noise by the best's re-runs
 
 
 def chart_points(summary: Summary) -> ChartPoints:
@@ -120,8 +122,10 @@ def chart_points(summary: Summary) -> ChartPoints:
              and e.kind != "promotion"]
     measured = [e for e in shown if e.val_bpb is not None and e.status not in FAILED_STATUSES]
     return ChartPoints(kept=[e for e in measured if e.status is RunStatus.KEEP],
-                       others=[e for e in measured if e.status is not RunStatus.KEEP],
-                       crashed=[e for e in shown if e.status in FAILED_STATUSES])
+                       others=[e for e in measured if e.status not in (RunStatus.KEEP,
+                                                                       RunStatus.REVERTED)],
+                       crashed=[e for e in shown if e.status in FAILED_STATUSES],
+                       reverted=[e for e in measured if e.status is RunStatus.REVERTED])
 
 
 def plot_progress(summary: Summary, path: Path) -> None:
@@ -142,6 +146,10 @@ def plot_progress(summary: Summary, path: Path) -> None:
                alpha=0.7, zorder=2, label="discarded")
     ax.scatter([e.id for e in kept], [e.val_bpb for e in kept], s=60, c=KEPT_COLOUR,
                edgecolors="black", linewidths=0.6, zorder=4, label="kept")
+    if points.reverted:
+        ax.scatter([e.id for e in points.reverted], [e.val_bpb for e in points.reverted], s=60,
+                   facecolors="none", edgecolors=REVERTED_COLOUR, linewidths=1.4, zorder=4,
+                   label="kept, then reverted (noise)")
     if kept:
         steps_x, steps_y, best = [], [], None
         for e in kept:
@@ -183,8 +191,10 @@ def markdown(summary: Summary, png_name: str) -> str:
              f"![val_bpb over experiments]({png_name})", "", "## Totals", "",
              "| | |", "|---|---:|",
              f"| runs (all kinds) | {t.runs} |",
-             f"| experiments (kept + discarded + crashed + vetoed + held) | {t.experiments} |",
+             f"| experiments (kept + reverted + discarded + crashed + vetoed + held) | "
+             f"{t.experiments} |",
              f"| kept | {t.kept} |",
+             f"| reverted (kept, then the best's re-runs showed noise) | {t.reverted} |",
              f"| discarded | {t.discarded} |",
              f"| crashed or timed out | {t.crashed} |",
              f"| vetoed | {t.vetoed} |",
@@ -234,9 +244,11 @@ def markdown(summary: Summary, png_name: str) -> str:
         lines += ["", "n: runs of the change (val_bpb is their mean); best (n): the mean of "
                   "the best it was judged against and its runs; sigma: the run-to-run noise "
                   "pooled over every repeated commit; margin: the improvement it had to clear "
-                  "(k standard errors of the difference)."]
+                  "(k standard errors of the difference; the sequential rule's keep bound, "
+                  "with the drop bound at or under which it would have gone)."]
     else:
         lines.append("No change kept yet.")
+    lines += reverted_lines(summary)
 
     if summary.notes:
         lines += ["", "## Steering notes", ""]
@@ -288,13 +300,43 @@ def promotion_lines(promotions: list[Promotion]) -> list[str]:
     return lines
 
 
-def _measure_cells(m: KeepMeasure | None) -> str:
+def reverted_lines(summary: Summary) -> list[str]:
+    """Keeps that the best's later re-runs showed were noise, with both sets of figures."""
+    reverted = [e for e in summary.experiments if e.status is RunStatus.REVERTED]
+    if not reverted:
+        return []
+    lines = ["", "## Reverted keeps", "",
+             "| # | commit | kept on: n | best (n) | sigma | margin | reverted on: n | "
+             "best before (n) | sigma | drop bound | back to | description |",
+             "|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---|---|"]
+    for e in reverted:
+        r = e.revert
+        again = "— | — | — | —" if r is None else _measure_cells(r.measure, bound="drop")
+        back = "—" if r is None else f"`{r.back_to[:7]}`"
+        lines.append(f"| {e.id} | `{e.commit[:7]}` | {_measure_cells(e.measure)} | {again} | "
+                     f"{back} | {_cell(e.description)} |")
+    return lines + ["", "Each was kept on the runs in the first figures; the best's re-runs "
+                    "since, judged against the best it replaced (the second figures: n counts "
+                    "every run of the change), fell to the sequential test's drop bound, so "
+                    "the research branch went back to the commit in \"back to\". The change's "
+                    "commit and runs stay in the journal."]
+
+
+def _measure_cells(m: KeepMeasure | None, bound: str = "keep") -> str:
     """n | best (n) | sigma | margin, as the judge recorded them; blank where it did not
-    (a journal from before the keep rule)."""
+    (a journal from before the keep rule). The sequential rule's keep bound shows its drop
+    bound beside it; `bound="drop"` shows the drop bound alone (a recheck)."""
     if m is None:
         return "— | — | — | —"
     sigma = "—" if m.sigma is None else f"{m.sigma:.6f}"
-    margin = "—" if m.margin is None else f"{m.margin:.6f}"
+    if bound == "drop":
+        margin = "—" if m.drop_margin is None else f"{m.drop_margin:.6f}"
+    elif m.margin is None:
+        margin = "—"
+    elif m.drop_margin is None:
+        margin = f"{m.margin:.6f}"
+    else:
+        margin = f"{m.margin:.6f} (drop {m.drop_margin:.6f})"
     return f"{m.n_candidate} | {m.best_mean:.6f} ({m.n_best}) | {sigma} | {margin}"
 
 

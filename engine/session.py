@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Callable
 
 from engine.base import commands
+from engine.loop import keep_rule
 from engine.agents.base import Agent
 from engine.loop.coordinator import Coordinator
 from engine.loop.decisions import MODES
@@ -35,10 +36,12 @@ class SessionSettings:
     max_hours: float | None = None        # wall-clock hours, then stop
     drafts_ahead: int = 1                 # proposals kept ready ahead of the trainer
     noise_repeats: int = 2                # baseline repeats run while the trainer is idle
-    keep_k: float = 2.0                   # a keep clears k standard errors of the difference
-    max_candidate_runs: int = 8           # runs of one candidate, its confirmations included
-    min_best_runs: int = 6                # confirmations re-run the best up to this many runs
-    best_rerun_every: int = 10            # candidate runs between re-runs of the best (drift)
+    keep_rule: str = "margin"             # margin | sequential (engine/loop/keep_rule.py)
+    keep_k: float = 2.0                   # margin: a keep clears k standard errors
+    # None: the rule's own (margin 8, 6, 10; sequential 5, 4, 3)
+    max_candidate_runs: int | None = None  # runs of one candidate, its confirmations included
+    min_best_runs: int | None = None      # confirmations re-run the best up to this many runs
+    best_rerun_every: int | None = None   # candidate runs between re-runs of the best (drift)
     large_win_sigmas: float | None = 20.0   # a win above this many sigma waits for a human
     large_win_fraction: float | None = 0.05  # ...as does one above this fraction of val_bpb
     agent_backoff_s: float = 5.0          # auto mode: first wait after an agent failure
@@ -61,6 +64,7 @@ class Session:
                  journal: Journal | None = None, monitor: bool = True):
         if settings.mode not in MODES:
             raise ValueError(f"mode must be one of {MODES}, not {settings.mode!r}")
+        keep_rule.settings_for(settings.keep_rule)     # a bad rule name says so here
         if settings.data_dir is None:
             import os
             if os.environ.get("PAIRLAB_DATA_DIR"):

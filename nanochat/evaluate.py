@@ -6,9 +6,11 @@ The evaluator: val_bpb of a handed-over model, in a process that runs no code of
 The engine starts it after the training process group is gone, outside the workspace, with
 the validation data in PAIRLAB_DATA_DIR (the training process never learns that path) and
 the result path on its command line. It loads the graph train.py's hand-off exported (ATen
-operations only; see harness.handoff) and its tensors, refuses a model that looks ahead,
-and computes bits per byte with its own log-softmax over the fixed validation rows: the
-model gets tokens and returns logits, and never sees a target.
+operations only; see harness.handoff) and its tensors, and refuses a graph that could tell
+one call from another (state it writes, memory it did not write, random draws): what it
+scores is a function of the tokens. It computes bits per byte with its own log-softmax over
+the fixed validation rows, checking on scored batches picked at random that the logits it
+scores do not look ahead: the model gets tokens and returns logits, and never sees a target.
 """
 
 import argparse
@@ -24,6 +26,7 @@ from functools import lru_cache
 from pathlib import Path
 
 import torch
+from torch.export.graph_signature import InputKind, OutputKind
 
 from nanochat import harness
 from nanochat.harness import (DEVICE, EXIT_SETUP_ERROR, EXIT_TRAINING_FAILED, MAX_SEQ_LEN,
@@ -35,7 +38,8 @@ from nanochat.prepare import dataset_checksum
 EVAL_TOKENS = harness._env_number("PAIRLAB_EVAL_TOKENS", int,
                                   131072 if harness.CPU else 40 * 524288)
 EXIT_REFUSED = 4  # the model is not one the evaluator will score (looks ahead, odd graph)
-CAUSAL_BATCHES = 1  # batches whose tails are rewritten (fresh random cuts every evaluation)
+# Scored batches whose tails are rewritten: picked, and cut, at random in every evaluation.
+CAUSAL_BATCHES = 2
 # Logits of the same prefix come out bitwise equal on CPU and CUDA kernels alike; the
 # tolerance only absorbs a kernel that reduces in another order. A model that looks ahead
 # by even a little moves them by far more.
@@ -45,6 +49,12 @@ CAUSAL_ATOL = 1e-3
 _ALLOWED_PYTHON_TARGETS = {operator.getitem}
 _ALLOWED_HIGHER_ORDER = {"wrap_with_autocast", "wrap_with_set_grad_enabled"}
 _FORBIDDEN_ATEN = {"from_file", "_print", "save"}
+# Memory they hand out is not written: it holds what an earlier call left there.
+_UNINITIALIZED = {"empty", "empty_like", "empty_strided", "empty_permuted", "new_empty",
+                  "new_empty_strided"}
+_INPUT_KINDS = {InputKind.USER_INPUT, InputKind.PARAMETER, InputKind.BUFFER,
+                InputKind.CONSTANT_TENSOR}
+STATELESS = "the model must keep no state from one call to the next"
 
 
 # ---------------------------------------------------------------------------
@@ -87,8 +97,19 @@ def _first_line(error):
 
 
 def check_operations(program):
-    """Every call in the graph (and its subgraphs) is an ATen operation that touches no
-    file, or one of a few structural ones."""
+    """The graph is a function of its tokens: its signature takes tensors and returns the
+    logits only (no buffer or input it updates), and every call in it (and its subgraphs) is
+    an ATen operation that touches no file, writes into no tensor in place, reads no memory
+    it did not write and draws no random number, or one of a few structural ones. So no
+    call can tell it is the evaluator's first, or one of the causality check's."""
+    signature = program.graph_signature
+    outputs = {spec.kind for spec in signature.output_specs} - {OutputKind.USER_OUTPUT}
+    if outputs:
+        _refuse(f"the graph also returns {_kinds(outputs)}, which the evaluator would carry "
+                f"into the next call: {STATELESS}")
+    inputs = {spec.kind for spec in signature.input_specs} - _INPUT_KINDS
+    if inputs:
+        _refuse(f"the graph takes {_kinds(inputs)} inputs: it may take tensors only")
     for module in program.graph_module.modules():
         graph = getattr(module, "graph", None)
         for node in graph.nodes if graph is not None else ():
@@ -98,12 +119,34 @@ def check_operations(program):
             if isinstance(target, torch._ops.OpOverload):
                 if target.namespace != "aten" or target._opname in _FORBIDDEN_ATEN:
                     _refuse(f"the graph calls {target}, which the evaluator does not run")
+                if target._schema.is_mutable:
+                    _refuse(f"the graph calls {target}, which writes into a tensor in place: "
+                            f"{STATELESS}")
+                if target._opname in _UNINITIALIZED:
+                    _refuse(f"the graph calls {target}, whose memory holds what an earlier call "
+                            f"left there: {STATELESS}")
+                if torch.Tag.nondeterministic_seeded in target.tags and _draws(node):
+                    _refuse(f"the graph calls {target}, which draws random numbers: the logits "
+                            "must depend on the tokens only")
             elif isinstance(target, torch._ops.HigherOrderOperator):
                 if target.name() not in _ALLOWED_HIGHER_ORDER:
                     _refuse(f"the graph calls {target.name()}, which the evaluator does not run")
             elif target not in _ALLOWED_PYTHON_TARGETS:
                 _refuse(f"the graph calls {getattr(target, '__name__', target)!r}, which the "
                         "evaluator does not run")
+
+
+def _kinds(kinds):
+    return " and ".join(sorted(kind.name.lower().replace("_", " ") for kind in kinds))
+
+
+def _draws(node):
+    """Whether a call of an operation that may draw random numbers does: attention draws
+    only with a dropout probability, which an exported forward has at 0."""
+    if node.target is not torch.ops.aten.scaled_dot_product_attention.default:
+        return True
+    dropout_p = node.kwargs.get("dropout_p", node.args[4] if len(node.args) > 4 else 0.0)
+    return dropout_p != 0.0
 
 
 def input_shape(program):
@@ -175,19 +218,29 @@ def _logits(forward, inputs, vocab_size):
 
 
 @torch.no_grad()
-def evaluate(forward, batch_size, directory, seq_len=None, eval_tokens=None):
+def evaluate(forward, batch_size, directory, seq_len=None, eval_tokens=None, generator=None):
     """Bits per byte on the fixed validation rows: summed nats over target tokens divided by
     ln 2 times their bytes, from forward(tokens) -> logits. Specials (0 bytes) count in
-    neither sum, so the metric does not depend on the vocabulary."""
+    neither sum, so the metric does not depend on the vocabulary. With a generator, the
+    causality check runs on CAUSAL_BATCHES scored batches it picks, against the very logits
+    that are scored."""
     directory = str(directory)
     rows = eval_rows(directory, seq_len or MAX_SEQ_LEN, eval_tokens or EVAL_TOKENS)
     token_bytes = harness._token_bytes(directory).to(DEVICE)
     vocab_size = len(token_bytes)
+    n_batches = -(-len(rows) // batch_size)
+    checked = (set(torch.randperm(n_batches, generator=generator)[:CAUSAL_BATCHES].tolist())
+               if generator is not None else set())
+    # Tails for the check: other validation rows, so the change looks like text.
+    others, _, _ = next(_batches(rows[-batch_size:].flip(0), batch_size))
     total_nats = torch.zeros((), dtype=torch.float64, device=DEVICE)
     total_bytes = torch.zeros((), dtype=torch.int64, device=DEVICE)
     total_tokens = torch.zeros((), dtype=torch.int64, device=DEVICE)
-    for inputs, targets, real in _batches(rows, batch_size):
-        logits = _logits(forward, inputs, vocab_size)[:real, :, :vocab_size].float()
+    for index, (inputs, targets, real) in enumerate(_batches(rows, batch_size)):
+        logits = _logits(forward, inputs, vocab_size)
+        if index in checked:
+            check_causal(forward, inputs, logits, others, real, vocab_size, generator)
+        logits = logits[:real, :, :vocab_size].float()
         targets = targets[:real]
         nats = -logits.log_softmax(-1).gather(-1, targets.unsqueeze(-1)).squeeze(-1).double()
         nbytes = token_bytes[targets]
@@ -200,42 +253,36 @@ def evaluate(forward, batch_size, directory, seq_len=None, eval_tokens=None):
 
 
 @torch.no_grad()
-def check_causal(forward, rows, batch_size, vocab_size, generator):
+def check_causal(forward, inputs, logits, others, real, vocab_size, generator):
     """Refuses a model whose logits at position t change when only tokens after t change,
     or whose logits for one row change when only the other rows of the batch change (the
-    next row is the continuation of the text). Each row gets its own random cut t (the
-    last position among them); the tokens after it are replaced by those of another
-    validation row, so the change looks like text, not like noise."""
-    for batch_index in range(CAUSAL_BATCHES):
-        picked = rows[batch_index * batch_size:(batch_index + 1) * batch_size]
-        if len(picked) == 0:
-            return
-        inputs, _, real = next(_batches(picked, batch_size))
-        others, _, _ = next(_batches(rows[-batch_size:].flip(0), batch_size))
-        seq_len = inputs.size(1)
-        cuts = torch.randint(0, seq_len - 1, (batch_size,), generator=generator)
-        cuts[0] = seq_len - 2
-        after = (torch.arange(seq_len)[None, :] > cuts[:, None]).to(DEVICE)
-        original = _logits(forward, inputs, vocab_size).float()
-        rewritten = _logits(forward, torch.where(after, others, inputs), vocab_size).float()
-        for row in range(real):
-            cut = int(cuts[row])
-            moved = (original[row, :cut + 1] - rewritten[row, :cut + 1]).abs().amax(-1)
-            leaks = torch.nonzero(moved > CAUSAL_ATOL).flatten()
-            if len(leaks):
-                position = int(leaks[0])
-                _refuse(f"the model looks ahead: its logits at position {position} changed "
-                        f"(by {float(moved[position]):.3g}) when only tokens after position "
-                        f"{cut} changed; a language model may use only the tokens up to the "
-                        "one it predicts from")
-        kept = int(torch.randint(0, real, (), generator=generator))
-        alone = others.clone()
-        alone[kept] = inputs[kept]
-        moved = (original[kept] - _logits(forward, alone, vocab_size)[kept].float()).abs().max()
-        if moved > CAUSAL_ATOL:
-            _refuse(f"the model mixes the rows of a batch: the logits of row {kept} changed "
-                    f"(by {float(moved):.3g}) when only the other rows changed; each row "
-                    "must be predicted from its own tokens")
+    next row is the continuation of the text). logits: forward(inputs), as scored. Each row
+    gets its own random cut t (the last position among them); the tokens after it are
+    replaced by those of `others`, rows of validation text."""
+    batch_size, seq_len = inputs.shape
+    cuts = torch.randint(0, seq_len - 1, (batch_size,), generator=generator)
+    cuts[0] = seq_len - 2
+    after = (torch.arange(seq_len)[None, :] > cuts[:, None]).to(DEVICE)
+    original = logits.float()
+    rewritten = _logits(forward, torch.where(after, others, inputs), vocab_size).float()
+    for row in range(real):
+        cut = int(cuts[row])
+        moved = (original[row, :cut + 1] - rewritten[row, :cut + 1]).abs().amax(-1)
+        leaks = torch.nonzero(moved > CAUSAL_ATOL).flatten()
+        if len(leaks):
+            position = int(leaks[0])
+            _refuse(f"the model looks ahead: its logits at position {position} changed "
+                    f"(by {float(moved[position]):.3g}) when only tokens after position "
+                    f"{cut} changed; a language model may use only the tokens up to the "
+                    "one it predicts from")
+    kept = int(torch.randint(0, real, (), generator=generator))
+    alone = others.clone()
+    alone[kept] = inputs[kept]
+    moved = (original[kept] - _logits(forward, alone, vocab_size)[kept].float()).abs().max()
+    if moved > CAUSAL_ATOL:
+        _refuse(f"the model mixes the rows of a batch: the logits of row {kept} changed "
+                f"(by {float(moved):.3g}) when only the other rows changed; each row "
+                "must be predicted from its own tokens")
 
 
 # ---------------------------------------------------------------------------
@@ -263,12 +310,9 @@ def main(argv=None):
     program = load_program(args.model)
     batch_size, seq_len = input_shape(program)
     forward = program.module()
-    vocab_size = len(harness._token_bytes(directory))
-    rows = eval_rows(directory, seq_len, EVAL_TOKENS)
-    # Fresh cuts every evaluation, from the OS: no model can know them in advance.
+    # Fresh batches and cuts every evaluation, from the OS: no model can know them in advance.
     generator = torch.Generator().manual_seed(int.from_bytes(os.urandom(8), "little"))
-    check_causal(forward, rows, batch_size, vocab_size, generator)
-    evaluation = evaluate(forward, batch_size, directory, seq_len, EVAL_TOKENS)
+    evaluation = evaluate(forward, batch_size, directory, seq_len, EVAL_TOKENS, generator)
     if not math.isfinite(evaluation.val_bpb):
         fail(f"val_bpb is {evaluation.val_bpb}", EXIT_TRAINING_FAILED)
     result = {

@@ -14,6 +14,7 @@ import sys
 import time
 from pathlib import Path
 
+from engine.base import api_key
 from engine.base import events as ev
 from engine.base.records import RunStatus
 
@@ -25,7 +26,11 @@ from pairlab.sessions import (UserError, executor_settings, existing_workspace, 
 
 
 def main(argv: list[str] | None = None) -> int:
-    argv = sys.argv[1:] if argv is None else argv
+    """The `pairlab` command. Without argv it is this process's entry point (the console
+    script, `python -m pairlab`): the API key goes out of its environment first."""
+    if argv is None:
+        api_key.take()
+        argv = sys.argv[1:]
     if argv[:1] == ["prepare"]:
         return _prepare(argv[1:])
     args = build_parser().parse_args(argv)

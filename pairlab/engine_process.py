@@ -4,11 +4,13 @@ attaching an app's client to it."""
 from __future__ import annotations
 
 import json
+import os
 import shlex
 import subprocess
 import sys
 import time
 
+from engine.base import api_key
 from pairlab.arguments import LOOP_OPTIONS
 from pairlab.sessions import UserError
 
@@ -17,8 +19,9 @@ ENGINE_START_TIMEOUT_S = 120.0        # a first start may import torch on a load
 
 
 def engine_argv(workspace, args=None) -> list[str]:
-    """The command that runs this workspace's engine: `pairlab headless` with the flags."""
-    argv = [sys.executable, "-m", "pairlab", "headless", "--workspace", str(workspace.root)]
+    """The command that runs this workspace's engine: `pairlab headless` with the flags.
+    With -P: the folder the user is in is not on the engine's path (nor, so, the run's)."""
+    argv = [sys.executable, "-P", "-m", "pairlab", "headless", "--workspace", str(workspace.root)]
     for option, attribute in LOOP_OPTIONS if args is not None else ():
         value = getattr(args, attribute, None)
         if value is not None and not (attribute == "agent" and value == "auto"):
@@ -38,8 +41,10 @@ def start_engine(workspace, argv: list[str]):
         log.write(f"\n--- {time.strftime('%Y-%m-%d %H:%M:%S')} starting: "
                   f"{shlex.join(argv)}\n".encode())
         log.flush()
-        process = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=log,
-                                   stderr=subprocess.STDOUT, start_new_session=True)
+        with api_key.handed_over(dict(os.environ)) as (env, fds):
+            process = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=log,
+                                       stderr=subprocess.STDOUT, start_new_session=True,
+                                       env=env, pass_fds=fds)
     deadline = time.monotonic() + ENGINE_START_TIMEOUT_S
     while True:
         try:

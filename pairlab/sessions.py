@@ -45,6 +45,7 @@ def settings_from_args(args, config):
         device=args.device or config.device,
         speculate=config.speculate if args.speculate is None else args.speculate,
         slots=args.slots if args.slots is not None else config.slots,
+        keep_rule=config.keep_rule,
         **executor_settings(args, config))
 
 

@@ -6,13 +6,17 @@ from __future__ import annotations
 import json
 import os
 import signal
+import site
+import socket
 import subprocess
 import sys
 import textwrap
+from pathlib import Path
 
 import pytest
 
 from engine.run import confine
+from tests.conftest import processes_with
 
 pytestmark = pytest.mark.skipif(confine.probe() is not None,
                                 reason=f"no confinement here: {confine.probe()}")
@@ -64,12 +68,12 @@ def test_a_confined_command_reaches_only_what_its_policy_allows(tmp_path):
         "read inside": "allowed", "read outside": "PermissionError",
         "write run folder": "allowed", "write readable folder": "PermissionError",
         "list outside": "PermissionError", "tcp": "PermissionError", "udp": "OSError",
-        "signal the engine": "PermissionError"}
+        "signal the engine": "ProcessLookupError"}
     assert (tmp_path / "run" / "made").read_text() == "x"
     assert (tmp_path / "readable" / "train.bin").read_text() == "train"
 
 
-def test_nothing_a_confined_command_starts_outlives_it(tmp_path):
+def test_nothing_a_confined_command_starts_outlives_it(tmp_path, marker):
     # A daemon: double fork and a new session, out of the process group the runner kills.
     daemon = textwrap.dedent('''
         import os, sys, time
@@ -84,11 +88,145 @@ def test_nothing_a_confined_command_starts_outlives_it(tmp_path):
             time.sleep(0.01)
         sys.exit(3)
     ''')
-    proc = confined(tmp_path, daemon, str(tmp_path / "run"))
+    proc = confined(tmp_path, daemon, str(tmp_path / "run"), marker)
     assert proc.returncode == 3, proc.stderr
-    pid = int((tmp_path / "run" / "daemon.pid").read_text())
-    assert not os.path.exists(f"/proc/{pid}")       # killed and reaped by the launcher
+    assert (tmp_path / "run" / "daemon.pid").exists()
+    assert processes_with(marker) == []             # killed with the run's namespace
     assert not (tmp_path / "run" / "survived").exists()
+
+
+# Forks and exits as fast as it can, for argv[1] seconds: a new pid at every hop, its parent
+# gone before a reaper that scans for children gets to it.
+HOPPER = textwrap.dedent('''
+    import os, sys, time
+    deadline = time.monotonic() + float(sys.argv[1])
+    while time.monotonic() < deadline:
+        if os.fork():
+            os._exit(0)
+''')
+
+
+def test_a_fork_and_exit_chain_dies_with_the_command(tmp_path, marker):
+    # Before, the launcher scanned /proc for its children while the chain hopped on: it
+    # never caught it (12,491 hops in 8 s) and ran until the watchdog killed the run.
+    start = (f"import subprocess, sys\n"
+             f"subprocess.Popen([sys.executable, '-c', {HOPPER!r}, '120', {marker!r}])\n"
+             f"while not {{p for p in __import__('os').listdir('/proc') if p.isdigit()}} - "
+             f"{{'1', str(__import__('os').getpid())}}:\n    pass")
+    proc = confined(tmp_path, start)
+    assert proc.returncode == 0, proc.stderr
+    assert processes_with(marker) == []
+
+
+def test_a_confined_command_sees_no_process_but_its_own(tmp_path):
+    # The engine's environment (and the app's, the shell's) is in its /proc entry: the run
+    # gets a /proc of its own, in which it and its init are all there is.
+    seen = textwrap.dedent('''
+        import json, os, sys
+        print(json.dumps({"pids": sorted(int(p) for p in os.listdir("/proc") if p.isdigit()),
+                          "me": os.getpid(), "parent": os.getppid(),
+                          "engine": os.path.exists(f"/proc/{sys.argv[1]}/environ")}))
+    ''')
+    proc = confined(tmp_path, seen, str(os.getpid()))
+    assert proc.returncode == 0, proc.stderr
+    seen = json.loads(proc.stdout)
+    assert seen["pids"] == [1, seen["me"]] and seen["parent"] == 1 and not seen["engine"]
+
+
+def test_a_stacked_layer_refuses_its_right_and_keeps_the_rest(tmp_path):
+    # How the launcher refuses what py-landlock does not know yet (ABI 9's connections to
+    # UNIX sockets by path), tried here with a right every ABI has: truncating.
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    (tmp_path / "a" / "f").write_text("x")
+    code = textwrap.dedent('''
+        import json, os, sys
+        from engine.run import confine
+        from py_landlock import AccessFs
+        root = sys.argv[1]
+        confine.apply(confine.Policy(read=tuple(confine.python_paths()), write=(root,)))
+        confine.stack_layer(AccessFs.TRUNCATE)
+        outcome = {}
+        for name, action in [("truncate", lambda: os.truncate(root + "/a/f", 0)),
+                             ("write", lambda: open(root + "/a/g", "w").write("y")),
+                             ("move across folders", lambda: os.rename(root + "/a/g", root + "/b/g"))]:
+            try:
+                action()
+                outcome[name] = "allowed"
+            except OSError as error:
+                outcome[name] = type(error).__name__
+        print(json.dumps(outcome))
+    ''')
+    proc = subprocess.run([sys.executable, "-c", code, str(tmp_path)], capture_output=True,
+                          text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads(proc.stdout) == {"truncate": "PermissionError", "write": "allowed",
+                                       "move across folders": "allowed"}
+
+
+def landlock_abi() -> int:
+    import py_landlock
+    return py_landlock.get_abi_version()
+
+
+@pytest.mark.skipif(landlock_abi() < confine.RESOLVE_UNIX_ABI,
+                    reason=f"Landlock ABI {landlock_abi()}: UNIX sockets by path need ABI 9")
+def test_a_confined_command_cannot_connect_to_a_socket_made_outside_it(tmp_path):
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    listener.bind(str(tmp_path / "outside.sock"))
+    listener.listen(1)
+    code = ("import socket, sys\ns = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)\n"
+            "try:\n    s.connect(sys.argv[1])\n    print('allowed')\n"
+            "except OSError as error:\n    print(type(error).__name__)")
+    proc = confined(tmp_path, code, str(tmp_path / "outside.sock"))
+    listener.close()
+    assert proc.stdout.strip() == "PermissionError", proc.stderr
+
+
+def test_a_policy_names_the_folder_through_which_it_reaches_a_path(tmp_path):
+    policy = confine.Policy(read=(str(tmp_path / "home"),), write=(str(tmp_path / "run"),))
+    assert policy.reaching(tmp_path / "home" / ".cache" / "val.bin") == str(tmp_path / "home")
+    assert policy.reaching(tmp_path / "run" / "x") == str(tmp_path / "run")
+    assert policy.reaching("/usr/share/val.bin") == "/usr"
+    assert policy.reaching(tmp_path / "data" / "val.bin") is None
+
+
+def test_the_python_environment_is_readable_but_not_the_folder_python_started_in(tmp_path):
+    # A script's folder is sys.path[0] and PYTHONPATH's folders follow: both were readable
+    # to the training process when python_paths() was sys.path.
+    (tmp_path / "lib").mkdir()
+    script = tmp_path / "paths.py"
+    script.write_text("import json\nfrom engine import confine\n"
+                      "print(json.dumps(confine.python_paths()))\n")
+    source_root = Path(confine.__file__).resolve().parent.parent
+    proc = subprocess.run([sys.executable, str(script)], capture_output=True, text=True,
+                          cwd=tmp_path, timeout=60, env={
+                              **os.environ,
+                              "PYTHONPATH": os.pathsep.join([str(tmp_path / "lib"),
+                                                             str(source_root)])})
+    paths = json.loads(proc.stdout)
+    assert sys.prefix in paths and all(p in paths for p in site.getsitepackages()
+                                       if os.path.isdir(p))
+    assert not any(Path(p) in (tmp_path, tmp_path / "lib") for p in paths), paths
+
+
+def test_device_nodes_are_open_to_the_run_for_read_write_and_ioctl(tmp_path):
+    # CUDA drives /dev/nvidia* by ioctl. /dev/null stands in for them here: its ioctl is
+    # answered ENOTTY by the driver, where a refused right would be EACCES from Landlock.
+    policy = confine.Policy(read=(), write=(str(tmp_path),))
+    for node in ("/dev/nvidia0", "/dev/nvidiactl", "/dev/nvidia-uvm", "/dev/dri/renderD128"):
+        assert policy.reaching(node) == "/dev"
+    code = textwrap.dedent('''
+        import errno, fcntl, termios
+        with open("/dev/null", "r+b", buffering=0) as node:
+            node.write(b"x")
+            try:
+                fcntl.ioctl(node, termios.TIOCGWINSZ, bytes(8))
+            except OSError as error:
+                print(errno.errorcode[error.errno])
+    ''')
+    proc = confined(tmp_path, code)
+    assert proc.returncode == 0 and proc.stdout.strip() == "ENOTTY", proc.stderr
 
 
 @pytest.mark.parametrize("signum", [signal.SIGKILL, signal.SIGTERM])

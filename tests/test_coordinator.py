@@ -219,6 +219,47 @@ def test_the_best_runs_again_to_follow_drift(standin, dataset_dir):
     assert events.of(RunStarted)[2].description == "re-run of the best to follow drift"
 
 
+def test_a_keep_the_bests_rerun_shows_was_noise_is_reverted_in_git_and_the_journal(
+        standin, dataset_dir):
+    """Issue 22: the sequential rule keeps #1 on two lucky runs; the best's drift re-run
+    puts its mean back above the baseline's, so the keep is reverted: the branch goes back
+    to the baseline, the journal records why, and #3 trains on the baseline."""
+    agent = ScriptedAgent(("EXTRA = 0", "EXTRA = 1"), ("VALUE = 1.0", "VALUE = 1.1"),
+                          ("VALUE = 1.0", "VALUE = 1.2"))
+    # runs: baseline 1.0; #1 0.990; the best again 1.004; #1 again 0.991 (kept); #2 1.1
+    # (discarded); the best (#1) again for drift 1.03: reverted; the baseline again for
+    # drift (two candidate runs since it ran); #3 1.2 on the baseline
+    session, events = started(standin, agent, settings(
+        dataset_dir, keep_rule="sequential", max_experiments=3, best_rerun_every=1,
+        jitter="0,-0.010,0.004,-0.009,0,0.03,0"))
+    assert session.wait(WAIT_S)
+    baseline, first = session.experiments()[0], session.experiments()[1]
+    assert run_kinds(session) == [("baseline", "keep"), ("experiment", "reverted"),
+                                  ("noise", "discard"), ("rerun", "discard"),
+                                  ("experiment", "discard"), ("noise", "discard"),
+                                  ("noise", "discard"), ("experiment", "discard")]
+    assert first.measure.n_candidate == 2 and first.measure.drop_margin is not None
+    revert = first.revert
+    assert revert.back_to == baseline.commit
+    assert revert.run_id == session.journal.run_rows()[5]["id"]
+    assert (revert.measure.n_best, revert.measure.n_candidate) == (2, 3)
+    assert revert.measure.improvement < 0 and revert.reason.startswith("reverted: over 3 runs")
+    settled = events.wait(ExperimentSettled)
+    assert settled.experiment.status is RunStatus.REVERTED
+    assert [e.commit for e in events.of(BestUpdated)] == [baseline.commit, first.commit,
+                                                          baseline.commit]
+    warning = next(n for n in events.of(Notice, level="warning") if "reverted" in n.message)
+    assert warning.message.startswith(f"experiment #{first.id} (EXTRA = 0 -> EXTRA = 1) "
+                                      f"reverted: over 3 runs")
+    assert warning.message.endswith(f"the research branch went back to {baseline.commit[:7]}")
+    third = session.experiments()[-1]
+    assert standin.parent_of(third.commit) == baseline.commit
+    assert session.best == (baseline.commit, baseline.val_bpb)
+    assert session.journal.summary_line().startswith(
+        "3 experiments: 0 kept, 1 reverted, 2 discarded")
+    assert_git_matches_journal(standin)
+
+
 def _hold_runs_at_a_gate(workspace, events: Events, releases: int) -> threading.Thread:
     """Every run waits at a FIFO; let the first `releases` runs through, one at a time: the
     k-th release waits for the k-th run to start (so the run before it has exited)."""

@@ -68,6 +68,11 @@ def evaluator(model_dir, dataset_dir):
     return run_evaluator(model_dir, env)
 
 
+def checked_evaluation(forward, dataset_dir, generator):
+    """The evaluation with its causality check, in this process."""
+    return evaluate.evaluate(forward, 4, dataset_dir, SEQ_LEN, 2048, generator)
+
+
 def fail_line(run) -> str:
     return next(line for line in reversed(run.lines) if line.startswith("FAIL:"))
 
@@ -173,12 +178,11 @@ def test_a_model_that_looks_ahead_only_at_the_last_position_is_refused(dataset_d
             return torch.cat([logits[:, :-2], logits[:, -1:] + self.table[idx[:, -1:]],
                               logits[:, -1:]], dim=1)
 
-    rows = evaluate.eval_rows(str(dataset_dir), SEQ_LEN, 2048)
     generator = torch.Generator().manual_seed(1)
     with pytest.raises(SystemExit) as refused:
-        evaluate.check_causal(PeeksAtTheEnd(vocab), rows, 4, vocab, generator)
+        checked_evaluation(PeeksAtTheEnd(vocab), dataset_dir, generator)
     assert refused.value.code == evaluate.EXIT_REFUSED
-    evaluate.check_causal(Bigram(vocab), rows, 4, vocab, generator)   # a causal one passes
+    checked_evaluation(Bigram(vocab), dataset_dir, generator)   # a causal one passes
 
 
 def test_a_model_that_reads_the_next_row_of_the_batch_is_refused(dataset_dir, capsys):
@@ -189,15 +193,103 @@ def test_a_model_that_reads_the_next_row_of_the_batch_is_refused(dataset_dir, ca
         def forward(self, idx):    # the second token of the next row, at every position
             return self.table[idx] + self.table[torch.roll(idx[:, 1:2], -1, dims=0)]
 
-    rows = evaluate.eval_rows(str(dataset_dir), SEQ_LEN, 2048)
     with pytest.raises(SystemExit) as refused:
-        evaluate.check_causal(ReadsTheNextRow(vocab), rows, 4, vocab,
-                              torch.Generator().manual_seed(2))
+        checked_evaluation(ReadsTheNextRow(vocab), dataset_dir, torch.Generator().manual_seed(2))
     assert refused.value.code == evaluate.EXIT_REFUSED
     assert re.fullmatch(r"FAIL: model refused: the model mixes the rows of a batch: the logits "
                         r"of row \d changed \(by [\d.e+-]+\) when only the other rows "
                         r"changed; each row must be predicted from its own tokens",
                         capsys.readouterr().err.strip())
+
+
+def test_a_model_causal_on_the_first_batch_only_is_refused(dataset_dir):
+    # Before, the check rewrote the first batch only, whose rows every evaluation starts
+    # with: a model could recognise them and look ahead everywhere else.
+    vocab = vocab_of(dataset_dir)
+    first = int(evaluate.eval_rows(str(dataset_dir), SEQ_LEN, 2048)[0, 1])
+
+    class CausalOnTheFirstBatch(Bigram):
+        def forward(self, idx):
+            peeking = (idx[0, 1] != first).float()
+            ahead = torch.nn.functional.one_hot(torch.roll(idx, -1, dims=1), vocab).float()
+            return self.table[idx] + 10 * peeking * ahead
+
+    with pytest.raises(SystemExit) as refused:
+        checked_evaluation(CausalOnTheFirstBatch(vocab), dataset_dir,
+                           torch.Generator().manual_seed(3))
+    assert refused.value.code == evaluate.EXIT_REFUSED
+
+
+class CountsItsCalls(Bigram):
+    """Causal for the first 3 calls (the one-batch check), then it reads the next token."""
+
+    def __init__(self, vocab_size):
+        super().__init__(vocab_size)
+        self.register_buffer("calls", torch.zeros((), dtype=torch.long))
+
+    def forward(self, idx):
+        self.calls.add_(1)
+        peeking = (self.calls > 3).float()
+        return self.table[idx] + 10 * peeking * self.table[torch.roll(idx, -1, dims=1)]
+
+
+class RewritesItsInput(Bigram):
+    """Writes into the token batch it is given: the targets are a view of the same rows."""
+
+    def forward(self, idx):
+        idx.fill_(7)
+        return self.table[idx]
+
+
+class DrawsRandomNumbers(Bigram):
+    def forward(self, idx):    # the default generator's seed is fixed: its draws count calls
+        return self.table[idx] + torch.rand(1)
+
+
+class ReadsUninitialisedMemory(Bigram):
+    def forward(self, idx):
+        return self.table[idx] + torch.empty(1)
+
+
+AUTOCASTS = {"PAIRLAB_PRECISION=bf16": lambda: torch.autocast("cpu", dtype=torch.bfloat16),
+             "PAIRLAB_PRECISION=fp32": nullcontext}
+STATEFUL = {
+    CountsItsCalls: "the graph calls aten.add_.Tensor, which writes into a tensor in place: "
+                    "the model must keep no state from one call to the next",
+    RewritesItsInput: "the graph calls aten.fill_.Scalar, which writes into a tensor in place: "
+                      "the model must keep no state from one call to the next",
+    DrawsRandomNumbers: "the graph calls aten.rand.default, which draws random numbers: the "
+                        "logits must depend on the tokens only",
+    ReadsUninitialisedMemory: "the graph calls aten.empty.memory_format, whose memory holds "
+                              "what an earlier call left there: the model must keep no state "
+                              "from one call to the next",
+}
+
+
+@pytest.mark.parametrize("autocast", list(AUTOCASTS.values()), ids=list(AUTOCASTS))
+@pytest.mark.parametrize("model", list(STATEFUL), ids=lambda cls: cls.__name__)
+def test_a_graph_that_can_tell_one_call_from_another_is_refused(dataset_dir, tmp_path,
+                                                                 model, autocast):
+    program = harness.export_model(model(vocab_of(dataset_dir)), autocast=autocast(),
+                                   batch_size=4, seq_len=SEQ_LEN)
+    harness.save_model(program, tmp_path / "model")
+    run = evaluator(tmp_path / "model", dataset_dir)
+    assert run.returncode == evaluate.EXIT_REFUSED and run.result is None
+    assert fail_line(run) == f"FAIL: model refused: {STATEFUL[model]}"
+
+
+def test_a_graph_that_returns_a_buffer_to_update_is_refused(dataset_dir, capsys):
+    # The functional form of the same counter: the update is an output of the graph.
+    program = harness.export_model(CountsItsCalls(vocab_of(dataset_dir)),
+                                   autocast=nullcontext(), batch_size=4,
+                                   seq_len=SEQ_LEN).run_decompositions()
+    with pytest.raises(SystemExit) as refused:
+        evaluate.check_operations(program)
+    assert refused.value.code == evaluate.EXIT_REFUSED
+    assert capsys.readouterr().err.strip() == (
+        "FAIL: model refused: the graph also returns buffer mutation, which the evaluator "
+        "would carry into the next call: the model must keep no state from one call to the "
+        "next")
 
 
 @pytest.mark.e2e

@@ -28,6 +28,7 @@ from engine.base.records import (
     KeepMeasure,
     Proposal,
     ProposalState,
+    Revert,
     RunResult,
     RunStatus,
     Usage,
@@ -486,3 +487,75 @@ def test_a_journal_from_before_the_keep_rule_opens_with_no_measures(tmp_path):
         db.execute("DROP TABLE measures")
     with Journal(path) as j:
         assert [e.measure for e in j.experiments()] == [None]
+
+
+def _kept_chain(journal):
+    """The baseline, a change kept on top of it, then a re-run of the change."""
+    journal.start_run("base", "0" * 40, "baseline", description="baseline")
+    finish(journal, "base", RunStatus.KEEP, 1.0, finished_at=10.0)
+    journal.start_run("exp", "1" * 40, "experiment", description="warmdown 0.5 -> 0.6")
+    kept_on = KeepMeasure(n_best=3, best_mean=1.0, n_candidate=1, candidate_mean=0.99,
+                          sigma=0.004, noise_dof=2, improvement=0.01, margin=0.0093,
+                          drop_margin=-0.002)
+    journal.finish_run(RunResult(run_id="exp", status=RunStatus.KEEP, val_bpb=0.99),
+                       finished_at=20.0, measure=kept_on)
+    journal.start_run("again", "1" * 40, "noise")
+    finish(journal, "again", RunStatus.DISCARD, 1.004, finished_at=30.0)
+    return kept_on
+
+
+def test_a_reverted_keep_gives_the_best_back_with_its_history_kept(tmp_path, journal):
+    kept_on = _kept_chain(journal)
+    assert journal.best().run_id == "exp" and journal.previous_best().run_id == "base"
+    recheck = KeepMeasure(n_best=3, best_mean=1.0, n_candidate=2, candidate_mean=0.997,
+                          sigma=0.005, noise_dof=3, improvement=0.003, margin=0.011,
+                          drop_margin=0.0035)
+    row = journal.revert_keep("exp", Revert(recheck, "0" * 40, "again",
+                                            "reverted: over 2 runs, better by only 0.003000"))
+    assert row.status is RunStatus.REVERTED
+    assert row.measure == kept_on                       # what it was kept on stays
+    assert row.revert.measure == recheck and row.revert.back_to == "0" * 40
+    assert row.revert.run_id == "again" and row.revert.at > 0
+    assert row.revert.describe().startswith("reverted to 0000000: n=2 mean 0.997000 vs best "
+                                            "1.000000 (n=3), sigma 0.005000 keep at 0.011000 "
+                                            "drop at 0.003500")
+    assert journal.best().run_id == "base" and journal.previous_best() is None
+    totals = journal.totals()
+    assert (totals.kept, totals.reverted, totals.experiments) == (0, 1, 1)
+    assert journal.summary_line().startswith("1 experiments: 0 kept, 1 reverted, 0 discarded")
+    tsv = journal.results_tsv().splitlines()
+    assert tsv[2] == ("1111111\t0.990000\t0.0\tdiscard\twarmdown 0.5 -> 0.6 [kept, then "
+                      "reverted: its re-runs showed noise]")
+    assert [h.status for h in journal.history()] == ["keep", "reverted"]
+    with pytest.raises(ValueError, match="not a kept run"):
+        journal.revert_keep("exp", Revert(recheck, "0" * 40, "again", "twice"))
+    journal.close()
+    with Journal(journal_path(tmp_path)) as again:
+        assert again.get_run("exp").revert == row.revert
+
+
+def test_a_schema_2_journal_gains_the_drop_bound_and_the_reverts(tmp_path):
+    path = journal_path(tmp_path)
+    with Journal(path) as j:
+        j.start_run("b", "0" * 40, "baseline")
+        finish(j, "b", RunStatus.KEEP, 1.0)
+        j.start_run("e", "1" * 40, "experiment")
+        j.finish_run(RunResult(run_id="e", status=RunStatus.KEEP, val_bpb=0.99),
+                     measure=KeepMeasure(1, 1.0, 1, 0.99, 0.001, 2, 0.01, 0.005))
+    with sqlite3.connect(path) as db:             # the measures table as schema 2 made it
+        db.execute("DROP TABLE reverts")
+        db.execute("ALTER TABLE measures RENAME TO measures3")
+        db.execute("CREATE TABLE measures (run_id TEXT PRIMARY KEY REFERENCES runs(id),"
+                   " n_best INTEGER NOT NULL, best_mean REAL NOT NULL, n_candidate INTEGER"
+                   " NOT NULL, candidate_mean REAL NOT NULL, sigma REAL, noise_dof INTEGER"
+                   " NOT NULL, improvement REAL NOT NULL, margin REAL)")
+        db.execute("INSERT INTO measures SELECT run_id, n_best, best_mean, n_candidate,"
+                   " candidate_mean, sigma, noise_dof, improvement, margin FROM measures3")
+        db.execute("DROP TABLE measures3")
+        db.execute("PRAGMA user_version=2")
+    with Journal(path) as j:
+        assert j.get_run("e").measure == KeepMeasure(1, 1.0, 1, 0.99, 0.001, 2, 0.01, 0.005)
+        assert j.get_run("e").revert is None
+        j.revert_keep("e", Revert(KeepMeasure(1, 1.0, 2, 1.0, 0.001, 3, 0.0, 0.004, 0.001),
+                                  "0" * 40, "b", "reverted"))
+        assert j.best().run_id == "b"

@@ -4,7 +4,7 @@ no threads. The statistics themselves are tested in tests/test_keep_rule.py."""
 import pytest
 
 from engine.loop.judge import JudgeRules, Verdict, judge
-from engine.loop.keep_rule import KeepRuleSettings, Noise, pooled_noise
+from engine.loop.keep_rule import SEQUENTIAL, KeepRuleSettings, Noise, pooled_noise
 
 UNMEASURED = Noise(None, 0, 0)
 
@@ -95,3 +95,14 @@ def test_the_large_win_limits_are_settings():
 def test_the_judge_needs_runs():
     with pytest.raises(ValueError):
         judge([], [1.0], UNMEASURED)
+
+
+def test_the_sequential_rules_measure_carries_both_bounds():
+    best = [1.000, 1.001, 0.999, 1.000, 1.001, 0.999]
+    rules = JudgeRules(keep=SEQUENTIAL)
+    verdict = judge([0.9995], best, noise(best), rules)
+    m = verdict.measure
+    assert verdict.verdict is Verdict.CONFIRM and verdict.rerun == "candidate"
+    assert m.drop_margin < m.improvement < m.margin
+    assert "keep at" in m.describe() and "drop at" in m.describe()
+    assert judge([0.9995], best, noise(best)).measure.drop_margin is None   # the margin rule

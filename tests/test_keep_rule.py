@@ -5,8 +5,9 @@ import math
 
 import pytest
 
-from engine.loop.keep_rule import (Action, KeepRuleSettings, Noise, judge, margin,
-                              pooled_noise, should_rerun_best, student_t_critical)
+from engine.loop.keep_rule import (SEQUENTIAL, Action, KeepRuleSettings, Noise, judge, margin,
+                              pooled_noise, recheck, sequential_bounds, settings_for,
+                              should_rerun_best, student_t_critical)
 
 # Exact Student's t quantiles at the one-sided level of z = 2 (0.97725), from tables.
 T_AT_Z2 = {2: 4.527, 3: 3.307, 5: 2.649, 10: 2.284, 30: 2.088}
@@ -130,7 +131,9 @@ def test_the_best_is_rerun_to_follow_drift():
 
 
 @pytest.mark.parametrize("field,value", [("k", 0), ("max_candidate_runs", 0),
-                                         ("min_best_runs", 0), ("best_rerun_every", 0)])
+                                         ("min_best_runs", 0), ("best_rerun_every", 0),
+                                         ("rule", "bayes"), ("win_sigmas", 0),
+                                         ("evidence", 1.0)])
 def test_settings_reject_nonsense(field, value):
     with pytest.raises(ValueError, match=field):
         KeepRuleSettings(**{field: value})
@@ -142,3 +145,105 @@ def test_empty_runs_are_an_error():
     with pytest.raises(ValueError, match="candidate has no runs"):
         judge([1.0], [], Noise(None, 0, 0))
 
+
+# ---------------------------------------------------------------------- the sequential rule
+# sigma 0.01 on 30 dof throughout: Student's t widens it by t(30)/2 = 1.044
+
+
+def log_likelihood_ratio(improvement, sigma, dof, n_best, n_candidate, settings=SEQUENTIAL):
+    """Of a win of win_sigmas sigma against no change, with the widened sigma."""
+    win = settings.win_sigmas * sigma
+    variance = (sigma * student_t_critical(2.0, dof) / 2) ** 2 * (1 / n_best + 1 / n_candidate)
+    return win / variance * (improvement - win / 2)
+
+
+def test_the_sequential_bounds_are_where_the_likelihood_ratio_reaches_the_evidence():
+    keep_at, drop_at = sequential_bounds(0.01, 30, 4, 1, SEQUENTIAL)
+    assert log_likelihood_ratio(keep_at, 0.01, 30, 4, 1) == pytest.approx(
+        math.log(SEQUENTIAL.evidence))
+    assert log_likelihood_ratio(drop_at, 0.01, 30, 4, 1) == pytest.approx(
+        -math.log(SEQUENTIAL.evidence))
+    # they close in on half the win as the runs add up: the test always ends
+    wide, narrow = sequential_bounds(0.01, 30, 2, 1, SEQUENTIAL), \
+        sequential_bounds(0.01, 30, 8, 8, SEQUENTIAL)
+    assert wide[1] < narrow[1] < 0.0075 < narrow[0] < wide[0]
+
+
+def test_a_clear_win_is_kept_after_one_run_and_a_near_miss_goes_after_two():
+    best, noise = [2.0] * 4, noise_of(0.01, 30)
+    win = judge(best, [1.97], noise, SEQUENTIAL)              # 3 sigma better
+    assert win.action is Action.KEEP and win.n_candidate == 1
+    assert win.improvement >= win.margin and win.drop_margin < win.margin
+    assert "reaching the keep bound" in win.reason and "2.5:1" in win.reason
+    # 0.1 sigma better: one more run, then the drop bound has risen past it (the margin
+    # rule would confirm it up to 8 runs)
+    assert judge(best, [1.999], noise, SEQUENTIAL).action is Action.CONFIRM
+    near = judge(best, [1.999, 1.9985], noise, SEQUENTIAL)
+    assert near.action is Action.DISCARD and "drop bound" in near.reason
+    assert near.improvement <= near.drop_margin
+    assert judge(best, [1.999, 1.9985], noise).action is Action.CONFIRM
+    assert judge(best, [2.001], noise, SEQUENTIAL).action is Action.DISCARD
+
+
+def test_a_close_call_runs_again_then_the_limit_keeps_only_what_clears_the_keep_bound():
+    best, noise = [2.0] * 4, noise_of(0.01, 30)
+    close = judge(best, [1.985], noise, SEQUENTIAL)           # 1.5 sigma: between the bounds
+    assert close.action is Action.CONFIRM and close.rerun == "candidate"
+    assert close.drop_margin < close.improvement < close.margin
+    assert "between the drop bound" in close.reason and "of at most 5" in close.reason
+    last = judge(best, [1.993] * 5, noise, SEQUENTIAL)        # 0.7 sigma after 5 runs
+    assert last.action is Action.DISCARD and "after 5 runs" in last.reason
+    assert judge(best, [1.985] * 5, noise, SEQUENTIAL).action is Action.KEEP
+
+
+def test_the_sequential_rule_reruns_the_best_up_to_its_own_limit():
+    noise = noise_of(0.01, 30)
+    assert judge([2.0], [1.99], noise, SEQUENTIAL).rerun == "best"
+    assert judge([2.0] * 4, [1.99, 1.992, 1.99, 1.991], noise, SEQUENTIAL).rerun == "candidate"
+
+
+def test_settings_for_a_rule_take_its_limits_and_the_values_given():
+    assert settings_for("margin") == KeepRuleSettings()
+    assert settings_for("sequential") == SEQUENTIAL
+    tuned = settings_for("sequential", max_candidate_runs=3, best_rerun_every=None)
+    assert (tuned.max_candidate_runs, tuned.best_rerun_every) == (3, SEQUENTIAL.best_rerun_every)
+    with pytest.raises(ValueError, match="keep_rule must be one of margin, sequential"):
+        settings_for("bayes")
+
+
+# ---------------------------------------------------------------------- the recheck, a revert
+
+
+def test_a_keep_on_one_lucky_run_is_reverted_when_the_best_runs_again():
+    """A session step by step, as the coordinator feeds the rule: the baseline, a change
+    kept on one lucky run, then two runs of the new best that show it was noise."""
+    baseline = [2.000, 2.010, 1.990, 2.005, 1.995]            # sigma 0.0079 on 4 dof
+    kept_on = [1.970]
+    decision = judge(baseline, kept_on, pooled_noise([baseline, kept_on]), SEQUENTIAL)
+    assert decision.action is Action.KEEP and decision.n_candidate == 1
+    best = list(kept_on)
+    assert recheck(baseline, best, pooled_noise([baseline, best]), SEQUENTIAL) is None
+    best.append(2.010)                                       # its first re-run: 1.99 mean
+    first = recheck(baseline, best, pooled_noise([baseline, best]), SEQUENTIAL)
+    assert first.action is Action.KEEP and first.reason.startswith("the keep stands")
+    best.append(2.012)                                       # 1.9973 mean of 3: noise
+    again = recheck(baseline, best, pooled_noise([baseline, best]), SEQUENTIAL)
+    assert again.action is Action.DISCARD
+    assert again.reason.startswith("reverted: over 3 runs")
+    assert (again.n_best, again.n_candidate) == (5, 3)
+    assert again.best_mean == pytest.approx(2.0) and again.candidate_mean == pytest.approx(
+        1.997333, abs=1e-6)
+    assert again.improvement <= again.drop_margin
+    assert again.rerun == ""
+
+
+def test_a_real_win_stands_its_rechecks():
+    baseline = [2.000, 2.010, 1.990, 2.005, 1.995]
+    best = [1.970, 1.976, 1.981, 1.972]
+    decision = recheck(baseline, best, pooled_noise([baseline, best]), SEQUENTIAL)
+    assert decision.action is Action.KEEP and decision.improvement > decision.drop_margin
+
+
+def test_the_margin_rule_never_reverts():
+    baseline, best = [2.0, 2.01, 1.99], [1.97, 2.05, 2.06]
+    assert recheck(baseline, best, pooled_noise([baseline, best]), KeepRuleSettings()) is None

@@ -81,7 +81,7 @@ def test_report_writes_a_png_and_markdown_with_the_right_numbers(tmp_path, sessi
     text = md.read_text()
     # experiments = kept + discarded + crashed + vetoed; the noise repeats are counted apart
     for row in ("| runs (all kinds) | 7 |",
-                "| experiments (kept + discarded + crashed + vetoed + held) | 5 |",
+                "| experiments (kept + reverted + discarded + crashed + vetoed + held) | 5 |",
                 "| kept | 2 |", "| discarded | 1 |", "| crashed or timed out | 1 |",
                 "| vetoed | 1 |", "| noise repeats (measurements, counted apart) | 2 |",
                 "| confirmation re-runs (counted apart) | 0 |",
@@ -177,3 +177,36 @@ def test_runs_without_a_verified_or_confined_metric_are_labelled(tmp_path, journ
     tsv = journal.results_tsv().splitlines()
     assert tsv[-1].endswith("\tchange 2 [metric reported by train.py (not verified)]")
     assert tsv[-2].endswith("\tchange 1")          # results.tsv flags only the unverified
+
+
+def test_a_reverted_keep_is_shown_as_such_with_what_it_was_kept_and_reverted_on(tmp_path,
+                                                                               journal):
+    from engine.base.records import Revert
+    from engine.report import chart_points
+    add_run(journal, "baseline", "0", RunStatus.KEEP, 1.0, at=0)
+    pid = add_proposal(journal, "warmdown 0.5 -> 0.6", DecisionKind.ACCEPT)
+    kept_on = KeepMeasure(n_best=3, best_mean=1.0, n_candidate=1, candidate_mean=0.99,
+                          sigma=0.004, noise_dof=2, improvement=0.01, margin=0.0093,
+                          drop_margin=-0.002)
+    add_run(journal, "experiment", "1", RunStatus.KEEP, 0.99, proposal_id=pid, at=10,
+            measure=kept_on)
+    add_run(journal, "noise", "1", RunStatus.DISCARD, 1.006, at=400)
+    again = KeepMeasure(n_best=3, best_mean=1.0, n_candidate=2, candidate_mean=0.998,
+                        sigma=0.005, noise_dof=3, improvement=0.002, margin=0.011,
+                        drop_margin=0.0035)
+    journal.revert_keep("run-1-experiment-10", Revert(again, "0" * 40, "run-1-noise-400",
+                                                      "reverted: over 2 runs"))
+    png, md = write_report(journal, tmp_path)
+    text = md.read_text()
+    assert "| kept | 0 |" in text
+    assert "| reverted (kept, then the best's re-runs showed noise) | 1 |" in text
+    assert "No change kept yet." in text
+    reverted = text[text.index("## Reverted keeps"):text.index("## Promotions")]
+    assert ("| 2 | `1111111` | 1 | 1.000000 (3) | 0.004000 | 0.009300 (drop -0.002000) | "
+            "2 | 1.000000 (3) | 0.005000 | 0.003500 | `0000000` | warmdown 0.5 -> 0.6 |"
+            ) in reverted
+    assert "- Best: 1.000000 (commit `0000000`" in text
+    points = chart_points(summarize(journal))
+    assert [e.commit[0] for e in points.reverted] == ["1"]
+    assert [e.commit[0] for e in points.kept] == ["0"]
+    assert png_size(png) == (1600, 800)

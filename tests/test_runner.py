@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import base64
+import codecs
 import io
 import json
 import math
+import shutil
 import textwrap
 import threading
 import time
@@ -16,6 +19,7 @@ from engine.run import confine
 from engine.base.records import RunStatus
 from engine.run.output import OutputCollector
 from engine.run.runner import Runner, check_result
+from tests.conftest import processes_with
 
 # What every fake train.py can use: the progress line of contracts §3, and the real
 # hand-off of a model that predicts every token of the vocabulary alike.
@@ -319,11 +323,12 @@ def wait_gone(pid: int, timeout: float = 5.0) -> bool:
     return False
 
 
-def test_hard_timeout_kills_the_whole_group(tmp_path):
-    # The grandchild keeps the output pipe open too: the runner must not hang on it.
-    runner = make_runner(tmp_path, '''
-        child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
-        open(os.path.join(os.environ["TMPDIR"], "grandchild.pid"), "w").write(str(child.pid))
+def test_hard_timeout_kills_the_whole_group(tmp_path, marker):
+    # The grandchild keeps the output pipe open too: the runner must not hang on it. (Its
+    # pid is the run's PID namespace's: it is found by the marker on its command line.)
+    runner = make_runner(tmp_path, f'''
+        subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)", "{marker}"])
+        open(os.path.join(os.environ["TMPDIR"], "grandchild.started"), "w").close()
         time.sleep(60)
     ''', budget_s=1.0, hard_timeout_s=2.5)
     started = time.monotonic()
@@ -333,8 +338,8 @@ def test_hard_timeout_kills_the_whole_group(tmp_path):
     assert result.message == "no result after 2.5s (budget 1s): killed"
     assert result.total_seconds >= 2.5
     assert time.monotonic() - started < 6
-    pid_file = tmp_path / ".pairlab" / "runs" / "r1" / "train" / "grandchild.pid"
-    assert wait_gone(int(pid_file.read_text()))
+    assert (tmp_path / ".pairlab" / "runs" / "r1" / "train" / "grandchild.started").exists()
+    assert processes_with(marker) == []
     assert runner.pid is None
 
 
@@ -560,3 +565,44 @@ def test_a_run_reports_its_progress_line_live_while_it_trains(tmp_path):
     assert len(steps) >= 4 and steps[-1].startswith("step 00005 (100.0%)")
     assert live[-1] == ""                                     # finished: nothing open
     assert len(live) < 20                                     # one update per change, no echo
+
+
+KEY = "sk-ant-api03-RUNNER-secret-0123456789abcdefghijklmnopqrstuvwxyz"
+
+
+def test_the_run_output_is_redacted_before_it_is_written_kept_or_handed_on(monkeypatch):
+    # A run that found the key anyway prints it in every form it can think of; the log, the
+    # kept tail, the lines handed on and the open line get none of them.
+    monkeypatch.setenv("ANTHROPIC_API_KEY", KEY)
+    raw = KEY.encode()
+    forms = [KEY, KEY[::-1], codecs.encode(KEY, "rot13"), raw.hex(), raw.hex().upper(),
+             base64.b64encode(b"x" + raw).decode(), base64.urlsafe_b64encode(b"xy" + raw).decode(),
+             base64.b32encode(b"abc" + raw).decode(), KEY[:20], KEY[20:40], KEY[40:]]
+    log = io.StringIO()
+    collector = OutputCollector(log, time.monotonic())
+    collector.feed("".join(f"form {i}: {form}\n" for i, form in enumerate(forms)))
+    collector.feed(f"\rstep 00001 (10.0%) | loss: 4.0 | {KEY[::-1]}")
+    live = collector.take_live()
+    collector.finish()
+    lines, _ = collector.take()
+    shown = "\n".join([log.getvalue(), *collector.kept, *lines, live])
+    for form in forms:
+        assert form not in shown
+    assert lines[0] == "form 0: [redacted]" and lines[3] == "form 3: [redacted]"
+    assert live.endswith("| [redacted]")
+
+
+@pytest.mark.skipif(confine.probe() is not None, reason=f"no confinement: {confine.probe()}")
+def test_a_confined_run_that_could_read_the_validation_split_is_not_started(tmp_path,
+                                                                             dataset_dir):
+    # The data inside the workspace, which the training process may read: Landlock cannot
+    # carve val.bin out of a folder it allows, so the run is refused, with what to do.
+    data = tmp_path / "data"
+    shutil.copytree(dataset_dir, data)
+    runner = make_runner(tmp_path, 'open("started", "w").close()', data_dir=data)
+    result, _ = run(runner)
+    assert result.status is RunStatus.CRASH and not (tmp_path / "started").exists()
+    assert result.message == (
+        f"the validation split {data / 'val.bin'} lies inside {tmp_path.resolve()}, which the "
+        "confined training process may read: keep the data cache (PAIRLAB_CACHE, or the data "
+        "dir you gave) outside the workspace, the Python environment and the system's folders")

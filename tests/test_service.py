@@ -4,14 +4,19 @@ SQLite journal) that is not started: its controls emit real events without train
 from __future__ import annotations
 
 import os
+import re
 import socket
 import stat
+import subprocess
+import sys
+import textwrap
 import threading
 from pathlib import Path
 
 import pytest
 
 from engine.service import protocol as proto
+from engine.service import peers as service_peers
 from engine.agents.tuner import TunerAgent
 from engine.service.client import CommandRefused, EngineClient, EngineLost, connect
 from engine.base.events import StateChanged
@@ -100,6 +105,78 @@ def test_another_uid_is_refused_by_its_peer_credentials(served):
     assert message.message == (f"connection refused: this engine belongs to uid {os.getuid()}, "
                                f"and uid {OTHER_UID} may not attach to it")
     assert service.client_count() == 0
+
+
+# A client written by hand, as train.py would: the first line it gets, and whether more came.
+PEER = textwrap.dedent('''
+    import os, socket, sys
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    os.chdir(os.path.dirname(sys.argv[1]))
+    sock.connect(os.path.basename(sys.argv[1]))
+    lines = sock.makefile("rb")
+    print(lines.readline().decode().strip(), flush=True)
+    try:            # the engine hangs up after saying why: a reset is its end too
+        sock.sendall(b'{"kind": "hello", "version": 1, "role": "client"}\\n')
+        more = lines.readline()
+    except (BrokenPipeError, ConnectionResetError):
+        more = b""
+    print("EOF" if more == b"" else "MORE")
+''')
+
+
+def test_a_process_the_engine_started_is_refused(served):
+    """A training run is the owner's too: a process that descends from the engine (here, the
+    test process serving it) is told why and disconnected."""
+    session, service = served()
+    proc = subprocess.run([sys.executable, "-c", PEER, str(service.path)], capture_output=True,
+                          text=True, timeout=60)
+    said, more = proc.stdout.splitlines()
+    refused = proto.decode(said)
+    assert isinstance(refused, proto.Refused) and more == "EOF", proc.stdout + proc.stderr
+    assert re.fullmatch(r"connection refused: the peer is a process of one of this engine's "
+                        r"runs \(pid \d+\): a run may not drive the engine", refused.message)
+    assert service.client_count() == 0
+
+
+def test_a_process_that_the_engine_did_not_start_is_served(served):
+    """The same client, orphaned before it connects (its parent exits, as `pairlab` does when
+    it is done), descends from the engine no more: served."""
+    session, service = served()
+    orphan = (f"import os\nparent = os.getpid()\nif os.fork():\n    os._exit(0)\n"
+              f"while os.getppid() == parent:\n    pass\n" + PEER)
+    launcher = subprocess.Popen([sys.executable, "-c", orphan, str(service.path)],
+                                stdout=subprocess.PIPE, text=True)
+    out, _ = launcher.communicate(timeout=60)
+    hello = proto.decode(out.splitlines()[0])
+    assert isinstance(hello, proto.Hello) and hello.role == "engine", out
+
+
+def fake_proc(root: Path, parents: dict[int, int], namespaces: dict[int, str]) -> Path:
+    """A /proc with stat and ns/pid for the given pids (self: the engine, pid 10)."""
+    for pid, parent in parents.items():
+        (root / str(pid) / "ns").mkdir(parents=True)
+        (root / str(pid) / "stat").write_text(f"{pid} (a (strange) name) S {parent} 1 1 0\n")
+        (root / str(pid) / "ns" / "pid").symlink_to(namespaces.get(pid, "pid:[1]"))
+    (root / "self").symlink_to(root / "10")
+    return root
+
+
+@pytest.mark.parametrize("pid, expected", [
+    (10, None),                                             # the engine's own threads
+    (30, None),                                             # the app: started it, not by it
+    (12, "a process of one of this engine's runs (pid 12)"),     # a run's launcher
+    (13, "a process of one of this engine's runs (pid 13)"),     # what the run started
+    (40, "(pid 40) lives in another PID namespace"),        # another engine's confined run
+    (99, "(pid 99) could not be told apart"),               # gone before it was checked
+    (0, "(pid 0) could not be told apart"),                 # not in our PID namespace
+])
+def test_who_may_attach(tmp_path, pid, expected):
+    proc = fake_proc(tmp_path, {10: 30, 12: 10, 13: 12, 30: 1, 40: 1},
+                     namespaces={40: "pid:[2]"})
+    refused = service_peers.refusal(pid, 1000, owner_uid=1000, engine_pid=10, proc=proc)
+    assert (refused is None) if expected is None else (expected in refused), refused
+    assert service_peers.refusal(10, 1001, owner_uid=1000, engine_pid=10, proc=proc) == (
+        "connection refused: this engine belongs to uid 1000, and uid 1001 may not attach to it")
 
 
 def test_a_client_of_another_version_is_refused_with_both_versions(served):

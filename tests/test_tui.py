@@ -17,10 +17,10 @@ import pytest
 from textual.widgets import DataTable, Input
 from textual.widgets.data_table import RowKey
 
-from engine.base.events import (DeviceSample, DraftStarted, LiveLine, LogLines, ProposalReady,
-                           ReasoningDelta, RunAccepted, RunFinished, RunProgress, RunStarted,
-                           StateChanged)
-from engine.base.records import KeepMeasure, ProposalState, RunResult, RunStatus
+from engine.base.events import (DeviceSample, DraftStarted, ExperimentSettled, LiveLine, LogLines,
+                           ProposalReady, ReasoningDelta, RunAccepted, RunFinished, RunProgress,
+                           RunStarted, StateChanged)
+from engine.base.records import KeepMeasure, ProposalState, Revert, RunResult, RunStatus
 from test_tui_support import (T0, ScriptedSession, experiment, history_events, pilot_test,
                               proposal)
 from tui.app import PairlabApp
@@ -412,6 +412,39 @@ async def test_o_opens_the_selected_runs_log(session, tmp_path):
         assert app.screen.query_one(LiveLog).lines[-1] == "past line 99"
         await pilot.press("escape")
         assert app.screen is app.main
+
+
+@pilot_test
+async def test_a_reverted_keep_reads_as_such_and_its_log_title_gives_the_recheck(session,
+                                                                                tmp_path):
+    log_file = tmp_path / "r1.log"
+    log_file.write_text("trained\n")
+    kept_on = KeepMeasure(n_best=3, best_mean=1.4521, n_candidate=1, candidate_mean=1.4388,
+                          sigma=0.0021, noise_dof=2, improvement=0.0133, margin=0.0121,
+                          drop_margin=-0.004)
+    again = KeepMeasure(n_best=3, best_mean=1.4521, n_candidate=3, candidate_mean=1.4502,
+                        sigma=0.0024, noise_dof=4, improvement=0.0019, margin=0.0068,
+                        drop_margin=0.0021)
+    reverted = replace(experiment(1, "r1", RunStatus.REVERTED, 1.4388, "warmup 0.1 -> 0.05",
+                                  "bcd2345"), log_path=str(log_file), measure=kept_on,
+                       revert=Revert(again, "abc1234" + "0" * 33, "r9", "reverted: ..."))
+    app = PairlabApp(session)
+    async with app.run_test(size=WIDE) as pilot:
+        await settle(pilot)
+        data = app.main.table.query_one(DataTable)
+        assert str(data.get_cell("r1", "status")) == "keep"
+        session.emit_from_thread([ExperimentSettled(reverted, at=T0)])
+        await settle(pilot)
+        assert str(data.get_cell("r1", "status")) == "reverted"
+        assert "1 reverted" in app.main.table.border_subtitle
+        data.move_cursor(row=1)
+        await pilot.press("o")
+        await settle(pilot)
+        assert isinstance(app.screen, LogViewerScreen)
+        title = app.screen.title_text
+        assert "n=1 mean 1.438800 vs best 1.452100 (n=3), sigma 0.002100 keep at 0.012100 " \
+               "drop at -0.004000 (+6.3 sigma)" in title
+        assert "reverted to abc1234: n=3 mean 1.450200" in title
 
 
 @pilot_test

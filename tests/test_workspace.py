@@ -123,6 +123,16 @@ def test_config_rejects_unknown_settings_and_bad_values(ws):
         Config(metric_source="stdout")
     with pytest.raises(WorkspaceError, match="relative path"):
         Config(targets=["../train.py"])
+    with pytest.raises(WorkspaceError, match="keep_rule is 'bayes'; it must be one of margin, "
+                                             "sequential"):
+        Config(keep_rule="bayes")
+
+
+def test_the_configured_keep_rule_reaches_the_session():
+    from pairlab.cli import build_parser, settings_from_args
+    parsed = build_parser().parse_args([])
+    assert settings_from_args(parsed, Config()).keep_rule == "margin"
+    assert settings_from_args(parsed, Config(keep_rule="sequential")).keep_rule == "sequential"
 
 
 def make_autoresearch_clone(root: Path) -> Path:

@@ -2,15 +2,14 @@
 
 from __future__ import annotations
 
-import os
-
+from engine.base import api_key
 from engine.agents.base import Agent
 
 
 def make_agent(name: str, device: str = "cpu", model: str | None = None) -> Agent:
     """auto: Claude when ANTHROPIC_API_KEY is set, else the offline tuner."""
     if name == "auto":
-        name = "claude" if os.environ.get("ANTHROPIC_API_KEY") else "tuner"
+        name = "claude" if api_key.value() else "tuner"
     if name == "claude":
         from engine.agents.claude import ClaudeAgent
         return ClaudeAgent(model=model)

@@ -35,6 +35,8 @@ except ImportError:
 from engine.agents.base import AgentError, DraftCancelled, DraftContext, Emit
 from engine.agents.editor_tool import TOOL_NAME as EDITOR_TOOL_NAME
 from engine.agents.editor_tool import ScratchEditor, describe
+from engine.base.api_key import redact as redact_key
+from engine.base.api_key import value as configured_key
 from engine.base.records import Draft, Usage
 
 DEFAULT_MODEL = "claude-sonnet-4-6"
@@ -158,7 +160,7 @@ class ClaudeAgent:
         self.history_limit = history_limit
 
     def draft(self, ctx: DraftContext, emit: Emit, cancel: threading.Event) -> Draft:
-        key = self.api_key or os.environ.get("ANTHROPIC_API_KEY", "")
+        key = self.api_key or configured_key()
         if not key:
             raise AgentError(
                 "ANTHROPIC_API_KEY is not set, so the Claude agent cannot draft experiments",
@@ -236,7 +238,7 @@ class _DraftRun:
         self._emit(kind, self.redact(text))
 
     def redact(self, text: str) -> str:
-        return text.replace(self.key, "[redacted]") if self.key else text
+        return redact_key(text, self.key)
 
     def run(self) -> Draft:
         for _ in range(self.agent.max_turns):

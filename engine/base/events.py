@@ -220,7 +220,8 @@ class Notice(Event):
 @dataclass
 class ExperimentSettled(Event):
     """A run's row as it now stands after a decision: a held win a human kept or discarded,
-    a kept change whose promotion to a larger depth started or was judged."""
+    a kept change whose promotion to a larger depth started or was judged, a kept change
+    reverted because the best's re-runs showed it was noise."""
 
     type: ClassVar[str] = "experiment_settled"
     experiment: Experiment

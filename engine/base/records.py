@@ -17,6 +17,7 @@ class RunStatus(str, Enum):
     HELD = "held"              # an unusually large win, confirmed, waiting for a human
     SPECULATIVE = "speculative"  # trained before a human decided; judged once accepted
     VETOED = "vetoed"          # a speculative run whose proposal a human vetoed
+    REVERTED = "reverted"      # kept, then the best's re-runs showed it was noise (Revert)
 
 
 class DecisionKind(str, Enum):
@@ -133,10 +134,14 @@ def integrity_label(confined: bool, metric_verified: bool) -> str:
     return "" if confined else UNCONFINED_LABEL
 
 
+# The keep rules a workspace may pick (engine/loop/keep_rule.py holds them).
+KEEP_RULES = ("margin", "sequential")
+
+
 @dataclass
 class KeepMeasure:
     """What a keep decision rested on (engine/loop/keep_rule.py): the runs of the best and of the
-    candidate, the pooled noise sigma and the margin the improvement had to clear."""
+    candidate, the pooled noise sigma and the bounds the improvement was held against."""
 
     n_best: int
     best_mean: float
@@ -145,7 +150,8 @@ class KeepMeasure:
     sigma: float | None            # None while no commit has been run twice
     noise_dof: int
     improvement: float             # best_mean - candidate_mean: positive is better
-    margin: float | None           # None without a sigma
+    margin: float | None           # the improvement that keeps; None without a sigma
+    drop_margin: float | None = None   # the sequential rule's: at or below it, it goes
 
     @property
     def sigmas(self) -> float | None:
@@ -153,12 +159,34 @@ class KeepMeasure:
         return self.improvement / self.sigma if self.sigma else None
 
     def describe(self) -> str:
-        """'n=3 mean 0.991200 sigma 0.002100 margin 0.004300 (+2.4 sigma)'."""
+        """'n=3 mean 0.991200 vs best 0.995500 (n=4), sigma 0.002100 margin 0.004300
+        (+2.0 sigma)'; the sequential rule's 'keep at 0.004300 drop at 0.000800' for the
+        margin."""
         sigma = "sigma n/a" if self.sigma is None else f"sigma {self.sigma:.6f}"
-        margin = "" if self.margin is None else f" margin {self.margin:.6f}"
+        if self.drop_margin is not None:
+            bounds = f" keep at {self.margin:.6f} drop at {self.drop_margin:.6f}"
+        else:
+            bounds = "" if self.margin is None else f" margin {self.margin:.6f}"
         sigmas = "" if self.sigmas is None else f" ({self.sigmas:+.1f} sigma)"
         return (f"n={self.n_candidate} mean {self.candidate_mean:.6f} vs best "
-                f"{self.best_mean:.6f} (n={self.n_best}), {sigma}{margin}{sigmas}")
+                f"{self.best_mean:.6f} (n={self.n_best}), {sigma}{bounds}{sigmas}")
+
+
+@dataclass
+class Revert:
+    """A kept change that the best's re-runs showed was noise (engine/loop/keep_rule.recheck):
+    the research branch went back to the best before it."""
+
+    measure: KeepMeasure           # the kept change's runs (candidate) vs its predecessor's
+    back_to: str                   # the commit the research branch went back to
+    run_id: str                    # the re-run of the best that decided it
+    reason: str
+    at: float = 0.0
+
+    def describe(self) -> str:
+        """'reverted to 1a2b3c4: n=3 mean ... vs best ... (n=4), ...': the recheck's figures,
+        the kept change as the candidate, the best before it as the best."""
+        return f"reverted to {self.back_to[:7]}: {self.measure.describe()}"
 
 
 @dataclass
@@ -190,6 +218,7 @@ class Experiment:
     confined: bool = True
     metric_verified: bool = True
     measure: KeepMeasure | None = None   # the judge's figures, for a judged experiment
+    revert: Revert | None = None         # status reverted: why, and where the branch went
     promotions: list[PromotionRung] = field(default_factory=list)  # its rungs on the ladder
     message: str = ""                # why a run that got no metric ended, whole (redacted)
 

@@ -4,25 +4,21 @@ transaction per write, and the redaction every text passes on its way in.
 Every write is its own committed transaction (WAL, synchronous=FULL), so a `kill -9` of the
 engine loses nothing that a method had returned from. One connection is shared by all
 engine threads behind a lock; SQLite itself then never sees two writers from this process.
-Text is passed through `redact` on the way in, so no API key ever reaches the disk.
+Text is passed through `redact` (engine/base/api_key.py) on the way in, so no API key ever
+reaches the disk.
 """
 
 from __future__ import annotations
 
 import json
-import os
-import re
 import sqlite3
 import threading
 from pathlib import Path
 
+from engine.base.api_key import redact
 from engine.journal.promotions import PROMOTION_SCHEMA
 
-SCHEMA_VERSION = 2                # 2: held wins settled in `settlements`
-
-_ANTHROPIC_KEY = re.compile(r"sk-ant-[A-Za-z0-9_\-]+")
-# shorter values would redact ordinary words if someone set a placeholder key
-_MIN_ENV_KEY_LENGTH = 8
+SCHEMA_VERSION = 3                # 2: held wins settled in `settlements`; 3: reverts
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS proposals (
@@ -85,7 +81,24 @@ CREATE TABLE IF NOT EXISTS measures (          -- what the judge's last decision
     sigma REAL,                                -- NULL while no commit has been run twice
     noise_dof INTEGER NOT NULL,
     improvement REAL NOT NULL,
-    margin REAL                                -- NULL without a sigma
+    margin REAL,                               -- the keep bound, NULL without a sigma
+    drop_margin REAL                           -- the sequential rule's drop bound, else NULL
+);
+CREATE TABLE IF NOT EXISTS reverts (           -- a keep the best's re-runs showed was noise
+    run_id TEXT PRIMARY KEY REFERENCES runs(id),   -- the kept experiment's run, now reverted
+    by_run TEXT NOT NULL REFERENCES runs(id),  -- the re-run of the best that decided it
+    back_to TEXT NOT NULL,                     -- the commit the research branch went back to
+    n_best INTEGER NOT NULL,                   -- the recheck: its predecessor's runs (best)
+    best_mean REAL NOT NULL,
+    n_candidate INTEGER NOT NULL,              -- ...and the kept change's (candidate)
+    candidate_mean REAL NOT NULL,
+    sigma REAL,
+    noise_dof INTEGER NOT NULL,
+    improvement REAL NOT NULL,
+    margin REAL,
+    drop_margin REAL,
+    reason TEXT NOT NULL,
+    at REAL NOT NULL
 );
 CREATE TABLE IF NOT EXISTS session_state (
     key TEXT PRIMARY KEY,
@@ -129,16 +142,6 @@ SETTLEMENTS_FROM_DECISIONS = (
     " WHERE e.proposal_id = decisions.proposal_id) AND EXISTS (SELECT 1 FROM settlements s"
     " WHERE s.proposal_id = decisions.proposal_id AND s.at = decisions.at)",
 )
-
-
-def redact(text: str) -> str:
-    """Replace anything that looks like an Anthropic key, and the configured key, with [redacted]."""
-    if not text:
-        return text
-    key = os.environ.get("ANTHROPIC_API_KEY", "").strip()
-    if len(key) >= _MIN_ENV_KEY_LENGTH:
-        text = text.replace(key, "[redacted]")
-    return _ANTHROPIC_KEY.sub("[redacted]", text)
 
 
 def redact_json(value):
@@ -199,6 +202,9 @@ class JournalDB:
                 if column not in columns:
                     self._db.execute(f"ALTER TABLE runs ADD COLUMN {column} INTEGER NOT NULL "
                                      "DEFAULT 1")
+            measures = {r[1] for r in self._db.execute("PRAGMA table_info(measures)")}
+            if "drop_margin" not in measures:                # journals before the sequential rule
+                self._db.execute("ALTER TABLE measures ADD COLUMN drop_margin REAL")
             if version < 2:
                 for statement in SETTLEMENTS_FROM_DECISIONS:
                     self._db.execute(statement)

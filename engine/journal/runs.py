@@ -12,7 +12,7 @@ import time
 
 from engine.journal.db import dumps, redact
 from engine.base.records import (Decision, Experiment, KeepMeasure, PromotionRung, ProposalState,
-                            RunResult, RunStatus)
+                            Revert, RunResult, RunStatus)
 
 # speculative: a proposal's run before a human accepted it; it becomes an experiment then.
 # promotion: a kept change (or its parent) trained at a larger depth (the ladder)
@@ -109,10 +109,31 @@ class RunJournal:
     @staticmethod
     def _measure_upsert(run_id: str, m: KeepMeasure) -> tuple[str, tuple]:
         return ("INSERT OR REPLACE INTO measures (run_id, n_best, best_mean, n_candidate,"
-                " candidate_mean, sigma, noise_dof, improvement, margin)"
-                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                " candidate_mean, sigma, noise_dof, improvement, margin, drop_margin)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 (run_id, m.n_best, m.best_mean, m.n_candidate, m.candidate_mean, m.sigma,
-                 m.noise_dof, m.improvement, m.margin))
+                 m.noise_dof, m.improvement, m.margin, m.drop_margin))
+
+    def revert_keep(self, revert_of: str, revert: Revert) -> Experiment:
+        """A kept experiment (run `revert_of`) the best's re-runs showed was noise: its run
+        becomes reverted and the recheck is recorded, in one transaction; the best is then
+        the keep before it (best()). The caller moves the research branch there."""
+        revert.at = revert.at or time.time()
+        m = revert.measure
+        with self._lock:
+            cursor = self._write(
+                ("UPDATE runs SET status = ? WHERE id = ? AND status = ?",
+                 (RunStatus.REVERTED.value, revert_of, RunStatus.KEEP.value)),
+                ("INSERT INTO reverts (run_id, by_run, back_to, n_best, best_mean, n_candidate,"
+                 " candidate_mean, sigma, noise_dof, improvement, margin, drop_margin, reason,"
+                 " at) SELECT ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?"
+                 " WHERE changes() = 1",
+                 (revert_of, revert.run_id, revert.back_to, m.n_best, m.best_mean,
+                  m.n_candidate, m.candidate_mean, m.sigma, m.noise_dof, m.improvement,
+                  m.margin, m.drop_margin, redact(revert.reason), revert.at)))
+            if cursor.rowcount != 1:
+                raise ValueError(f"run {revert_of!r} is not a kept run: nothing to revert")
+            return self.get_run(revert_of)
 
     def settle_held(self, run_id: str, status: RunStatus, decision: Decision) -> Experiment:
         """A human's word on a held win: its run becomes keep or discard, its proposal done,
@@ -188,6 +209,14 @@ class RunJournal:
                           (RunStatus.KEEP.value,))
         return row_experiment(rows[0]) if rows else None
 
+    def previous_best(self) -> Experiment | None:
+        """The kept run the best replaced: the best again should the best be reverted."""
+        rows = self._read(EXPERIMENT_SELECT + " WHERE r.status = ? AND r.val_bpb IS NOT NULL"
+                          " AND r.kind IN ('baseline', 'experiment')"
+                          " ORDER BY r.finished_at DESC, r.experiment DESC LIMIT 1 OFFSET 1",
+                          (RunStatus.KEEP.value,))
+        return row_experiment(rows[0]) if rows else None
+
     def run_count(self) -> int:
         """Runs of every kind and state, to name the next one."""
         return self._read("SELECT COUNT(*) FROM runs")[0][0]
@@ -207,11 +236,17 @@ SELECT r.*, p.hypothesis AS hypothesis, p.diff AS diff,
         ORDER BY d.id DESC LIMIT 1) AS human_edit_diff,
     m.n_best AS m_n_best, m.best_mean AS m_best_mean, m.n_candidate AS m_n_candidate,
     m.candidate_mean AS m_candidate_mean, m.sigma AS m_sigma, m.noise_dof AS m_noise_dof,
-    m.improvement AS m_improvement, m.margin AS m_margin,
+    m.improvement AS m_improvement, m.margin AS m_margin, m.drop_margin AS m_drop_margin,
+    v.by_run AS v_by_run, v.back_to AS v_back_to, v.n_best AS v_n_best,
+    v.best_mean AS v_best_mean, v.n_candidate AS v_n_candidate,
+    v.candidate_mean AS v_candidate_mean, v.sigma AS v_sigma, v.noise_dof AS v_noise_dof,
+    v.improvement AS v_improvement, v.margin AS v_margin, v.drop_margin AS v_drop_margin,
+    v.reason AS v_reason, v.at AS v_at,
     (SELECT json_group_array(json_array(q.depth, q.held)) FROM
         (SELECT depth, held FROM promotions WHERE run_id = r.id ORDER BY depth) q) AS rungs
 FROM runs r LEFT JOIN proposals p ON p.id = r.proposal_id
-    LEFT JOIN measures m ON m.run_id = r.id"""
+    LEFT JOIN measures m ON m.run_id = r.id
+    LEFT JOIN reverts v ON v.run_id = r.id"""
 
 
 def row_experiment(r: sqlite3.Row) -> Experiment:
@@ -227,8 +262,13 @@ def row_experiment(r: sqlite3.Row) -> Experiment:
         metric_verified=bool(r["metric_verified"]),
         promotions=[PromotionRung(depth, None if held is None else bool(held))
                     for depth, held in json.loads(r["rungs"])],
-        measure=None if r["m_n_best"] is None else
-        KeepMeasure(n_best=r["m_n_best"], best_mean=r["m_best_mean"],
-                    n_candidate=r["m_n_candidate"], candidate_mean=r["m_candidate_mean"],
-                    sigma=r["m_sigma"], noise_dof=r["m_noise_dof"],
-                    improvement=r["m_improvement"], margin=r["m_margin"]))
+        measure=None if r["m_n_best"] is None else measure_of_row(r, "m_"),
+        revert=None if r["v_by_run"] is None else
+        Revert(measure=measure_of_row(r, "v_"), back_to=r["v_back_to"], run_id=r["v_by_run"],
+               reason=r["v_reason"], at=r["v_at"]))
+
+
+def measure_of_row(r: sqlite3.Row, prefix: str) -> KeepMeasure:
+    return KeepMeasure(**{name: r[prefix + name] for name in (
+        "n_best", "best_mean", "n_candidate", "candidate_mean", "sigma", "noise_dof",
+        "improvement", "margin", "drop_margin")})

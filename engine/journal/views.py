@@ -22,7 +22,9 @@ TSV_STATUS = {
     RunStatus.TIMEOUT: "crash",
     RunStatus.INTERRUPTED: "crash",
     RunStatus.KILLED: "crash",
+    RunStatus.REVERTED: "discard",     # kept, then shown to be noise: the branch went back
 }
+REVERTED_NOTE = "[kept, then reverted: its re-runs showed noise]"
 TSV_HEADER = "commit\tval_bpb\tmemory_gb\tstatus\tdescription\n"
 
 
@@ -31,8 +33,9 @@ class Totals:
     """Counts and sums over the whole journal, for the status line and the report."""
 
     runs: int = 0                    # finished runs of every kind
-    experiments: int = 0             # kept + discarded + crashed + vetoed + held + judging
+    experiments: int = 0             # kept, reverted, discarded, crashed, vetoed, held, judging
     kept: int = 0                    # experiments kept (the baseline is not one)
+    reverted: int = 0                # kept, then reverted by the best's re-runs
     discarded: int = 0
     crashed: int = 0                 # crash, timeout, killed (an interrupted run trains again)
     vetoed: int = 0                  # proposals vetoed before they trained
@@ -97,7 +100,8 @@ class JournalViews:
     def totals(self) -> Totals:
         finished = self.run_rows()
         totals = Totals(runs=len(finished))
-        outcome = {RunStatus.KEEP: "kept", RunStatus.DISCARD: "discarded",
+        outcome = {RunStatus.KEEP: "kept", RunStatus.REVERTED: "reverted",
+                   RunStatus.DISCARD: "discarded",
                    RunStatus.HELD: "held", RunStatus.CONFIRMING: "judging",
                    RunStatus.CRASH: "crashed", RunStatus.TIMEOUT: "crashed",
                    RunStatus.KILLED: "crashed"}
@@ -129,8 +133,8 @@ class JournalViews:
         # a held win that a human vetoed trained: a settlement, counted as discarded
         totals.vetoed = self._read("SELECT COUNT(*) FROM decisions WHERE kind = ?",
                                    (DecisionKind.VETO.value,))[0][0]
-        totals.experiments = (totals.kept + totals.discarded + totals.crashed + totals.vetoed
-                              + totals.held + totals.judging)
+        totals.experiments = (totals.kept + totals.reverted + totals.discarded + totals.crashed
+                              + totals.vetoed + totals.held + totals.judging)
         totals.human_edits = self._read("SELECT COUNT(*) FROM decisions WHERE kind = ?",
                                         (DecisionKind.EDIT.value,))[0][0]
         return totals
@@ -141,8 +145,9 @@ class JournalViews:
         t = self.totals()
         held = f", {t.held} held" if t.held else ""
         judging = f", {t.judging} being confirmed" if t.judging else ""
-        line = (f"{t.experiments} experiments: {t.kept} kept, {t.discarded} discarded, "
-                f"{t.crashed} crashed, {t.vetoed} vetoed{held}{judging}")
+        reverted = f", {t.reverted} reverted" if t.reverted else ""     # kept, then noise
+        line = (f"{t.experiments} experiments: {t.kept} kept{reverted}, {t.discarded} "
+                f"discarded, {t.crashed} crashed, {t.vetoed} vetoed{held}{judging}")
         if t.noise_repeats or t.confirmations:
             line += (f"; {t.noise_repeats} noise repeats, {t.confirmations} confirmation "
                      f"re-runs")
@@ -173,6 +178,8 @@ class JournalViews:
             description = re.sub(r"[\t\r\n]+", " ", e.description).strip()
             if e.val_bpb is not None and not e.metric_verified:
                 description = f"{description} [{UNVERIFIED_LABEL}]"
+            if e.status is RunStatus.REVERTED:
+                description = f"{description} {REVERTED_NOTE}"
             lines.append(f"{e.commit[:7]}\t{val_bpb:.6f}\t{memory_gb:.1f}\t{status}\t"
                          f"{description}\n")
         return "".join(lines)

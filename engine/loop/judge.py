@@ -1,12 +1,13 @@
 """The judge: keep, discard, confirm or hold one experiment. Pure functions, no threads.
 
 Inputs are the candidate's runs, the best's runs (every run of the best commit), and the
-noise pooled over every commit run more than once (engine/keep_rule.pooled_noise).
+noise pooled over every commit run more than once (engine/loop/keep_rule.pooled_noise).
 
 The statistical keep rule (engine/loop/keep_rule.py) decides keep, discard or confirm: the best is
-the mean of its runs, a win must clear k standard errors of the difference of means, a win
-between zero and that margin is confirmed by re-running the best or the candidate. On top of
-it, an unusually large win (far beyond the noise, or a large fraction of val_bpb) is confirmed
+the mean of its runs, a win must clear the rule's keep bound (k standard errors of the
+difference of means, or the sequential test's), a win between zero (the sequential test: its
+drop bound) and the keep bound is confirmed by re-running the best or the candidate. On top
+of it, an unusually large win (far beyond the noise, or a large fraction of val_bpb) is confirmed
 by a re-run and then held for a human, even in auto mode: it is more likely a bug or an
 exploit than a discovery (issue 9).
 """
@@ -57,7 +58,8 @@ def measure_of(decision: KeepDecision) -> KeepMeasure:
     return KeepMeasure(n_best=decision.n_best, best_mean=decision.best_mean,
                        n_candidate=decision.n_candidate, candidate_mean=decision.candidate_mean,
                        sigma=decision.sigma, noise_dof=decision.noise_dof,
-                       improvement=decision.improvement, margin=decision.margin)
+                       improvement=decision.improvement, margin=decision.margin,
+                       drop_margin=decision.drop_margin)
 
 
 def is_large_win(improvement: float, best: float, sigma: float | None,

@@ -17,14 +17,31 @@ Pure functions over numbers; the judge calls them with the runs the journal hold
 - A confirmation runs the best again while it has no more runs than the candidate and
   fewer than `min_best_runs` (that shrinks the standard error most, and measures the noise
   alongside the first experiments); else the candidate again.
+
+Two rules share those inputs (KeepRuleSettings.rule):
+
+- "margin" (above): keep at k standard errors, confirm anything in between, up to 8 runs.
+- "sequential" (issue 22): a sequential probability ratio test (Wald) of "a win of
+  `win_sigmas` sigma" against "no change", asked again after every run. With w the win in
+  val_bpb, s2 the variance of the difference of means (sigma widened to Student's t as
+  above) and d the improvement, the log likelihood ratio is w / s2 * (d - w / 2): keep once
+  the runs are `evidence` times likelier under the win (d >= keep_at), discard once they
+  are `evidence` times likelier under no change (d <= drop_at), run again in between, and
+  at `max_candidate_runs` keep only what clears keep_at. A change no better than the best
+  goes after one run, a near miss after two, a clear win is kept after one: the runs go to
+  the close calls. A keep made on thin evidence is checked again (recheck) each time the
+  best runs again: when the best's runs fall to its predecessor's drop_at, the keep was
+  noise and is reverted. bench/keep_rule.py measures both against the rule before them.
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from enum import Enum
 from typing import Iterable, Sequence
+
+from engine.base.records import KEEP_RULES
 
 
 class Action(str, Enum):
@@ -33,16 +50,29 @@ class Action(str, Enum):
     CONFIRM = "confirm"      # run the best or the candidate again (KeepDecision.rerun), ask again
 
 
+RULES = KEEP_RULES
+
+
 @dataclass(frozen=True)
 class KeepRuleSettings:
-    k: float = 2.0                  # margin in standard errors of the difference of means
+    rule: str = "margin"            # margin | sequential (see the module's docstring)
+    k: float = 2.0                  # margin: in standard errors of the difference of means
+    win_sigmas: float = 1.5         # sequential: the win it tests for, in units of sigma
+    evidence: float = 3.0           # sequential: likelihood ratio that keeps or discards
     max_candidate_runs: int = 8     # runs of one candidate, its confirmations included
     min_best_runs: int = 6          # confirmations re-run the best up to this many runs
     best_rerun_every: int = 10      # candidate runs judged against the best between its re-runs
 
     def __post_init__(self) -> None:
+        if self.rule not in RULES:
+            raise ValueError(f"rule must be one of {', '.join(RULES)}, not {self.rule!r}")
         if not self.k > 0:
             raise ValueError(f"k must be positive, not {self.k!r}")
+        if not self.win_sigmas > 0:
+            raise ValueError(f"win_sigmas must be positive, not {self.win_sigmas!r}")
+        if not self.evidence > 1:
+            raise ValueError(f"evidence must be a likelihood ratio above 1, not "
+                             f"{self.evidence!r}")
         if self.max_candidate_runs < 1:
             raise ValueError(f"max_candidate_runs must be at least 1, not "
                              f"{self.max_candidate_runs!r}")
@@ -51,6 +81,23 @@ class KeepRuleSettings:
         if self.best_rerun_every < 1:
             raise ValueError(f"best_rerun_every must be at least 1, not "
                              f"{self.best_rerun_every!r}")
+
+
+# The sequential rule as bench/keep_rule.py chose it: it confirms only close calls, so a
+# short limit costs little; its best runs more often (every 3 candidate runs, and up to 4
+# runs for confirmations), since a best measured on the one lucky run it was kept on makes
+# every later win look smaller; those runs also follow drift and recheck thin keeps.
+SEQUENTIAL = KeepRuleSettings(rule="sequential", win_sigmas=1.5, evidence=2.5,
+                              max_candidate_runs=5, min_best_runs=4, best_rerun_every=3)
+
+
+def settings_for(rule: str, **overrides) -> KeepRuleSettings:
+    """The rule's settings (SEQUENTIAL's limits for the sequential rule), with the values in
+    `overrides` that are not None in place of its own."""
+    if rule not in RULES:
+        raise ValueError(f"keep_rule must be one of {', '.join(RULES)}, not {rule!r}")
+    base = SEQUENTIAL if rule == "sequential" else KeepRuleSettings()
+    return replace(base, **{k: v for k, v in overrides.items() if v is not None})
 
 
 @dataclass(frozen=True)
@@ -72,9 +119,10 @@ class KeepDecision:
     sigma: float | None
     noise_dof: int
     improvement: float       # best_mean - candidate_mean: positive is better (lower val_bpb)
-    margin: float | None     # k' standard errors of the difference; None without a sigma
+    margin: float | None     # the improvement that keeps; None without a sigma
     reason: str              # one line, for the journal, the app and the report
     rerun: str = ""          # CONFIRM: "best" or "candidate", the commit to run again
+    drop_margin: float | None = None   # sequential: the improvement at or below which it goes
 
 
 def pooled_noise(groups: Iterable[Sequence[float]]) -> Noise:
@@ -112,6 +160,17 @@ def student_t_critical(z: float, dof: int) -> float:
     return z + sum(term / dof ** (i + 1) for i, term in enumerate(terms))
 
 
+def sequential_bounds(sigma: float, dof: int, n_best: int, n_candidate: int,
+                      settings: KeepRuleSettings) -> tuple[float, float]:
+    """(keep_at, drop_at): the improvements at which the sequential test's likelihood ratio
+    reaches `evidence` for a win of `win_sigmas` sigma, and for no change."""
+    win = settings.win_sigmas * sigma
+    widened = sigma * student_t_critical(2.0, dof) / 2.0
+    variance = widened ** 2 * (1 / n_best + 1 / n_candidate)
+    spread = math.log(settings.evidence) * variance / win
+    return win / 2 + spread, win / 2 - spread
+
+
 def judge(best_runs: Sequence[float], candidate_runs: Sequence[float], noise: Noise,
           settings: KeepRuleSettings = KeepRuleSettings()) -> KeepDecision:
     """Keep, discard or confirm a candidate against the best, from their val_bpb runs.
@@ -126,14 +185,18 @@ def judge(best_runs: Sequence[float], candidate_runs: Sequence[float], noise: No
     cand_mean = sum(candidate_runs) / n_cand
     improvement = best_mean - cand_mean
     can_confirm = n_cand < settings.max_candidate_runs
-    bound = (margin(noise.sigma, noise.dof, n_best, n_cand, settings.k)
-             if noise.sigma is not None else None)
+    sequential = settings.rule == "sequential" and bool(noise.sigma)
+    bound = drop = None
+    if sequential:
+        bound, drop = sequential_bounds(noise.sigma, noise.dof, n_best, n_cand, settings)
+    elif noise.sigma is not None:
+        bound = margin(noise.sigma, noise.dof, n_best, n_cand, settings.k)
     rerun = "best" if n_best < min(n_cand + 1, settings.min_best_runs) else "candidate"
 
     def decide(action: Action, reason: str) -> KeepDecision:
         return KeepDecision(action, n_best, best_mean, n_cand, cand_mean, noise.sigma,
                             noise.dof, improvement, bound, reason,
-                            rerun if action is Action.CONFIRM else "")
+                            rerun if action is Action.CONFIRM else "", drop)
 
     def confirm(why: str) -> KeepDecision:
         run = (f"the best again (run {n_best + 1})" if rerun == "best" else
@@ -151,6 +214,20 @@ def judge(best_runs: Sequence[float], candidate_runs: Sequence[float], noise: No
                       f"measured and the {settings.max_candidate_runs}-run limit is reached")
     sigmas = f"{improvement:.6f} = {improvement / noise.sigma:.2f} sigma" if noise.sigma \
         else f"{improvement:.6f}"
+    if sequential:
+        test = (f"{settings.evidence:g}:1 for a {settings.win_sigmas:g}-sigma win or for "
+                f"none, sigma on {noise.dof} dof")
+        if improvement >= bound:
+            return decide(Action.KEEP, f"better by {sigmas}, reaching the keep bound "
+                          f"{bound:.6f} ({test}): {vs}")
+        if improvement <= drop:
+            return decide(Action.DISCARD, f"better by only {sigmas}, at or under the drop "
+                          f"bound {drop:.6f} ({test}): {vs}")
+        if can_confirm:
+            return confirm(f"better by {sigmas}, between the drop bound {drop:.6f} and the "
+                           f"keep bound {bound:.6f}")
+        return decide(Action.DISCARD, f"better by {sigmas} but under the keep bound "
+                      f"{bound:.6f} after {n_cand} runs: not distinguishable from noise")
     if improvement >= bound:
         return decide(Action.KEEP, f"better by {sigmas}, clearing the margin {bound:.6f} "
                       f"(k={settings.k:g}, sigma on {noise.dof} dof): {vs}")
@@ -158,6 +235,27 @@ def judge(best_runs: Sequence[float], candidate_runs: Sequence[float], noise: No
         return confirm(f"better by {sigmas}, inside the margin {bound:.6f}")
     return decide(Action.DISCARD, f"better by {sigmas} but inside the margin {bound:.6f} "
                   f"after {n_cand} runs: not distinguishable from noise")
+
+
+def recheck(previous_runs: Sequence[float], best_runs: Sequence[float], noise: Noise,
+            settings: KeepRuleSettings = KeepRuleSettings()) -> KeepDecision | None:
+    """Does a kept change still beat the best it replaced, now that it has run again?
+
+    The sequential rule's test goes on over the best's runs (the ones it was kept on and its
+    re-runs since) against its predecessor's: DISCARD when they fall to the drop bound, the
+    keep was noise and is reverted; else it stands. None for the margin rule (its keeps are
+    final), and while the noise is unknown or the best has not run again."""
+    if settings.rule != "sequential" or not noise.sigma or len(best_runs) < 2:
+        return None
+    decision = judge(previous_runs, best_runs, noise,
+                     replace(settings, max_candidate_runs=len(best_runs) + 1))
+    if decision.action is not Action.DISCARD:
+        return replace(decision, action=Action.KEEP, rerun="",
+                       reason=f"the keep stands: better than the best before it by "
+                              f"{decision.improvement:.6f} over {decision.n_candidate} runs, "
+                              f"above the drop bound {decision.drop_margin:.6f}")
+    return replace(decision, reason=f"reverted: over {decision.n_candidate} runs, "
+                                    f"{decision.reason}")
 
 
 def should_rerun_best(candidate_runs_since_best_ran: int,

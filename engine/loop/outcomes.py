@@ -15,13 +15,14 @@ from engine.loop import judge
 from engine.loop import keep_rule
 from engine.scale import ray_executor
 from engine.loop import workers
-from engine.base.events import (BestUpdated, NoiseFloor, ProposalReady, RunFinished, RunStarted,
-                           WinHeld)
+from engine.base.events import (BestUpdated, ExperimentSettled, NoiseFloor, ProposalReady,
+                           RunFinished, RunStarted, WinHeld)
 from engine.journal import FAILED_STATUSES
 from engine.loop.loop_state import ActiveRun, Judging
 from engine.loop.lost_runs import MAX_LOST_RUNS
 from engine.loop.planner import RunPlan
-from engine.base.records import Decision, DecisionKind, Proposal, ProposalState, RunResult, RunStatus
+from engine.base.records import (Decision, DecisionKind, Proposal, ProposalState, Revert, RunResult,
+                            RunStatus)
 from engine.run.runner import Runner
 
 
@@ -205,6 +206,8 @@ class OutcomesMixin:
             return
         if noise.sigma is not None:
             self.emit(NoiseFloor(noise.sigma, self.run_groups()[done.commit]))
+        if plan.kind == "noise" and done.commit == self.measured_commit():
+            self.recheck_best(done.run_id)
         for waiting in list(self.loop.judging.values()):
             # a keep among them sends the wins on the old best back to train again
             if waiting.need == "best" and waiting.proposal_id in self.loop.judging:
@@ -355,6 +358,29 @@ class OutcomesMixin:
         self.rebase_open_proposals(self.best_commit())
         self.requeue_judgments_off_best()
 
+    def recheck_best(self, run_id: str) -> None:
+        """The best ran again (run `run_id`): a keep that its runs now show was noise is
+        reverted (keep_rule.recheck), the research branch going back to the best before it,
+        with the journal's record of why written first (a crash in between is mended by
+        restore, which puts the branch where the journal's best is)."""
+        best, previous = self.journal.best(), self.journal.previous_best()
+        if best is None or previous is None or best.kind != "experiment":
+            return
+        groups = self.run_groups()
+        decision = keep_rule.recheck(groups.get(previous.commit) or [previous.val_bpb],
+                                     groups.get(best.commit, []),
+                                     keep_rule.pooled_noise(groups.values()), self.rules().keep)
+        if decision is None or decision.action is not keep_rule.Action.DISCARD:
+            return
+        reverted = self.journal.revert_keep(best.run_id, Revert(
+            judge.measure_of(decision), previous.commit, run_id, decision.reason))
+        self.emit(ExperimentSettled(reverted))
+        self.notice("warning", f"experiment #{best.id} ({best.description}) {decision.reason}; "
+                    f"the research branch went back to {previous.commit[:7]}",
+                    f"its history stays in the journal (`pairlab report`); its commit is "
+                    f"{best.commit[:7]}")
+        self.became_best(previous.commit, previous.val_bpb, previous.id)
+
     def reset_to_best(self) -> None:
         best = self.best_commit()
         if self.workspace.head() != best:
@@ -365,10 +391,9 @@ class OutcomesMixin:
 
     def rules(self) -> judge.JudgeRules:
         s = self.settings
-        return judge.JudgeRules(
-            keep=keep_rule.KeepRuleSettings(k=s.keep_k, max_candidate_runs=s.max_candidate_runs,
-                                            min_best_runs=s.min_best_runs,
-                                            best_rerun_every=s.best_rerun_every),
+        return judge.JudgeRules(keep=keep_rule.settings_for(
+            s.keep_rule, k=s.keep_k, max_candidate_runs=s.max_candidate_runs,
+            min_best_runs=s.min_best_runs, best_rerun_every=s.best_rerun_every),
             large_win_sigmas=s.large_win_sigmas, large_win_fraction=s.large_win_fraction)
 
     def run_groups(self) -> dict[str, list[float]]:

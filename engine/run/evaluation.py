@@ -43,7 +43,8 @@ REPORTED_KEYS = ("training_seconds", "peak_memory_mb", "num_steps", "total_token
 EVALUATION_TIMEOUT_S = 900.0
 EXIT_EVALUATOR_TIMEOUT = 124
 EXIT_NOT_STARTED = 127
-SOURCE_ROOT = Path(nanochat.__file__).resolve().parent.parent   # holds nanochat/ and engine/
+HARNESS_ROOT = Path(nanochat.__file__).resolve().parent          # what train.py imports
+SOURCE_ROOT = HARNESS_ROOT.parent                                # holds nanochat/ and engine/
 
 
 @dataclass(frozen=True)
@@ -86,12 +87,27 @@ def prepare_folders(folders: RunFolders, data_dir: Path | None) -> list[Path]:
 def training_policy(workspace_root: Path, folders: RunFolders, linked: list[Path],
                     compile_cache: Path) -> Policy:
     """Reads: the workspace (or the slot's worktree it trains in), the run's data/ view, the
-    Python environment, the harness (and the system, the devices, see engine.run.confine).
+    Python environment, the harness package (and the system, the devices, see
+    engine.run.confine): not the engine's own folder, nor anything else on its sys.path.
     Writes: the run's train/ folder and its commit's compile cache (no other commit's)."""
-    reads = {str(Path(workspace_root).resolve()), str(folders.data.resolve()), str(SOURCE_ROOT),
+    reads = {str(Path(workspace_root).resolve()), str(folders.data.resolve()), str(HARNESS_ROOT),
              *python_paths(), *(str(path) for path in linked)}
     return Policy(read=tuple(sorted(reads)),
                   write=(str(folders.writable.resolve()), str(Path(compile_cache).resolve())))
+
+
+def exposed_validation(policy: Policy, data_dir: Path | None) -> str | None:
+    """Why a run confined by `policy` could read the validation split of data_dir (which
+    folder it may read holds it); None when it cannot."""
+    if data_dir is None:
+        return None
+    validation = Path(data_dir) / "val.bin"
+    folder = policy.reaching(validation)
+    if folder is None:
+        return None
+    return (f"the validation split {validation} lies inside {folder}, which the confined "
+            "training process may read: keep the data cache (PAIRLAB_CACHE, or the data dir "
+            "you gave) outside the workspace, the Python environment and the system's folders")
 
 
 def handed_over(folders: RunFolders) -> bool:

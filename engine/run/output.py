@@ -3,6 +3,9 @@
 Output is read in raw chunks so that `\\r` progress updates are seen as they happen; they
 are collapsed, so the log file and the line callback only ever get finished lines. The
 open line (a progress line being rewritten) is kept apart for a live view.
+
+The output is train.py's, so it is hostile text: every line is redacted (engine/base/api_key.py)
+before it is written, kept or handed on, and so is the open line.
 """
 
 from __future__ import annotations
@@ -14,6 +17,8 @@ import re
 import threading
 import time
 from collections import deque
+
+from engine.base.api_key import redact
 
 PROGRESS_RE = re.compile(r"step (\d+) \(([\d.]+)%\) \| loss: ([-\w.+]+).*?remaining: (\d+)s")
 KEPT_LINES = 400              # in memory, for the tail, the traceback and the summary block
@@ -123,8 +128,9 @@ class OutputCollector:
         return live
 
     def _set_live(self, text: str) -> None:
+        text = redact(text[:MAX_LIVE_CHARS])
         with self._lock:
-            self._live = text[:MAX_LIVE_CHARS]
+            self._live = text
 
     def _segment(self, text: str, terminator: str, finished: list[str]) -> None:
         if terminator == "\r":
@@ -164,6 +170,7 @@ class OutputCollector:
     def _write(self, finished: list[str]) -> None:
         if not finished:
             return
+        finished = [redact(line) for line in finished]
         if self.log_error is None:
             try:
                 self.log_file.write("".join(line + "\n" for line in finished))

@@ -26,6 +26,7 @@ from typing import Callable, Sequence
 
 from engine.run import confine
 from engine.run import evaluation
+from engine.base.api_key import redact
 from engine.base.records import RunResult, RunStatus
 from engine.run.compile_cache import CommitCache, code_key, seed_of
 from engine.run.output import OutputCollector
@@ -217,6 +218,9 @@ class Runner:
             if self.unconfined_reason is None:
                 policy = evaluation.training_policy(self.workspace_root, self.folders, linked,
                                                     cache)
+                exposed = evaluation.exposed_validation(policy, self.data_dir)
+                if exposed is not None:
+                    return self._result(RunStatus.CRASH, exposed)
                 command = confine.launcher(policy, self.command)
             return self._train(command, on_lines, on_progress, on_start, on_live)
         finally:
@@ -368,6 +372,7 @@ class Runner:
             signal_group(proc.pid, signal.SIGTERM)
 
     def _append_to_log(self, lines: list[str]) -> None:
+        lines = [redact(line) for line in lines]    # it prints what the model's graph names
         try:
             with open(self.log_path, "a", encoding="utf-8") as log_file:
                 log_file.write("".join(line + "\n" for line in lines))

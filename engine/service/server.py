@@ -7,7 +7,8 @@ falls behind is marked, its queue is dropped and it gets a fresh snapshot instea
 client never slows the engine.
 
 The socket is the owner's only (mode 0600 in a private directory), and every connection's
-peer credentials are checked: another uid is told why and disconnected.
+peer credentials are checked (engine/service/peers.py): another uid, or a process of one of
+the engine's training runs, is told why and disconnected.
 """
 
 from __future__ import annotations
@@ -17,7 +18,6 @@ import fcntl
 import os
 import queue
 import socket
-import struct
 import sys
 import threading
 import traceback
@@ -25,6 +25,7 @@ from collections import deque
 from pathlib import Path
 
 from engine.service import protocol as proto
+from engine.service import peers as service_peers
 from engine.base.events import (DraftFailed, DraftStarted, Event, LogLines, Notice, ProposalReady,
                            ReasoningDelta, RunFinished, RunProgress, RunStarted, StateChanged,
                            SteeringNote)
@@ -36,12 +37,6 @@ from engine.workspace.patch import PatchRefused
 CLIENT_QUEUE_LINES = 2000
 LOG_TAIL_LINES = 200
 PROGRESS_SAMPLES = 5000
-
-
-def peer_uid(conn: socket.socket) -> int:
-    _pid, uid, _gid = struct.unpack("3i", conn.getsockopt(
-        socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i")))
-    return uid
 
 
 class EngineLock:
@@ -226,11 +221,9 @@ class EngineService:
         """Handshake, then this client's commands until it leaves."""
         client = None
         try:
-            uid = peer_uid(conn)
-            if uid != os.getuid():
-                _send_and_close(conn, proto.Refused(
-                    f"connection refused: this engine belongs to uid {os.getuid()}, and uid "
-                    f"{uid} may not attach to it"))
+            refused = service_peers.refusal(*service_peers.peer_credentials(conn))
+            if refused is not None:
+                _send_and_close(conn, proto.Refused(refused))
                 return
             conn.sendall(proto.encode(proto.Hello(proto.PROTOCOL_VERSION, "engine",
                                                   workspace=str(self.session.workspace.root))))

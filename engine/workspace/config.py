@@ -10,6 +10,7 @@ from pathlib import Path, PurePosixPath
 
 from engine.base.devices import visible_gpus
 from engine.base.errors import WorkspaceError  # noqa: F401  (the workspace's error)
+from engine.base.records import KEEP_RULES
 
 METRIC_SOURCES = ("result_file", "summary_line")
 
@@ -43,6 +44,7 @@ class Config:
     ray_resources: str | None = None          # per run, e.g. "num_cpus=1,num_gpus=0"
     ray_data_dir: str | None = None           # the data on a path the cluster shares
     ladder: list[int] | None = None           # promotion depths; None: the device's default
+    keep_rule: str = "margin"                 # margin | sequential (README: The keep rule)
 
     def __post_init__(self) -> None:
         if self.executor not in ("local", "ray"):
@@ -61,6 +63,9 @@ class Config:
                 f"got {self.run_command!r}")
         for target in self.targets:
             check_relative_path(target)
+        if self.keep_rule not in KEEP_RULES:
+            raise WorkspaceError(f"keep_rule is {self.keep_rule!r}; it must be one of "
+                                 f"{', '.join(KEEP_RULES)}")
         if self.ladder is not None:
             try:
                 check_ladder(self.ladder)

@@ -30,9 +30,10 @@ import pytest
 
 from engine.base.events import Event, Notice, RunFinished, RunStarted
 from engine.journal import Journal
+from engine.service.server import EngineService, socket_path
 from engine.session import Session, SessionSettings
 from engine.workspace import Workspace
-from tests.conftest import TINY_ENV, tiny_train_py
+from tests.conftest import PRECISIONS, TINY_ENV, tiny_train_py
 
 # Fixed steps and small timeouts: every fault here resolves in a few seconds. No
 # speculative training: each fault test counts the runs it causes (tests/test_speculation.py).
@@ -61,17 +62,22 @@ def fault_settings(dataset_dir: Path, **overrides) -> SessionSettings:
 
 # ---------------------------------------------------------------------- workspaces
 
-@pytest.fixture(scope="session")
-def baselined_template(tmp_path_factory, dataset_dir) -> Path:
-    """A tiny workspace whose baseline has trained and been kept (journal, results.tsv)."""
+def precision_settings(dataset_dir: Path, precision: str, **overrides) -> SessionSettings:
+    """fault_settings on one precision path of train.py (PAIRLAB_PRECISION)."""
+    return fault_settings(dataset_dir, extra_env={**TINY_ENV, "PAIRLAB_PRECISION": precision},
+                          **overrides)
+
+
+def baselined(root: Path, settings: SessionSettings) -> Path:
+    """A tiny workspace at root whose baseline has trained under settings (auto mode, no
+    experiment) and been kept: journal, results.tsv."""
     from engine import workspace as ws_module
     from engine.agents.tuner import TunerAgent
-    ws = ws_module.init(tmp_path_factory.mktemp("template") / "ws", tag="faults")
+    ws = ws_module.init(root, tag="faults")
     train = ws.root / "train.py"
     ws.commit_change({"train.py": tiny_train_py(train.read_text())}, "tiny config for tests",
                      parent=ws.head())
-    session = Session(ws, TunerAgent(), fault_settings(dataset_dir, mode="auto",
-                                                       max_experiments=0), monitor=False)
+    session = Session(ws, TunerAgent(), settings, monitor=False)
     session.start()
     assert session.wait(timeout=WAIT_S), "the template's baseline did not finish"
     assert session.best, "the template's baseline did not produce a metric"
@@ -79,12 +85,42 @@ def baselined_template(tmp_path_factory, dataset_dir) -> Path:
     return ws.root
 
 
+def copy_of(template: Path, tmp_path: Path) -> Workspace:
+    """A private copy of a template workspace: git, journal and results.tsv included."""
+    root = tmp_path / "ws"
+    shutil.copytree(template, root, symlinks=True)
+    return Workspace.open(root)
+
+
+@pytest.fixture(scope="session")
+def baselined_template(tmp_path_factory, dataset_dir) -> Path:
+    return baselined(tmp_path_factory.mktemp("template") / "ws",
+                     fault_settings(dataset_dir, mode="auto", max_experiments=0))
+
+
 @pytest.fixture
 def baselined_workspace(baselined_template, tmp_path) -> Workspace:
-    """A private copy of the baselined template: git, journal and results.tsv included."""
-    root = tmp_path / "ws"
-    shutil.copytree(baselined_template, root, symlinks=True)
-    return Workspace.open(root)
+    """A private copy of the baselined template."""
+    return copy_of(baselined_template, tmp_path)
+
+
+@pytest.fixture(scope="session", params=PRECISIONS, ids=lambda p: f"PAIRLAB_PRECISION={p}")
+def precision(request) -> str:
+    """tests/conftest.py's `precision`, once per session: the templates trained on each path
+    are shared by the tests that use them."""
+    return request.param
+
+
+@pytest.fixture(scope="session")
+def precision_template(tmp_path_factory, dataset_dir, precision) -> Path:
+    return baselined(tmp_path_factory.mktemp(f"template-{precision}") / "ws",
+                     precision_settings(dataset_dir, precision, mode="auto", max_experiments=0))
+
+
+@pytest.fixture
+def precision_workspace(precision_template, tmp_path) -> Workspace:
+    """baselined_workspace on the `precision` path: its baseline trained with it."""
+    return copy_of(precision_template, tmp_path)
 
 
 # ---------------------------------------------------------------------- the journal
@@ -215,7 +251,8 @@ def run_fault(workspace: Workspace, settings: SessionSettings,
               transform: Callable[[str], str] | None = None, *,
               during: Callable[[Session, RunStarted], object] | None = None,
               agent=None, expect: str = "next proposal", proposal_id: int | None = None,
-              check_git: bool = True, timeout: float = WAIT_S) -> FaultOutcome:
+              check_git: bool = True, timeout: float = WAIT_S,
+              serve: bool = False) -> FaultOutcome:
     """Drive one experiment into a fault and stop once the loop has shown what it does next.
 
     transform: the train.py the first proposal trains (review mode + edit); None accepts
@@ -227,12 +264,16 @@ def run_fault(workspace: Workspace, settings: SessionSettings,
     proposal_id: a proposal the journal already has queued (accepted before a restart):
         nothing is drafted or decided, the test waits for that proposal's outcome.
     check_git: False where git cannot match yet (a stop on a full disk, fixed by a restart).
+    serve: the session also serves its socket in .pairlab/, as the engine process does.
     """
     from engine.agents.tuner import TunerAgent
     before = journal_snapshot(workspace)
     session = Session(workspace, agent or TunerAgent(), settings, monitor=False)
     events: list[Event] = []
     session.subscribe(events.append)
+    service = EngineService(session, socket_path(workspace.pairlab_dir)) if serve else None
+    if service is not None:
+        service.start()
     session.start()
     extra = {}
     try:
@@ -268,6 +309,8 @@ def run_fault(workspace: Workspace, settings: SessionSettings,
                              f"not {expect!r}")
     finally:
         session.stop()
+        if service is not None:
+            service.close()
     outcome = FaultOutcome(session, events, before, journal_snapshot(workspace), proposal_id,
                            extra=extra)
     session.journal.close()

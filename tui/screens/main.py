@@ -544,6 +544,8 @@ class MainScreen(Screen):
         path = experiment.log_path or str(self.session.log_path(experiment.id))
         number = "—" if experiment.id is None or experiment.id < 0 else f"#{experiment.id}"
         judged = f" · {experiment.measure.describe()}" if experiment.measure else ""
+        if experiment.revert is not None:
+            judged += f" · {experiment.revert.describe()}"
         self.app.push_screen(LogViewerScreen(
             f"run {experiment.run_id} · experiment {number} · {experiment.description}{judged}",
             Path(path)))

@@ -30,6 +30,7 @@ LABEL_STYLES = {
     "killed": "$text-error",
     "interrupted": "dim",
     "held": "bold $text-accent",
+    "reverted": "strike $text-warning",     # kept, then its re-runs showed it was noise
     "vetoed": "$text-error",
     "noise repeat": "italic $text-secondary",   # $text-muted renders black in a table cell
     "confirmation": "$text-primary",
@@ -81,7 +82,8 @@ def totals(experiments: list[Experiment]) -> str:
 def status_text(experiment: Experiment, training: bool = False) -> str:
     """What the run is, and beside a keep (or a held win) its improvement in units of the
     pooled sigma ("keep 5.0σ"): what the keep rule's margin was measured against. The full
-    figures (n, means, sigma, margin) are in the title of the run's log (enter)."""
+    figures (n, means, sigma, bounds; a reverted keep's recheck too) are in the title of the
+    run's log (enter)."""
     label = run_label(experiment, training)
     sigmas = experiment.measure.sigmas if experiment.measure is not None else None
     if training or sigmas is None or experiment.status not in (RunStatus.KEEP, RunStatus.HELD):
