@@ -196,7 +196,7 @@ def test_the_python_environment_is_readable_but_not_the_folder_python_started_in
     # to the training process when python_paths() was sys.path.
     (tmp_path / "lib").mkdir()
     script = tmp_path / "paths.py"
-    script.write_text("import json\nfrom engine import confine\n"
+    script.write_text("import json\nfrom engine.run import confine\n"
                       "print(json.dumps(confine.python_paths()))\n")
     source_root = Path(confine.__file__).resolve().parent.parent
     proc = subprocess.run([sys.executable, str(script)], capture_output=True, text=True,

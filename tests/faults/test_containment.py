@@ -21,7 +21,7 @@ import threading
 import pytest
 
 from engine.run import confine
-from pairlab.cli import ENGINE_ARGS_NAME, engine_argv, start_engine
+from pairlab.engine_process import ENGINE_ARGS_NAME, engine_argv, start_engine
 from engine.base.events import RunFinished
 from engine.base.records import RunStatus
 from tests.conftest import TINY_ENV, processes_with
