@@ -31,15 +31,15 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from engine.service import protocol as proto                                  # noqa: E402
-from engine.agents.tuner import TunerAgent                            # noqa: E402
-from engine.service.client import connect                                     # noqa: E402
-from engine.base.events import StateChanged                                # noqa: E402
-from engine.journal import Journal                                    # noqa: E402
-from engine.base.records import RunResult, RunStatus                       # noqa: E402
-from engine.service.server import EngineService, socket_path                 # noqa: E402
-from engine.session import Session, SessionSettings                   # noqa: E402
-from engine.workspace import init                                     # noqa: E402
+from engine.agents.tuner import TunerAgent  # noqa: E402
+from engine.base.events import StateChanged  # noqa: E402
+from engine.base.records import RunResult, RunStatus  # noqa: E402
+from engine.journal import Journal  # noqa: E402
+from engine.service import protocol as proto  # noqa: E402
+from engine.service.client import connect  # noqa: E402
+from engine.service.server import EngineService, socket_path  # noqa: E402
+from engine.session import Session, SessionSettings  # noqa: E402
+from engine.workspace import init  # noqa: E402
 
 SPACING_S = 0.002
 
@@ -136,7 +136,7 @@ def _first_screen(path: str, rows: int, out) -> None:
     """In a child process of its own, like `pairlab attach` beside the detached engine:
     (attach, first screen), seconds from connect() to the snapshot, and to the app's main
     screen mounted with every experiment row loaded."""
-    from tui.app import PairlabApp                       # imported before the clock starts
+    from tui.app import PairlabApp  # imported before the clock starts
     started = time.perf_counter()
     client = connect(Path(path))
     attached = time.perf_counter() - started

@@ -27,13 +27,18 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from engine.agents.tuner import TunerAgent                          # noqa: E402
-from engine.base.events import (LogLines, RunFinished, RunProgress, RunStarted,  # noqa: E402
-                           SessionStopped)
-from engine.run.compile_cache import write_seed                     # noqa: E402
-from engine.session import Session, SessionSettings                  # noqa: E402
-from engine.workspace import init                                    # noqa: E402
-from nanochat import prepare                                         # noqa: E402
+from engine.agents.tuner import TunerAgent  # noqa: E402
+from engine.base.events import (  # noqa: E402
+    LogLines,
+    RunFinished,
+    RunProgress,
+    RunStarted,
+    SessionStopped,
+)
+from engine.run.compile_cache import write_seed  # noqa: E402
+from engine.session import Session, SessionSettings  # noqa: E402
+from engine.workspace import init  # noqa: E402
+from nanochat import prepare  # noqa: E402
 
 TARGET_S = 6 * 60
 # setup: process start, imports, data, model (to train.py's first line); compile: step 0;

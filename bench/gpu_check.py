@@ -28,14 +28,19 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from engine import doctor                                          # noqa: E402
-from engine.agents.tuner import TunerAgent                         # noqa: E402
-from engine.base.events import DecisionMade, ExperimentSettled, RunFinished, SessionStopped  # noqa: E402
-from engine.base.records import RunStatus                               # noqa: E402
-from engine.run.runner import Runner                                   # noqa: E402
-from engine.session import Session, SessionSettings                 # noqa: E402
-from engine.workspace import init                                   # noqa: E402
-from nanochat import prepare                                        # noqa: E402
+from engine import doctor  # noqa: E402
+from engine.agents.tuner import TunerAgent  # noqa: E402
+from engine.base.events import (  # noqa: E402
+    DecisionMade,
+    ExperimentSettled,
+    RunFinished,
+    SessionStopped,
+)
+from engine.base.records import RunStatus  # noqa: E402
+from engine.run.runner import Runner  # noqa: E402
+from engine.session import Session, SessionSettings  # noqa: E402
+from engine.workspace import init  # noqa: E402
+from nanochat import prepare  # noqa: E402
 
 TARGET_S = 5 * 60
 TOKENS_PER_SEC = re.compile(r"step (\d+) .*?tok/sec: ([\d,]+)")
@@ -47,6 +52,7 @@ EXPERIMENTS = 3                   # --quick: 1, the loop's shape without its min
 
 def machine() -> str:
     import torch
+
     from nanochat import harness
     if torch.cuda.is_available():
         name = torch.cuda.get_device_name()

@@ -47,8 +47,14 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from engine.loop.judge import JudgeRules, Verdict, judge  # noqa: E402
-from engine.loop.keep_rule import (SEQUENTIAL, Action, KeepRuleSettings, pooled_noise,  # noqa: E402
-                              recheck, should_rerun_best)
+from engine.loop.keep_rule import (  # noqa: E402
+    SEQUENTIAL,
+    Action,
+    KeepRuleSettings,
+    pooled_noise,
+    recheck,
+    should_rerun_best,
+)
 
 BASELINE_RUNS = 3          # the baseline and its 2 noise repeats, as `make run` does today
 MIX = ((2.0, 0.3), (0.0, 0.4), (-2.0, 0.3))   # (true improvement, share)

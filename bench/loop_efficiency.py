@@ -28,12 +28,12 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from engine.base.commands import CommandRefused                           # noqa: E402
-from engine.base.events import ProposalReady, RunFinished, RunStarted     # noqa: E402
-from engine.base.records import Draft                                     # noqa: E402
-from engine.session import Session, SessionSettings                  # noqa: E402
-from engine.workspace import init                                    # noqa: E402
-from nanochat import prepare                                         # noqa: E402
+from engine.base.commands import CommandRefused  # noqa: E402
+from engine.base.events import ProposalReady, RunFinished, RunStarted  # noqa: E402
+from engine.base.records import Draft  # noqa: E402
+from engine.session import Session, SessionSettings  # noqa: E402
+from engine.workspace import init  # noqa: E402
+from nanochat import prepare  # noqa: E402
 
 # A train.py that spends the budget "training" and reports through the result file, so the
 # figures measure the loop, not the model. val_bpb falls with LR, so some runs are kept.

@@ -38,17 +38,25 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from engine.agents import template_checks                                     # noqa: E402
-from engine.agents.base import DraftContext, HistoryItem                       # noqa: E402
-from engine.agents.knobs import knob_for                                    # noqa: E402
-from engine.agents.trials import describe                                 # noqa: E402
-from engine.agents.tuner import TunerAgent                                # noqa: E402
-from engine.base.constants import parse_constants, rewrite                # noqa: E402
-from engine.loop.keep_rule import (RULES, Action, KeepRuleSettings, judge,  # noqa: E402
-                                   pooled_noise, recheck, settings_for, should_rerun_best)
-from engine.base.records import Draft, RunStatus                                    # noqa: E402
-from engine.run.runner import Runner                                               # noqa: E402
-from nanochat import prepare                                                   # noqa: E402
+from engine.agents import template_checks  # noqa: E402
+from engine.agents.base import DraftContext, HistoryItem  # noqa: E402
+from engine.agents.knobs import knob_for  # noqa: E402
+from engine.agents.trials import describe  # noqa: E402
+from engine.agents.tuner import TunerAgent  # noqa: E402
+from engine.base.constants import parse_constants, rewrite  # noqa: E402
+from engine.base.records import Draft, RunStatus  # noqa: E402
+from engine.loop.keep_rule import (  # noqa: E402
+    RULES,
+    Action,
+    KeepRuleSettings,
+    judge,
+    pooled_noise,
+    recheck,
+    settings_for,
+    should_rerun_best,
+)
+from engine.run.runner import Runner  # noqa: E402
+from nanochat import prepare  # noqa: E402
 
 HARNESS_SOURCE = (ROOT / "nanochat" / "harness.py").read_text()
 TEMPLATE = (ROOT / "nanochat" / "train.py").read_text()

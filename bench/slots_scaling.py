@@ -24,9 +24,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.loop_efficiency import TimedFakeAgent, bench_workspace   # noqa: E402
-from engine.base.events import RunFinished, RunStarted                    # noqa: E402
-from engine.session import Session, SessionSettings                  # noqa: E402
+from bench.loop_efficiency import TimedFakeAgent, bench_workspace  # noqa: E402
+from engine.base.events import RunFinished, RunStarted  # noqa: E402
+from engine.session import Session, SessionSettings  # noqa: E402
 
 SLOT_COUNTS = (1, 2, 4)
 

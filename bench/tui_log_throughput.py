@@ -32,10 +32,10 @@ import psutil
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 # The app's package first: it sets Textual's frame rate, read when Textual is first imported.
-from tui.app import PairlabApp  # noqa: E402
 from textual import events  # noqa: E402
 
 from engine.base.events import LiveLine, LogLines, RunStarted  # noqa: E402
+from tui.app import PairlabApp  # noqa: E402
 from tui.widgets.log import LogPanel  # noqa: E402
 from tui.widgets.panel import PanelGrid  # noqa: E402
 

@@ -9,9 +9,9 @@ from pathlib import Path
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
+from engine.base.records import Experiment, KeepMeasure, RunStatus
 from engine.journal import FAILED_STATUSES, Journal, Totals
 from engine.journal.promotions import Promotion
-from engine.base.records import Experiment, KeepMeasure, RunStatus
 
 PNG_NAME = "progress.png"
 MD_NAME = "report.md"

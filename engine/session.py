@@ -15,15 +15,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
-from engine.base import commands
-from engine.loop import keep_rule
 from engine.agents.base import Agent
+from engine.base import commands
+from engine.base.events import Event, ModeChanged, RunStarted
+from engine.base.records import Experiment, Proposal
+from engine.journal import Journal
+from engine.loop import keep_rule
 from engine.loop.coordinator import Coordinator
 from engine.loop.decisions import MODES
-from engine.base.events import Event, ModeChanged, RunStarted
-from engine.journal import Journal
 from engine.run.monitor import Monitor
-from engine.base.records import Experiment, Proposal
 from engine.workspace import Workspace
 
 
@@ -80,7 +80,7 @@ class Session:
 
     @property
     def agent(self) -> Agent:
-        return self._coordinator.agent
+        return self._coordinator.drafting.agent
 
     # ------------------------------------------------------------------ events
 

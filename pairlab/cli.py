@@ -17,12 +17,15 @@ from pathlib import Path
 from engine.base import api_key
 from engine.base import events as ev
 from engine.base.records import RunStatus
-
 from pairlab.arguments import COMMANDS, build_parser  # noqa: F401  (tests read COMMANDS)
-from pairlab.engine_process import (attach, attach_or_start, restart_argv,  # noqa: F401
-                                    start_engine)
-from pairlab.sessions import (UserError, executor_settings, existing_workspace,  # noqa: F401
-                              open_workspace, settings_from_args)
+from pairlab.engine_process import attach, attach_or_start, restart_argv, start_engine  # noqa: F401
+from pairlab.sessions import (  # noqa: F401
+    UserError,
+    executor_settings,
+    existing_workspace,
+    open_workspace,
+    settings_from_args,
+)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -223,7 +226,7 @@ def _init(args) -> int:
 def _report(args) -> int:
     from engine.journal import Journal
     from engine.report import write_report
-    from engine.workspace import WorkspaceError, Workspace, default_workspace_dir
+    from engine.workspace import Workspace, WorkspaceError, default_workspace_dir
     try:
         ws = Workspace.open(args.workspace or default_workspace_dir())
     except WorkspaceError as exc:

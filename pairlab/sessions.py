@@ -21,7 +21,7 @@ def open_workspace(directory: Path | None):
 
 
 def existing_workspace(directory: Path | None):
-    from engine.workspace import WorkspaceError, Workspace, default_workspace_dir
+    from engine.workspace import Workspace, WorkspaceError, default_workspace_dir
     try:
         return Workspace.open(directory or default_workspace_dir())
     except WorkspaceError as exc:

@@ -11,7 +11,6 @@ import pytest
 from engine.run import doctor
 from nanochat import prepare
 
-
 # ---------------------------------------------------------------------- nothing left behind
 
 # Every process a test starts inherits this variable, daemons included (a tmux server, a

@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from pairlab.cli import build_parser, main
 from engine.workspace import init
+from pairlab.cli import build_parser, main
 
 
 @pytest.mark.parametrize("command", [["attach"], ["attach", "--read-only"], ["status"], ["stop"]])

@@ -7,13 +7,13 @@ from __future__ import annotations
 import asyncio
 
 import pytest
+from test_tui_support import pilot_test
 
 from engine.agents.tuner import TunerAgent
 from engine.service.client import connect
 from engine.service.server import EngineService, socket_path
 from engine.session import Session, SessionSettings
 from engine.workspace import init
-from test_tui_support import pilot_test
 from tui.app import EXIT_RESTART, PairlabApp
 from tui.screens.main import MainScreen
 from tui.screens.modals import EngineLostScreen

@@ -12,10 +12,10 @@ from pathlib import Path
 
 import pytest
 
-from engine.run import confine
-from engine.loop import planner
 from engine.agents.tuner import TunerAgent
 from engine.base.events import Notice, SessionStopped
+from engine.loop import planner
+from engine.run import confine
 from engine.session import Session
 from tests.conftest import TINY_ENV
 from tests.faults.conftest import headless

@@ -14,14 +14,6 @@ from pathlib import Path
 
 import pytest
 
-from engine.journal import (
-    INTERRUPTED_MESSAGE,
-    SCHEMA_VERSION,
-    TSV_HEADER,
-    Journal,
-    journal_path,
-    redact,
-)
 from engine.base.records import (
     Decision,
     DecisionKind,
@@ -32,6 +24,14 @@ from engine.base.records import (
     RunResult,
     RunStatus,
     Usage,
+)
+from engine.journal import (
+    INTERRUPTED_MESSAGE,
+    SCHEMA_VERSION,
+    TSV_HEADER,
+    Journal,
+    journal_path,
+    redact,
 )
 
 REPO_ROOT = Path(__file__).resolve().parents[1]

@@ -37,7 +37,7 @@ def test_without_nvml_the_gpu_list_is_empty(monkeypatch):
 
 
 def test_wrapper_turns_failures_into_none():
-    import pynvml   # installed, but this machine has no libnvidia-ml
+    import pynvml  # installed, but this machine has no libnvidia-ml
 
     nvml = Nvml()   # no driver on this machine: not available, and no exception
     nvml._lib = pynvml   # as if init had worked: every call now fails inside NVML

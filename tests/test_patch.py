@@ -7,11 +7,19 @@ import pytest
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
-from engine.workspace import patch
-from engine.workspace.patch import (PROTECTED_BEGIN, PROTECTED_END, PatchRefused, check_protected,
-                          parse_user_diff, rebase, split_lines, unified_diff, validate_change,
-                          validator)
-from engine.workspace import adopt, init
+from engine.workspace import adopt, init, patch
+from engine.workspace.patch import (
+    PROTECTED_BEGIN,
+    PROTECTED_END,
+    PatchRefused,
+    check_protected,
+    parse_user_diff,
+    rebase,
+    split_lines,
+    unified_diff,
+    validate_change,
+    validator,
+)
 
 TRAIN = f"""\
 import os

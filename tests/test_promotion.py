@@ -12,22 +12,25 @@ from dataclasses import replace
 from pathlib import Path
 
 import pytest
+from test_tui_support import pilot_test
 
-from engine.loop import planner
-from engine.loop import promotion
 from engine.base.events import ExperimentSettled, RunFinished, RunStarted
+from engine.base.git import run_git
+from engine.base.records import Experiment, PromotionRung, RunStatus
+from engine.loop import planner, promotion
 from engine.loop.planner import LoopView
 from engine.loop.promoting import PREEMPTED
 from engine.loop.promotion import KeptChange, LadderView, PromotionRecord
-from engine.base.records import Experiment, PromotionRung, RunStatus
 from engine.report import write_report
-from engine.session import Session, SessionSettings
 from engine.scale.slots import Worktrees
-from engine.base.git import run_git
+from engine.session import Session, SessionSettings
 from engine.workspace import Config, Workspace, WorkspaceError
-from test_tui_support import pilot_test
-from tests.faults.conftest import (assert_git_matches_journal, assert_nothing_lost,
-                                   journal_snapshot, wait_for)
+from tests.faults.conftest import (
+    assert_git_matches_journal,
+    assert_nothing_lost,
+    journal_snapshot,
+    wait_for,
+)
 from tests.test_coordinator import WAIT_S, ScriptedAgent, standin_workspace, started
 from tui.app import PairlabApp
 from tui.widgets.experiments import ladder_marks, run_label, totals

@@ -16,16 +16,15 @@ from pathlib import Path
 import psutil
 import pytest
 
-from pairlab import cli
-from engine.scale import ray_executor
-from engine.scale import ray_worker
 from engine.agents.tuner import TunerAgent
 from engine.base.events import LogLines, Notice, RunFinished, RunStarted
-from engine.journal import TSV_HEADER
-from engine.base.records import RunStatus
-from engine.session import Session
 from engine.base.git import run_git
+from engine.base.records import RunStatus
+from engine.journal import TSV_HEADER
+from engine.scale import ray_executor, ray_worker
+from engine.session import Session
 from engine.workspace import Config, WorkspaceError
+from pairlab import cli
 
 SOURCE_ROOT = Path(__file__).resolve().parent.parent
 RAY_TASK_TITLE = "ray::train_on_worker"     # a Ray worker's process title while it trains

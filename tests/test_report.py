@@ -6,9 +6,16 @@ import struct
 
 import pytest
 
+from engine.base.records import (
+    Decision,
+    DecisionKind,
+    KeepMeasure,
+    Proposal,
+    RunResult,
+    RunStatus,
+    Usage,
+)
 from engine.journal import Journal, journal_path
-from engine.base.records import (Decision, DecisionKind, KeepMeasure, Proposal, RunResult, RunStatus,
-                            Usage)
 from engine.report import summarize, write_report
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"

@@ -15,8 +15,8 @@ import time
 import psutil
 import pytest
 
-from engine.run import confine
 from engine.base.records import RunStatus
+from engine.run import confine
 from engine.run.output import OutputCollector
 from engine.run.runner import Runner, check_result
 from tests.conftest import processes_with

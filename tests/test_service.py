@@ -15,12 +15,18 @@ from pathlib import Path
 
 import pytest
 
-from engine.service import protocol as proto
-from engine.service import peers as service_peers
 from engine.agents.tuner import TunerAgent
-from engine.service.client import CommandRefused, EngineClient, EngineLost, connect
 from engine.base.events import StateChanged
-from engine.service.server import EngineLock, EngineService, ServiceError, reachable, socket_path
+from engine.service import peers as service_peers
+from engine.service import protocol as proto
+from engine.service.client import CommandRefused, EngineClient, EngineLost, connect
+from engine.service.server import (
+    EngineLock,
+    EngineService,
+    ServiceError,
+    reachable,
+    socket_path,
+)
 from engine.session import Session, SessionSettings
 from engine.workspace import init
 
@@ -142,8 +148,8 @@ def test_a_process_that_the_engine_did_not_start_is_served(served):
     """The same client, orphaned before it connects (its parent exits, as `pairlab` does when
     it is done), descends from the engine no more: served."""
     session, service = served()
-    orphan = (f"import os\nparent = os.getpid()\nif os.fork():\n    os._exit(0)\n"
-              f"while os.getppid() == parent:\n    pass\n" + PEER)
+    orphan = ("import os\nparent = os.getpid()\nif os.fork():\n    os._exit(0)\n"
+              "while os.getppid() == parent:\n    pass\n" + PEER)
     launcher = subprocess.Popen([sys.executable, "-c", orphan, str(service.path)],
                                 stdout=subprocess.PIPE, text=True)
     out, _ = launcher.communicate(timeout=60)

@@ -14,9 +14,9 @@ from typing import Any, ClassVar
 
 import pytest
 
-from engine.service import protocol as proto
 from engine.base.events import EVENT_TYPES, Event, RunStarted
 from engine.base.records import Experiment, Proposal, ProposalState, RunStatus, Usage
+from engine.service import protocol as proto
 
 
 def sample(hint, depth: int = 0):

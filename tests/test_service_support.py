@@ -15,8 +15,8 @@ from typing import Callable
 import psutil
 import pytest
 
-from pairlab.engine_process import ENGINE_ARGS_NAME
 from engine.service.client import EngineLost
+from pairlab.engine_process import ENGINE_ARGS_NAME
 from tests.conftest import TINY_ENV
 
 WAIT_S = 180.0                 # a loaded CI box imports torch slowly

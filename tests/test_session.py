@@ -9,8 +9,8 @@ import pytest
 
 from engine.agents.tuner import TunerAgent
 from engine.base.events import DecisionMade, ProposalReady, RunFinished, SessionStopped
-from engine.journal import Journal, TSV_HEADER
 from engine.base.records import ProposalState, RunStatus
+from engine.journal import TSV_HEADER, Journal
 from engine.session import Session
 from engine.workspace import Workspace
 from tests.conftest import TINY_ENV
@@ -163,8 +163,8 @@ def _headless(workspace, dataset_dir, *extra, env_extra=None, **popen):
 @pytest.mark.parametrize("precision, experiments", [("fp32", 3), ("bf16", 1)])
 def test_headless_on_a_fresh_dir_ends_with_results_and_branch_on_best(tmp_path, dataset_dir,
                                                                       precision, experiments):
-    from tests.conftest import tiny_train_py
     from engine.workspace import init
+    from tests.conftest import tiny_train_py
     ws = init(tmp_path / "ws")
     (ws.root / "train.py").write_text(tiny_train_py((ws.root / "train.py").read_text()))
     ws.commit_change({"train.py": (ws.root / "train.py").read_text()}, "tiny", parent=ws.head())
@@ -252,8 +252,9 @@ def test_report_writes_png_and_markdown(tiny_workspace, tiny_settings, tmp_path)
 ])
 def test_headless_lines_say_what_a_finished_run_was(kind, status, reads):
     import io
-    from pairlab.headless import ReadablePrinter
+
     from engine.base.records import Experiment, RunResult
+    from pairlab.headless import ReadablePrinter
     val_bpb = None if status is RunStatus.CRASH else 1.1
     experiment = Experiment(id=2, proposal_id=None, commit="f" * 40, status=status,
                             val_bpb=val_bpb, memory_gb=0.0, description="", decided_by="",

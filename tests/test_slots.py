@@ -12,13 +12,25 @@ import pytest
 
 from engine.base.events import BestUpdated, ProposalReady, RunFinished, RunStarted
 from engine.base.records import RunStatus
-from engine.session import SessionSettings
 from engine.scale.slots import Worktrees, default_slot_count, make_slots, upcoming_slots
-from tests.faults.conftest import (assert_git_matches_journal, assert_nothing_lost,  # noqa: F401
-                                   baselined_template, baselined_workspace, headless,
-                                   journal_snapshot, results_rows, wait_for)
-from tests.test_coordinator import (WAIT_S, ScriptedAgent, run_kinds,
-                                    standin_workspace, started)
+from engine.session import SessionSettings
+from tests.faults.conftest import (  # noqa: F401
+    assert_git_matches_journal,
+    assert_nothing_lost,
+    baselined_template,
+    baselined_workspace,
+    headless,
+    journal_snapshot,
+    results_rows,
+    wait_for,
+)
+from tests.test_coordinator import (
+    WAIT_S,
+    ScriptedAgent,
+    run_kinds,
+    standin_workspace,
+    started,
+)
 from tests.test_tui_support import ScriptedSession, pilot_test, proposal
 
 STANDIN = '''\
@@ -204,6 +216,7 @@ def test_the_engine_killed_with_two_runs_in_flight_resumes_both(baselined_worksp
 @pilot_test
 async def test_the_device_panel_shows_every_slot_and_l_switches_the_followed_log(tmp_path):
     from textual.widgets import Static
+
     from tui.app import PairlabApp
     log = tmp_path / "run-0004.log"
     log.write_text("step 1 of the second slot\n")

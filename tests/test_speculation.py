@@ -14,15 +14,28 @@ from pathlib import Path
 import pytest
 
 from engine.base.commands import CommandRefused
-from engine.base.events import (BestUpdated, ExperimentSettled, ProposalStale, RunAccepted,
-                           RunFinished, RunStarted, WinHeld)
+from engine.base.events import (
+    BestUpdated,
+    ExperimentSettled,
+    ProposalStale,
+    RunAccepted,
+    RunFinished,
+    RunStarted,
+    WinHeld,
+)
 from engine.base.records import ProposalState, RunStatus
 from engine.scale.slots import Worktrees
-from tests.faults.conftest import assert_git_matches_journal, journal_snapshot
-from tests.test_coordinator import (WAIT_S, Events, ScriptedAgent, run_kinds,
-                                    standin_workspace, started)
-from tests.test_tui_support import pilot_test
 from engine.session import Session, SessionSettings
+from tests.faults.conftest import assert_git_matches_journal, journal_snapshot
+from tests.test_coordinator import (
+    WAIT_S,
+    Events,
+    ScriptedAgent,
+    run_kinds,
+    standin_workspace,
+    started,
+)
+from tests.test_tui_support import pilot_test
 
 STANDIN = '''\
 VALUE = 1.0  # the val_bpb this stand-in reports
@@ -277,8 +290,8 @@ def test_a_held_win_trained_ahead_takes_one_decision_then_a_settlement(
 
 
 def test_speculation_is_a_setting_and_a_flag(tmp_path):
-    from pairlab.cli import build_parser, settings_from_args
     from engine.workspace import Config
+    from pairlab.cli import build_parser, settings_from_args
     parser = build_parser()
     assert settings_from_args(parser.parse_args([]), Config()).speculate is True
     assert settings_from_args(parser.parse_args(["--no-speculate"]), Config()).speculate is False
@@ -291,6 +304,7 @@ def test_speculation_is_a_setting_and_a_flag(tmp_path):
 async def test_the_app_shows_the_run_as_speculative_until_the_human_accepts_it(
         standin, dataset_dir, tmp_path):
     from textual.widgets import DataTable
+
     from tests.test_tui_session import wait_for
     from tui.app import PairlabApp
     events = Events()

@@ -9,16 +9,24 @@ import os
 import subprocess
 
 import pytest
+from test_service_support import WAIT_S as SERVICE_WAIT_S
+from test_service_support import Watch
+from test_tui_support import pilot_test
 from textual.widgets import Input, TextArea
 
-from engine.service.client import connect
 from engine.base.commands import CommandRefused
-from engine.base.events import BestUpdated, Notice, ProposalReady, RunFinished, RunStarted, SteeringNote
+from engine.base.events import (
+    BestUpdated,
+    Notice,
+    ProposalReady,
+    RunFinished,
+    RunStarted,
+    SteeringNote,
+)
 from engine.base.records import RunStatus
 from engine.report import markdown, summarize
+from engine.service.client import connect
 from engine.service.server import EngineService, socket_path
-from test_service_support import WAIT_S as SERVICE_WAIT_S, Watch
-from test_tui_support import pilot_test
 from tests.test_coordinator import WAIT_S, ScriptedAgent, settings, standin, started
 from tui.app import PairlabApp
 from tui.screens.steering import NoteScreen, ProgramEditorScreen

@@ -14,15 +14,32 @@ from dataclasses import replace
 from pathlib import Path
 
 import pytest
+from test_tui_support import (
+    T0,
+    ScriptedSession,
+    experiment,
+    history_events,
+    pilot_test,
+    proposal,
+)
 from textual.widgets import DataTable, Input
 from textual.widgets.data_table import RowKey
 
-from engine.base.events import (DeviceSample, DraftStarted, ExperimentSettled, LiveLine, LogLines,
-                           ProposalReady, ReasoningDelta, RunAccepted, RunFinished, RunProgress,
-                           RunStarted, StateChanged)
+from engine.base.events import (
+    DeviceSample,
+    DraftStarted,
+    ExperimentSettled,
+    LiveLine,
+    LogLines,
+    ProposalReady,
+    ReasoningDelta,
+    RunAccepted,
+    RunFinished,
+    RunProgress,
+    RunStarted,
+    StateChanged,
+)
 from engine.base.records import KeepMeasure, ProposalState, Revert, RunResult, RunStatus
-from test_tui_support import (T0, ScriptedSession, experiment, history_events, pilot_test,
-                              proposal)
 from tui.app import PairlabApp
 from tui.bridge import EventBridge
 from tui.messages import EngineEvent, LogBatch, ReasoningBatch
@@ -588,6 +605,7 @@ def test_in_tmux_the_log_panels_last_line_is_the_live_step_line(tmp_path, datase
     if shutil.which("tmux") is None:
         pytest.skip("tmux is not installed")
     from conftest import tiny_train_py
+
     from engine import workspace
     ws = workspace.init(tmp_path / "ws", tag="live")
     train = ws.root / "train.py"

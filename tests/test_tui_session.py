@@ -14,14 +14,14 @@ import time
 from pathlib import Path
 
 import pytest
+from test_tui_support import pilot_test
 from textual.widgets import Input
 
 from engine.base.events import DecisionMade, RunFinished, RunStarted, StateChanged
 from engine.base.records import DecisionKind, RunStatus
-from pairlab.sessions import make_session, open_workspace
 from engine.session import Session, SessionSettings
 from engine.workspace.patch import PROTECTED_BEGIN
-from test_tui_support import pilot_test
+from pairlab.sessions import make_session, open_workspace
 from tui.app import PairlabApp
 from tui.screens.editor import EditorScreen, PythonTextArea
 from tui.screens.main import PANEL_NAMES

@@ -7,6 +7,7 @@ import asyncio
 import time
 
 from test_tui_support import ScriptedSession, history_events
+
 from tui.app import PairlabApp
 
 

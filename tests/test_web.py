@@ -14,12 +14,12 @@ import time
 
 import psutil
 import pytest
-
-from pairlab.cli import main
-from engine.service.client import connect
-from engine.base.events import StateChanged, SteeringNote
-from engine.service.server import socket_path
 from test_service_support import WAIT_S, Watch, engine_env, engine_pid, wait_gone  # noqa: F401
+
+from engine.base.events import StateChanged, SteeringNote
+from engine.service.client import connect
+from engine.service.server import socket_path
+from pairlab.cli import main
 from tui.web import LOOPBACK
 
 CHROMIUM = shutil.which("chromium")

@@ -19,16 +19,22 @@ from textual.app import App
 from textual.binding import Binding
 from textual.message import Message
 
-from engine.service.client import EngineClient, EngineLost, Resynced
 from engine.base.events import DraftFailed, DraftStarted
+from engine.service.client import EngineClient, EngineLost, Resynced
 from tui.bridge import FLUSH_INTERVAL_S, EventBridge
-from tui.collector import TICK_S as COLLECT_TICK_S, ScheduledCollector
-from tui.messages import DeviceUpdate, EngineEvent, LogBatch, ProgressBatch, ReasoningBatch
+from tui.collector import TICK_S as COLLECT_TICK_S
+from tui.collector import ScheduledCollector
+from tui.messages import (
+    DeviceUpdate,
+    EngineEvent,
+    LogBatch,
+    ProgressBatch,
+    ReasoningBatch,
+)
 from tui.screens.main import MainScreen
 from tui.screens.modals import ConfirmStopScreen, EngineLostScreen
 from tui.widgets.device import DevicePanel
 from tui.widgets.log import MAX_LOG_LINES
-
 
 # The app's exit code when the user asked to restart an engine that died.
 EXIT_RESTART = 75

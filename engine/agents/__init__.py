@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from engine.base import api_key
 from engine.agents.base import Agent
+from engine.base import api_key
 
 
 def make_agent(name: str, device: str = "cpu", model: str | None = None) -> Agent:

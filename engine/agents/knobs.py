@@ -7,7 +7,7 @@ import math
 from dataclasses import dataclass
 from typing import Callable
 
-from engine.base.constants import (is_number)
+from engine.base.constants import is_number
 
 
 @dataclass(frozen=True)

@@ -7,8 +7,8 @@ import re
 from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 
-from engine.base.constants import Constant, format_like, parse_constants, parse_value
 from engine.agents.knobs import Knob
+from engine.base.constants import Constant, format_like, parse_constants, parse_value
 from engine.base.records import HistoryItem
 
 OUTCOMES = ("keep", "discard", "crash", "timeout")

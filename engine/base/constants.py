@@ -11,7 +11,6 @@ from dataclasses import dataclass
 from engine.base.protected import PROTECTED_BEGIN, PROTECTED_END
 
 
-
 @dataclass(frozen=True)
 class Constant:
     """A module-level `NAME = literal` (or `cpu if CPU else gpu`): this device's literal."""

@@ -9,8 +9,8 @@ import json
 import sqlite3
 import time
 
-from engine.journal.db import dumps, redact
 from engine.base.records import Decision, DecisionKind, Proposal, ProposalState, Usage
+from engine.journal.db import dumps, redact
 
 
 class ProposalJournal:

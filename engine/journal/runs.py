@@ -10,9 +10,17 @@ import json
 import sqlite3
 import time
 
+from engine.base.records import (
+    Decision,
+    Experiment,
+    KeepMeasure,
+    PromotionRung,
+    ProposalState,
+    Revert,
+    RunResult,
+    RunStatus,
+)
 from engine.journal.db import dumps, redact
-from engine.base.records import (Decision, Experiment, KeepMeasure, PromotionRung, ProposalState,
-                            Revert, RunResult, RunStatus)
 
 # speculative: a proposal's run before a human accepted it; it becomes an experiment then.
 # promotion: a kept change (or its parent) trained at a larger depth (the ladder)

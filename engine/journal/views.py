@@ -10,9 +10,14 @@ import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from engine.base.records import HistoryItem
+from engine.base.records import (
+    UNVERIFIED_LABEL,
+    DecisionKind,
+    HistoryItem,
+    RunStatus,
+    Usage,
+)
 from engine.journal.runs import EXPERIMENT_SELECT, RUNNING
-from engine.base.records import DecisionKind, RunStatus, UNVERIFIED_LABEL, Usage
 
 # autoresearch's results.tsv knows only keep, discard and crash
 TSV_STATUS = {

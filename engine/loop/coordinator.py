@@ -23,37 +23,36 @@ from concurrent.futures import Future
 from dataclasses import replace
 from typing import Callable
 
-from engine.run import doctor
-from engine.loop import keep_rule
-from engine.loop import planner
-from engine.scale import slots
-from engine.loop import workers
 from engine.agents.base import Agent
 from engine.base.commands import ClientsAttached, Command, CommandRefused
-from engine.loop.decisions import DecisionsMixin
-from engine.loop.drafting import DraftingMixin
 from engine.base.events import Event, Notice, SessionStopped, StateChanged
 from engine.journal import Journal
-from engine.loop.lost_runs import LostRunsMixin
+from engine.loop import keep_rule, planner, workers
+from engine.loop.decisions import DecisionsMixin
+from engine.loop.drafting import Drafting
 from engine.loop.loop_state import LoopState, Snapshot
-from engine.loop.moved_best import MovedBestMixin
-from engine.loop.restore import RestoreMixin
+from engine.loop.lost_runs import LostRuns
+from engine.loop.moved_best import MovedBest
 from engine.loop.outcomes import OutcomesMixin
-from engine.loop.program_edits import ProgramMixin
-from engine.loop.promoting import PromotingMixin
-from engine.loop.speculation import SpeculationMixin
+from engine.loop.program_edits import ProgramEdits
+from engine.loop.promoting import Promoting
+from engine.loop.restore import Restore
+from engine.loop.speculation import Speculation
+from engine.run import doctor
+from engine.scale import slots
 from engine.workspace import Workspace
 
 TICK_S = 1.0                         # how often caps and backoffs are looked at when idle
 
 
-class Coordinator(DecisionsMixin, DraftingMixin, OutcomesMixin, ProgramMixin,
-                  SpeculationMixin, MovedBestMixin, RestoreMixin, LostRunsMixin,
-                  PromotingMixin):
+class Coordinator(DecisionsMixin, OutcomesMixin):
+    """The loop's one owner. The user's commands (DecisionsMixin) and the runs' outcomes
+    (OutcomesMixin) are its own methods; the rest is parts that own their state and reach
+    the loop through this host (engine/loop/host.py)."""
+
     def __init__(self, workspace: Workspace, agent: Agent, settings, journal: Journal,
                  emit: Callable[[Event], None], on_trainer_pid=None):
         self.workspace = workspace
-        self.agent = agent
         self.settings = settings
         self.journal = journal
         self.emit_now = emit
@@ -64,7 +63,14 @@ class Coordinator(DecisionsMixin, DraftingMixin, OutcomesMixin, ProgramMixin,
         self.slots = slots.make_slots(settings.slots or slots.default_slot_count(settings.device),
                                       settings.device)
         self.worktrees = slots.Worktrees(workspace)
-        self.snapshot = Snapshot(mode=settings.mode, best=self._best(),
+        self.drafting = Drafting(self, agent)
+        self.speculation = Speculation(self)
+        self.program = ProgramEdits(self)
+        self.promoting = Promoting(self)
+        self.moved_best = MovedBest(self)
+        self.lost = LostRuns(self)
+        self.restorer = Restore(self)
+        self.snapshot = Snapshot(mode=settings.mode, best=self.best(),
                                  noise_floor=journal.get_state("noise_floor"))
         self.thread: threading.Thread | None = None
         self.started_at = time.time()
@@ -75,7 +81,7 @@ class Coordinator(DecisionsMixin, DraftingMixin, OutcomesMixin, ProgramMixin,
     def restore_and_publish(self) -> None:
         """On the caller's thread, before the loop thread exists: git matches the journal."""
         self.started_at = time.time()
-        self.restore()
+        self.restorer.restore()
         self.publish()
 
     def start(self) -> None:
@@ -121,7 +127,7 @@ class Coordinator(DecisionsMixin, DraftingMixin, OutcomesMixin, ProgramMixin,
                     message = None
                 self._step(message)
                 # a data check in flight is left to finish on its own: nothing to record
-                if self.loop.stopping and not self.loop.runs and self.loop.draft is None:
+                if self.loop.stopping and not self.loop.runs and self.drafting.active is None:
                     break
         finally:
             self._finish()
@@ -157,7 +163,7 @@ class Coordinator(DecisionsMixin, DraftingMixin, OutcomesMixin, ProgramMixin,
 
     def _apply(self, message) -> None:
         if isinstance(message, workers.DraftDone):
-            self.on_draft(message)
+            self.drafting.on_draft(message)
         elif isinstance(message, workers.RunDone):
             self.on_run(message)
         elif isinstance(message, workers.DataChecked):
@@ -168,7 +174,7 @@ class Coordinator(DecisionsMixin, DraftingMixin, OutcomesMixin, ProgramMixin,
             if message.worker == "trainer":
                 self.loop.runs.pop(message.slot, None)
             elif message.worker == "drafter":
-                self.loop.draft = None
+                self.drafting.active = None
             else:
                 self.loop.checking_data = False
             self.fail(message.error, message.trace)
@@ -221,8 +227,8 @@ class Coordinator(DecisionsMixin, DraftingMixin, OutcomesMixin, ProgramMixin,
                 loop.stop_reason = reason
             return
         loop.stopping, loop.stop_reason = True, reason
-        if loop.draft is not None:
-            loop.draft.cancel.set()
+        if self.drafting.active is not None:
+            self.drafting.active.cancel.set()
         for active in loop.runs.values():
             active.runner.kill()
 
@@ -245,7 +251,7 @@ class Coordinator(DecisionsMixin, DraftingMixin, OutcomesMixin, ProgramMixin,
         self._shown = None
         self.snapshot = replace(self.snapshot, state="stopped", detail=self.loop.stop_reason,
                                 failed=self.loop.failed,
-                                current_run=None, best=self._best(),
+                                current_run=None, best=self.best(),
                                 noise_floor=self.journal.get_state("noise_floor"))
         self.emit(StateChanged("stopped", self.loop.stop_reason))
         self.emit(SessionStopped(self.loop.stop_reason, summary, failed=self.loop.failed))
@@ -261,7 +267,8 @@ class Coordinator(DecisionsMixin, DraftingMixin, OutcomesMixin, ProgramMixin,
             stopping=loop.stopping, paused=loop.paused, data_ready=loop.data_ready,
             slots=len(self.slots),
             in_flight=tuple(active.plan for _, active in sorted(loop.runs.items())),
-            drafting=loop.draft is not None, best_commit=self.measured_commit(),
+            drafting=self.drafting.active is not None,
+            best_commit=self.program.measured_commit(),
             has_baseline=any(r["kind"] == "baseline" for r in values),
             noise_samples=len(values), noise_repeats=max(0, self.settings.noise_repeats),
             awaiting=tuple(planner.Awaiting(j.proposal_id, j.commit, j.need)
@@ -269,11 +276,13 @@ class Coordinator(DecisionsMixin, DraftingMixin, OutcomesMixin, ProgramMixin,
             best_rerun_due=keep_rule.should_rerun_best(self.runs_since_best_ran(),
                                                        self.rules().keep),
             queue=tuple(loop.queue), pending=len(loop.review),
-            speculate=self.speculating, unspeculated=self.unspeculated(),
+            speculate=self.speculation.speculating,
+            unspeculated=self.speculation.unspeculated(),
             drafts_ahead=self.drafts_ahead(),
             experiments_done=self.journal.experiment_count(),
             max_experiments=self.settings.max_experiments,
-            draft_allowed_at=loop.draft_allowed_at, now=time.time(), ladder=self.ladder_view())
+            draft_allowed_at=self.drafting.allowed_at, now=time.time(),
+            ladder=self.promoting.ladder_view())
 
     def drafts_ahead(self) -> int:
         """Proposals kept ready: the setting, and one more for each extra slot to feed."""
@@ -291,16 +300,16 @@ class Coordinator(DecisionsMixin, DraftingMixin, OutcomesMixin, ProgramMixin,
             workers.start("data", self.post,
                           lambda: workers.check_data(data_dir, self.emit, first_check))
         self.check_caps()
-        self.commit_program_edit()
+        self.program.commit_program_edit()
         if planner.preempts(self.view()):
-            self.preempt_promotion()
+            self.promoting.preempt_promotion()
         for _ in range(8 + len(self.slots)):  # a stale proposal makes room for the next plan
             plan = planner.next_run(self.view())
             if plan is None:
                 break
             self.start_run(plan)
         if planner.should_draft(self.view()):
-            self.start_draft()
+            self.drafting.start_draft()
 
     def first_start_check(self):
         """`pairlab doctor`'s pipeline check, for a workspace that has trained nothing yet
@@ -327,7 +336,7 @@ class Coordinator(DecisionsMixin, DraftingMixin, OutcomesMixin, ProgramMixin,
 
     # ------------------------------------------------------------------ what readers see
 
-    def _best(self) -> tuple[str, float] | None:
+    def best(self) -> tuple[str, float] | None:
         best = self.journal.best()
         return (best.commit, best.val_bpb) if best else None
 
@@ -362,8 +371,8 @@ class Coordinator(DecisionsMixin, DraftingMixin, OutcomesMixin, ProgramMixin,
             waiting = [f"{len(loop.review)} waiting for review"] if loop.review else []
             waiting += [f"#{i} held: unusually large win" for i in held]
             return "reviewing", ", ".join(waiting)
-        if loop.draft is not None:
-            return "drafting", self.agent.name
+        if self.drafting.active is not None:
+            return "drafting", self.drafting.agent.name
         if loop.checking_data:
             return "preparing", "checking the training data"
         return "idle", ""
@@ -373,7 +382,7 @@ class Coordinator(DecisionsMixin, DraftingMixin, OutcomesMixin, ProgramMixin,
         state, detail = self.describe()
         props = loop.proposals
         self.snapshot = Snapshot(
-            state=state, detail=detail, mode=loop.mode, paused=loop.paused, best=self._best(),
+            state=state, detail=detail, mode=loop.mode, paused=loop.paused, best=self.best(),
             noise_floor=self.journal.get_state("noise_floor"),
             current_run=copy.deepcopy(self.followed_run()),
             # Held wins wait for a human too: they are in the review queue, marked held.
@@ -394,7 +403,7 @@ class Coordinator(DecisionsMixin, DraftingMixin, OutcomesMixin, ProgramMixin,
         parts = [self.journal.summary_line()]
         baseline = next((r["val_bpb"] for r in self.journal.run_rows()
                          if r["kind"] == "baseline" and r["val_bpb"] is not None), None)
-        best = self._best()
+        best = self.best()
         if best and baseline is not None:
             parts.append(f"val_bpb {baseline:.6f} -> {best[1]:.6f} "
                          f"({best[1] - baseline:+.6f}) at {best[0][:7]}")

@@ -9,11 +9,34 @@ from __future__ import annotations
 import time
 from typing import Callable
 
+from engine.base.commands import (
+    Accept,
+    Command,
+    CommandRefused,
+    Edit,
+    EditProgram,
+    KillRun,
+    Note,
+    Pause,
+    Resume,
+    SetMode,
+    Stop,
+    Veto,
+)
+from engine.base.events import (
+    DecisionMade,
+    ExperimentSettled,
+    ModeChanged,
+    SteeringNote,
+)
+from engine.base.records import (
+    Decision,
+    DecisionKind,
+    Proposal,
+    ProposalState,
+    RunStatus,
+)
 from engine.workspace import patch
-from engine.base.commands import (Accept, Command, CommandRefused, Edit, EditProgram, KillRun, Note,
-                             Pause, Resume, SetMode, Stop, Veto)
-from engine.base.events import DecisionMade, ExperimentSettled, ModeChanged, SteeringNote
-from engine.base.records import Decision, DecisionKind, Proposal, ProposalState, RunStatus
 
 MODES = ("review", "auto")
 # refusals for a proposal that is not waiting for review, by its journal state
@@ -34,7 +57,8 @@ class DecisionsMixin:
         handlers = {Accept: self._accept, Veto: self._veto, Edit: self._edit,
                     Pause: lambda c: self.pause(c.reason), Resume: lambda c: self.resume(),
                     KillRun: self._kill_run, SetMode: self._set_mode, Note: self._note,
-                    EditProgram: self._edit_program, Stop: lambda c: self.request_stop(c.reason)}
+                    EditProgram: self.program.edit,
+                    Stop: lambda c: self.request_stop(c.reason)}
         try:
             result = handlers[type(command)](command)
         except (CommandRefused, patch.PatchRefused) as refusal:
@@ -66,7 +90,7 @@ class DecisionsMixin:
         if decision.kind is not DecisionKind.VETO:
             loop.queue.append(proposal_id)
         self.emit(DecisionMade(decision))
-        self.decided_speculation(decision)      # after: its run goes on, or is judged now
+        self.speculation.decided_speculation(decision)  # after: its run goes on, or is judged
         if decision.kind is DecisionKind.VETO:
             loop.proposals.pop(proposal_id, None)
 
@@ -91,10 +115,10 @@ class DecisionsMixin:
     def _settle_held(self, held, keep: bool, decision: Decision) -> None:
         parent = self.workspace.parent_of(held.commit)
         # measured on the best, or on the human's program.md committed on top of it
-        if keep and parent not in (self.measured_commit(), self.best_commit()):
+        if keep and parent not in (self.program.measured_commit(), self.program.best_commit()):
             raise CommandRefused(
                 f"#{held.proposal_id} was measured on {parent[:7]}, but the best has moved "
-                f"to {self.best_commit()[:7]} since: veto it, and the agent can propose it "
+                f"to {self.program.best_commit()[:7]} since: veto it, and the agent can propose it "
                 f"again on the new best")
         status = RunStatus.KEEP if keep else RunStatus.DISCARD
         experiment = self.journal.settle_held(held.run_id, status, decision)
@@ -127,7 +151,7 @@ class DecisionsMixin:
                     f"you edited it (opened on {opened_on[:7]}), and your change conflicts "
                     f"with it: it reopens on the new base; make your change there again")
             files = merged
-        base_files = self.base_files(proposal.base_commit)
+        base_files = self.drafting.base_files(proposal.base_commit)
         new_files = {**proposal.files, **files}
         diff = patch.validate_change(self.workspace, proposal.base_commit, base_files,
                                      new_files)
@@ -139,7 +163,7 @@ class DecisionsMixin:
         proposal.diff = diff
         # The next draft is usually made while this one trains, before the journal's
         # history has its result: tell the agent about the edit now.
-        self.loop.feedback.append(
+        self.drafting.feedback.append(
             f"the human edited your proposal {proposal.id} ({proposal.description}) before "
             f"it ran; it trains with their changes:\n```diff\n{human_delta}```")
         self.decide(proposal.id, Decision(proposal.id, DecisionKind.EDIT, "human",
@@ -152,7 +176,7 @@ class DecisionsMixin:
 
     def resume(self) -> None:
         self.loop.paused, self.loop.pause_reason = False, ""
-        self.loop.draft_allowed_at = 0.0
+        self.drafting.allowed_at = 0.0
 
     def _kill_run(self, command: KillRun) -> bool:
         if not self.loop.runs:

@@ -18,9 +18,9 @@ from dataclasses import dataclass, field
 from enum import Enum
 from typing import Sequence
 
+from engine.base.records import KeepMeasure
 from engine.loop import keep_rule
 from engine.loop.keep_rule import Action, KeepDecision, KeepRuleSettings, Noise
-from engine.base.records import KeepMeasure
 
 
 class Verdict(str, Enum):

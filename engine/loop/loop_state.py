@@ -7,8 +7,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from engine.base.events import RunStarted
-from engine.loop.planner import RunPlan
 from engine.base.records import Proposal
+from engine.loop.planner import RunPlan
 from engine.run.runner import Runner
 from engine.scale.slots import Slot
 
@@ -79,18 +79,11 @@ class LoopState:
     queue: list[int] = field(default_factory=list)      # accepted, waiting for the trainer
     judging: dict[int, Judging] = field(default_factory=dict)
     runs: dict[int, ActiveRun] = field(default_factory=dict)   # by slot index
-    ahead: dict[int, str] = field(default_factory=dict)  # proposal -> its finished speculative run
-    draft: ActiveDraft | None = None
     checking_data: bool = False
     data_ready: bool = False
     data_dir: Path | None = None
     data_checksum: str | None = None
-    feedback: list[str] = field(default_factory=list)   # told to the agent with its next draft
-    agent_failures: int = 0
-    draft_allowed_at: float = 0.0
     start_commit: str = ""
-    program_edit: str | None = None  # the human's program.md, to commit once no run trains
-    program_commit: ProgramCommit | None = None
     deciding_clients: int = 0        # attached clients that may decide (engine/service/server.py)
     failed: bool = False             # stopping because the loop cannot go on (non-zero exit)
 

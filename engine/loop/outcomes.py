@@ -11,19 +11,31 @@ from __future__ import annotations
 import copy
 from dataclasses import replace
 
-from engine.loop import judge
-from engine.loop import keep_rule
-from engine.scale import ray_executor
-from engine.loop import workers
-from engine.base.events import (BestUpdated, ExperimentSettled, NoiseFloor, ProposalReady,
-                           RunFinished, RunStarted, WinHeld)
+from engine.base.events import (
+    BestUpdated,
+    ExperimentSettled,
+    NoiseFloor,
+    ProposalReady,
+    RunFinished,
+    RunStarted,
+    WinHeld,
+)
+from engine.base.records import (
+    Decision,
+    DecisionKind,
+    Proposal,
+    ProposalState,
+    Revert,
+    RunResult,
+    RunStatus,
+)
 from engine.journal import FAILED_STATUSES
+from engine.loop import judge, keep_rule, workers
 from engine.loop.loop_state import ActiveRun, Judging
 from engine.loop.lost_runs import MAX_LOST_RUNS
 from engine.loop.planner import RunPlan
-from engine.base.records import (Decision, DecisionKind, Proposal, ProposalState, Revert, RunResult,
-                            RunStatus)
 from engine.run.runner import Runner
+from engine.scale import ray_executor
 
 
 class OutcomesMixin:
@@ -33,15 +45,16 @@ class OutcomesMixin:
         """Start the planned run, unless its proposal went stale (the planner plans anew)."""
         loop = self.loop
         if plan.kind == "promotion":
-            self.start_promotion(plan)
+            self.promoting.start_promotion(plan)
             return
         side = self.trains_aside(plan)
         if plan.kind in ("experiment", "speculative"):
             if plan.kind == "experiment":
                 loop.queue.remove(plan.proposal_id)
             proposal = loop.proposals[plan.proposal_id]
-            best_commit = self.best_commit()
-            if proposal.base_commit != best_commit and not self.rebase(proposal, best_commit):
+            best_commit = self.program.best_commit()
+            if proposal.base_commit != best_commit and not self.drafting.rebase(proposal,
+                                                                                best_commit):
                 return
             decisions = self.journal.decisions(proposal.id)
             decision = decisions[-1] if decisions else None
@@ -51,7 +64,7 @@ class OutcomesMixin:
                 commit = self.workspace.make_commit(proposal.files, message,
                                                     parent=best_commit, human=human)
             else:
-                self.protect_human_changes("pairlab committed the next experiment")
+                self.restorer.protect_human_changes("pairlab committed the next experiment")
                 commit = self.workspace.commit_change(proposal.files, message,
                                                       parent=best_commit, human=human)
             if plan.kind == "experiment":
@@ -59,7 +72,7 @@ class OutcomesMixin:
             self.launch(plan, commit, proposal.description)
             return
         if not side and self.workspace.head() != plan.commit:
-            self.protect_human_changes("pairlab checked out a commit to measure it again")
+            self.restorer.protect_human_changes("pairlab checked out a commit to measure it again")
             self.workspace.reset_to(plan.commit)
         self.launch(plan, plan.commit, plan.label)
 
@@ -147,7 +160,7 @@ class OutcomesMixin:
         done.plan = plan = active.plan          # a speculative run accepted meanwhile
         result = done.result
         if active.superseded:
-            self.superseded_run(done, active.superseded)
+            self.speculation.superseded_run(done, active.superseded)
             return
         if loop.stopping and result.status is RunStatus.KILLED:
             # Stopped mid-run: not judged. An experiment is accepted again, and the planner
@@ -159,13 +172,13 @@ class OutcomesMixin:
             self.reset_to_best()
             return
         if result.status is RunStatus.INTERRUPTED:
-            if self.lost_runs(plan) < MAX_LOST_RUNS:
-                self.requeue_lost(done)
+            if self.lost.lost_runs(plan) < MAX_LOST_RUNS:
+                self.lost.requeue_lost(done)
                 return
             result.status = RunStatus.CRASH      # a run that kills its worker every time
             result.message += f" ({MAX_LOST_RUNS + 1} times in a row: not again)"
         if plan.kind == "speculative":
-            self.trained_ahead(done)
+            self.speculation.trained_ahead(done)
             return
         state = {}
         if result.val_bpb is not None and self.journal.get_state("eval_tokens") is None:
@@ -176,7 +189,7 @@ class OutcomesMixin:
         elif plan.kind == "experiment":
             self.on_experiment(done, state, measured)
         elif plan.kind == "promotion":
-            self.on_promotion_run(done)
+            self.promoting.on_promotion_run(done)
         else:
             self.on_rerun(done, state, measured)
         self.workspace.write_results_tsv(self.journal)
@@ -206,7 +219,7 @@ class OutcomesMixin:
             return
         if noise.sigma is not None:
             self.emit(NoiseFloor(noise.sigma, self.run_groups()[done.commit]))
-        if plan.kind == "noise" and done.commit == self.measured_commit():
+        if plan.kind == "noise" and done.commit == self.program.measured_commit():
             self.recheck_best(done.run_id)
         for waiting in list(self.loop.judging.values()):
             # a keep among them sends the wins on the old best back to train again
@@ -225,10 +238,10 @@ class OutcomesMixin:
             return
         # a result no better than the best is discarded here, before any noise estimate;
         # with several slots the best may have moved: judged against the best at its base
-        base, to_beat = self.runs_to_beat(done.commit)
+        base, to_beat = self.moved_best.runs_to_beat(done.commit)
         verdict = judge.judge([result.val_bpb], to_beat, self.noise(), self.rules())
-        if not self.is_best_base(base) and verdict.verdict is not judge.Verdict.DISCARD:
-            self.won_on_moved_base(done, state, base, verdict)
+        if not self.program.is_best_base(base) and verdict.verdict is not judge.Verdict.DISCARD:
+            self.moved_best.won_on_moved_base(done, state, base, verdict)
             return
         result.message = verdict.reason
         if verdict.verdict is judge.Verdict.CONFIRM:
@@ -353,10 +366,10 @@ class OutcomesMixin:
     def became_best(self, commit: str, val_bpb: float, experiment_id: int) -> None:
         self.snapshot = replace(self.snapshot, best=(commit, val_bpb))
         self.workspace.reset_to(commit)
-        self.keep_program_on(commit)
+        self.program.keep_program_on(commit)
         self.emit(BestUpdated(commit, val_bpb, experiment_id))
-        self.rebase_open_proposals(self.best_commit())
-        self.requeue_judgments_off_best()
+        self.drafting.rebase_open_proposals(self.program.best_commit())
+        self.moved_best.requeue_judgments_off_best()
 
     def recheck_best(self, run_id: str) -> None:
         """The best ran again (run `run_id`): a keep that its runs now show was noise is
@@ -382,9 +395,9 @@ class OutcomesMixin:
         self.became_best(previous.commit, previous.val_bpb, previous.id)
 
     def reset_to_best(self) -> None:
-        best = self.best_commit()
+        best = self.program.best_commit()
         if self.workspace.head() != best:
-            self.protect_human_changes("pairlab reset the research branch")
+            self.restorer.protect_human_changes("pairlab reset the research branch")
             self.workspace.reset_to(best)
 
     # ------------------------------------------------------------------ the judge's inputs

@@ -1,6 +1,6 @@
 """The coordinator's side of the promotion ladder (engine/loop/promotion.py): what the journal and
 git say about kept changes, a promotion run's side commit and checkout, its verdict. Runs on
-the coordinator thread only (a mixin of Coordinator).
+the coordinator thread only (a part the Coordinator hosts).
 
 A promotion run never moves the research branch: its side commit (DEPTH set to the rung) is
 kept on refs/pairlab/promotion/<id>/<side> and trained like a speculative run, in a free
@@ -11,42 +11,56 @@ wants the slot, and stops it again when the main loop needs the slot (planner.pr
 from __future__ import annotations
 
 from dataclasses import replace
+from typing import Protocol
 
-from engine.loop import judge
-from engine.loop import promotion
-from engine.loop.keep_rule import Action
 from engine.base.events import ExperimentSettled, RunFinished
-from engine.loop.planner import RunPlan
-from engine.base.records import RunStatus
 from engine.base.git import run_git
+from engine.base.records import RunStatus
+from engine.loop import judge, promotion
+from engine.loop.host import LoopHost
+from engine.loop.keep_rule import Action
+from engine.loop.planner import RunPlan
 from engine.workspace import WorkspaceError
 
 PROMOTION_REF = "refs/pairlab/promotion"
 PREEMPTED = "gave the trainer back to the main loop; it trains again when the trainer is free"
 
 
-class PromotingMixin:
+class Host(LoopHost, Protocol):
+    def rules(self): ...
+
+    def launch(self, plan: RunPlan, commit: str, description: str): ...
+
+
+class Promoting:
+    """The promotion ladder's runs: it owns the git facts of kept commits, read once (a
+    commit's parent and DEPTH never change)."""
+
+    def __init__(self, host: Host):
+        self.host = host
+        self.kept_facts: dict[str, tuple[str, int | None, int | None]] = {}
+
     # ------------------------------------------------------------------ the ladder's view
 
     def ladder_view(self) -> promotion.LadderView:
-        rows = [r for r in self.journal.run_rows()
+        rows = [r for r in self.host.journal.run_rows()
                 if r["kind"] == "experiment" and r["status"] == RunStatus.KEEP.value]
         device = self.ladder_device()
-        ladder = promotion.ladder_for(self.workspace.config.ladder, device)
+        ladder = promotion.ladder_for(self.host.workspace.config.ladder, device)
         if len(ladder) < 2:
             return promotion.LadderView(ladder=ladder)
         return promotion.LadderView(
             ladder=ladder, kept=tuple(self.kept_change(r, device) for r in rows),
-            promotions=tuple(self.journal.promotion_records()), rules=self.rules().keep)
+            promotions=tuple(self.host.journal.promotion_records()), rules=self.host.rules().keep)
 
     def kept_change(self, row: dict, device: str) -> promotion.KeptChange:
         """A kept run as the ladder sees it; the git facts of a commit never change, so
         they are read once."""
-        cache = self.__dict__.setdefault("_kept_facts", {})
+        cache = self.kept_facts
         commit = row["commit_sha"]
         if commit not in cache:
             try:
-                parent = self.workspace.parent_of(commit)
+                parent = self.host.workspace.parent_of(commit)
             except WorkspaceError:        # a root commit, or one git no longer has
                 cache[commit] = ("", None, None)
             else:
@@ -58,9 +72,9 @@ class PromotingMixin:
 
     def depth_file(self, commit: str, device: str) -> tuple[str, str] | None:
         """(target, its text) for the target file that sets DEPTH at commit."""
-        for target in self.workspace.config.targets:
+        for target in self.host.workspace.config.targets:
             try:
-                text = self.workspace.file_at(commit, target)
+                text = self.host.workspace.file_at(commit, target)
             except WorkspaceError:
                 continue
             if promotion.depth_of(text, device) is not None:
@@ -78,36 +92,37 @@ class PromotingMixin:
         promotion_id = step.promotion_id
         if promotion_id is None:
             kept = next(k for k in self.ladder_view().kept if k.run_id == step.run_id)
-            promotion_id = self.journal.open_promotion(step.run_id, kept.commit, kept.parent,
+            promotion_id = self.host.journal.open_promotion(step.run_id, kept.commit, kept.parent,
                                                        kept.depth, step.depth)
             plan = replace(plan, promotion=replace(step, promotion_id=promotion_id))
-            self.emit(ExperimentSettled(self.journal.get_run(step.run_id)))   # "d8…"
-        active = self.launch(plan, self.side_commit(plan.promotion, device), plan.label)
-        self.journal.link_promotion_run(active.started.run_id, promotion_id, step.side)
+            self.host.emit(ExperimentSettled(self.host.journal.get_run(step.run_id)))   # "d8…"
+        active = self.host.launch(plan, self.side_commit(plan.promotion, device), plan.label)
+        self.host.journal.link_promotion_run(active.started.run_id, promotion_id, step.side)
 
     def ladder_device(self) -> str:
         """The device the runs train on: which branch of `DEPTH = 4 if CPU else 8` counts."""
-        measured = [r["device"] for r in self.journal.run_rows() if r["device"]]
-        return self.settings.device or (measured[0] if measured else "cpu")
+        measured = [r["device"] for r in self.host.journal.run_rows() if r["device"]]
+        return self.host.settings.device or (measured[0] if measured else "cpu")
 
     def side_commit(self, step: promotion.PromotionStep, device: str) -> str:
         """The step's commit with DEPTH set to its rung; one per side of a promotion, so the
         runs of a side are repeats of one commit."""
         ref = f"{PROMOTION_REF}/{step.promotion_id}/{step.side}"
-        existing = run_git(self.workspace.root, "rev-parse", "--verify", "-q", ref, check=False)
+        existing = run_git(self.host.workspace.root, "rev-parse", "--verify", "-q", ref,
+                           check=False)
         if existing:
             return existing.decode().strip()
         target, text = self.depth_file(step.commit, device)
         message = (f"{step.label} (DEPTH = {step.depth})\n\n"
                    f"pairlab-promotion: {step.promotion_id}\n")
-        commit = self.workspace.make_commit(
+        commit = self.host.workspace.make_commit(
             {target: promotion.with_depth(text, device, step.depth)}, message, step.commit)
-        run_git(self.workspace.root, "update-ref", ref, commit)
+        run_git(self.host.workspace.root, "update-ref", ref, commit)
         return commit
 
     def preempt_promotion(self) -> None:
         """Stop the promotion run whose slot the main loop needs; it is re-queued."""
-        for active in self.loop.runs.values():
+        for active in self.host.loop.runs.values():
             if active.plan.kind == "promotion":
                 active.runner.kill(PREEMPTED, status=RunStatus.INTERRUPTED)
 
@@ -132,13 +147,13 @@ class PromotingMixin:
             reason = f"the {step.side} run at depth {step.depth} failed: {result.message}"
         else:
             reason = ""
-        experiment = self.journal.finish_promotion_run(
+        experiment = self.host.journal.finish_promotion_run(
             result, step.promotion_id, held=held, reason=reason,
             measure=judge.measure_of(decision) if decision is not None else None)
-        self.emit(RunFinished(experiment, result))
+        self.host.emit(RunFinished(experiment, result))
         if held is not None:
-            self.notice("info" if held else "warning", f"#{step.experiment}: {reason}")
-            self.emit(ExperimentSettled(self.journal.get_run(step.run_id)))
+            self.host.notice("info" if held else "warning", f"#{step.experiment}: {reason}")
+            self.host.emit(ExperimentSettled(self.host.journal.get_run(step.run_id)))
 
     def promotion_verdict(self, step: promotion.PromotionStep, val_bpb: float):
         """The keep rule on the promotion's runs with this one added (not yet in the

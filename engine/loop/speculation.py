@@ -1,6 +1,6 @@
 """Speculative training (issue 10): in review mode a free trainer slot trains the oldest
 proposal waiting for a human before anyone accepted it, so the accelerator never waits
-for a decision. Runs on the coordinator thread only (a mixin of Coordinator).
+for a decision. Runs on the coordinator thread only (a part the Coordinator hosts).
 
 A speculative run is a slot filled with a pending proposal: it trains a side commit in the
 slot's own worktree (engine/scale/slots.py), so the research branch and the workspace's checkout
@@ -17,12 +17,14 @@ from __future__ import annotations
 
 import copy
 from dataclasses import replace
+from typing import Protocol
 
-from engine.loop import workers
 from engine.base.events import RunAccepted, RunFinished
+from engine.base.records import Decision, DecisionKind, ProposalState, RunStatus
+from engine.loop import workers
+from engine.loop.host import LoopHost
 from engine.loop.loop_state import ActiveRun
 from engine.loop.planner import RunPlan
-from engine.base.records import Decision, DecisionKind, ProposalState, RunStatus
 
 # why a speculative run was cut short -> how its run is recorded
 SUPERSEDED = {
@@ -39,25 +41,40 @@ AHEAD_MESSAGE = "trained ahead of its review: judged once a human accepts it"
 JUDGED_AHEAD = (RunStatus.SPECULATIVE, RunStatus.CRASH, RunStatus.TIMEOUT)
 
 
-class SpeculationMixin:
+class Host(LoopHost, Protocol):
+    def recorded_result(self, run_id: str, status: RunStatus, message: str | None): ...
+
+    def on_experiment(self, done: workers.RunDone, state: dict, measured: bool) -> None: ...
+
+    def reset_to_best(self) -> None: ...
+
+
+class Speculation:
+    """Runs trained ahead of their review: it owns the finished ones waiting for a human
+    (proposal -> run); the runs in flight are the loop's, marked "speculative"."""
+
+    def __init__(self, host: Host):
+        self.host = host
+        self.ahead: dict[int, str] = {}      # proposal -> its finished speculative run
+
     @property
     def speculating(self) -> bool:
         """Review mode with speculation on: free slots train pending proposals ahead."""
-        return self.loop.mode == "review" and self.settings.speculate
+        return self.host.loop.mode == "review" and self.host.settings.speculate
 
     def speculative_run(self, proposal_id: int) -> ActiveRun | None:
         """The proposal's speculative run in flight, unless it is being killed: a run cut
         short (a rebase, a veto) never becomes the proposal's experiment."""
-        return next((active for active in self.loop.runs.values()
+        return next((active for active in self.host.loop.runs.values()
                      if active.plan.kind == "speculative" and not active.superseded
                      and active.plan.proposal_id == proposal_id), None)
 
     def unspeculated(self) -> tuple[int, ...]:
         """Proposals waiting for review that no slot trains (or is still killing) or has
         trained, oldest first."""
-        training = {active.plan.proposal_id for active in self.loop.runs.values()}
-        return tuple(i for i in self.loop.review
-                     if i not in self.loop.ahead and i not in training)
+        training = {active.plan.proposal_id for active in self.host.loop.runs.values()}
+        return tuple(i for i in self.host.loop.review
+                     if i not in self.ahead and i not in training)
 
     # ------------------------------------------------------------------ its run ended
 
@@ -67,32 +84,32 @@ class SpeculationMixin:
         state = {}
         if result.status is RunStatus.KEEP:      # runner: KEEP means "produced a metric"
             result.status, result.message = RunStatus.SPECULATIVE, AHEAD_MESSAGE
-            if self.journal.get_state("eval_tokens") is None:
+            if self.host.journal.get_state("eval_tokens") is None:
                 state["eval_tokens"] = result.metrics.get("eval_tokens")
-        experiment = self.journal.finish_run(result, state=state)
-        self.loop.ahead[done.plan.proposal_id] = done.run_id
-        self.emit(RunFinished(experiment, result))
+        experiment = self.host.journal.finish_run(result, state=state)
+        self.ahead[done.plan.proposal_id] = done.run_id
+        self.host.emit(RunFinished(experiment, result))
 
     def superseded_run(self, done: workers.RunDone, why: str) -> None:
         result = done.result
         result.status, result.message = SUPERSEDED[why]
-        experiment = self.journal.finish_run(result)
-        self.emit(RunFinished(experiment, result))
+        experiment = self.host.journal.finish_run(result)
+        self.host.emit(RunFinished(experiment, result))
 
     # ------------------------------------------------------------------ a human decided
 
     def decided_speculation(self, decision: Decision) -> None:
         """What a decision means for the proposal's speculative run, in flight or done."""
-        loop, proposal_id = self.loop, decision.proposal_id
+        loop, proposal_id = self.host.loop, decision.proposal_id
         active = self.speculative_run(proposal_id)
-        run_id = loop.ahead.pop(proposal_id, None)
+        run_id = self.ahead.pop(proposal_id, None)
         if decision.kind is DecisionKind.ACCEPT and active is not None:
             loop.queue.remove(proposal_id)
             active.plan = replace(active.plan, kind="experiment")
             active.started = replace(active.started, kind="experiment", speculative=False)
             loop.proposals[proposal_id].state = ProposalState.TRAINING
-            self.journal.accept_speculative(active.started.run_id, ProposalState.TRAINING)
-            self.emit(RunAccepted(active.started.run_id, proposal_id))
+            self.host.journal.accept_speculative(active.started.run_id, ProposalState.TRAINING)
+            self.host.emit(RunAccepted(active.started.run_id, proposal_id))
         elif decision.kind is DecisionKind.ACCEPT and run_id is not None:
             self.judge_ahead(proposal_id, run_id)
         elif active is not None:
@@ -103,20 +120,20 @@ class SpeculationMixin:
 
     def judge_ahead(self, proposal_id: int, run_id: str) -> None:
         """An accepted proposal whose speculative run already finished: judged at once."""
-        row = self.journal.get_run(run_id)
+        row = self.host.journal.get_run(run_id)
         if row.status not in JUDGED_AHEAD:
             return                                 # it stays queued and trains again
-        self.loop.queue.remove(proposal_id)
-        self.journal.accept_speculative(run_id, ProposalState.TRAINING)
-        self.emit(RunAccepted(run_id, proposal_id))
+        self.host.loop.queue.remove(proposal_id)
+        self.host.journal.accept_speculative(run_id, ProposalState.TRAINING)
+        self.host.emit(RunAccepted(run_id, proposal_id))
         measured = row.status is RunStatus.SPECULATIVE
-        result = self.recorded_result(run_id, RunStatus.KEEP if measured else row.status,
+        result = self.host.recorded_result(run_id, RunStatus.KEEP if measured else row.status,
                                       "" if measured else None)
         plan = RunPlan("experiment", "", proposal_id, "")
-        self.on_experiment(workers.RunDone(plan, run_id, row.id, row.commit, result), {},
+        self.host.on_experiment(workers.RunDone(plan, run_id, row.id, row.commit, result), {},
                            measured)
-        self.workspace.write_results_tsv(self.journal)
-        self.reset_to_best()
+        self.host.workspace.write_results_tsv(self.host.journal)
+        self.host.reset_to_best()
 
     # ------------------------------------------------------------------ cut short
 
@@ -130,13 +147,13 @@ class SpeculationMixin:
         active = self.speculative_run(proposal_id)
         if active is not None:
             self.supersede(active, why)
-        run_id = self.loop.ahead.pop(proposal_id, None)
+        run_id = self.ahead.pop(proposal_id, None)
         if run_id is not None:
             self.drop_ahead(run_id, why)
 
     def drop_ahead(self, run_id: str, why: str) -> None:
         """A finished speculative run that will not be judged: recorded by `why`."""
         status, message = SUPERSEDED[why]
-        experiment = self.journal.set_run_status(run_id, status, message)
-        self.emit(RunFinished(copy.deepcopy(experiment),
-                              self.recorded_result(run_id, status, message)))
+        experiment = self.host.journal.set_run_status(run_id, status, message)
+        self.host.emit(RunFinished(copy.deepcopy(experiment),
+                              self.host.recorded_result(run_id, status, message)))

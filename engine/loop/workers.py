@@ -15,15 +15,21 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-from engine.workspace import patch
+from engine.agents.base import Agent, AgentError, DraftCancelled, DraftContext
+from engine.base.events import (
+    Event,
+    LiveLine,
+    LogLines,
+    Preparing,
+    ReasoningDelta,
+    RunProgress,
+)
+from engine.base.records import Draft, RunResult
+from engine.loop.planner import RunPlan
 from engine.run.data import data_problem
 from engine.run.doctor import Check
-from engine.agents.base import Agent, AgentError, DraftCancelled, DraftContext
-from engine.base.events import Event, LiveLine, LogLines, Preparing, ReasoningDelta, RunProgress
-from engine.loop.planner import RunPlan
-from engine.base.records import Draft, RunResult
 from engine.run.runner import Runner
-from engine.workspace import Workspace
+from engine.workspace import Workspace, patch
 
 Post = Callable[[object], None]
 Emit = Callable[[Event], None]

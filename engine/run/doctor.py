@@ -22,8 +22,8 @@ from enum import Enum
 from pathlib import Path
 
 from engine.base.constants import parse_constants, rewrite
-from engine.run import confine
 from engine.base.records import RunStatus
+from engine.run import confine
 
 # train.py's constants for a model that trains a step in milliseconds on any device.
 TINY_CONSTANTS = {"DEPTH": 1, "ASPECT_RATIO": 64, "HEAD_DIM": 64, "TOTAL_BATCH_SIZE": 256,
@@ -157,8 +157,9 @@ def probe(env: dict[str, str], compile_enabled: bool) -> dict:
 
 def _probe_main(compile_enabled: bool) -> None:
     """The probe's own process: one JSON line on stdout."""
-    from nanochat import harness
     import torch
+
+    from nanochat import harness
     found = {"device": harness.DEVICE, "precision": harness.PRECISION,
              "native_bf16": harness.cpu_has_native_bf16() if harness.CPU else None,
              "torch": torch.__version__,

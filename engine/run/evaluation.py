@@ -29,8 +29,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import nanochat
-from engine.run.confine import Policy, python_paths
 from engine.run.compile_cache import CACHE_VARIABLES
+from engine.run.confine import Policy, python_paths
 from nanochat import PROGRAM_FILE, REPORT_FILE
 
 # What train.py needs of a prepared dataset; val.bin is the evaluator's alone.

@@ -20,8 +20,8 @@ import tempfile
 import threading
 from pathlib import Path
 
-from engine.run import evaluation
 from engine.base.records import RunResult, RunStatus
+from engine.run import evaluation
 from engine.run.runner import Runner
 
 FLUSH_INTERVAL_S = 0.1                    # the task hands its output over this often

@@ -15,8 +15,8 @@ import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from engine.base.events import RunStarted
 from engine.base.devices import visible_gpus
+from engine.base.events import RunStarted
 from engine.base.git import run_git
 from engine.workspace import Workspace, WorkspaceError
 

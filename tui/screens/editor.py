@@ -21,8 +21,8 @@ from textual.content import Content
 from textual.screen import Screen
 from textual.widgets import Footer, Static, TabbedContent, TabPane, TextArea
 
-from engine.workspace.patch import PatchRefused
 from engine.base.records import Proposal
+from engine.workspace.patch import PatchRefused
 
 # pygments token -> TextArea theme highlight name (the names tree-sitter queries use).
 TOKEN_NAMES = [

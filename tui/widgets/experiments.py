@@ -6,9 +6,9 @@ import textwrap
 
 from textual.app import ComposeResult
 from textual.content import Content
+from textual.coordinate import Coordinate
 from textual.widget import Widget
 from textual.widgets import DataTable
-from textual.coordinate import Coordinate
 from textual.widgets.data_table import CellDoesNotExist, RowDoesNotExist, RowKey
 
 from engine.base.records import Experiment, RunStatus
