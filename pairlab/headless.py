@@ -22,12 +22,7 @@ MEASUREMENTS = {"baseline": "baseline", "noise": "noise repeat", "rerun": "confi
 def run_engine(args) -> int:
     """The engine in the foreground: the loop, its events printed, commands on stdin, and
     the socket that apps attach to. A detached engine is this with stdin closed."""
-    from engine.service.server import (
-        EngineLock,
-        EngineService,
-        ServiceError,
-        socket_path,
-    )
+    from engine.service.server import EngineLock, EngineService, ServiceError, socket_path
     workspace = open_workspace(args.workspace)
     lock = EngineLock(workspace.pairlab_dir)
     try:

@@ -2,14 +2,7 @@
 
 from dataclasses import replace
 
-from engine.loop.planner import (
-    Awaiting,
-    LoopView,
-    RunPlan,
-    cap_stop,
-    next_run,
-    should_draft,
-)
+from engine.loop.planner import Awaiting, LoopView, RunPlan, cap_stop, next_run, should_draft
 
 READY = LoopView(data_ready=True, best_commit="b" * 40, noise_repeats=2, now=100.0)
 NOISE_RUN = RunPlan("noise", "b" * 40, None, "noise repeat 1 of 2")

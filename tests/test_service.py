@@ -20,13 +20,7 @@ from engine.base.events import StateChanged
 from engine.service import peers as service_peers
 from engine.service import protocol as proto
 from engine.service.client import CommandRefused, EngineClient, EngineLost, connect
-from engine.service.server import (
-    EngineLock,
-    EngineService,
-    ServiceError,
-    reachable,
-    socket_path,
-)
+from engine.service.server import EngineLock, EngineService, ServiceError, reachable, socket_path
 from engine.session import Session, SessionSettings
 from engine.workspace import init
 

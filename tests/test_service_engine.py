@@ -14,14 +14,7 @@ import threading
 from pathlib import Path
 
 import pytest
-from test_service_support import (  # noqa: F401
-    WAIT_S,
-    Watch,
-    engine_argv,
-    engine_env,
-    engine_pid,
-    wait_gone,
-)
+from test_service_support import WAIT_S, Watch, engine_argv, engine_env, engine_pid, wait_gone  # noqa: F401
 
 from engine import workspace as ws_module
 from engine.base.events import DecisionMade, ProposalReady, RunFinished, RunStarted

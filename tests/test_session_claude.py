@@ -33,14 +33,7 @@ from engine.base.events import (
 )
 from engine.base.records import DecisionKind, RunStatus
 from engine.session import Session
-from tests.fakeapi import (  # noqa: F401
-    fake_api,
-    rate_limited,
-    server_error,
-    str_replace,
-    submit,
-    turn,
-)
+from tests.fakeapi import fake_api, rate_limited, server_error, str_replace, submit, turn  # noqa: F401
 
 pytestmark = pytest.mark.e2e   # real runs through the evaluator
 

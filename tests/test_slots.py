@@ -24,13 +24,7 @@ from tests.faults.conftest import (  # noqa: F401
     results_rows,
     wait_for,
 )
-from tests.test_coordinator import (
-    WAIT_S,
-    ScriptedAgent,
-    run_kinds,
-    standin_workspace,
-    started,
-)
+from tests.test_coordinator import WAIT_S, ScriptedAgent, run_kinds, standin_workspace, started
 from tests.test_tui_support import ScriptedSession, pilot_test, proposal
 
 STANDIN = '''\

@@ -14,14 +14,7 @@ from dataclasses import replace
 from pathlib import Path
 
 import pytest
-from test_tui_support import (
-    T0,
-    ScriptedSession,
-    experiment,
-    history_events,
-    pilot_test,
-    proposal,
-)
+from test_tui_support import T0, ScriptedSession, experiment, history_events, pilot_test, proposal
 from textual.widgets import DataTable, Input
 from textual.widgets.data_table import RowKey
 

@@ -24,13 +24,7 @@ from engine.service.client import EngineClient, EngineLost, Resynced
 from tui.bridge import FLUSH_INTERVAL_S, EventBridge
 from tui.collector import TICK_S as COLLECT_TICK_S
 from tui.collector import ScheduledCollector
-from tui.messages import (
-    DeviceUpdate,
-    EngineEvent,
-    LogBatch,
-    ProgressBatch,
-    ReasoningBatch,
-)
+from tui.messages import DeviceUpdate, EngineEvent, LogBatch, ProgressBatch, ReasoningBatch
 from tui.screens.main import MainScreen
 from tui.screens.modals import ConfirmStopScreen, EngineLostScreen
 from tui.widgets.device import DevicePanel

@@ -31,34 +31,12 @@ from typing import Iterator, Mapping
 import optuna
 
 from engine.agents import template_checks, tpe
-from engine.agents.base import (
-    AgentError,
-    DraftCancelled,
-    DraftContext,
-    Emit,
-    HistoryItem,
-)
-from engine.agents.knobs import (
-    PRIORS,
-    UNKNOWN_LR,
-    Knob,
-    direction_of,
-    knob_for,
-    level_of,
-    position_of,
-    step,
-)
+from engine.agents.base import AgentError, DraftCancelled, DraftContext, Emit, HistoryItem
+from engine.agents.knobs import (PRIORS, UNKNOWN_LR, Knob, direction_of, knob_for, level_of,
+                                  position_of, step)
 from engine.agents.tpe import TPE_STARTUP, fits, priority, suggest
-from engine.agents.trials import (
-    FAILURES,
-    Knowledge,
-    Move,
-    Trial,
-    config_key,
-    describe,
-    move_key,
-    replay,
-)
+from engine.agents.trials import (FAILURES, Knowledge, Move, Trial, config_key, describe,
+                                   move_key, replay)
 from engine.base.constants import format_like, parse_constants, rewrite
 from engine.base.records import Draft
 

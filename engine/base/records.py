@@ -81,6 +81,19 @@ class Proposal:
     created_at: float = 0.0
     notes: list[str] = field(default_factory=list)   # the human's steering notes its draft had
 
+    def commit_message(self, decision: Decision | None) -> str:
+        """The message of the commit this proposal trains as; its trailers name the
+        proposal, the agent and a human's edit."""
+        lines = [self.description.strip().splitlines()[0][:72] if self.description.strip()
+                 else f"proposal {self.id}", ""]
+        if self.hypothesis:
+            lines += [f"Hypothesis: {self.hypothesis.strip()}", ""]
+        lines.append(f"pairlab-proposal: {self.id}")
+        lines.append(f"pairlab-agent: {self.agent}")
+        if decision and decision.kind == DecisionKind.EDIT:
+            lines.append("pairlab-edited-by: human")
+        return "\n".join(lines) + "\n"
+
     def to_dict(self) -> dict:
         d = asdict(self)
         d["state"] = self.state.value

@@ -14,7 +14,6 @@ ahead of their review in engine/loop/speculation.py, the trainer slots in engine
 from __future__ import annotations
 
 import copy
-import errno
 import queue
 import threading
 import time
@@ -25,12 +24,14 @@ from typing import Callable
 
 from engine.agents.base import Agent
 from engine.base.commands import ClientsAttached, Command, CommandRefused
+from engine.base.errors import disk_full_error
 from engine.base.events import Event, Notice, SessionStopped, StateChanged
 from engine.journal import Journal
 from engine.loop import keep_rule, planner, workers
 from engine.loop.decisions import DecisionsMixin
 from engine.loop.drafting import Drafting
-from engine.loop.loop_state import LoopState, Snapshot
+from engine.loop.evidence import Evidence
+from engine.loop.loop_state import LoopState, Snapshot, describe
 from engine.loop.lost_runs import LostRuns
 from engine.loop.moved_best import MovedBest
 from engine.loop.outcomes import OutcomesMixin
@@ -63,6 +64,7 @@ class Coordinator(DecisionsMixin, OutcomesMixin):
         self.slots = slots.make_slots(settings.slots or slots.default_slot_count(settings.device),
                                       settings.device)
         self.worktrees = slots.Worktrees(workspace)
+        self.evidence = Evidence(journal, settings)
         self.drafting = Drafting(self, agent)
         self.speculation = Speculation(self)
         self.program = ProgramEdits(self)
@@ -273,8 +275,8 @@ class Coordinator(DecisionsMixin, OutcomesMixin):
             noise_samples=len(values), noise_repeats=max(0, self.settings.noise_repeats),
             awaiting=tuple(planner.Awaiting(j.proposal_id, j.commit, j.need)
                            for j in loop.judging.values() if j.need != "human"),
-            best_rerun_due=keep_rule.should_rerun_best(self.runs_since_best_ran(),
-                                                       self.rules().keep),
+            best_rerun_due=keep_rule.should_rerun_best(self.evidence.runs_since_best_ran(),
+                                                       self.evidence.rules().keep),
             queue=tuple(loop.queue), pending=len(loop.review),
             speculate=self.speculation.speculating,
             unspeculated=self.speculation.unspeculated(),
@@ -344,42 +346,10 @@ class Coordinator(DecisionsMixin, OutcomesMixin):
         self.journal.add_notice(level, message, hint)
         self.emit(Notice(level, message, hint))
 
-    def describe(self) -> tuple[str, str]:
-        """The loop's state in words: what the status line shows."""
-        loop = self.loop
-        held = [j.proposal_id for j in loop.judging.values() if j.need == "human"]
-        if loop.stopping:
-            return "stopping", loop.stop_reason
-        if loop.paused:
-            return "paused", loop.pause_reason
-        running = [active.started for _, active in sorted(loop.runs.items())]
-        accepted = [started for started in running
-                    if started.kind not in ("speculative", "promotion")]
-        speculative = [started for started in running if started.kind == "speculative"]
-        promoting = [started for started in running if started.kind == "promotion"]
-        if accepted:
-            started = accepted[0]
-            state = "training" if started.proposal_id is not None else "baseline"
-            more = f" (+{len(running) - 1} more)" if len(running) > 1 else ""
-            return state, started.description + more
-        if speculative and loop.review:
-            return "reviewing", (f"{len(loop.review)} waiting for review; "
-                                 f"#{speculative[0].proposal_id} trains speculatively")
-        if promoting and not loop.review and not held:
-            return "promoting", promoting[0].description
-        if loop.review or held:
-            waiting = [f"{len(loop.review)} waiting for review"] if loop.review else []
-            waiting += [f"#{i} held: unusually large win" for i in held]
-            return "reviewing", ", ".join(waiting)
-        if self.drafting.active is not None:
-            return "drafting", self.drafting.agent.name
-        if loop.checking_data:
-            return "preparing", "checking the training data"
-        return "idle", ""
-
     def publish(self) -> None:
         loop = self.loop
-        state, detail = self.describe()
+        drafting = self.drafting.agent.name if self.drafting.active is not None else None
+        state, detail = describe(self.loop, drafting)
         props = loop.proposals
         self.snapshot = Snapshot(
             state=state, detail=detail, mode=loop.mode, paused=loop.paused, best=self.best(),
@@ -410,16 +380,3 @@ class Coordinator(DecisionsMixin, OutcomesMixin):
         parts.append(f"cost ${self.journal.total_cost():.2f}")
         return "; ".join(parts)
 
-
-def disk_full_error(exc: BaseException | None) -> BaseException | None:
-    """The ENOSPC of a file write, SQLite's SQLITE_FULL or git failing for lack of space,
-    also when it caused a later error (a failed ROLLBACK after a full COMMIT); else None."""
-    while exc is not None:
-        if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
-            return exc
-        text = str(exc)
-        if "database or disk is full" in text or "No space left on device" in text \
-                or "Disk quota exceeded" in text:
-            return exc
-        exc = exc.__cause__ or exc.__context__
-    return None

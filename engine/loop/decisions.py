@@ -23,19 +23,8 @@ from engine.base.commands import (
     Stop,
     Veto,
 )
-from engine.base.events import (
-    DecisionMade,
-    ExperimentSettled,
-    ModeChanged,
-    SteeringNote,
-)
-from engine.base.records import (
-    Decision,
-    DecisionKind,
-    Proposal,
-    ProposalState,
-    RunStatus,
-)
+from engine.base.events import DecisionMade, ExperimentSettled, ModeChanged, SteeringNote
+from engine.base.records import Decision, DecisionKind, Proposal, ProposalState, RunStatus
 from engine.workspace import patch
 
 MODES = ("review", "auto")

@@ -1,4 +1,5 @@
-"""The loop's state as the coordinator holds it, and the immutable snapshot readers get."""
+"""The loop's state as the coordinator holds it, the immutable snapshot readers get, and
+that state in words."""
 
 from __future__ import annotations
 
@@ -87,3 +88,36 @@ class LoopState:
     deciding_clients: int = 0        # attached clients that may decide (engine/service/server.py)
     failed: bool = False             # stopping because the loop cannot go on (non-zero exit)
 
+
+def describe(loop: LoopState, drafting: str | None) -> tuple[str, str]:
+    """The loop's state in words: what the status line shows. drafting: the name of the
+    agent drafting now, None when none is."""
+    held = [j.proposal_id for j in loop.judging.values() if j.need == "human"]
+    if loop.stopping:
+        return "stopping", loop.stop_reason
+    if loop.paused:
+        return "paused", loop.pause_reason
+    running = [active.started for _, active in sorted(loop.runs.items())]
+    accepted = [started for started in running
+                if started.kind not in ("speculative", "promotion")]
+    speculative = [started for started in running if started.kind == "speculative"]
+    promoting = [started for started in running if started.kind == "promotion"]
+    if accepted:
+        started = accepted[0]
+        state = "training" if started.proposal_id is not None else "baseline"
+        more = f" (+{len(running) - 1} more)" if len(running) > 1 else ""
+        return state, started.description + more
+    if speculative and loop.review:
+        return "reviewing", (f"{len(loop.review)} waiting for review; "
+                             f"#{speculative[0].proposal_id} trains speculatively")
+    if promoting and not loop.review and not held:
+        return "promoting", promoting[0].description
+    if loop.review or held:
+        waiting = [f"{len(loop.review)} waiting for review"] if loop.review else []
+        waiting += [f"#{i} held: unusually large win" for i in held]
+        return "reviewing", ", ".join(waiting)
+    if drafting is not None:
+        return "drafting", drafting
+    if loop.checking_data:
+        return "preparing", "checking the training data"
+    return "idle", ""

@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Protocol
 from engine.base.events import RunFinished
 from engine.base.records import ProposalState, RunStatus
 from engine.loop import judge, workers
+from engine.loop.evidence import Evidence
 from engine.loop.host import LoopHost
 
 if TYPE_CHECKING:
@@ -26,10 +27,7 @@ if TYPE_CHECKING:
 class Host(LoopHost, Protocol):
     program: ProgramEdits
     drafting: Drafting
-
-    def run_groups(self) -> dict[str, list[float]]: ...
-
-    def best_runs(self) -> list[float]: ...
+    evidence: Evidence
 
     def recorded_result(self, run_id: str, status: RunStatus, message: str | None): ...
 
@@ -46,8 +44,8 @@ class MovedBest:
         best's runs when the base is the best, else that base's own runs."""
         base = self.host.workspace.parent_of(commit)
         if self.host.program.is_best_base(base):
-            return base, self.host.best_runs()
-        return base, self.host.run_groups().get(base, [])
+            return base, self.host.evidence.best_runs()
+        return base, self.host.evidence.run_groups().get(base, [])
 
     def won_on_moved_base(self, done: workers.RunDone, state: dict, base: str,
                           verdict: judge.Judgment) -> None:

@@ -20,16 +20,7 @@ from engine.base.events import (
     RunStarted,
     WinHeld,
 )
-from engine.base.records import (
-    Decision,
-    DecisionKind,
-    Proposal,
-    ProposalState,
-    Revert,
-    RunResult,
-    RunStatus,
-)
-from engine.journal import FAILED_STATUSES
+from engine.base.records import DecisionKind, ProposalState, Revert, RunResult, RunStatus
 from engine.loop import judge, keep_rule, workers
 from engine.loop.loop_state import ActiveRun, Judging
 from engine.loop.lost_runs import MAX_LOST_RUNS
@@ -59,7 +50,7 @@ class OutcomesMixin:
             decisions = self.journal.decisions(proposal.id)
             decision = decisions[-1] if decisions else None
             human = decision is not None and decision.kind == DecisionKind.EDIT
-            message = commit_message(proposal, decision)
+            message = proposal.commit_message(decision)
             if side:                           # the research branch moves on a keep only
                 commit = self.workspace.make_commit(proposal.files, message,
                                                     parent=best_commit, human=human)
@@ -203,7 +194,7 @@ class OutcomesMixin:
             result.status = RunStatus.DISCARD          # a run of the best only measures
         noise = None
         if measured:
-            groups = self.run_groups()
+            groups = self.evidence.run_groups()
             groups.setdefault(done.commit, []).append(result.val_bpb)
             noise = keep_rule.pooled_noise(groups.values())
             if noise.sigma is not None:
@@ -218,7 +209,7 @@ class OutcomesMixin:
                       "read its log, fix train.py or the data")
             return
         if noise.sigma is not None:
-            self.emit(NoiseFloor(noise.sigma, self.run_groups()[done.commit]))
+            self.emit(NoiseFloor(noise.sigma, self.evidence.run_groups()[done.commit]))
         if plan.kind == "noise" and done.commit == self.program.measured_commit():
             self.recheck_best(done.run_id)
         for waiting in list(self.loop.judging.values()):
@@ -239,7 +230,8 @@ class OutcomesMixin:
         # a result no better than the best is discarded here, before any noise estimate;
         # with several slots the best may have moved: judged against the best at its base
         base, to_beat = self.moved_best.runs_to_beat(done.commit)
-        verdict = judge.judge([result.val_bpb], to_beat, self.noise(), self.rules())
+        evidence = self.evidence
+        verdict = judge.judge([result.val_bpb], to_beat, evidence.noise(), evidence.rules())
         if not self.program.is_best_base(base) and verdict.verdict is not judge.Verdict.DISCARD:
             self.moved_best.won_on_moved_base(done, state, base, verdict)
             return
@@ -286,13 +278,13 @@ class OutcomesMixin:
                 ) -> None:
         """Judge a waiting experiment again, after a re-run of it (`rerun`, not yet in the
         journal) or of the best (already there)."""
-        runs = self.candidate_runs(waiting.commit) + ([rerun.val_bpb] if rerun else [])
-        best_runs = self.best_runs()
-        groups = self.run_groups()
+        runs = self.evidence.candidate_runs(waiting.commit) + ([rerun.val_bpb] if rerun else [])
+        best_runs = self.evidence.best_runs()
+        groups = self.evidence.run_groups()
         if rerun is not None:
             groups.setdefault(waiting.commit, []).append(rerun.val_bpb)
         verdict = judge.judge(runs, best_runs, keep_rule.pooled_noise(groups.values()),
-                              self.rules())
+                              self.evidence.rules())
         if verdict.verdict is judge.Verdict.CONFIRM:
             waiting.need = verdict.rerun
             if rerun is None:
@@ -379,10 +371,11 @@ class OutcomesMixin:
         best, previous = self.journal.best(), self.journal.previous_best()
         if best is None or previous is None or best.kind != "experiment":
             return
-        groups = self.run_groups()
+        groups = self.evidence.run_groups()
         decision = keep_rule.recheck(groups.get(previous.commit) or [previous.val_bpb],
                                      groups.get(best.commit, []),
-                                     keep_rule.pooled_noise(groups.values()), self.rules().keep)
+                                     keep_rule.pooled_noise(groups.values()),
+                                     self.evidence.rules().keep)
         if decision is None or decision.action is not keep_rule.Action.DISCARD:
             return
         reverted = self.journal.revert_keep(best.run_id, Revert(
@@ -400,68 +393,3 @@ class OutcomesMixin:
             self.restorer.protect_human_changes("pairlab reset the research branch")
             self.workspace.reset_to(best)
 
-    # ------------------------------------------------------------------ the judge's inputs
-
-    def rules(self) -> judge.JudgeRules:
-        s = self.settings
-        return judge.JudgeRules(keep=keep_rule.settings_for(
-            s.keep_rule, k=s.keep_k, max_candidate_runs=s.max_candidate_runs,
-            min_best_runs=s.min_best_runs, best_rerun_every=s.best_rerun_every),
-            large_win_sigmas=s.large_win_sigmas, large_win_fraction=s.large_win_fraction)
-
-    def run_groups(self) -> dict[str, list[float]]:
-        """Every measured val_bpb, grouped by commit in run order: the runs of one commit
-        are repeats of each other (the baseline and its repeats, an experiment and its
-        confirmations, the best and its re-runs)."""
-        # a vetoed speculative run measured a change nobody kept, nor will re-run
-        failed = {s.value for s in FAILED_STATUSES} | {RunStatus.VETOED.value}
-        groups: dict[str, list[float]] = {}
-        for r in self.journal.run_rows():
-            if r["val_bpb"] is None or r["status"] in failed or r["kind"] == "promotion":
-                continue                  # a promotion run is another scale: its own noise
-            # a settled experiment's row holds the mean of its runs; its own run is kept apart
-            value = r["metrics"].get("first_val_bpb", r["val_bpb"]) \
-                if r["kind"] == "experiment" else r["val_bpb"]
-            groups.setdefault(r["commit_sha"], []).append(value)
-        return groups
-
-    def noise(self) -> keep_rule.Noise:
-        return keep_rule.pooled_noise(self.run_groups().values())
-
-    def candidate_runs(self, commit: str) -> list[float]:
-        """The measured runs of an experiment's commit: its first run, then its re-runs."""
-        return self.run_groups().get(commit, [])
-
-    def best_runs(self) -> list[float]:
-        """Every run of the best commit: the runs it was kept on and its re-runs since."""
-        best = self.journal.best()
-        return self.run_groups().get(best.commit) or [best.val_bpb]
-
-    def runs_since_best_ran(self) -> int:
-        """Candidate runs judged against the best since the best itself last ran."""
-        best = self.journal.best()
-        count = 0
-        for r in self.journal.run_rows():
-            if best is not None and r["commit_sha"] == best.commit:
-                count = 0
-            elif r["kind"] in ("experiment", "rerun") and r["val_bpb"] is not None:
-                count += 1
-        return count
-
-    def need_of(self, commit: str) -> str:
-        """Which run a restored, undecided experiment waits for: the best's or its own."""
-        verdict = judge.judge(self.candidate_runs(commit), self.best_runs(), self.noise(),
-                              self.rules())
-        return verdict.rerun or "candidate"
-
-
-def commit_message(proposal: Proposal, decision: Decision | None) -> str:
-    lines = [proposal.description.strip().splitlines()[0][:72] if proposal.description.strip()
-             else f"proposal {proposal.id}", ""]
-    if proposal.hypothesis:
-        lines += [f"Hypothesis: {proposal.hypothesis.strip()}", ""]
-    lines.append(f"pairlab-proposal: {proposal.id}")
-    lines.append(f"pairlab-agent: {proposal.agent}")
-    if decision and decision.kind == DecisionKind.EDIT:
-        lines.append("pairlab-edited-by: human")
-    return "\n".join(lines) + "\n"

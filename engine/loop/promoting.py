@@ -17,6 +17,7 @@ from engine.base.events import ExperimentSettled, RunFinished
 from engine.base.git import run_git
 from engine.base.records import RunStatus
 from engine.loop import judge, promotion
+from engine.loop.evidence import Evidence
 from engine.loop.host import LoopHost
 from engine.loop.keep_rule import Action
 from engine.loop.planner import RunPlan
@@ -27,7 +28,7 @@ PREEMPTED = "gave the trainer back to the main loop; it trains again when the tr
 
 
 class Host(LoopHost, Protocol):
-    def rules(self): ...
+    evidence: Evidence
 
     def launch(self, plan: RunPlan, commit: str, description: str): ...
 
@@ -51,7 +52,8 @@ class Promoting:
             return promotion.LadderView(ladder=ladder)
         return promotion.LadderView(
             ladder=ladder, kept=tuple(self.kept_change(r, device) for r in rows),
-            promotions=tuple(self.host.journal.promotion_records()), rules=self.host.rules().keep)
+            promotions=tuple(self.host.journal.promotion_records()),
+            rules=self.host.evidence.rules().keep)
 
     def kept_change(self, row: dict, device: str) -> promotion.KeptChange:
         """A kept run as the ladder sees it; the git facts of a commit never change, so

@@ -8,6 +8,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Protocol
 
 from engine.base.records import ProposalState, RunStatus
+from engine.loop.evidence import Evidence
 from engine.loop.host import LoopHost
 from engine.loop.loop_state import Judging
 
@@ -23,10 +24,9 @@ class Host(LoopHost, Protocol):
     speculation: Speculation
     drafting: Drafting
     worktrees: Worktrees
+    evidence: Evidence
 
     def best(self) -> tuple[str, float] | None: ...
-
-    def need_of(self, commit: str) -> str: ...
 
 
 class Restore:
@@ -82,7 +82,7 @@ class Restore:
                                                 RunStatus.CONFIRMING.value):
                 proposal = self.host.journal.get_proposal(row["proposal_id"])
                 loop.proposals[proposal.id] = proposal
-                need = "human" if held else self.host.need_of(row["commit_sha"])
+                need = "human" if held else self.host.evidence.need_of(row["commit_sha"])
                 loop.judging[proposal.id] = Judging(proposal.id, row["id"], row["commit_sha"],
                                                     need)
         if best:

@@ -16,14 +16,7 @@ from pathlib import Path
 from typing import Callable
 
 from engine.agents.base import Agent, AgentError, DraftCancelled, DraftContext
-from engine.base.events import (
-    Event,
-    LiveLine,
-    LogLines,
-    Preparing,
-    ReasoningDelta,
-    RunProgress,
-)
+from engine.base.events import Event, LiveLine, LogLines, Preparing, ReasoningDelta, RunProgress
 from engine.base.records import Draft, RunResult
 from engine.loop.planner import RunPlan
 from engine.run.data import data_problem

@@ -40,12 +40,7 @@ from pathlib import Path
 from engine.base.git import run_git
 from engine.base.records import RunResult, RunStatus
 from engine.run.runner import TAIL_LINES, Runner
-from engine.scale.ray_worker import (
-    DATA_FILES,
-    LogChannel,
-    harness_fingerprint,
-    train_on_worker,
-)
+from engine.scale.ray_worker import DATA_FILES, LogChannel, harness_fingerprint, train_on_worker
 from engine.workspace import WorkspaceError
 
 INSTALL_HINT = "pip install 'pairlab[ray]'"

@@ -15,7 +15,6 @@ from engine.agents.tuner import TunerAgent
 from engine.base.events import Notice, ProposalReady, SessionStopped
 from engine.base.records import RunStatus
 from engine.journal import Journal
-from engine.loop.outcomes import commit_message as _commit_message
 from engine.session import Session
 from engine.workspace import Workspace
 from tests.faults.conftest import (
@@ -104,7 +103,7 @@ def test_engine_killed_between_commit_and_run(baselined_workspace, dataset_dir):
     decided = journal.get_proposal(proposal.id)
     baseline = journal.best().commit
     journal.close()
-    orphan = ws.commit_change(decided.files, _commit_message(decided, None), parent=baseline)
+    orphan = ws.commit_change(decided.files, decided.commit_message(None), parent=baseline)
     assert ws.head() == orphan != baseline
 
     outcome = run_fault(ws, fault_settings(dataset_dir), proposal_id=proposal.id)

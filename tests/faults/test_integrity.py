@@ -21,13 +21,7 @@ from hypothesis import strategies as st
 
 from engine.agents.claude import ClaudeAgent
 from engine.agents.tuner import TunerAgent
-from engine.base.events import (
-    DraftFailed,
-    Notice,
-    ProposalReady,
-    RunFinished,
-    SessionStopped,
-)
+from engine.base.events import DraftFailed, Notice, ProposalReady, RunFinished, SessionStopped
 from engine.base.records import RunStatus
 from engine.report import write_report
 from engine.run import confine
