@@ -28,7 +28,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from engine import doctor  # noqa: E402
+from engine.run import doctor  # noqa: E402
 from engine.agents.tuner import TunerAgent  # noqa: E402
 from engine.base.events import DecisionMade, ExperimentSettled, RunFinished, SessionStopped  # noqa: E402
 from engine.base.records import RunStatus  # noqa: E402

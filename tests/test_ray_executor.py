@@ -104,6 +104,9 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+HEADS: dict[str, int] = {}    # the address of a cluster these tests started -> its head's pid
+
+
 @pytest.fixture(scope="module")
 def ray_cluster(tmp_path_factory):
     """The address of a local Ray head with 2 CPUs, its workers importing this checkout
@@ -125,6 +128,7 @@ def ray_cluster(tmp_path_factory):
          "--disable-usage-stats", "--temp-dir", str(temp_dir)],
         env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     address = f"127.0.0.1:{port}"
+    HEADS[address] = head.pid
     try:
         deadline = time.monotonic() + CLUSTER_START_TIMEOUT_S
         while True:
@@ -172,12 +176,18 @@ def ray_settings(tiny_settings, address, **overrides):
                          **overrides)
 
 
-def training_task_pids() -> list[int]:
-    """Ray workers busy with a training task on this machine, found by the task's name."""
+def training_task_pids(address: str) -> list[int]:
+    """Ray workers of the cluster at `address` busy with a training task, found by the
+    task's name. With pytest-xdist another worker's module may run a cluster of its own on
+    this machine: only processes under this cluster's head count."""
+    head = HEADS.get(address)
+    ours = {child.pid for child in psutil.Process(head).children(recursive=True)} \
+        if head is not None else None
     pids = []
     for proc in psutil.process_iter(["pid", "cmdline"]):
         cmdline = proc.info["cmdline"] or []
-        if cmdline and cmdline[0].startswith(RAY_TASK_TITLE):
+        if cmdline and cmdline[0].startswith(RAY_TASK_TITLE) and (
+                ours is None or proc.info["pid"] in ours):
             pids.append(proc.info["pid"])
     return pids
 
@@ -197,19 +207,22 @@ class RunWatcher:
     """Records every event and, when a run's train.py says it started, which Ray worker is
     busy with the training task then (with its descendants)."""
 
-    def __init__(self, on_trainer_started=None):
+    def __init__(self, address: str, on_trainer_started=None):
+        self.address = address
         self.events: list = []
         self.task_pids: dict[str, list[int]] = {}   # run id -> training workers then
         self.task_family: dict[str, set[int]] = {}  # run id -> those and their descendants
+        self.trainers: dict[str, list[int]] = {}    # run id -> train.py in a task's temp dir
         self.on_trainer_started = on_trainer_started
 
     def __call__(self, event) -> None:
         self.events.append(event)
         if isinstance(event, LogLines) and event.run_id not in self.task_pids and \
                 any(line.startswith(PARENT_LINE) for line in event.lines):
-            self.task_pids[event.run_id] = pids = training_task_pids()
+            self.task_pids[event.run_id] = pids = training_task_pids(self.address)
             self.task_family[event.run_id] = set(pids) | {
                 child.pid for pid in pids for child in psutil.Process(pid).children(True)}
+            self.trainers[event.run_id] = trainers_on_workers()
             if self.on_trainer_started is not None:
                 self.on_trainer_started(event, pids)
 
@@ -237,7 +250,7 @@ def test_runs_train_on_ray_workers_and_a_killed_worker_loses_nothing(
         if isinstance(event, RunStarted) and event.proposal_id is not None:
             experiments.add(event.run_id)
 
-    watcher = RunWatcher(kill_the_first_experiments_worker)
+    watcher = RunWatcher(ray_cluster, kill_the_first_experiments_worker)
     session = Session(ray_workspace, TunerAgent(),
                       ray_settings(tiny_settings, ray_cluster, max_experiments=1), monitor=False)
     session.subscribe(note_experiments)   # before the watcher: the run is known at its lines
@@ -252,13 +265,14 @@ def test_runs_train_on_ray_workers_and_a_killed_worker_loses_nothing(
     assert len(finished) == 3 and finished[2].experiment.kind == "experiment"
     for event in finished:
         run_id = event.result.run_id
-        # trained by a Ray worker, not by the engine: train.py's parent is the worker (or its
-        # child) that was busy with the training task when that line arrived, mid-run
+        # trained by a Ray worker, not by the engine: train.py descends from the worker that
+        # was busy with the training task when its first line arrived, mid-run (its own
+        # getppid() is its PID namespace's init when it runs confined: 1)
         (worker,) = watcher.task_pids[run_id]
         assert worker != os.getpid()
+        assert set(watcher.trainers[run_id]) & watcher.task_family[run_id], run_id
         (parent,) = [int(line[len(PARENT_LINE):]) for line in watcher.lines(run_id)
                      if line.startswith(PARENT_LINE)]
-        assert parent in watcher.task_family[run_id]   # the worker, or its confining launcher
         # the lines streamed in before the result, as they do locally, and are in its log
         first_lines = next(i for i, e in enumerate(watcher.events)
                            if isinstance(e, LogLines) and e.run_id == run_id)
@@ -344,7 +358,7 @@ def test_a_run_that_loses_its_worker_every_time_becomes_a_crash(ray_cluster, tin
 
     def kill_every_worker(event):
         if isinstance(event, LogLines) and event.run_id not in {run for run, _ in killed}:
-            (worker,) = training_task_pids()
+            (worker,) = training_task_pids(ray_cluster)
             os.kill(worker, signal.SIGKILL)
             killed.append((event.run_id, worker))
 
