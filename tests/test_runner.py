@@ -18,7 +18,8 @@ import pytest
 from engine.base.records import RunStatus
 from engine.run import confine
 from engine.run.output import OutputCollector
-from engine.run.runner import Runner, check_result
+from engine.run.results import check_result
+from engine.run.runner import Runner
 from tests.conftest import processes_with
 
 # What every fake train.py can use: the progress line of contracts §3, and the real

@@ -39,7 +39,8 @@ from pathlib import Path
 
 from engine.base.git import run_git
 from engine.base.records import RunResult, RunStatus
-from engine.run.runner import TAIL_LINES, Runner
+from engine.run.judging import TAIL_LINES
+from engine.run.runner import Runner
 from engine.scale.ray_worker import DATA_FILES, LogChannel, harness_fingerprint, train_on_worker
 from engine.workspace import WorkspaceError
 

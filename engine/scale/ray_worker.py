@@ -28,8 +28,10 @@ FLUSH_INTERVAL_S = 0.1                    # the task hands its output over this 
 DATA_FILES = (*evaluation.TRAINING_FILES, "val.bin")   # val.bin is for the worker's evaluator
 RUN_DIR_PREFIX = "pairlab-ray-run-"       # + the worker's pid: a run's temp dir on the node
 # The harness, the evaluator and the runner: a worker must run the engine's own copy.
-FINGERPRINTED = ("nanochat/*.py", "engine/run/runner.py", "engine/run_*.py", "engine/run/evaluation.py",
-                 "engine/run/confine.py", "engine/scale/ray_executor.py", "engine/scale/ray_worker.py")
+# Every module of a run (engine/run/: the runner, its process group, output, results,
+# watchdog, compile cache, confinement, evaluation) and of the executor.
+FINGERPRINTED = ("nanochat/*.py", "engine/run/*.py", "engine/base/*.py",
+                 "engine/scale/ray_executor.py", "engine/scale/ray_worker.py")
 
 
 @functools.lru_cache(maxsize=1)

@@ -1,10 +1,10 @@
 """The engine as a service: a Unix socket in `.pairlab/` that clients attach to.
 
 One thread accepts connections; each client gets a reader thread (its commands, run one at
-a time, each answered) and a writer thread that drains the client's bounded queue. The
-engine only ever puts an already-encoded line on each queue without waiting: a client that
-falls behind is marked, its queue is dropped and it gets a fresh snapshot instead, so a slow
-client never slows the engine.
+a time, each answered) and a writer thread that drains the client's bounded queue
+(engine/service/fanout.py). The engine only ever puts an already-encoded line on each queue
+without waiting: a client that falls behind is marked, its queue is dropped and it gets a
+fresh snapshot instead, so a slow client never slows the engine.
 
 The socket is the owner's only (mode 0600 in a private directory), and every connection's
 peer credentials are checked (engine/service/peers.py): another uid, or a process of one of
@@ -16,7 +16,6 @@ from __future__ import annotations
 import errno
 import fcntl
 import os
-import queue
 import socket
 import sys
 import threading
@@ -31,6 +30,7 @@ from engine.base.events import (DraftFailed, DraftStarted, Event, LogLines, Noti
                            SteeringNote)
 from engine.service.address import (LOCK_NAME, LOG_NAME, SOCKET_NAME, ServiceError,  # noqa: F401
                                     reachable, socket_path)
+from engine.service.fanout import AttachedClient
 from engine.workspace.patch import PatchRefused
 
 # Lines a client may be behind before it is resynced with a snapshot instead.
@@ -77,7 +77,7 @@ class EngineService:
         self.path = Path(path)
         self.queue_lines = queue_lines
         self._lock = threading.Lock()
-        self._clients: set[_Client] = set()
+        self._clients: set[AttachedClient] = set()
         self._listener: socket.socket | None = None
         self._closed = threading.Event()
         self._idle = threading.Condition(self._lock)  # notified when a command finishes
@@ -236,7 +236,7 @@ class EngineService:
                 _send_and_close(conn, proto.Refused(proto.version_mismatch(
                     proto.PROTOCOL_VERSION, hello.version, we="engine", they="client")))
                 return
-            client = _Client(self, conn, hello.read_only)
+            client = AttachedClient(self, conn, hello.read_only)
             with self._lock:
                 if self._closed.is_set():
                     return
@@ -296,106 +296,6 @@ class EngineService:
             return proto.Reply(rid, False, error=f"{type(exc).__name__}: {exc}",
                                refusal="internal")
         return proto.Reply(rid, True, value=proto.to_plain(value))
-
-
-class _Client:
-    """One attached client: a bounded queue of encoded lines and the thread that sends them."""
-
-    def __init__(self, service: EngineService, conn: socket.socket, read_only: bool):
-        self.service = service
-        self.conn = conn
-        self.read_only = read_only
-        # (is_reply, line): replies survive a resync, the client waits for them.
-        self.queue: queue.Queue[tuple[bool, bytes] | None] = queue.Queue(
-            maxsize=service.queue_lines)
-        self.needs_snapshot = True            # the first thing it gets
-        self.resynced = False
-        self._finished = threading.Event()
-        self._thread = threading.Thread(target=self._write_loop, daemon=True,
-                                        name="pairlab-client-writer")
-
-    def start(self) -> None:
-        self._thread.start()
-
-    def offer(self, line: bytes, must: bool = False) -> None:
-        """Queue a line without waiting. A full queue means the client fell behind: drop its
-        backlog and send a snapshot instead. Replies (`must`) wait for room: they come from
-        this client's own reader, so only this client waits."""
-        if self._finished.is_set():
-            return
-        if must:
-            while not self._finished.is_set():
-                try:
-                    self.queue.put((True, line), timeout=1.0)
-                    return
-                except queue.Full:
-                    continue
-            return
-        if self.needs_snapshot:
-            return
-        try:
-            self.queue.put_nowait((False, line))
-        except queue.Full:
-            self.needs_snapshot = True
-            self.resynced = True
-            with self.service._lock:
-                self.service.resyncs += 1
-
-    def finish(self, grace_s: float = 0.0) -> None:
-        """End this connection; with a grace, after the writer sent what is queued."""
-        if self._finished.is_set():
-            return
-        try:
-            self.queue.put(None, timeout=grace_s) if grace_s else self.queue.put_nowait(None)
-        except queue.Full:
-            pass
-        if grace_s and self._thread.is_alive() and self._thread is not threading.current_thread():
-            self._thread.join(grace_s)
-        self._finished.set()
-        try:
-            self.conn.shutdown(socket.SHUT_RDWR)
-        except OSError:
-            pass
-
-    def _write_loop(self) -> None:
-        try:
-            while not self._finished.is_set():
-                if self.needs_snapshot:
-                    self._drain()
-                    # Cleared before the snapshot is built: an event after this point is
-                    # queued (and may repeat what the snapshot shows), none is lost.
-                    self.needs_snapshot = False
-                    resync, self.resynced = self.resynced, False
-                    self.conn.sendall(proto.encode(self.service.snapshot(resync=resync)))
-                    continue
-                try:
-                    item = self.queue.get(timeout=1.0)
-                except queue.Empty:
-                    continue
-                if item is None:
-                    break
-                is_reply, line = item
-                if self.needs_snapshot and not is_reply:
-                    continue                  # superseded by the snapshot about to be sent
-                self.conn.sendall(line)
-        except OSError:
-            pass
-        finally:
-            self._finished.set()
-            self.conn.close()
-
-    def _drain(self) -> None:
-        """Drop queued events; keep replies, which the client is waiting for."""
-        kept = []
-        while True:
-            try:
-                item = self.queue.get_nowait()
-            except queue.Empty:
-                break
-            if item is not None and item[0]:
-                kept.append(item[1])
-        for line in kept:
-            self.conn.sendall(line)
 
 
 def _read_message(reader):
