@@ -9,7 +9,7 @@ from pathlib import Path
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
-from engine.base.records import Experiment, KeepMeasure, RunStatus
+from engine.base.records import Experiment, KeepMeasure, RunKind, RunStatus
 from engine.journal import FAILED_STATUSES, Journal, Totals
 from engine.journal.promotions import Promotion
 
@@ -49,7 +49,7 @@ class Summary:
         """Kept runs other than the baseline, first time each commit was kept."""
         seen, kept = set(), []
         for e in self.experiments:
-            if (e.status is RunStatus.KEEP and self.kinds[e.run_id] != "baseline"
+            if (e.status is RunStatus.KEEP and self.kinds[e.run_id] != RunKind.BASELINE
                     and e.commit not in seen):
                 seen.add(e.commit)
                 kept.append(e)
@@ -60,7 +60,7 @@ def summarize(journal: Journal) -> Summary:
     experiments = journal.experiments()
     kinds = {r["id"]: r["kind"] for r in journal.run_rows()}
     measured = [e for e in experiments if e.val_bpb is not None and e.status not in FAILED_STATUSES]
-    baselines = [e for e in measured if kinds[e.run_id] == "baseline"]
+    baselines = [e for e in measured if kinds[e.run_id] == RunKind.BASELINE]
     kept = [e for e in measured if e.status is RunStatus.KEEP]
     baseline = baselines[0] if baselines else (kept[0] if kept else None)
     best = journal.best()
@@ -85,7 +85,7 @@ def _notes(journal: Journal, experiments: list[Experiment]):
 
 def _noise_band(journal, baseline, baselines, measured, kinds) -> tuple[float, float] | None:
     """The spread of the baseline's repeats, measured, else from the stored noise floor."""
-    repeats = baselines + [e for e in measured if kinds[e.run_id] == "noise"]
+    repeats = baselines + [e for e in measured if kinds[e.run_id] == RunKind.NOISE]
     if len(repeats) > 1:
         values = [e.val_bpb for e in repeats]
         return min(values), max(values)
@@ -119,7 +119,7 @@ def chart_points(summary: Summary) -> ChartPoints:
     """What progress.png draws. An interrupted run is no outcome (it trains again), and a
     promotion run trains a larger model: neither is drawn."""
     shown = [e for e in summary.experiments if e.status is not RunStatus.INTERRUPTED
-             and e.kind != "promotion"]
+             and e.kind != RunKind.PROMOTION]
     measured = [e for e in shown if e.val_bpb is not None and e.status not in FAILED_STATUSES]
     return ChartPoints(kept=[e for e in measured if e.status is RunStatus.KEEP],
                        others=[e for e in measured if e.status not in (RunStatus.KEEP,
@@ -162,7 +162,8 @@ def plot_progress(summary: Summary, path: Path) -> None:
         ax.step(steps_x, steps_y, where="post", color=BEST_COLOUR, linewidth=2, alpha=0.8,
                 zorder=3, label="running best")
     for e in kept:
-        label = "baseline" if summary.kinds[e.run_id] == "baseline" else _shorten(e.description)
+        label = "baseline" if summary.kinds[e.run_id] == RunKind.BASELINE \
+            else _shorten(e.description)
         ax.annotate(label, (e.id, e.val_bpb), xytext=(6, 6), textcoords="offset points",
                     fontsize=8, rotation=25, color="#1e8449", zorder=5)
     if crashed:

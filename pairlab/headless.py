@@ -11,7 +11,7 @@ import threading
 import time
 
 from engine.base import events as ev
-from engine.base.records import RunStatus
+from engine.base.records import RunKind, RunStatus
 from pairlab.engine_process import ENGINE_ARGS_NAME, engine_argv
 from pairlab.sessions import UserError, make_session, open_workspace, settings_from_args
 
@@ -178,9 +178,9 @@ class ReadablePrinter:
             r, e = event.result, event.experiment
             bpb = f"{r.val_bpb:.6f}" if r.val_bpb is not None else "-"
             extra = f" ({r.message})" if r.message else ""
-            outcome = finished_outcome(e.kind if e else "experiment", r.status)
+            outcome = finished_outcome(e.kind if e else RunKind.EXPERIMENT, r.status)
             return [f"run {r.run_id} finished: {outcome} val_bpb {bpb}{extra}"
-                    + (f" [experiment {e.id}]" if e and e.kind == "experiment" else "")]
+                    + (f" [experiment {e.id}]" if e and e.kind == RunKind.EXPERIMENT else "")]
         if isinstance(event, ev.DecisionMade):
             d = event.decision
             reason = f": {d.reason}" if d.reason else ""

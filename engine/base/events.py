@@ -12,7 +12,7 @@ from dataclasses import asdict, dataclass, field
 from enum import Enum
 from typing import ClassVar
 
-from engine.base.records import Decision, Experiment, Proposal, RunResult
+from engine.base.records import Decision, Experiment, Proposal, RunKind, RunResult
 
 
 @dataclass
@@ -125,7 +125,7 @@ class RunStarted(Event):
     description: str
     budget_s: float
     log_path: str
-    kind: str = "experiment"         # what the run is for: a journal RUN_KINDS value
+    kind: RunKind = RunKind.EXPERIMENT  # what the run is for
     speculative: bool = False        # trains a proposal no human has accepted yet
     slot: int = 0                    # the trainer slot it trains in
     slots: int = 1                   # the loop's trainer slots

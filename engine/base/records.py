@@ -3,7 +3,18 @@
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
-from enum import Enum
+from enum import Enum, StrEnum
+
+
+class RunKind(StrEnum):
+    """What a run is for: the journal's `runs.kind`, a plan's, an event's."""
+
+    BASELINE = "baseline"            # the start commit, measured first
+    EXPERIMENT = "experiment"        # an accepted proposal's commit
+    NOISE = "noise"                  # the best again: the noise floor, or a periodic re-run
+    RERUN = "rerun"                  # a candidate again, for the judge
+    SPECULATIVE = "speculative"      # a proposal trained ahead of its review
+    PROMOTION = "promotion"          # one side of a promotion at a larger depth
 
 
 class RunStatus(str, Enum):
@@ -226,7 +237,7 @@ class Experiment:
     started_at: float
     finished_at: float | None
     log_path: str
-    kind: str = "experiment"         # a journal RUN_KINDS value
+    kind: RunKind = RunKind.EXPERIMENT
     speculative: bool = False        # trained before a human accepted it (kind speculative)
     confined: bool = True
     metric_verified: bool = True

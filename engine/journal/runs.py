@@ -17,6 +17,7 @@ from engine.base.records import (
     PromotionRung,
     ProposalState,
     Revert,
+    RunKind,
     RunResult,
     RunStatus,
 )
@@ -24,7 +25,7 @@ from engine.journal.db import dumps, redact
 
 # speculative: a proposal's run before a human accepted it; it becomes an experiment then.
 # promotion: a kept change (or its parent) trained at a larger depth (the ladder)
-RUN_KINDS = ("baseline", "experiment", "noise", "rerun", "speculative", "promotion")
+RUN_KINDS = tuple(RunKind)
 RUNNING = "running"
 FAILED_STATUSES = (RunStatus.CRASH, RunStatus.TIMEOUT, RunStatus.INTERRUPTED, RunStatus.KILLED)
 INTERRUPTED_MESSAGE = "The engine stopped while this run was training; it will be run again."
@@ -54,7 +55,7 @@ class RunJournal:
                 " status, log_path, started_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 (run_id, experiment, proposal_id, commit, kind, redact(description or kind),
                  RUNNING, redact(log_path), time.time() if started_at is None else started_at))]
-            if proposal_id is not None and kind != "speculative":   # that one waits for review
+            if proposal_id is not None and kind != RunKind.SPECULATIVE:  # waits for review
                 statements.append(("UPDATE proposals SET state = ? WHERE id = ?",
                                    (ProposalState.TRAINING.value, proposal_id)))
             self._write(*statements)
@@ -95,7 +96,7 @@ class RunJournal:
             if not rows:
                 raise KeyError(f"no run {result.run_id!r} in the journal; start_run it first")
             kind, proposal_id = rows[0]["kind"], rows[0]["proposal_id"]
-            if proposal_state is None and kind == "experiment":
+            if proposal_state is None and kind == RunKind.EXPERIMENT:
                 proposal_state = ProposalState.DONE
             statements = [self._run_update(result, now)]
             if settles is not None:
@@ -265,7 +266,7 @@ def row_experiment(r: sqlite3.Row) -> Experiment:
         val_bpb=r["val_bpb"], memory_gb=r["memory_gb"], description=r["description"],
         decided_by=r["decided_by"] or r["kind"], run_id=r["id"], started_at=r["started_at"],
         finished_at=r["finished_at"], log_path=r["log_path"], kind=r["kind"],
-        speculative=r["kind"] == "speculative", message=r["message"],
+        speculative=r["kind"] == RunKind.SPECULATIVE, message=r["message"],
         confined=bool(r["confined"]),
         metric_verified=bool(r["metric_verified"]),
         promotions=[PromotionRung(depth, None if held is None else bool(held))

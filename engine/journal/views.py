@@ -10,7 +10,14 @@ import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from engine.base.records import UNVERIFIED_LABEL, DecisionKind, HistoryItem, RunStatus, Usage
+from engine.base.records import (
+    UNVERIFIED_LABEL,
+    DecisionKind,
+    HistoryItem,
+    RunKind,
+    RunStatus,
+    Usage,
+)
 from engine.journal.runs import EXPERIMENT_SELECT, RUNNING
 
 # autoresearch's results.tsv knows only keep, discard and crash
@@ -106,15 +113,15 @@ class JournalViews:
                    RunStatus.KILLED: "crashed"}
         for r in finished:
             status = RunStatus(r["status"])
-            if r["kind"] == "noise":
+            if r["kind"] == RunKind.NOISE:
                 totals.noise_repeats += 1
-            elif r["kind"] == "rerun":
+            elif r["kind"] == RunKind.RERUN:
                 totals.confirmations += 1
-            elif r["kind"] == "speculative":
+            elif r["kind"] == RunKind.SPECULATIVE:
                 totals.speculative += 1
-            elif r["kind"] == "promotion":
+            elif r["kind"] == RunKind.PROMOTION:
                 totals.promotion_runs += 1
-            elif r["kind"] == "experiment" and status in outcome:
+            elif r["kind"] == RunKind.EXPERIMENT and status in outcome:
                 setattr(totals, outcome[status], getattr(totals, outcome[status]) + 1)
             totals.training_seconds += r["training_seconds"]
             totals.run_seconds += r["total_seconds"]
@@ -167,7 +174,8 @@ class JournalViews:
         lines = [TSV_HEADER]
         kinds = {r["id"]: r["kind"] for r in self._read("SELECT id, kind FROM runs")}
         for e in self.experiments():
-            if kinds[e.run_id] not in ("baseline", "experiment") or e.status not in TSV_STATUS \
+            if kinds[e.run_id] not in (RunKind.BASELINE, RunKind.EXPERIMENT) \
+                    or e.status not in TSV_STATUS \
                     or e.status is RunStatus.INTERRUPTED:
                 continue                  # interrupted, or undecided (confirming, held)
             status = TSV_STATUS[e.status]

@@ -20,12 +20,14 @@ import time
 import traceback
 from concurrent.futures import Future
 from dataclasses import replace
+from enum import StrEnum
 from typing import Callable
 
 from engine.agents.base import Agent
 from engine.base.commands import ClientsAttached, Command, CommandRefused
 from engine.base.errors import disk_full_error
 from engine.base.events import Event, Notice, SessionStopped, StateChanged
+from engine.base.records import RunKind
 from engine.journal import Journal
 from engine.loop import keep_rule, planner, workers
 from engine.loop.decisions import DecisionsMixin
@@ -35,6 +37,7 @@ from engine.loop.loop_state import LoopState, Snapshot, describe
 from engine.loop.lost_runs import LostRuns
 from engine.loop.moved_best import MovedBest
 from engine.loop.outcomes import OutcomesMixin
+from engine.loop.planner import Need
 from engine.loop.program_edits import ProgramEdits
 from engine.loop.promoting import Promoting
 from engine.loop.restore import Restore
@@ -42,6 +45,14 @@ from engine.loop.speculation import Speculation
 from engine.run import doctor
 from engine.scale import slots
 from engine.workspace import Workspace
+
+
+class Failure(StrEnum):
+    """Why the loop stopped when it could not go on: its stop reason, named once."""
+
+    DISK_FULL = "disk full"
+    INTERNAL = "internal error"
+
 
 TICK_S = 1.0                         # how often caps and backoffs are looked at when idle
 
@@ -173,9 +184,9 @@ class Coordinator(DecisionsMixin, OutcomesMixin):
         elif isinstance(message, ClientsAttached):
             self.loop.deciding_clients = message.deciding
         elif isinstance(message, workers.WorkerFailed):
-            if message.worker == "trainer":
+            if message.worker is workers.Worker.TRAINER:
                 self.loop.runs.pop(message.slot, None)
-            elif message.worker == "drafter":
+            elif message.worker is workers.Worker.DRAFTER:
                 self.drafting.active = None
             else:
                 self.loop.checking_data = False
@@ -189,18 +200,18 @@ class Coordinator(DecisionsMixin, OutcomesMixin):
                        f"({full}); pairlab stopped the loop")
             hint = ("free some space there, then start pairlab again: it resumes where it "
                     "stopped, and nothing already recorded is lost")
-            reason = "disk full"
+            reason = Failure.DISK_FULL
         else:
             message = f"internal error: {type(exc).__name__}: {exc}"
             hint = ("the loop is stopped; the journal keeps everything. Please report this "
                     "with .pairlab/engine.log")
-            reason = "internal error"
+            reason = Failure.INTERNAL
             try:
                 with (self.workspace.pairlab_dir / "engine.log").open("a") as log:
                     log.write(trace)
             except OSError:
                 pass
-        if self.loop.stop_reason not in ("disk full", "internal error"):
+        if not isinstance(self.loop.stop_reason, Failure):   # told once
             try:
                 self.journal.add_notice("error", message, hint)
             except Exception:                 # the journal may be on the full disk
@@ -225,7 +236,7 @@ class Coordinator(DecisionsMixin, OutcomesMixin):
         loop = self.loop
         loop.failed = loop.failed or failed
         if loop.stopping:
-            if reason in ("disk full", "internal error"):
+            if isinstance(reason, Failure):   # a failure outranks the stop it interrupts
                 loop.stop_reason = reason
             return
         loop.stopping, loop.stop_reason = True, reason
@@ -263,7 +274,7 @@ class Coordinator(DecisionsMixin, OutcomesMixin):
     def view(self) -> planner.LoopView:
         loop = self.loop
         rows = self.journal.run_rows()
-        values = [r for r in rows if r["kind"] in ("baseline", "noise")
+        values = [r for r in rows if r["kind"] in (RunKind.BASELINE, RunKind.NOISE)
                   and r["val_bpb"] is not None and r["status"] in ("keep", "discard")]
         return planner.LoopView(
             stopping=loop.stopping, paused=loop.paused, data_ready=loop.data_ready,
@@ -271,10 +282,10 @@ class Coordinator(DecisionsMixin, OutcomesMixin):
             in_flight=tuple(active.plan for _, active in sorted(loop.runs.items())),
             drafting=self.drafting.active is not None,
             best_commit=self.program.measured_commit(),
-            has_baseline=any(r["kind"] == "baseline" for r in values),
+            has_baseline=any(r["kind"] == RunKind.BASELINE for r in values),
             noise_samples=len(values), noise_repeats=max(0, self.settings.noise_repeats),
             awaiting=tuple(planner.Awaiting(j.proposal_id, j.commit, j.need)
-                           for j in loop.judging.values() if j.need != "human"),
+                           for j in loop.judging.values() if j.need != Need.HUMAN),
             best_rerun_due=keep_rule.should_rerun_best(self.evidence.runs_since_best_ran(),
                                                        self.evidence.rules().keep),
             queue=tuple(loop.queue), pending=len(loop.review),
@@ -299,7 +310,7 @@ class Coordinator(DecisionsMixin, OutcomesMixin):
             loop.checking_data = True
             data_dir = loop.data_dir
             first_check = self.first_start_check()
-            workers.start("data", self.post,
+            workers.start(workers.Worker.DATA, self.post,
                           lambda: workers.check_data(data_dir, self.emit, first_check))
         self.check_caps()
         self.program.commit_program_edit()
@@ -357,7 +368,7 @@ class Coordinator(DecisionsMixin, OutcomesMixin):
             current_run=copy.deepcopy(self.followed_run()),
             # Held wins wait for a human too: they are in the review queue, marked held.
             pending=tuple(copy.deepcopy(props[i]) for i in loop.review + [
-                j.proposal_id for j in loop.judging.values() if j.need == "human"]),
+                j.proposal_id for j in loop.judging.values() if j.need == Need.HUMAN]),
             queued=tuple(copy.deepcopy(props[i]) for i in loop.queue),
             open=tuple(copy.deepcopy(p) for p in props.values()))
         if (state, detail) != self._shown:
@@ -372,7 +383,7 @@ class Coordinator(DecisionsMixin, OutcomesMixin):
     def summary(self) -> str:
         parts = [self.journal.summary_line()]
         baseline = next((r["val_bpb"] for r in self.journal.run_rows()
-                         if r["kind"] == "baseline" and r["val_bpb"] is not None), None)
+                         if r["kind"] == RunKind.BASELINE and r["val_bpb"] is not None), None)
         best = self.best()
         if best and baseline is not None:
             parts.append(f"val_bpb {baseline:.6f} -> {best[1]:.6f} "

@@ -25,6 +25,7 @@ from engine.base.commands import (
 )
 from engine.base.events import DecisionMade, ExperimentSettled, ModeChanged, SteeringNote
 from engine.base.records import Decision, DecisionKind, Proposal, ProposalState, RunStatus
+from engine.loop.planner import Need
 from engine.workspace import patch
 
 MODES = ("review", "auto")
@@ -85,7 +86,7 @@ class DecisionsMixin:
 
     def _accept(self, command: Accept) -> None:
         held = self.loop.judging.get(command.proposal_id)
-        if held is not None and held.need == "human":
+        if held is not None and held.need == Need.HUMAN:
             self._settle_held(held, keep=True, decision=Decision(
                 command.proposal_id, DecisionKind.ACCEPT, command.who))
             return
@@ -96,7 +97,7 @@ class DecisionsMixin:
         reason = command.reason.strip() or "no reason given"
         decision = Decision(command.proposal_id, DecisionKind.VETO, "human", reason=reason)
         held = self.loop.judging.get(command.proposal_id)
-        if held is not None and held.need == "human":
+        if held is not None and held.need == Need.HUMAN:
             self._settle_held(held, keep=False, decision=decision)
             return
         self.decide(command.proposal_id, decision)

@@ -78,7 +78,7 @@ class Drafting:
         self.active = ActiveDraft(draft_id, cancel, feedback)
         self.host.emit(DraftStarted(draft_id, self.agent.name, base_commit))
         agent, note_ids = self.agent, tuple(i for i, _ in notes)
-        workers.start("drafter", self.host.post, lambda: workers.draft(
+        workers.start(workers.Worker.DRAFTER, self.host.post, lambda: workers.draft(
             agent, ctx, draft_id, cancel, self.host.workspace, self.host.emit, note_ids))
 
     def on_draft(self, done: workers.DraftDone) -> None:

@@ -5,9 +5,10 @@ the journal's as of now."""
 
 from __future__ import annotations
 
-from engine.base.records import RunStatus
+from engine.base.records import RunKind, RunStatus
 from engine.journal import FAILED_STATUSES, Journal
 from engine.loop import judge, keep_rule
+from engine.loop.planner import Need
 
 
 class Evidence:
@@ -30,11 +31,11 @@ class Evidence:
         failed = {s.value for s in FAILED_STATUSES} | {RunStatus.VETOED.value}
         groups: dict[str, list[float]] = {}
         for r in self.journal.run_rows():
-            if r["val_bpb"] is None or r["status"] in failed or r["kind"] == "promotion":
+            if r["val_bpb"] is None or r["status"] in failed or r["kind"] == RunKind.PROMOTION:
                 continue                  # a promotion run is another scale: its own noise
             # a settled experiment's row holds the mean of its runs; its own run is kept apart
             value = r["metrics"].get("first_val_bpb", r["val_bpb"]) \
-                if r["kind"] == "experiment" else r["val_bpb"]
+                if r["kind"] == RunKind.EXPERIMENT else r["val_bpb"]
             groups.setdefault(r["commit_sha"], []).append(value)
         return groups
 
@@ -57,13 +58,13 @@ class Evidence:
         for r in self.journal.run_rows():
             if best is not None and r["commit_sha"] == best.commit:
                 count = 0
-            elif r["kind"] in ("experiment", "rerun") and r["val_bpb"] is not None:
+            elif r["kind"] in (RunKind.EXPERIMENT, RunKind.RERUN) and r["val_bpb"] is not None:
                 count += 1
         return count
 
-    def need_of(self, commit: str) -> str:
+    def need_of(self, commit: str) -> Need:
         """Which run a restored, undecided experiment waits for: the best's or its own."""
         verdict = judge.judge(self.candidate_runs(commit), self.best_runs(), self.noise(),
                               self.rules())
-        return verdict.rerun or "candidate"
+        return Need(verdict.rerun or Need.CANDIDATE)
 

@@ -8,8 +8,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from engine.base.events import RunStarted
-from engine.base.records import Proposal
-from engine.loop.planner import RunPlan
+from engine.base.records import Proposal, RunKind
+from engine.loop.planner import Need, RunPlan
 from engine.run.runner import Runner
 from engine.scale.slots import Slot
 
@@ -54,7 +54,7 @@ class Judging:
     proposal_id: int
     run_id: str
     commit: str
-    need: str                        # "best" | "candidate" (the run it waits for) | "human"
+    need: Need
 
 
 @dataclass(frozen=True)
@@ -92,16 +92,16 @@ class LoopState:
 def describe(loop: LoopState, drafting: str | None) -> tuple[str, str]:
     """The loop's state in words: what the status line shows. drafting: the name of the
     agent drafting now, None when none is."""
-    held = [j.proposal_id for j in loop.judging.values() if j.need == "human"]
+    held = [j.proposal_id for j in loop.judging.values() if j.need == Need.HUMAN]
     if loop.stopping:
         return "stopping", loop.stop_reason
     if loop.paused:
         return "paused", loop.pause_reason
     running = [active.started for _, active in sorted(loop.runs.items())]
     accepted = [started for started in running
-                if started.kind not in ("speculative", "promotion")]
-    speculative = [started for started in running if started.kind == "speculative"]
-    promoting = [started for started in running if started.kind == "promotion"]
+                if started.kind not in (RunKind.SPECULATIVE, RunKind.PROMOTION)]
+    speculative = [started for started in running if started.kind == RunKind.SPECULATIVE]
+    promoting = [started for started in running if started.kind == RunKind.PROMOTION]
     if accepted:
         started = accepted[0]
         state = "training" if started.proposal_id is not None else "baseline"

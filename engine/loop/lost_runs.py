@@ -6,7 +6,7 @@ from __future__ import annotations
 from typing import Protocol
 
 from engine.base.events import RunFinished
-from engine.base.records import ProposalState, RunStatus
+from engine.base.records import ProposalState, RunKind, RunStatus
 from engine.loop import workers
 from engine.loop.host import LoopHost
 from engine.loop.planner import RunPlan
@@ -30,7 +30,7 @@ class LostRuns:
         and it trains again, an experiment first in the queue; the planner schedules any
         other kind again from what is missing."""
         plan, result = done.plan, done.result
-        experiment = plan.kind == "experiment"
+        experiment = plan.kind == RunKind.EXPERIMENT
         finished = self.host.journal.finish_run(
             result, proposal_state=ProposalState.ACCEPTED if experiment else None)
         if experiment:

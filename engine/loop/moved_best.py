@@ -18,6 +18,7 @@ from engine.base.records import ProposalState, RunStatus
 from engine.loop import judge, workers
 from engine.loop.evidence import Evidence
 from engine.loop.host import LoopHost
+from engine.loop.planner import Need
 
 if TYPE_CHECKING:
     from engine.loop.drafting import Drafting
@@ -74,7 +75,7 @@ class MovedBest:
         """The best moved: wins being confirmed on another base train again on the new one."""
         best = self.host.program.best_commit()
         for waiting in list(self.host.loop.judging.values()):
-            if waiting.need == "human" or self.host.program.is_best_base(
+            if waiting.need == Need.HUMAN or self.host.program.is_best_base(
                     self.host.workspace.parent_of(waiting.commit)):
                 continue
             base = self.host.workspace.parent_of(waiting.commit)

@@ -20,11 +20,11 @@ from engine.base.events import (
     RunStarted,
     WinHeld,
 )
-from engine.base.records import DecisionKind, ProposalState, Revert, RunResult, RunStatus
+from engine.base.records import DecisionKind, ProposalState, Revert, RunKind, RunResult, RunStatus
 from engine.loop import judge, keep_rule, workers
 from engine.loop.loop_state import ActiveRun, Judging
 from engine.loop.lost_runs import MAX_LOST_RUNS
-from engine.loop.planner import RunPlan
+from engine.loop.planner import Need, RunPlan
 from engine.run.runner import Runner
 from engine.scale import ray_executor
 
@@ -35,12 +35,12 @@ class OutcomesMixin:
     def start_run(self, plan: RunPlan) -> None:
         """Start the planned run, unless its proposal went stale (the planner plans anew)."""
         loop = self.loop
-        if plan.kind == "promotion":
+        if plan.kind == RunKind.PROMOTION:
             self.promoting.start_promotion(plan)
             return
         side = self.trains_aside(plan)
-        if plan.kind in ("experiment", "speculative"):
-            if plan.kind == "experiment":
+        if plan.kind in (RunKind.EXPERIMENT, RunKind.SPECULATIVE):
+            if plan.kind == RunKind.EXPERIMENT:
                 loop.queue.remove(plan.proposal_id)
             proposal = loop.proposals[plan.proposal_id]
             best_commit = self.program.best_commit()
@@ -58,7 +58,7 @@ class OutcomesMixin:
                 self.restorer.protect_human_changes("pairlab committed the next experiment")
                 commit = self.workspace.commit_change(proposal.files, message,
                                                       parent=best_commit, human=human)
-            if plan.kind == "experiment":
+            if plan.kind == RunKind.EXPERIMENT:
                 proposal.state = ProposalState.TRAINING
             self.launch(plan, commit, proposal.description)
             return
@@ -72,7 +72,7 @@ class OutcomesMixin:
         a speculative run (no human accepted it, so the branch must not move for it), a
         promotion run (its side commit is on no branch), and every run when several slots
         train at once."""
-        return plan.kind in ("speculative", "promotion") or len(self.slots) > 1
+        return plan.kind in (RunKind.SPECULATIVE, RunKind.PROMOTION) or len(self.slots) > 1
 
     def make_runner(self, workdir, run_id: str, slot) -> Runner:
         """The one place a run's executor is built: the slot's working directory, its
@@ -103,12 +103,12 @@ class OutcomesMixin:
             log_path=str(runner.log_path))
         started = RunStarted(run_id, experiment_id, plan.proposal_id, commit, description,
                              self.settings.budget_s, str(runner.log_path),
-                             speculative=plan.kind == "speculative", slot=slot.index,
+                             speculative=plan.kind == RunKind.SPECULATIVE, slot=slot.index,
                              slots=len(self.slots), kind=plan.kind)
         active = self.loop.runs[slot.index] = ActiveRun(plan, runner, started, slot)
         self.emit(copy.deepcopy(started))
         emit, on_pid = self.emit, self.on_trainer_pid
-        workers.start("trainer", self.post, lambda: workers.train(
+        workers.start(workers.Worker.TRAINER, self.post, lambda: workers.train(
             plan, runner, experiment_id, commit, emit, on_pid, slot.index), slot=slot.index)
         return active
 
@@ -159,7 +159,7 @@ class OutcomesMixin:
             result.status = RunStatus.INTERRUPTED
             result.message = "the engine was stopped during this run; it trains again next time"
             self.journal.finish_run(result, proposal_state=ProposalState.ACCEPTED
-                                    if plan.kind == "experiment" else None)
+                                    if plan.kind == RunKind.EXPERIMENT else None)
             self.reset_to_best()
             return
         if result.status is RunStatus.INTERRUPTED:
@@ -168,18 +168,18 @@ class OutcomesMixin:
                 return
             result.status = RunStatus.CRASH      # a run that kills its worker every time
             result.message += f" ({MAX_LOST_RUNS + 1} times in a row: not again)"
-        if plan.kind == "speculative":
+        if plan.kind == RunKind.SPECULATIVE:
             self.speculation.trained_ahead(done)
             return
         state = {}
         if result.val_bpb is not None and self.journal.get_state("eval_tokens") is None:
             state["eval_tokens"] = result.metrics.get("eval_tokens")
         measured = result.status is RunStatus.KEEP   # runner: KEEP means "produced a metric"
-        if plan.kind in ("baseline", "noise"):
+        if plan.kind in (RunKind.BASELINE, RunKind.NOISE):
             self.on_measurement(done, state, measured)
-        elif plan.kind == "experiment":
+        elif plan.kind == RunKind.EXPERIMENT:
             self.on_experiment(done, state, measured)
-        elif plan.kind == "promotion":
+        elif plan.kind == RunKind.PROMOTION:
             self.promoting.on_promotion_run(done)
         else:
             self.on_rerun(done, state, measured)
@@ -190,7 +190,7 @@ class OutcomesMixin:
         """The baseline, or a run of the best again: a noise repeat, a confirmation that
         re-runs the best, or a re-run that follows drift."""
         plan, result = done.plan, done.result
-        if measured and plan.kind == "noise":
+        if measured and plan.kind == RunKind.NOISE:
             result.status = RunStatus.DISCARD          # a run of the best only measures
         noise = None
         if measured:
@@ -200,7 +200,7 @@ class OutcomesMixin:
             if noise.sigma is not None:
                 state["noise_floor"] = noise.sigma
         experiment = self.journal.finish_run(result, state=state)
-        if measured and plan.kind == "baseline":
+        if measured and plan.kind == RunKind.BASELINE:
             self.emit(BestUpdated(done.commit, result.val_bpb, experiment.id))
         self.emit(RunFinished(experiment, result))
         if not measured:
@@ -210,11 +210,11 @@ class OutcomesMixin:
             return
         if noise.sigma is not None:
             self.emit(NoiseFloor(noise.sigma, self.evidence.run_groups()[done.commit]))
-        if plan.kind == "noise" and done.commit == self.program.measured_commit():
+        if plan.kind == RunKind.NOISE and done.commit == self.program.measured_commit():
             self.recheck_best(done.run_id)
         for waiting in list(self.loop.judging.values()):
             # a keep among them sends the wins on the old best back to train again
-            if waiting.need == "best" and waiting.proposal_id in self.loop.judging:
+            if waiting.need == Need.BEST and waiting.proposal_id in self.loop.judging:
                 self.rejudge(waiting, None)
 
     def on_experiment(self, done: workers.RunDone, state: dict, measured: bool) -> None:
@@ -242,7 +242,7 @@ class OutcomesMixin:
                                                  state=state, measure=verdict.measure)
             loop.proposals[proposal_id].state = ProposalState.TRAINING
             loop.judging[proposal_id] = Judging(proposal_id, done.run_id, done.commit,
-                                                verdict.rerun)
+                                                Need(verdict.rerun))
             self.emit(RunFinished(experiment, result))
             self.notice("info", f"#{proposal_id}: {verdict.reason}")
             return
@@ -286,7 +286,7 @@ class OutcomesMixin:
         verdict = judge.judge(runs, best_runs, keep_rule.pooled_noise(groups.values()),
                               self.evidence.rules())
         if verdict.verdict is judge.Verdict.CONFIRM:
-            waiting.need = verdict.rerun
+            waiting.need = Need(verdict.rerun)
             if rerun is None:
                 self.journal.record_measure(waiting.run_id, verdict.measure)
             else:
@@ -342,7 +342,7 @@ class OutcomesMixin:
 
     def hold(self, waiting, settled: RunResult) -> None:
         """An unusually large win waits for a human, in every mode."""
-        waiting.need = "human"
+        waiting.need = Need.HUMAN
         proposal = self.loop.proposals[waiting.proposal_id]
         proposal.state = ProposalState.HELD
         best = self.snapshot.best
@@ -369,7 +369,7 @@ class OutcomesMixin:
         with the journal's record of why written first (a crash in between is mended by
         restore, which puts the branch where the journal's best is)."""
         best, previous = self.journal.best(), self.journal.previous_best()
-        if best is None or previous is None or best.kind != "experiment":
+        if best is None or previous is None or best.kind != RunKind.EXPERIMENT:
             return
         groups = self.evidence.run_groups()
         decision = keep_rule.recheck(groups.get(previous.commit) or [previous.val_bpb],

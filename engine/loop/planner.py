@@ -32,7 +32,9 @@ Once the human accepts that proposal it is an experiment, which does preempt.
 from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
+from enum import StrEnum
 
+from engine.base.records import RunKind
 from engine.loop import promotion
 
 
@@ -43,18 +45,26 @@ def unattended(mode: str, deciding_clients: int) -> bool:
     return mode == "auto" and deciding_clients == 0
 
 
+class Need(StrEnum):
+    """What a trained, undecided experiment waits for."""
+
+    BEST = "best"                    # a run of the best (the keep rule's rerun)
+    CANDIDATE = "candidate"          # a run of its own commit
+    HUMAN = "human"                  # a held win: a human's accept or veto
+
+
 @dataclass(frozen=True)
 class Awaiting:
     """An experiment that trained and waits for the judge's next run."""
 
     proposal_id: int
     commit: str
-    need: str                        # "best" | "candidate": the run the judge asked for
+    need: Need                       # BEST | CANDIDATE: the run the judge asked for
 
 
 @dataclass(frozen=True)
 class RunPlan:
-    kind: str                        # a journal RUN_KINDS value
+    kind: RunKind
     commit: str                      # "" for a proposal's run: committed when it starts
     proposal_id: int | None
     label: str
@@ -101,8 +111,8 @@ class LoopView:
     @property
     def samples_planned(self) -> int:
         """Noise samples measured, and those the busy slots are measuring."""
-        return (self.noise_samples + len(self.in_flight_of("noise"))
-                + len(self.in_flight_of("baseline")))
+        return (self.noise_samples + len(self.in_flight_of(RunKind.NOISE))
+                + len(self.in_flight_of(RunKind.BASELINE)))
 
     @property
     def noise_measured(self) -> bool:
@@ -116,8 +126,8 @@ class LoopView:
     @property
     def room_for_experiment(self) -> bool:
         """Below the cap, counting the proposals' runs in flight (one per slot)."""
-        started = (self.experiments_done + len(self.in_flight_of("experiment"))
-                   + len(self.in_flight_of("speculative")))
+        started = (self.experiments_done + len(self.in_flight_of(RunKind.EXPERIMENT))
+                   + len(self.in_flight_of(RunKind.SPECULATIVE)))
         return self.max_experiments is None or started < self.max_experiments
 
 
@@ -127,55 +137,57 @@ def next_run(view: LoopView) -> RunPlan | None:
         return None
     served = {plan.judging for plan in view.in_flight} - {None}
     if not view.has_baseline:
-        if not view.in_flight_of("baseline"):
-            return RunPlan("baseline", view.best_commit, None, "baseline")
+        if not view.in_flight_of(RunKind.BASELINE):
+            return RunPlan(RunKind.BASELINE, view.best_commit, None, RunKind.BASELINE)
         return None if view.noise_measured else _noise(view)
     for waiting in view.awaiting:
-        if waiting.need == "best" and waiting.proposal_id not in served:
-            return RunPlan("noise", view.best_commit, None,
+        if waiting.need == Need.BEST and waiting.proposal_id not in served:
+            return RunPlan(RunKind.NOISE, view.best_commit, None,
                            f"re-run of the best to judge #{waiting.proposal_id}",
                            judging=waiting.proposal_id)
     for waiting in view.awaiting:
-        if waiting.need == "candidate" and waiting.proposal_id not in served:
-            return RunPlan("rerun", waiting.commit, waiting.proposal_id,
+        if waiting.need == Need.CANDIDATE and waiting.proposal_id not in served:
+            return RunPlan(RunKind.RERUN, waiting.commit, waiting.proposal_id,
                            f"re-run of #{waiting.proposal_id} to confirm a win",
                            judging=waiting.proposal_id)
     if view.queue and view.room_for_experiment:
-        if view.best_rerun_due and not view.in_flight_of("noise"):
-            return RunPlan("noise", view.best_commit, None, "re-run of the best to follow drift")
-        return RunPlan("experiment", "", view.queue[0], "")
+        if view.best_rerun_due and not view.in_flight_of(RunKind.NOISE):
+            return RunPlan(RunKind.NOISE, view.best_commit, None,
+                           "re-run of the best to follow drift")
+        return RunPlan(RunKind.EXPERIMENT, "", view.queue[0], "")
     if not view.noise_measured and not view.cap_reached:
         return _noise(view)
     if view.speculate and view.unspeculated and view.room_for_experiment:
-        return RunPlan("speculative", "", view.unspeculated[0], "")
+        return RunPlan(RunKind.SPECULATIVE, "", view.unspeculated[0], "")
     return _promotion(view)
 
 
 def _promotion(view: LoopView) -> RunPlan | None:
-    if view.in_flight_of("promotion"):
+    if view.in_flight_of(RunKind.PROMOTION):
         return None                  # one at a time: the ladder plans from finished runs
     step = promotion.next_step(view.ladder)
     if step is None:
         return None
-    return RunPlan("promotion", step.commit, None, step.label, promotion=step)
+    return RunPlan(RunKind.PROMOTION, step.commit, None, step.label, promotion=step)
 
 
-PREEMPTING_KINDS = ("baseline", "noise", "rerun", "experiment")   # not speculation
+# not speculation
+PREEMPTING_KINDS = (RunKind.BASELINE, RunKind.NOISE, RunKind.RERUN, RunKind.EXPERIMENT)
 
 
 def preempts(view: LoopView) -> bool:
     """A promotion run holds a slot the main loop needs: every slot is busy and, without
     the promotion, a baseline, noise repeat, confirmation or accepted experiment would
     start. Stop the promotion (it is re-queued)."""
-    if not view.in_flight_of("promotion") or view.free_slots > 0:
+    if not view.in_flight_of(RunKind.PROMOTION) or view.free_slots > 0:
         return False
-    rest = tuple(plan for plan in view.in_flight if plan.kind != "promotion")
+    rest = tuple(plan for plan in view.in_flight if plan.kind != RunKind.PROMOTION)
     plan = next_run(replace(view, in_flight=rest))
     return plan is not None and plan.kind in PREEMPTING_KINDS
 
 
 def _noise(view: LoopView) -> RunPlan:
-    return RunPlan("noise", view.best_commit, None,
+    return RunPlan(RunKind.NOISE, view.best_commit, None,
                    f"noise repeat {view.samples_planned} of {view.noise_repeats}")
 
 
@@ -184,15 +196,16 @@ def should_draft(view: LoopView) -> bool:
     if view.stopping or view.paused or view.drafting or view.now < view.draft_allowed_at:
         return False
     # a proposal training ahead of its review is not waiting for the trainer: it is fed
-    ahead = view.pending - len(view.in_flight_of("speculative")) + len(view.queue)
+    ahead = view.pending - len(view.in_flight_of(RunKind.SPECULATIVE)) + len(view.queue)
     if view.drafts_ahead <= 0:
-        main_loop_running = any(plan.kind != "promotion" for plan in view.in_flight)
+        main_loop_running = any(plan.kind != RunKind.PROMOTION for plan in view.in_flight)
         if ahead or main_loop_running or not view.has_baseline:
             return False                 # sequential, like autoresearch (a promotion yields)
     elif ahead >= view.drafts_ahead:
         return False
     cap = view.max_experiments
-    in_flight = len(view.in_flight_of("experiment")) + len(view.in_flight_of("speculative"))
+    in_flight = (len(view.in_flight_of(RunKind.EXPERIMENT))
+                 + len(view.in_flight_of(RunKind.SPECULATIVE)))
     if cap is not None and view.experiments_done + ahead + in_flight >= cap:
         return False
     return True

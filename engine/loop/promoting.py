@@ -15,7 +15,7 @@ from typing import Protocol
 
 from engine.base.events import ExperimentSettled, RunFinished
 from engine.base.git import run_git
-from engine.base.records import RunStatus
+from engine.base.records import RunKind, RunStatus
 from engine.loop import judge, promotion
 from engine.loop.evidence import Evidence
 from engine.loop.host import LoopHost
@@ -45,7 +45,7 @@ class Promoting:
 
     def ladder_view(self) -> promotion.LadderView:
         rows = [r for r in self.host.journal.run_rows()
-                if r["kind"] == "experiment" and r["status"] == RunStatus.KEEP.value]
+                if r["kind"] == RunKind.EXPERIMENT and r["status"] == RunStatus.KEEP.value]
         device = self.ladder_device()
         ladder = promotion.ladder_for(self.host.workspace.config.ladder, device)
         if len(ladder) < 2:
@@ -125,7 +125,7 @@ class Promoting:
     def preempt_promotion(self) -> None:
         """Stop the promotion run whose slot the main loop needs; it is re-queued."""
         for active in self.host.loop.runs.values():
-            if active.plan.kind == "promotion":
+            if active.plan.kind == RunKind.PROMOTION:
                 active.runner.kill(PREEMPTED, status=RunStatus.INTERRUPTED)
 
     # ------------------------------------------------------------------ a run finished

@@ -7,10 +7,11 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Protocol
 
-from engine.base.records import ProposalState, RunStatus
+from engine.base.records import ProposalState, RunKind, RunStatus
 from engine.loop.evidence import Evidence
 from engine.loop.host import LoopHost
 from engine.loop.loop_state import Judging
+from engine.loop.planner import Need
 
 if TYPE_CHECKING:
     from engine.loop.drafting import Drafting
@@ -72,17 +73,17 @@ class Restore:
             (loop.queue if proposal.state is ProposalState.ACCEPTED else loop.review).append(
                 proposal.id)
         for row in self.host.journal.run_rows():
-            if row["kind"] == "speculative" and row["status"] in (
+            if row["kind"] == RunKind.SPECULATIVE and row["status"] in (
                     RunStatus.SPECULATIVE.value, RunStatus.CRASH.value, RunStatus.TIMEOUT.value
                     ) and row["proposal_id"] in loop.review:
                 self.host.speculation.ahead[row["proposal_id"]] = row["id"]
                 continue
             held = row["status"] == RunStatus.HELD.value
-            if row["kind"] == "experiment" and (held or row["status"] ==
+            if row["kind"] == RunKind.EXPERIMENT and (held or row["status"] ==
                                                 RunStatus.CONFIRMING.value):
                 proposal = self.host.journal.get_proposal(row["proposal_id"])
                 loop.proposals[proposal.id] = proposal
-                need = "human" if held else self.host.evidence.need_of(row["commit_sha"])
+                need = Need.HUMAN if held else self.host.evidence.need_of(row["commit_sha"])
                 loop.judging[proposal.id] = Judging(proposal.id, row["id"], row["commit_sha"],
                                                     need)
         if best:

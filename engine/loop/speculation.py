@@ -4,7 +4,7 @@ for a decision. Runs on the coordinator thread only (a part the Coordinator host
 
 A speculative run is a slot filled with a pending proposal: it trains a side commit in the
 slot's own worktree (engine/scale/slots.py), so the research branch and the workspace's checkout
-do not move for it. Its journal run has kind "speculative" until a human decides:
+do not move for it. Its journal run has kind RunKind.SPECULATIVE until a human decides:
 
 - accept: the run becomes the proposal's experiment, with the time it already had; if it
   already finished, the judge decides at once, exactly as for any experiment;
@@ -20,7 +20,7 @@ from dataclasses import replace
 from typing import Protocol
 
 from engine.base.events import RunAccepted, RunFinished
-from engine.base.records import Decision, DecisionKind, ProposalState, RunStatus
+from engine.base.records import Decision, DecisionKind, ProposalState, RunKind, RunStatus
 from engine.loop import workers
 from engine.loop.host import LoopHost
 from engine.loop.loop_state import ActiveRun
@@ -66,7 +66,7 @@ class Speculation:
         """The proposal's speculative run in flight, unless it is being killed: a run cut
         short (a rebase, a veto) never becomes the proposal's experiment."""
         return next((active for active in self.host.loop.runs.values()
-                     if active.plan.kind == "speculative" and not active.superseded
+                     if active.plan.kind == RunKind.SPECULATIVE and not active.superseded
                      and active.plan.proposal_id == proposal_id), None)
 
     def unspeculated(self) -> tuple[int, ...]:
@@ -105,8 +105,8 @@ class Speculation:
         run_id = self.ahead.pop(proposal_id, None)
         if decision.kind is DecisionKind.ACCEPT and active is not None:
             loop.queue.remove(proposal_id)
-            active.plan = replace(active.plan, kind="experiment")
-            active.started = replace(active.started, kind="experiment", speculative=False)
+            active.plan = replace(active.plan, kind=RunKind.EXPERIMENT)
+            active.started = replace(active.started, kind=RunKind.EXPERIMENT, speculative=False)
             loop.proposals[proposal_id].state = ProposalState.TRAINING
             self.host.journal.accept_speculative(active.started.run_id, ProposalState.TRAINING)
             self.host.emit(RunAccepted(active.started.run_id, proposal_id))
@@ -129,7 +129,7 @@ class Speculation:
         measured = row.status is RunStatus.SPECULATIVE
         result = self.host.recorded_result(run_id, RunStatus.KEEP if measured else row.status,
                                       "" if measured else None)
-        plan = RunPlan("experiment", "", proposal_id, "")
+        plan = RunPlan(RunKind.EXPERIMENT, "", proposal_id, "")
         self.host.on_experiment(workers.RunDone(plan, run_id, row.id, row.commit, result), {},
                            measured)
         self.host.workspace.write_results_tsv(self.host.journal)

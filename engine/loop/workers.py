@@ -12,6 +12,7 @@ import json
 import threading
 import traceback
 from dataclasses import dataclass
+from enum import StrEnum
 from pathlib import Path
 from typing import Callable
 
@@ -61,17 +62,25 @@ class DataChecked:
     first_check: Check | None = None   # a new workspace's pipeline check (engine/run/doctor.py)
 
 
+class Worker(StrEnum):
+    """The coordinator's workers, one thread each (the trainer: one per busy slot)."""
+
+    TRAINER = "trainer"
+    DRAFTER = "drafter"
+    DATA = "data"
+
+
 @dataclass
 class WorkerFailed:
     """A worker died of an unexpected error: the coordinator decides what that means."""
 
-    worker: str
+    worker: Worker
     error: BaseException
     trace: str
     slot: int | None = None          # a trainer's slot
 
 
-def start(name: str, post: Post, work: Callable[[], object],
+def start(name: Worker, post: Post, work: Callable[[], object],
           slot: int | None = None) -> threading.Thread:
     """Run work() on a daemon thread and post what it returns (or how it failed)."""
     def run():

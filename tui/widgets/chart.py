@@ -18,7 +18,7 @@ from textual.widget import Widget
 from textual.widgets import Static
 from textual_plotext import PlotextPlot
 
-from engine.base.records import Experiment, RunStatus
+from engine.base.records import Experiment, RunKind, RunStatus
 from tui.widgets.panel import Panel
 
 REDRAW_INTERVAL_S = 0.5
@@ -240,7 +240,7 @@ class ChartPanel(Panel, can_focus=True):
             return
         low = min(e.val_bpb for e in scored)
         high = max(e.val_bpb for e in scored)
-        baseline = next((e.val_bpb for e in scored if e.kind == "baseline"), scored[0].val_bpb)
+        baseline = next((e.val_bpb for e in scored if e.kind == RunKind.BASELINE), scored[0].val_bpb)
         if self.noise_floor:
             for edge in (baseline - self.noise_floor, baseline + self.noise_floor):
                 plt.hline(edge, "gray")

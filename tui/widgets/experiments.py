@@ -11,7 +11,7 @@ from textual.widget import Widget
 from textual.widgets import DataTable
 from textual.widgets.data_table import CellDoesNotExist, RowDoesNotExist, RowKey
 
-from engine.base.records import Experiment, RunStatus
+from engine.base.records import Experiment, RunKind, RunStatus
 from tui.widgets.panel import Panel
 
 # The description last: free text of any length, it is the one cut at the panel's edge.
@@ -58,7 +58,7 @@ def why_lines(experiment: Experiment, width: int, training: bool = False) -> lis
 def run_label(experiment: Experiment, training: bool = False) -> str:
     """The status column: what the run is, from its record (kind, status, speculative)."""
     if training:
-        if experiment.kind == "promotion":
+        if experiment.kind == RunKind.PROMOTION:
             return "promotion"
         return "speculative" if experiment.speculative else "training"
     if experiment.status in MEASURED and experiment.kind in MEASUREMENT_LABELS:

@@ -11,6 +11,7 @@ from textual.content import Content
 from textual.widgets import Static
 
 from engine.base.events import RunProgress
+from engine.base.records import RunKind
 
 STATE_WORDS = {
     "starting": "starting",
@@ -75,7 +76,7 @@ class StatusLine(Static):
         ahead = self.state == "reviewing" and self.trains is not None
         if ahead:
             state, state_style = self.trains, "$success"
-        elif self.state in ("baseline", "training") and self.run_kind in KIND_WORDS:
+        elif self.state in (RunKind.BASELINE, "training") and self.run_kind in KIND_WORDS:
             state, state_style = KIND_WORDS[self.run_kind], "$success"
         else:
             state = STATE_WORDS.get(self.state, self.state)
