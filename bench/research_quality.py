@@ -143,7 +143,7 @@ class Trainer:
         runner = Runner(directory, f"run-{self.count:04d}", self.budget_s, device="cpu",
                         data_dir=self.data_dir, env=env)
         result = runner.run()
-        if result.status is not RunStatus.KEEP:
+        if result.status is not RunStatus.MEASURED:
             print(f"    run {self.count}: {result.status.value}: {result.message}", flush=True)
             return None
         print(f"    run {self.count}: val_bpb {result.val_bpb:.6f}", flush=True)

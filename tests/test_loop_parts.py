@@ -212,7 +212,7 @@ def test_a_veto_of_a_run_trained_ahead_records_it_as_vetoed_and_forgets_it():
 def test_a_run_trained_ahead_waits_for_the_human():
     host = FakeHost()
     speculation = Speculation(host)
-    result = RunResult("r2", RunStatus.KEEP, val_bpb=0.9)       # the runner: "has a metric"
+    result = RunResult("r2", RunStatus.MEASURED, val_bpb=0.9)
     speculation.trained_ahead(workers.RunDone(RunPlan("speculative", "", 2, ""), "r2", 2,
                                               "c2", result))
     assert speculation.ahead == {2: "r2"} and result.status is RunStatus.SPECULATIVE

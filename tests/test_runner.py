@@ -141,7 +141,7 @@ def test_metric_comes_from_the_evaluator_not_from_printed_lines(tmp_path, datase
         hand_over({meta["vocab_size"]})
     ''', data_dir=dataset_dir, env=EVAL_ENV, hard_timeout_s=300)
     result, _ = run(runner)
-    assert result.status == RunStatus.KEEP, result.message
+    assert result.status == RunStatus.MEASURED, result.message
     # Uniform logits pay ln(V) nats on every scored token.
     metrics = result.metrics
     uniform = math.log(meta["vocab_size"]) * metrics["eval_tokens"] / (math.log(2) *
@@ -168,7 +168,7 @@ def test_summary_line_source_reads_the_summary_block(tmp_path):
         print("num_steps:        2047")
     ''', metric_source="summary_line")
     result, _ = run(runner)
-    assert result.status == RunStatus.KEEP, result.message
+    assert result.status == RunStatus.MEASURED, result.message
     assert result.val_bpb == 1.34321
     assert result.memory_gb == pytest.approx(1850.2 / 1024)
     assert result.num_steps == 2047
@@ -385,7 +385,7 @@ def test_slow_warm_up_that_keeps_printing_steps_is_not_killed(tmp_path):
         print("---\\nval_bpb: 1.500000")   # timing is under test here, not the metric
     ''', budget_s=1.0, grace_s=2.0, silence_timeout_s=3.0, metric_source="summary_line")
     result, recorder = run(runner)
-    assert result.status == RunStatus.KEEP, result.message
+    assert result.status == RunStatus.MEASURED, result.message
     assert result.total_seconds > 4.0
     assert [update[2] for update in recorder.progress][-1] == 100.0
 
@@ -400,7 +400,7 @@ def test_a_silent_start_up_is_not_killed_before_the_stall_limit(tmp_path):
         print("---\\nval_bpb: 1.500000")
     ''', budget_s=0.5, grace_s=0.5, silence_timeout_s=10.0, metric_source="summary_line")
     result, _ = run(runner)
-    assert result.status == RunStatus.KEEP, result.message
+    assert result.status == RunStatus.MEASURED, result.message
     assert result.total_seconds > 1.5
 
 
@@ -561,7 +561,7 @@ def test_a_run_reports_its_progress_line_live_while_it_trains(tmp_path):
     """, metric_source="summary_line")
     live = []
     result = runner.run(on_live=live.append)
-    assert result.status == RunStatus.KEEP
+    assert result.status == RunStatus.MEASURED
     steps = [text for text in live if text.startswith("step ")]
     assert len(steps) >= 4 and steps[-1].startswith("step 00005 (100.0%)")
     assert live[-1] == ""                                     # finished: nothing open

@@ -18,6 +18,7 @@ class RunKind(StrEnum):
 
 
 class RunStatus(str, Enum):
+    MEASURED = "measured"      # the runner's: the evaluator scored it; not judged yet
     KEEP = "keep"
     DISCARD = "discard"
     CRASH = "crash"

@@ -174,7 +174,7 @@ class OutcomesMixin:
         state = {}
         if result.val_bpb is not None and self.journal.get_state("eval_tokens") is None:
             state["eval_tokens"] = result.metrics.get("eval_tokens")
-        measured = result.status is RunStatus.KEEP   # runner: KEEP means "produced a metric"
+        measured = result.status is RunStatus.MEASURED
         if plan.kind in (RunKind.BASELINE, RunKind.NOISE):
             self.on_measurement(done, state, measured)
         elif plan.kind == RunKind.EXPERIMENT:
@@ -190,8 +190,8 @@ class OutcomesMixin:
         """The baseline, or a run of the best again: a noise repeat, a confirmation that
         re-runs the best, or a re-run that follows drift."""
         plan, result = done.plan, done.result
-        if measured and plan.kind == RunKind.NOISE:
-            result.status = RunStatus.DISCARD          # a run of the best only measures
+        if measured:      # the baseline is the first best; a run of the best only measures
+            result.status = RunStatus.KEEP if plan.kind == RunKind.BASELINE else RunStatus.DISCARD
         noise = None
         if measured:
             groups = self.evidence.run_groups()

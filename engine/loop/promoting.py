@@ -133,7 +133,7 @@ class Promoting:
     def on_promotion_run(self, done) -> None:
         result, step = done.result, done.plan.promotion
         held, decision = None, None
-        if result.status is RunStatus.KEEP:               # the runner: "produced a metric"
+        if result.status is RunStatus.MEASURED:
             result.status = RunStatus.DISCARD             # a promotion run only measures
             decision = self.promotion_verdict(step, result.val_bpb)
         elif result.status is not RunStatus.INTERRUPTED:

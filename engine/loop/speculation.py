@@ -82,7 +82,7 @@ class Speculation:
         """A speculative run finished before any decision: kept for the human's."""
         result = done.result
         state = {}
-        if result.status is RunStatus.KEEP:      # runner: KEEP means "produced a metric"
+        if result.status is RunStatus.MEASURED:
             result.status, result.message = RunStatus.SPECULATIVE, AHEAD_MESSAGE
             if self.host.journal.get_state("eval_tokens") is None:
                 state["eval_tokens"] = result.metrics.get("eval_tokens")
@@ -127,11 +127,11 @@ class Speculation:
         self.host.journal.accept_speculative(run_id, ProposalState.TRAINING)
         self.host.emit(RunAccepted(run_id, proposal_id))
         measured = row.status is RunStatus.SPECULATIVE
-        result = self.host.recorded_result(run_id, RunStatus.KEEP if measured else row.status,
-                                      "" if measured else None)
+        result = self.host.recorded_result(
+            run_id, RunStatus.MEASURED if measured else row.status, "" if measured else None)
         plan = RunPlan(RunKind.EXPERIMENT, "", proposal_id, "")
         self.host.on_experiment(workers.RunDone(plan, run_id, row.id, row.commit, result), {},
-                           measured)
+                                measured)
         self.host.workspace.write_results_tsv(self.host.journal)
         self.host.reset_to_best()
 

@@ -250,7 +250,7 @@ def pipeline_check(target: Target) -> Check:
         log = (Path(scratch) / "doctor.log").read_text(errors="replace")
     seconds = time.monotonic() - started
     confined = "unconfined" if runner.unconfined_reason else "confined"
-    if result.status is not RunStatus.KEEP or result.val_bpb is None:
+    if result.status is not RunStatus.MEASURED or result.val_bpb is None:
         tail = "\n".join(line for line in log.splitlines()[-25:] if line.strip())
         return Check("pipeline", Status.FAILED,
                      f"train.py (tiny config, {PIPELINE_STEPS} steps, {confined}) did not get "

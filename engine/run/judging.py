@@ -42,7 +42,7 @@ class JudgingMixin:
             error = invalid_val_bpb(summary.get("val_bpb"))
             if error:
                 return self._result(RunStatus.CRASH, f"summary block rejected: {error}")
-            return self._result(RunStatus.KEEP, "", metrics=summary)
+            return self._result(RunStatus.MEASURED, "", metrics=summary)
         if not evaluation.handed_over(self.folders):
             return self._result(RunStatus.CRASH, f"{name} exited without handing over a model: "
                                                  "did it reach the protected hand-off?")
@@ -71,7 +71,7 @@ class JudgingMixin:
         merged = {**reported, **metrics}
         if "training_seconds" in reported:   # replaced by the engine's clock in _result
             merged["reported_training_seconds"] = reported["training_seconds"]
-        return self._result(RunStatus.KEEP, "", metrics=merged)
+        return self._result(RunStatus.MEASURED, "", metrics=merged)
 
     def _evaluator_started(self, proc: subprocess.Popen) -> None:
         with self._lock:

@@ -202,8 +202,8 @@ class Runner(JudgingMixin):
         (at most ~20 a second), on_progress with each parsed progress update, on_live with
         the open line (a `\\r` progress line as it is rewritten) when it changed, at most as
         often as on_lines.
-        A run with a valid metric comes back as KEEP: usable, not yet compared; the session
-        turns it into DISCARD when it does not beat the best."""
+        A run with a valid metric comes back MEASURED: scored, not yet judged; the loop
+        turns it into KEEP or DISCARD (engine/loop/outcomes.py)."""
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         self.result_path.parent.mkdir(parents=True, exist_ok=True)
         self.result_path.unlink(missing_ok=True)   # a stale result must never count
