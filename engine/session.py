@@ -59,7 +59,7 @@ class SessionSettings:
     ray_data_dir: Path | None = None      # the data on a path the cluster shares; None: shipped
 
 
-class Session:
+class Session(commands.Controls):
     def __init__(self, workspace: Workspace, agent: Agent, settings: SessionSettings,
                  journal: Journal | None = None, monitor: bool = True):
         if settings.mode not in MODES:
@@ -139,38 +139,13 @@ class Session:
 
     # ------------------------------------------------------------------ commands
 
-    def accept(self, proposal_id: int) -> None:
-        self._coordinator.call(commands.Accept(proposal_id))
-
-    def veto(self, proposal_id: int, reason: str) -> None:
-        self._coordinator.call(commands.Veto(proposal_id, reason))
-
-    def edit(self, proposal_id: int, files: dict[str, str],
-             base_commit: str | None = None) -> None:
-        """Replace the agent's files with the human's; base_commit is the commit the editor
-        opened on (None: the proposal's current base)."""
-        self._coordinator.call(commands.Edit(proposal_id, files, base_commit))
-
-    def pause(self, reason: str = "paused by the user") -> None:
-        self._coordinator.call(commands.Pause(reason))
-
-    def resume(self) -> None:
-        self._coordinator.call(commands.Resume())
-
-    def kill_run(self) -> bool:
-        return self._coordinator.call(commands.KillRun())
-
-    def set_mode(self, mode: str) -> None:
-        self._coordinator.call(commands.SetMode(mode))
-
-    def note(self, text: str) -> int:
-        """A steering note for the agent's next draft; returns its id in the journal."""
-        return self._coordinator.call(commands.Note(text))
-
-    def edit_program(self, text: str) -> str | None:
-        """The human's program.md: the agent's next draft is told; committed on the research
-        branch as a human change (returns the commit), or once the run in flight ends (None)."""
-        return self._coordinator.call(commands.EditProgram(text))
+    def send(self, command: commands.Command):
+        """Apply a command (the coordinator's, on its thread) or answer a query; its
+        result, or the refusal raised."""
+        query = QUERIES.get(type(command))
+        if query is not None:
+            return query(self, command)
+        return self._coordinator.call(command)
 
     # ------------------------------------------------------------------ snapshots
 
@@ -223,20 +198,25 @@ class Session:
         proposal.notes = self.journal.notes_for(proposal_id)
         return proposal
 
-    def proposal_text(self, proposal_id: int, path: str) -> str:
-        proposal = self.proposal(proposal_id)
-        if path in proposal.files:
-            return proposal.files[path]
-        return self.workspace.file_at(proposal.base_commit, path)
+    def _proposal_text(self, command: commands.ProposalText) -> str:
+        proposal = self.proposal(command.proposal_id)
+        if command.path in proposal.files:
+            return proposal.files[command.path]
+        return self.workspace.file_at(proposal.base_commit, command.path)
 
     def experiments(self) -> list[Experiment]:
         return self.journal.experiments()
 
-    def log_path(self, experiment_id: int) -> Path:
+    def _log_path(self, command: commands.LogPath) -> Path:
         for experiment in self.journal.experiments():
-            if experiment.id == experiment_id:
+            if experiment.id == command.experiment_id:
                 return Path(experiment.log_path)
-        raise KeyError(f"no experiment {experiment_id}")
+        raise KeyError(f"no experiment {command.experiment_id}")
 
-    def summary(self) -> str:
+    def _summary(self, command: commands.Summary) -> str:
         return self._coordinator.summary()
+
+
+# The queries, answered from the session's reads rather than by the loop.
+QUERIES = {commands.ProposalText: Session._proposal_text, commands.LogPath: Session._log_path,
+           commands.Summary: Session._summary}

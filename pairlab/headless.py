@@ -10,6 +10,7 @@ import sys
 import threading
 import time
 
+from engine.base import commands
 from engine.base import events as ev
 from engine.base.records import RunKind, RunStatus
 from pairlab.engine_process import ENGINE_ARGS_NAME, engine_argv
@@ -68,18 +69,14 @@ def _serve_loop(session, jsonl: bool) -> int:
     return 1 if session.failed else 0
 
 
-COMMANDS_HELP = ("commands: accept ID | veto ID REASON... | pause | resume | kill | "
-                 "mode auto|review | pending | quit")
-
-
 def _read_commands(session) -> None:
-    """Review decisions and controls on stdin, one per line."""
+    """Review decisions and controls on stdin, one per line: a command of
+    engine/base/commands.py by its verb (`accept 3`, `veto 3 too slow`), `pending`, `quit`."""
     for line in sys.stdin:
-        words = line.split()
-        if not words:
+        if not line.strip():
             continue
         try:
-            reply = _command(session, words)
+            reply = _command(session, line)
         except (KeyError, ValueError) as exc:
             reply = f"error: {exc.args[0] if exc.args else exc}"
         except Exception as exc:                  # e.g. a refused edit: say it, keep reading
@@ -88,31 +85,22 @@ def _read_commands(session) -> None:
             print(f"pairlab: {reply}", file=sys.stderr, flush=True)
 
 
-def _command(session, words: list[str]) -> str:
-    verb, rest = words[0].lower(), words[1:]
-    if verb == "accept" and len(rest) == 1:
-        session.accept(int(rest[0]))
-        return ""
-    if verb == "veto" and rest:
-        session.veto(int(rest[0]), " ".join(rest[1:]))
-        return ""
-    if verb == "pause":
-        session.pause()
-        return ""
-    if verb == "resume":
-        session.resume()
-        return ""
-    if verb == "kill":
-        return "" if session.kill_run() else "no run in flight"
-    if verb == "mode" and rest:
-        session.set_mode(rest[0])
-        return ""
+def _command(session, line: str) -> str:
+    """What the line asks, done; what to tell the user."""
+    verb = line.split()[0].lower()
     if verb == "pending":
         return "; ".join(f"{p.id}: {p.description}" for p in session.pending()) or "none"
     if verb in ("quit", "exit"):
         threading.Thread(target=session.stop, daemon=True).start()
         return ""
-    return COMMANDS_HELP
+    command = commands.parse(line)
+    if isinstance(command, commands.Stop):     # the loop stops: nothing to wait for here
+        threading.Thread(target=session.send, args=(command,), daemon=True).start()
+        return ""
+    value = session.send(command)
+    if isinstance(command, commands.KillRun):
+        return "" if value else "no run in flight"
+    return "" if value is None else str(value)
 
 
 class JsonPrinter:

@@ -18,6 +18,7 @@ import pytest
 from engine.agents.tuner import TunerAgent
 from engine.base.events import StateChanged
 from engine.service import peers as service_peers
+from engine.base.commands import Summary
 from engine.service import protocol as proto
 from engine.service.client import CommandRefused, EngineClient, EngineLost, connect
 from engine.service.server import EngineLock, EngineService, ServiceError, reachable, socket_path
@@ -270,7 +271,7 @@ def test_a_slow_client_never_slows_the_engine_and_is_resynced(served):
     assert not engine.is_alive(), "the engine waited for a client that does not read"
     assert service.resyncs >= 1, f"never found behind in {rounds} rounds"
 
-    slow.send(proto.Summary(request_id=9))
+    slow.send(proto.Request(9, Summary()))
     messages = []
     while not isinstance(message := slow.read(), proto.Reply):
         messages.append(message)

@@ -44,13 +44,8 @@ class DecisionsMixin:
     def apply_command(self, command: Command) -> Callable[[], None]:
         """Apply a command; returns what answers its caller, to call once readers can see
         the command's effect (after the next snapshot)."""
-        handlers = {Accept: self._accept, Veto: self._veto, Edit: self._edit,
-                    Pause: lambda c: self.pause(c.reason), Resume: lambda c: self.resume(),
-                    KillRun: self._kill_run, SetMode: self._set_mode, Note: self._note,
-                    EditProgram: self.program.edit,
-                    Stop: lambda c: self.request_stop(c.reason)}
         try:
-            result = handlers[type(command)](command)
+            result = HANDLERS[type(command)](self, command)
         except (CommandRefused, patch.PatchRefused) as refusal:
             error = refusal
             return lambda: command.reply.set_exception(error)
@@ -195,3 +190,13 @@ class DecisionsMixin:
         note_id = self.journal.add_note(text)
         self.emit(SteeringNote(note_id, text))
         return note_id
+
+
+# The handler of each command that changes the loop (the queries are the Session's).
+HANDLERS: dict[type[Command], Callable] = {
+    Accept: DecisionsMixin._accept, Veto: DecisionsMixin._veto, Edit: DecisionsMixin._edit,
+    Pause: lambda loop, c: loop.pause(c.reason), Resume: lambda loop, c: loop.resume(),
+    KillRun: DecisionsMixin._kill_run, SetMode: DecisionsMixin._set_mode,
+    Note: DecisionsMixin._note, EditProgram: lambda loop, c: loop.program.edit(c),
+    Stop: lambda loop, c: loop.request_stop(c.reason),
+}

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, ClassVar
 
+from engine.base.commands import Command, CommandRefused, Controls, Stop
 from engine.service import protocol as proto
 from engine.base.events import Event
 from engine.workspace.patch import PatchRefused
@@ -27,10 +28,6 @@ from engine.service.mirror import MirrorMixin
 
 REPLY_TIMEOUT_S = 120.0                 # a stop waits for the run in flight to be killed
 BACKLOG_EVENTS = 10_000                 # kept for the first subscriber, at most
-
-
-class CommandRefused(ValueError):
-    """The engine refused a command; str() is its message."""
 
 
 class EngineFailed(CommandRefused):
@@ -74,7 +71,7 @@ def connect(path: Path, read_only: bool = False, timeout: float = 10.0) -> "Engi
         raise
 
 
-class EngineClient(MirrorMixin):
+class EngineClient(MirrorMixin, Controls):
     def __init__(self, sock: socket.socket, read_only: bool = False):
         self.read_only = read_only
         self._sock = sock
@@ -193,23 +190,25 @@ class EngineClient(MirrorMixin):
 
     # ------------------------------------------------------------------ commands
 
-    def _call(self, command: proto.Command):
+    def send(self, command: Command):
+        """The command to the engine, and its reply's value; a refusal raises, as the
+        Session's does."""
         if self._lost.is_set():
             raise CommandRefused("not connected: the engine is gone")
-        command.request_id = next(self._ids)
+        request = proto.Request(next(self._ids), command)
         done, answer = threading.Event(), []
         with self._lock:
-            self._waiting[command.request_id] = (done, answer)
+            self._waiting[request.request_id] = (done, answer)
         try:
-            self._send(command)
+            self._send(request)
             if not done.wait(REPLY_TIMEOUT_S):
-                raise CommandRefused(f"{command.name}: the engine did not answer in "
+                raise CommandRefused(f"{command.words()}: the engine did not answer in "
                                      f"{REPLY_TIMEOUT_S:g} s")
         except OSError as exc:
             raise CommandRefused(f"not connected: {exc}") from exc
         finally:
             with self._lock:
-                self._waiting.pop(command.request_id, None)
+                self._waiting.pop(request.request_id, None)
         if not answer:
             raise CommandRefused("the engine went away before it answered")
         reply: proto.Reply = answer[0]
@@ -228,37 +227,11 @@ class EngineClient(MirrorMixin):
             waiter[1].append(reply)
             waiter[0].set()
 
-    def accept(self, proposal_id: int) -> None:
-        self._call(proto.Accept(proposal_id))
-
-    def veto(self, proposal_id: int, reason: str) -> None:
-        self._call(proto.Veto(proposal_id, reason))
-
-    def edit(self, proposal_id: int, files: dict[str, str],
-             base_commit: str | None = None) -> None:
-        self._call(proto.Edit(proposal_id, files, base_commit))
-
-    def pause(self) -> None:
-        self._call(proto.Pause())
-
-    def resume(self) -> None:
-        self._call(proto.Resume())
-
-    def kill_run(self) -> bool:
-        return bool(self._call(proto.KillRun()))
-
-    def set_mode(self, mode: str) -> None:
-        self._call(proto.SetMode(mode))
-
-    def note(self, text: str) -> int:
-        return self._call(proto.Note(text))
-
-    def edit_program(self, text: str) -> str | None:
-        return self._call(proto.EditProgram(text))
-
     def stop(self, timeout: float = 15.0) -> None:
-        """Stop the engine's loop (not just this client): returns once it has stopped."""
-        self._call(proto.Stop())
+        """Stop the engine's loop (not just this client): returns once it has stopped and
+        the engine let go of the connection, or after timeout seconds."""
+        self.send(Stop())
+        self._lost.wait(timeout)
 
     def start(self) -> None:
         """The engine's loop already runs: nothing to start from a client."""
@@ -270,17 +243,6 @@ class EngineClient(MirrorMixin):
     @property
     def stopped(self) -> bool:
         return self._stop_seen or self._lost.is_set()
-
-    # ------------------------------------------------------------------ getters the engine answers
-
-    def proposal_text(self, proposal_id: int, path: str) -> str:
-        return self._call(proto.ProposalText(proposal_id, path))
-
-    def log_path(self, experiment_id: int) -> Path:
-        return Path(self._call(proto.LogPath(experiment_id)))
-
-    def summary(self) -> str:
-        return self._call(proto.Summary())
 
     @property
     def workspace(self):

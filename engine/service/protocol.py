@@ -3,7 +3,8 @@
 Every line is one message: `{"kind": ..., ...fields}`. The two ends first exchange a
 `Hello` carrying PROTOCOL_VERSION; a mismatch is refused with both versions named. Then the
 engine sends a `Snapshot` (what a new screen needs), then `EventMessage`s; the client sends
-commands, each answered by one `Reply` with the command's `request_id`.
+commands (engine/base/commands.py) in `Request`s, each answered by one `Reply` with its
+`request_id`.
 
 (De)serialization is generic: a dataclass becomes a dict of its fields, an Enum its value;
 decoding follows the type hints, so nested records and enums come back typed. Engine events
@@ -22,6 +23,7 @@ from enum import Enum
 from pathlib import Path
 from typing import Any, ClassVar
 
+from engine.base.commands import COMMANDS, Command
 from engine.base.events import Event, RunProgress, RunStarted, SteeringNote
 from engine.base.records import Experiment, Proposal
 
@@ -89,7 +91,7 @@ def _dataclass_from_plain(cls: type, value: dict) -> Any:
     hints = _HINTS.get(cls)
     if hints is None:
         hints = _HINTS[cls] = typing.get_type_hints(cls)
-    known = {f.name for f in dataclasses.fields(cls)}
+    known = {f.name for f in dataclasses.fields(cls) if f.init}
     try:
         return cls(**{k: from_plain(hints[k], v) for k, v in value.items() if k in known})
     except (TypeError, ValueError) as exc:
@@ -196,105 +198,16 @@ class Reply:
     rule: str = ""
 
 
-# Commands: `name` is the Session method they call, `decides` whether a read-only client
-# is refused them.
-
-
 @dataclass
-class Command:
+class Request:
+    """A command (engine/base/commands.py, the one definition) on its way to the engine;
+    the Reply carries the same request_id."""
+
     kind: ClassVar[str] = "command"
-    name: ClassVar[str] = ""
-    decides: ClassVar[bool] = True
-    request_id: int = field(default=0, kw_only=True)
-
-    def arguments(self) -> list:
-        return [getattr(self, f.name) for f in dataclasses.fields(self) if f.name != "request_id"]
+    request_id: int
+    command: Command
 
 
-@dataclass
-class Accept(Command):
-    name: ClassVar[str] = "accept"
-    proposal_id: int
-
-
-@dataclass
-class Veto(Command):
-    name: ClassVar[str] = "veto"
-    proposal_id: int
-    reason: str
-
-
-@dataclass
-class Edit(Command):
-    name: ClassVar[str] = "edit"
-    proposal_id: int
-    files: dict[str, str]
-    base_commit: str | None = None
-
-
-@dataclass
-class Pause(Command):
-    name: ClassVar[str] = "pause"
-
-
-@dataclass
-class Resume(Command):
-    name: ClassVar[str] = "resume"
-
-
-@dataclass
-class KillRun(Command):
-    name: ClassVar[str] = "kill_run"
-
-
-@dataclass
-class SetMode(Command):
-    name: ClassVar[str] = "set_mode"
-    mode: str
-
-
-@dataclass
-class Note(Command):
-    name: ClassVar[str] = "note"
-    text: str
-
-
-@dataclass
-class EditProgram(Command):
-    name: ClassVar[str] = "edit_program"
-    text: str
-
-
-@dataclass
-class Stop(Command):
-    name: ClassVar[str] = "stop"
-
-
-@dataclass
-class ProposalText(Command):
-    name: ClassVar[str] = "proposal_text"
-    decides: ClassVar[bool] = False
-    proposal_id: int
-    path: str
-
-
-@dataclass
-class LogPath(Command):
-    name: ClassVar[str] = "log_path"
-    decides: ClassVar[bool] = False
-    experiment_id: int
-
-
-@dataclass
-class Summary(Command):
-    name: ClassVar[str] = "summary"
-    decides: ClassVar[bool] = False
-
-
-COMMANDS: dict[str, type[Command]] = {
-    cls.name: cls for cls in (Accept, Veto, Edit, Pause, Resume, KillRun, SetMode, Note,
-                              EditProgram, Stop, ProposalText, LogPath, Summary)
-}
 MESSAGES = {cls.kind: cls for cls in (Hello, Refused, Snapshot, EventMessage, Reply)}
 
 
@@ -302,10 +215,12 @@ def encode(message) -> bytes:
     """One message as one line of JSON, newline included."""
     if isinstance(message, EventMessage):
         body = {"kind": "event", "event": encode_event(message.event)}
+    elif isinstance(message, Request):
+        body = {"kind": "command", "request_id": message.request_id,
+                "name": type(message.command).__name__,
+                "arguments": to_plain(message.command.arguments())}
     else:
         body = {"kind": message.kind, **to_plain(message)}
-        if isinstance(message, Command):
-            body["name"] = message.name
     return (json.dumps(body, ensure_ascii=False, allow_nan=False, default=str) + "\n").encode()
 
 
@@ -325,7 +240,8 @@ def decode(line: bytes | str):
         if cls is None:
             raise ProtocolError(f"unknown command {body.get('name')!r}; known: "
                                 f"{', '.join(sorted(COMMANDS))}")
-        return _dataclass_from_plain(cls, body)
+        return Request(body.get("request_id", 0),
+                       _dataclass_from_plain(cls, body.get("arguments") or {}))
     cls = MESSAGES.get(kind)
     if cls is None:
         raise ProtocolError(f"unknown message kind {kind!r}")

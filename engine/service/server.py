@@ -272,17 +272,17 @@ class EngineService:
             else:
                 conn.close()
 
-    def _run_command(self, command, read_only: bool) -> proto.Reply:
-        if not isinstance(command, proto.Command):
-            return proto.Reply(0, False, error=f"expected a command, got a {command.kind}",
+    def _run_command(self, request, read_only: bool) -> proto.Reply:
+        if not isinstance(request, proto.Request):
+            return proto.Reply(0, False, error=f"expected a command, got a {request.kind}",
                                refusal="refused")
-        rid = command.request_id
+        rid, command = request.request_id, request.command
         if read_only and command.decides:
             return proto.Reply(rid, False, refusal="refused", error=(
-                f"this client is attached read-only and cannot {command.name.replace('_', ' ')};"
-                " attach without --read-only to decide"))
+                f"this client is attached read-only and cannot {command.words()}; attach "
+                "without --read-only to decide"))
         try:
-            value = getattr(self.session, command.name)(*command.arguments())
+            value = self.session.send(command)
         except PatchRefused as exc:
             return proto.Reply(rid, False, error=exc.message, refusal="patch", rule=exc.rule)
         except KeyError as exc:
@@ -291,8 +291,8 @@ class EngineService:
         except ValueError as exc:
             return proto.Reply(rid, False, error=str(exc), refusal="refused")
         except Exception as exc:
-            print(f"pairlab: command {command.name} failed:\n{traceback.format_exc()}",
-                  file=sys.stderr, flush=True)
+            print(f"pairlab: command {type(command).__name__} failed:\n"
+                  f"{traceback.format_exc()}", file=sys.stderr, flush=True)
             return proto.Reply(rid, False, error=f"{type(exc).__name__}: {exc}",
                                refusal="internal")
         return proto.Reply(rid, True, value=proto.to_plain(value))
