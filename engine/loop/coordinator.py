@@ -114,10 +114,16 @@ class Coordinator(DecisionsMixin, OutcomesMixin):
 
     def call(self, command: Command):
         """Apply a command on the coordinator thread and return its result (or raise)."""
-        if self.thread is None or self.on_own_thread():
-            answer = self.apply_command(command)  # not started yet, or from a subscriber
+        if self.thread is None:                  # not started yet: nothing to schedule
+            answer = self.apply_command(command)
             self.publish()
             answer()
+        elif self.on_own_thread():
+            # From a subscriber, between steps (events wait until a step is published):
+            # the command is a step of its own, never applied inside another.
+            if self._held_events is not None:
+                raise RuntimeError(f"{command.words()} from inside a step would re-enter it")
+            self._step(command)
         elif not self.running:
             raise CommandRefused("the loop has stopped; start pairlab again to go on")
         else:
