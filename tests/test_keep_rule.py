@@ -5,20 +5,10 @@ import math
 
 import pytest
 
-from engine.loop.keep_rule import (
-    SEQUENTIAL,
-    Action,
-    KeepRuleSettings,
-    Noise,
-    judge,
-    margin,
-    pooled_noise,
-    recheck,
-    sequential_bounds,
-    settings_for,
-    should_rerun_best,
-    student_t_critical,
-)
+from engine.loop.keep_rule import (DEBIASED, SEQUENTIAL, Action, KeepRuleSettings, Noise,
+                                   discounted_mean, judge, margin, pooled_noise, recheck,
+                                   sequential_bounds, settings_for, should_rerun_best,
+                                   student_t_critical)
 
 # Exact Student's t quantiles at the one-sided level of z = 2 (0.97725), from tables.
 T_AT_Z2 = {2: 4.527, 3: 3.307, 5: 2.649, 10: 2.284, 30: 2.088}
@@ -144,7 +134,9 @@ def test_the_best_is_rerun_to_follow_drift():
 @pytest.mark.parametrize("field,value", [("k", 0), ("max_candidate_runs", 0),
                                          ("min_best_runs", 0), ("best_rerun_every", 0),
                                          ("rule", "bayes"), ("win_sigmas", 0),
-                                         ("evidence", 1.0)])
+                                         ("evidence", 1.0), ("drop_evidence", 1.0),
+                                         ("recheck_evidence", 0.5), ("kept_run_weight", 1.5),
+                                         ("kept_run_shift", -0.1)])
 def test_settings_reject_nonsense(field, value):
     with pytest.raises(ValueError, match=field):
         KeepRuleSettings(**{field: value})
@@ -218,8 +210,11 @@ def test_settings_for_a_rule_take_its_limits_and_the_values_given():
     assert settings_for("sequential") == SEQUENTIAL
     tuned = settings_for("sequential", max_candidate_runs=3, best_rerun_every=None)
     assert (tuned.max_candidate_runs, tuned.best_rerun_every) == (3, SEQUENTIAL.best_rerun_every)
-    with pytest.raises(ValueError, match="keep_rule must be one of margin, sequential"):
+    with pytest.raises(ValueError, match="keep_rule must be one of margin, sequential, "
+                                         "debiased"):
         settings_for("bayes")
+    assert settings_for("debiased") == DEBIASED
+    assert settings_for("debiased", max_candidate_runs=6).kept_run_weight == 0.5
 
 
 # ---------------------------------------------------------------------- the recheck, a revert
@@ -258,3 +253,99 @@ def test_a_real_win_stands_its_rechecks():
 def test_the_margin_rule_never_reverts():
     baseline, best = [2.0, 2.01, 1.99], [1.97, 2.05, 2.06]
     assert recheck(baseline, best, pooled_noise([baseline, best]), KeepRuleSettings()) is None
+
+
+# ---------------------------------------------------------------------- the debiased rule
+# DEBIASED: a 2-sigma win kept at 2.2:1, dropped at 10:1; the best's first run at weight 0.5
+# and 0.4 sigma worse; sigma 0.01 on 30 dof unless said
+
+
+def test_the_discounted_mean_weights_the_first_run_and_moves_it_worse():
+    mean, n_eff = discounted_mean([1.96, 2.0, 2.0, 2.0], 0.01, 0.5, 0.4)
+    # (0.5 * (1.96 + 0.004) + 3 * 2.0) / 3.5; n_eff: 3.5^2 / (0.25 + 3)
+    assert mean == pytest.approx((0.5 * 1.964 + 6.0) / 3.5)
+    assert n_eff == pytest.approx(12.25 / 3.25)
+    assert discounted_mean([1.97], 0.01, 0.5, 0.4) == (pytest.approx(1.974), 1.0)
+    assert discounted_mean([1.9, 2.0], 0.01, 1.0, 0.0) == (pytest.approx(1.95), 2.0)
+
+
+def test_the_sequential_rule_drops_at_its_own_evidence_unless_told_otherwise():
+    assert SEQUENTIAL.drop_ratio == SEQUENTIAL.recheck_ratio == SEQUENTIAL.evidence
+    assert (DEBIASED.drop_ratio, DEBIASED.recheck_ratio) == (10.0, 2.5)
+    keep_at, drop_at = sequential_bounds(0.01, 30, 4, 1, DEBIASED)
+    win = DEBIASED.win_sigmas * 0.01
+    variance = (0.01 * student_t_critical(2.0, 30) / 2) ** 2 * (1 / 4 + 1)
+    assert keep_at == pytest.approx(win / 2 + math.log(2.2) * variance / win)
+    assert drop_at == pytest.approx(win / 2 - math.log(10.0) * variance / win)
+
+
+def test_the_debiased_bounds_are_on_the_raw_improvement_with_the_correction_in_them():
+    best, noise = [2.0] * 4, noise_of(0.01, 30)
+    corrected, n_eff = discounted_mean(best, 0.01, 0.5, 0.4)
+    keep_at, drop_at = sequential_bounds(0.01, 30, n_eff, 1, DEBIASED)
+    win = judge(best, [1.97], noise, DEBIASED)                # 3 sigma better: kept at once
+    assert win.action is Action.KEEP and win.best_mean == pytest.approx(2.0)
+    assert win.margin == pytest.approx(keep_at - (corrected - 2.0))
+    assert win.drop_margin == pytest.approx(drop_at - (corrected - 2.0))
+    assert "2.2:1 for a 2-sigma win or 10:1 for none" in win.reason
+    assert "the best's first run at weight 0.5, 0.4 sigma worse: its mean 2.000571" \
+        in win.reason
+    # the same runs under the sequential rule's own bounds: the raw mean, no correction
+    assert judge(best, [1.97], noise, SEQUENTIAL).margin == pytest.approx(
+        sequential_bounds(0.01, 30, 4, 1, SEQUENTIAL)[0])
+
+
+def test_a_best_kept_on_one_run_is_run_again_before_a_close_call_is_decided():
+    noise = noise_of(0.01, 30)
+    # the best's only run is the one it won on: taken 0.4 sigma worse, 1.974
+    close = judge([1.97], [1.965], noise, DEBIASED)
+    assert (close.action, close.rerun) == (Action.CONFIRM, "best")
+    assert "running the best again (run 2)" in close.reason
+    # at the candidate's limit the best still runs again while it has fewer runs
+    limit = judge([1.97, 1.975], [1.965] * 4, noise, DEBIASED)
+    assert (limit.action, limit.rerun) == (Action.CONFIRM, "best")
+    assert judge([2.001], [2.0015], noise, DEBIASED).action is Action.DISCARD   # no better
+
+
+def test_at_the_limit_the_debiased_rule_keeps_what_is_likelier_a_win_than_none():
+    best, noise = [2.0] * 4, noise_of(0.01, 30)
+    # half the win is 0.01 on the corrected best mean 2.000571: 0.009429 on the raw one
+    kept = judge(best, [1.99] * 4, noise, DEBIASED)
+    assert kept.action is Action.KEEP and "half the win: likelier a win than none" in \
+        kept.reason
+    assert kept.drop_margin < kept.improvement < kept.margin
+    gone = judge(best, [1.993] * 4, noise, DEBIASED)
+    assert gone.action is Action.DISCARD and "likelier no change" in gone.reason
+    assert "after 4 runs" in gone.reason
+
+
+def test_a_debiased_keep_on_one_lucky_run_is_reverted_when_the_best_runs_again():
+    """As the coordinator feeds it: the baseline, a change kept on one lucky run, then the
+    new best's re-runs; the baseline's first run discounted too (it is the best before)."""
+    baseline = [2.000, 2.010, 1.990, 2.005, 1.995]            # sigma 0.0079 on 4 dof
+    kept_on = [1.975]
+    noise = pooled_noise([baseline, kept_on])
+    decision = judge(baseline, kept_on, noise, DEBIASED)
+    assert decision.action is Action.KEEP and decision.n_candidate == 1
+    best = list(kept_on)
+    assert recheck(baseline, best, pooled_noise([baseline, best]), DEBIASED) is None
+    best.append(1.995)                                       # its first re-run: 1.985 mean
+    first = recheck(baseline, best, pooled_noise([baseline, best]), DEBIASED)
+    assert first.action is Action.KEEP and first.reason.startswith("the keep stands")
+    best.append(2.012)                                       # 1.994 mean of 3: noise
+    again = recheck(baseline, best, pooled_noise([baseline, best]), DEBIASED)
+    assert again.action is Action.DISCARD
+    assert again.reason.startswith("reverted: over 3 runs")
+    assert (again.n_best, again.n_candidate) == (5, 3) and again.rerun == ""
+    assert again.candidate_mean == pytest.approx(1.994)
+    assert 0 < again.improvement <= again.drop_margin
+    # the drop bound is the recheck's own 2.5:1, not the judge's 10:1
+    assert "2.2:1 for a 2-sigma win or 2.5:1 for none" in again.reason
+    stands = recheck(baseline, best, pooled_noise([baseline, best]),
+                     dataclasses.replace(DEBIASED, recheck_evidence=None))
+    assert stands.action is Action.KEEP
+
+
+def test_the_debiased_rule_reruns_the_best_as_often_as_its_own_rule_says():
+    settings = DEBIASED
+    assert not should_rerun_best(3, settings) and should_rerun_best(4, settings)

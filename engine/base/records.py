@@ -160,7 +160,7 @@ def integrity_label(confined: bool, metric_verified: bool) -> str:
 
 
 # The keep rules a workspace may pick (engine/loop/keep_rule.py holds them).
-KEEP_RULES = ("margin", "sequential")
+KEEP_RULES = ("margin", "sequential", "debiased")
 
 
 @dataclass

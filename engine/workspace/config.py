@@ -44,7 +44,7 @@ class Config:
     ray_resources: str | None = None          # per run, e.g. "num_cpus=1,num_gpus=0"
     ray_data_dir: str | None = None           # the data on a path the cluster shares
     ladder: list[int] | None = None           # promotion depths; None: the device's default
-    keep_rule: str = "margin"                 # margin | sequential (README: The keep rule)
+    keep_rule: str = "margin"                 # margin | sequential | debiased (docs/keep-rule.md)
 
     def __post_init__(self) -> None:
         if self.executor not in ("local", "ray"):
