@@ -28,7 +28,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from engine.agents.tuner import TunerAgent  # noqa: E402
-from engine.base.events import LogLines, RunFinished, RunProgress, RunStarted, SessionStopped  # noqa: E402
+from engine.base.events import (LogLines, RunFinished, RunProgress, RunStarted,  # noqa: E402
+                                SessionStopped)
 from engine.run.compile_cache import write_seed  # noqa: E402
 from engine.session import Session, SessionSettings  # noqa: E402
 from engine.workspace import init  # noqa: E402

@@ -30,7 +30,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from engine.run import doctor  # noqa: E402
 from engine.agents.tuner import TunerAgent  # noqa: E402
-from engine.base.events import DecisionMade, ExperimentSettled, RunFinished, SessionStopped  # noqa: E402
+from engine.base.events import (DecisionMade, ExperimentSettled, RunFinished,  # noqa: E402
+                                SessionStopped)
 from engine.base.records import RunStatus  # noqa: E402
 from engine.run.runner import Runner  # noqa: E402
 from engine.session import Session, SessionSettings  # noqa: E402

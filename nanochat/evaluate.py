@@ -29,15 +29,8 @@ import torch
 from torch.export.graph_signature import InputKind, OutputKind
 
 from nanochat import harness
-from nanochat.harness import (
-    DEVICE,
-    EXIT_SETUP_ERROR,
-    EXIT_TRAINING_FAILED,
-    MAX_SEQ_LEN,
-    PROGRAM_FILE,
-    TENSORS_FILE,
-    fail,
-)
+from nanochat.harness import (DEVICE, EXIT_SETUP_ERROR, EXIT_TRAINING_FAILED, MAX_SEQ_LEN,
+                              PROGRAM_FILE, TENSORS_FILE, fail)
 from nanochat.prepare import dataset_checksum
 
 # How many tokens are scored is part of the metric. A CPU evaluates 128k tokens in a few

@@ -19,13 +19,8 @@ from engine.base import events as ev
 from engine.base.records import RunStatus
 from pairlab.arguments import COMMANDS, build_parser  # noqa: F401  (tests read COMMANDS)
 from pairlab.engine_process import attach, attach_or_start, restart_argv, start_engine  # noqa: F401
-from pairlab.sessions import (  # noqa: F401
-    UserError,
-    executor_settings,
-    existing_workspace,
-    open_workspace,
-    settings_from_args,
-)
+from pairlab.sessions import (UserError, executor_settings, existing_workspace,  # noqa: F401
+                              open_workspace, settings_from_args)
 
 
 def main(argv: list[str] | None = None) -> int:

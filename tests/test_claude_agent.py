@@ -12,22 +12,9 @@ from engine.agents.base import AgentError, DraftCancelled, DraftContext, History
 from engine.agents.claude import ClaudeAgent
 from engine.agents.editor_tool import ScratchEditor
 from engine.workspace.patch import PROTECTED_BEGIN, PROTECTED_END
-from tests.fakeapi import (  # noqa: F401
-    EDITOR,
-    broken,
-    closed_port,
-    fake_api,
-    insert,
-    overloaded,
-    rate_limited,
-    server_error,
-    str_replace,
-    stream_error,
-    submit,
-    turn,
-    unauthorized,
-    view,
-)
+from tests.fakeapi import (EDITOR, broken, closed_port, fake_api, insert, overloaded,  # noqa: F401
+                           rate_limited, server_error, str_replace, stream_error, submit, turn,
+                           unauthorized, view)
 
 KEY = "sk-ant-test-k3y-SECRET-0123456789"
 

@@ -14,21 +14,9 @@ import pytest
 
 from engine.agents.base import AgentError, DraftCancelled
 from engine.base.commands import CommandRefused
-from engine.base.events import (
-    BestUpdated,
-    DecisionMade,
-    ExperimentSettled,
-    Notice,
-    ProposalReady,
-    ProposalRebased,
-    ProposalStale,
-    RunFinished,
-    RunStarted,
-    SessionStopped,
-    StateChanged,
-    SteeringNote,
-    WinHeld,
-)
+from engine.base.events import (BestUpdated, DecisionMade, ExperimentSettled, Notice, ProposalReady,
+                                ProposalRebased, ProposalStale, RunFinished, RunStarted,
+                                SessionStopped, StateChanged, SteeringNote, WinHeld)
 from engine.base.records import Draft, ProposalState, RunStatus
 from engine.session import Session, SessionSettings
 from engine.workspace import init

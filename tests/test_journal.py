@@ -14,25 +14,10 @@ from pathlib import Path
 
 import pytest
 
-from engine.base.records import (
-    Decision,
-    DecisionKind,
-    KeepMeasure,
-    Proposal,
-    ProposalState,
-    Revert,
-    RunResult,
-    RunStatus,
-    Usage,
-)
-from engine.journal import (
-    INTERRUPTED_MESSAGE,
-    SCHEMA_VERSION,
-    TSV_HEADER,
-    Journal,
-    journal_path,
-    redact,
-)
+from engine.base.records import (Decision, DecisionKind, KeepMeasure, Proposal, ProposalState,
+                                 Revert, RunResult, RunStatus, Usage)
+from engine.journal import (INTERRUPTED_MESSAGE, SCHEMA_VERSION, TSV_HEADER, Journal, journal_path,
+                            redact)
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 

@@ -11,14 +11,8 @@ import pytest
 from engine.agents.base import AgentError
 from engine.base.commands import CommandRefused, EditProgram
 from engine.base.events import RunFinished
-from engine.base.records import (
-    Decision,
-    DecisionKind,
-    Proposal,
-    ProposalState,
-    RunResult,
-    RunStatus,
-)
+from engine.base.records import (Decision, DecisionKind, Proposal, ProposalState, RunResult,
+                                 RunStatus)
 from engine.loop import workers
 from engine.loop.drafting import AGENT_FAILURES_BEFORE_FALLBACK, Drafting
 from engine.loop.loop_state import LoopState, ProgramCommit, Snapshot

@@ -8,18 +8,9 @@ from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
 from engine.workspace import adopt, init, patch
-from engine.workspace.patch import (
-    PROTECTED_BEGIN,
-    PROTECTED_END,
-    PatchRefused,
-    check_protected,
-    parse_user_diff,
-    rebase,
-    split_lines,
-    unified_diff,
-    validate_change,
-    validator,
-)
+from engine.workspace.patch import (PROTECTED_BEGIN, PROTECTED_END, PatchRefused, check_protected,
+                                    parse_user_diff, rebase, split_lines, unified_diff,
+                                    validate_change, validator)
 
 TRAIN = f"""\
 import os

@@ -25,12 +25,8 @@ from engine.report import write_report
 from engine.scale.slots import Worktrees
 from engine.session import Session, SessionSettings
 from engine.workspace import Config, Workspace, WorkspaceError
-from tests.faults.conftest import (
-    assert_git_matches_journal,
-    assert_nothing_lost,
-    journal_snapshot,
-    wait_for,
-)
+from tests.faults.conftest import (assert_git_matches_journal, assert_nothing_lost,
+                                   journal_snapshot, wait_for)
 from tests.test_coordinator import WAIT_S, ScriptedAgent, standin_workspace, started
 from tui.app import PairlabApp
 from tui.widgets.experiments import ladder_marks, run_label, totals

@@ -6,15 +6,8 @@ import struct
 
 import pytest
 
-from engine.base.records import (
-    Decision,
-    DecisionKind,
-    KeepMeasure,
-    Proposal,
-    RunResult,
-    RunStatus,
-    Usage,
-)
+from engine.base.records import (Decision, DecisionKind, KeepMeasure, Proposal, RunResult,
+                                 RunStatus, Usage)
 from engine.journal import Journal, journal_path
 from engine.report import summarize, write_report
 

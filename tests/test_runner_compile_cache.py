@@ -14,16 +14,8 @@ import pytest
 
 from engine.base.records import RunStatus
 from engine.run import confine, evaluation
-from engine.run.compile_cache import (
-    FOLDER,
-    SEED_FOLDER,
-    STAMP_FILE,
-    CommitCache,
-    code_key,
-    prune,
-    seed_stamp,
-    write_seed,
-)
+from engine.run.compile_cache import (FOLDER, SEED_FOLDER, STAMP_FILE, CommitCache, code_key, prune,
+                                      seed_stamp, write_seed)
 from engine.run.runner import Runner
 
 # Lists what its inductor cache holds, then leaves a file of its own there; it hands

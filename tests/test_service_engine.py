@@ -14,7 +14,8 @@ import threading
 from pathlib import Path
 
 import pytest
-from test_service_support import WAIT_S, Watch, engine_argv, engine_env, engine_pid, wait_gone  # noqa: F401
+from test_service_support import (WAIT_S, Watch, engine_argv, engine_env,  # noqa: F401
+                                  engine_pid, wait_gone)
 
 from engine import workspace as ws_module
 from engine.base.events import DecisionMade, ProposalReady, RunFinished, RunStarted
@@ -22,13 +23,8 @@ from engine.base.records import DecisionKind
 from engine.service.client import CommandRefused, EngineFailed
 from engine.workspace.patch import PatchRefused
 from pairlab.cli import attach, restart_argv, start_engine
-from tests.faults.conftest import (  # noqa: F401
-    assert_git_matches_journal,
-    assert_nothing_lost,
-    baselined_template,
-    baselined_workspace,
-    journal_snapshot,
-)
+from tests.faults.conftest import (assert_git_matches_journal, assert_nothing_lost,  # noqa: F401
+                                   baselined_template, baselined_workspace, journal_snapshot)
 
 pytestmark = pytest.mark.e2e
 

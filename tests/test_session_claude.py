@@ -17,23 +17,13 @@ import time
 import pytest
 
 from engine.agents.claude import ClaudeAgent
-from engine.base.events import (
-    BestUpdated,
-    DecisionMade,
-    DraftFailed,
-    DraftStarted,
-    Notice,
-    ProposalReady,
-    ProposalRebased,
-    ProposalStale,
-    ReasoningDelta,
-    RunStarted,
-    SessionStopped,
-    StateChanged,
-)
+from engine.base.events import (BestUpdated, DecisionMade, DraftFailed, DraftStarted, Notice,
+                                ProposalReady, ProposalRebased, ProposalStale, ReasoningDelta,
+                                RunStarted, SessionStopped, StateChanged)
 from engine.base.records import DecisionKind, RunStatus
 from engine.session import Session
-from tests.fakeapi import fake_api, rate_limited, server_error, str_replace, submit, turn  # noqa: F401
+from tests.fakeapi import (fake_api, rate_limited, server_error, str_replace,  # noqa: F401
+                           submit, turn)
 
 pytestmark = pytest.mark.e2e   # real runs through the evaluator
 

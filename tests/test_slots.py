@@ -14,16 +14,9 @@ from engine.base.events import BestUpdated, ProposalReady, RunFinished, RunStart
 from engine.base.records import RunStatus
 from engine.scale.slots import Worktrees, default_slot_count, make_slots, upcoming_slots
 from engine.session import SessionSettings
-from tests.faults.conftest import (  # noqa: F401
-    assert_git_matches_journal,
-    assert_nothing_lost,
-    baselined_template,
-    baselined_workspace,
-    headless,
-    journal_snapshot,
-    results_rows,
-    wait_for,
-)
+from tests.faults.conftest import (assert_git_matches_journal, assert_nothing_lost,  # noqa: F401
+                                   baselined_template, baselined_workspace, headless,
+                                   journal_snapshot, results_rows, wait_for)
 from tests.test_coordinator import WAIT_S, ScriptedAgent, run_kinds, standin_workspace, started
 from tests.test_tui_support import ScriptedSession, pilot_test, proposal
 

@@ -14,27 +14,14 @@ from pathlib import Path
 import pytest
 
 from engine.base.commands import CommandRefused
-from engine.base.events import (
-    BestUpdated,
-    ExperimentSettled,
-    ProposalStale,
-    RunAccepted,
-    RunFinished,
-    RunStarted,
-    WinHeld,
-)
+from engine.base.events import (BestUpdated, ExperimentSettled, ProposalStale, RunAccepted,
+                                RunFinished, RunStarted, WinHeld)
 from engine.base.records import ProposalState, RunStatus
 from engine.scale.slots import Worktrees
 from engine.session import Session, SessionSettings
 from tests.faults.conftest import assert_git_matches_journal, journal_snapshot
-from tests.test_coordinator import (
-    WAIT_S,
-    Events,
-    ScriptedAgent,
-    run_kinds,
-    standin_workspace,
-    started,
-)
+from tests.test_coordinator import (WAIT_S, Events, ScriptedAgent, run_kinds, standin_workspace,
+                                    started)
 from tests.test_tui_support import pilot_test
 
 STANDIN = '''\

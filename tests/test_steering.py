@@ -15,14 +15,8 @@ from test_tui_support import pilot_test
 from textual.widgets import Input, TextArea
 
 from engine.base.commands import CommandRefused
-from engine.base.events import (
-    BestUpdated,
-    Notice,
-    ProposalReady,
-    RunFinished,
-    RunStarted,
-    SteeringNote,
-)
+from engine.base.events import (BestUpdated, Notice, ProposalReady, RunFinished, RunStarted,
+                                SteeringNote)
 from engine.base.records import RunStatus
 from engine.report import markdown, summarize
 from engine.service.client import connect

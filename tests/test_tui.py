@@ -18,20 +18,9 @@ from test_tui_support import T0, ScriptedSession, experiment, history_events, pi
 from textual.widgets import DataTable, Input
 from textual.widgets.data_table import RowKey
 
-from engine.base.events import (
-    DeviceSample,
-    DraftStarted,
-    ExperimentSettled,
-    LiveLine,
-    LogLines,
-    ProposalReady,
-    ReasoningDelta,
-    RunAccepted,
-    RunFinished,
-    RunProgress,
-    RunStarted,
-    StateChanged,
-)
+from engine.base.events import (DeviceSample, DraftStarted, ExperimentSettled, LiveLine, LogLines,
+                                ProposalReady, ReasoningDelta, RunAccepted, RunFinished,
+                                RunProgress, RunStarted, StateChanged)
 from engine.base.records import KeepMeasure, ProposalState, Revert, RunResult, RunStatus
 from tui.app import PairlabApp
 from tui.bridge import EventBridge

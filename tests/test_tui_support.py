@@ -14,30 +14,11 @@ from unittest import mock
 
 from textual.pilot import Pilot, WaitForScreenTimeout
 
-from engine.base.events import (
-    BestUpdated,
-    DecisionMade,
-    DeviceSample,
-    DraftStarted,
-    LogLines,
-    ModeChanged,
-    NoiseFloor,
-    ProposalReady,
-    ReasoningDelta,
-    RunFinished,
-    RunProgress,
-    RunStarted,
-    StateChanged,
-)
-from engine.base.records import (
-    Decision,
-    DecisionKind,
-    Experiment,
-    Proposal,
-    RunResult,
-    RunStatus,
-    Usage,
-)
+from engine.base.events import (BestUpdated, DecisionMade, DeviceSample, DraftStarted, LogLines,
+                                ModeChanged, NoiseFloor, ProposalReady, ReasoningDelta, RunFinished,
+                                RunProgress, RunStarted, StateChanged)
+from engine.base.records import (Decision, DecisionKind, Experiment, Proposal, RunResult, RunStatus,
+                                 Usage)
 from engine.workspace.patch import PatchRefused
 
 T0 = 1_700_000_000.0            # every event carries this time: nothing time-dependent on screen

@@ -8,19 +8,9 @@ from pathlib import Path
 import pytest
 
 from engine import workspace as ws_module
-from engine.workspace import (
-    AGENT_AUTHOR,
-    CPU_BUDGET_S,
-    GPU_BUDGET_S,
-    Config,
-    Workspace,
-    WorkspaceError,
-    adopt,
-    default_tag,
-    default_workspace_dir,
-    init,
-    is_workspace,
-)
+from engine.workspace import (AGENT_AUTHOR, CPU_BUDGET_S, GPU_BUDGET_S, Config, Workspace,
+                              WorkspaceError, adopt, default_tag, default_workspace_dir, init,
+                              is_workspace)
 
 TRAIN = "import torch\nLR = 0.04  # learning rate\nprint('training')\n"
 PROGRAM = "# program\nMake val_bpb go down.\n"

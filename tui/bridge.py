@@ -17,22 +17,9 @@ from typing import Callable
 
 from textual.message import Message
 
-from engine.base.events import (
-    DeviceSample,
-    Event,
-    LiveLine,
-    LogLines,
-    ReasoningDelta,
-    RunFinished,
-    RunProgress,
-)
-from tui.messages import (
-    DeviceUpdate,
-    EngineEvent,
-    LogBatch,
-    ProgressBatch,
-    ReasoningBatch,
-)
+from engine.base.events import (DeviceSample, Event, LiveLine, LogLines, ReasoningDelta,
+                                RunFinished, RunProgress)
+from tui.messages import DeviceUpdate, EngineEvent, LogBatch, ProgressBatch, ReasoningBatch
 
 FLUSH_INTERVAL_S = 0.05
 

@@ -19,11 +19,7 @@ import anthropic
 
 from engine.agents.base import AgentError, DraftContext, Emit
 from engine.agents.claude_prices import PRICES, Price
-from engine.agents.claude_prompt import (
-    SUBMIT_TOOL_NAME,
-    dynamic_context,
-    static_context,
-)
+from engine.agents.claude_prompt import SUBMIT_TOOL_NAME, dynamic_context, static_context
 from engine.agents.claude_stream import StreamingMixin, ToolCall, httpx
 from engine.agents.editor_tool import TOOL_NAME as EDITOR_TOOL_NAME
 from engine.agents.editor_tool import ScratchEditor, describe

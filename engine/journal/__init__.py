@@ -3,13 +3,5 @@
 transactions, redaction), proposals, runs, promotions, views (what is read out whole).
 Imports engine.base only."""
 
-from engine.journal.book import (  # noqa: F401
-                                 FAILED_STATUSES,
-                                 INTERRUPTED_MESSAGE,
-                                 SCHEMA_VERSION,
-                                 TSV_HEADER,
-                                 Journal,
-                                 Totals,
-                                 journal_path,
-                                 redact,
-)
+from engine.journal.book import (FAILED_STATUSES, INTERRUPTED_MESSAGE, SCHEMA_VERSION,  # noqa: F401
+                                 TSV_HEADER, Journal, Totals, journal_path, redact)

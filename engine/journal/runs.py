@@ -10,17 +10,8 @@ import json
 import sqlite3
 import time
 
-from engine.base.records import (
-    Decision,
-    Experiment,
-    KeepMeasure,
-    PromotionRung,
-    ProposalState,
-    Revert,
-    RunKind,
-    RunResult,
-    RunStatus,
-)
+from engine.base.records import (Decision, Experiment, KeepMeasure, PromotionRung, ProposalState,
+                                 Revert, RunKind, RunResult, RunStatus)
 from engine.journal.db import dumps, redact
 
 # speculative: a proposal's run before a human accepted it; it becomes an experiment then.

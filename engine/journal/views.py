@@ -10,14 +10,8 @@ import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from engine.base.records import (
-    UNVERIFIED_LABEL,
-    DecisionKind,
-    HistoryItem,
-    RunKind,
-    RunStatus,
-    Usage,
-)
+from engine.base.records import (UNVERIFIED_LABEL, DecisionKind, HistoryItem, RunKind, RunStatus,
+                                 Usage)
 from engine.journal.runs import EXPERIMENT_SELECT, RUNNING
 
 # autoresearch's results.tsv knows only keep, discard and crash

@@ -9,20 +9,8 @@ from __future__ import annotations
 import time
 from typing import Callable
 
-from engine.base.commands import (
-    Accept,
-    Command,
-    CommandRefused,
-    Edit,
-    EditProgram,
-    KillRun,
-    Note,
-    Pause,
-    Resume,
-    SetMode,
-    Stop,
-    Veto,
-)
+from engine.base.commands import (Accept, Command, CommandRefused, Edit, EditProgram, KillRun, Note,
+                                  Pause, Resume, SetMode, Stop, Veto)
 from engine.base.events import DecisionMade, ExperimentSettled, ModeChanged, SteeringNote
 from engine.base.records import Decision, DecisionKind, Proposal, ProposalState, RunStatus
 from engine.loop.planner import Need

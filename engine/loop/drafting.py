@@ -13,13 +13,8 @@ from typing import TYPE_CHECKING, Protocol
 
 from engine.agents import make_agent
 from engine.agents.base import Agent, DraftContext, HistoryItem
-from engine.base.events import (
-    DraftFailed,
-    DraftStarted,
-    ProposalReady,
-    ProposalRebased,
-    ProposalStale,
-)
+from engine.base.events import (DraftFailed, DraftStarted, ProposalReady, ProposalRebased,
+                                ProposalStale)
 from engine.base.records import Decision, DecisionKind, Proposal, ProposalState
 from engine.loop import workers
 from engine.loop.host import LoopHost

@@ -11,15 +11,8 @@ from __future__ import annotations
 import copy
 from dataclasses import replace
 
-from engine.base.events import (
-    BestUpdated,
-    ExperimentSettled,
-    NoiseFloor,
-    ProposalReady,
-    RunFinished,
-    RunStarted,
-    WinHeld,
-)
+from engine.base.events import (BestUpdated, ExperimentSettled, NoiseFloor, ProposalReady,
+                                RunFinished, RunStarted, WinHeld)
 from engine.base.records import DecisionKind, ProposalState, Revert, RunKind, RunResult, RunStatus
 from engine.loop import judge, keep_rule, workers
 from engine.loop.loop_state import ActiveRun, Judging

@@ -183,14 +183,8 @@ def stack_layer(refused: int) -> None:
     by path: the engine's socket, and any daemon's). Every layer also restricts REFER
     (linking and renaming across folders) unless it grants it, so it grants REFER everywhere:
     the first layer's rules still decide it."""
-    from py_landlock import (
-        AccessFs,
-        PathBeneathAttr,
-        RulesetAttr,
-        add_rule,
-        create_ruleset,
-        restrict_self,
-    )
+    from py_landlock import (AccessFs, PathBeneathAttr, RulesetAttr, add_rule, create_ruleset,
+                             restrict_self)
     ruleset_fd = create_ruleset(RulesetAttr(handled_access_fs=refused | AccessFs.REFER))
     try:
         root = os.open("/", os.O_PATH | os.O_CLOEXEC)

@@ -16,35 +16,13 @@ import time
 import pytest
 
 from engine.agents.claude import ClaudeAgent
-from engine.base.events import (
-    DraftFailed,
-    Notice,
-    ProposalReady,
-    ReasoningDelta,
-    SessionStopped,
-    StateChanged,
-)
+from engine.base.events import (DraftFailed, Notice, ProposalReady, ReasoningDelta, SessionStopped,
+                                StateChanged)
 from engine.session import Session
-from tests.fakeapi import (  # noqa: F401
-    EDITOR,
-    SUBMIT,
-    broken,
-    closed_port,
-    fake_api,
-    overloaded,
-    rate_limited,
-    server_error,
-    str_replace,
-    stream_error,
-    submit,
-    turn,
-)
-from tests.faults.conftest import (
-    assert_git_matches_journal,
-    assert_nothing_lost,
-    fault_settings,
-    journal_snapshot,
-)
+from tests.fakeapi import (EDITOR, SUBMIT, broken, closed_port, fake_api, overloaded,  # noqa: F401
+                           rate_limited, server_error, str_replace, stream_error, submit, turn)
+from tests.faults.conftest import (assert_git_matches_journal, assert_nothing_lost, fault_settings,
+                                   journal_snapshot)
 
 KEY = "sk-ant-test-api-faults-0123456789"
 EMBED_LR = ("EMBEDDING_LR = 0.6", "EMBEDDING_LR = 0.3")

@@ -26,21 +26,11 @@ from engine.run import confine
 from pairlab.engine_process import ENGINE_ARGS_NAME, engine_argv, start_engine
 from tests.conftest import TINY_ENV, processes_with
 from tests.fakeapi import fake_api, insert, submit, turn  # noqa: F401
-from tests.faults.conftest import (
-    WAIT_S,
-    headless,
-    journal_snapshot,
-    precision_settings,
-    run_fault,
-    wait_for,
-)
+from tests.faults.conftest import (WAIT_S, headless, journal_snapshot, precision_settings,
+                                   run_fault, wait_for)
 from tests.faults.test_api_faults import Events, edit_turn
-from tests.faults.test_integrity import (
-    assert_refused,
-    assert_true_metric,
-    base_train_py,
-    before_fence,
-)
+from tests.faults.test_integrity import (assert_refused, assert_true_metric, base_train_py,
+                                         before_fence)
 
 pytestmark = pytest.mark.skipif(confine.probe() is not None,
                                 reason=f"no confinement here: {confine.probe()}")

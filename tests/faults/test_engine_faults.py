@@ -17,18 +17,9 @@ from engine.base.records import RunStatus
 from engine.journal import Journal
 from engine.session import Session
 from engine.workspace import Workspace
-from tests.faults.conftest import (
-    assert_git_matches_journal,
-    assert_nothing_lost,
-    fault_settings,
-    headless,
-    journal_snapshot,
-    prepend,
-    results_rows,
-    run_fault,
-    stash_list,
-    wait_for,
-)
+from tests.faults.conftest import (assert_git_matches_journal, assert_nothing_lost, fault_settings,
+                                   headless, journal_snapshot, prepend, results_rows, run_fault,
+                                   stash_list, wait_for)
 
 CRASH_NOW = "raise RuntimeError('deliberate crash')"
 HUMAN_LINE = "# human: try a deeper model next"

@@ -29,18 +29,9 @@ from engine.run.evaluation import SOURCE_ROOT
 from engine.session import Session
 from engine.workspace.patch import PROTECTED_BEGIN, PROTECTED_END, PatchRefused
 from tests.fakeapi import fake_api, insert, str_replace, submit, turn  # noqa: F401
-from tests.faults.conftest import (
-    WAIT_S,
-    assert_git_matches_journal,
-    assert_nothing_lost,
-    edit_first_proposal,
-    fault_settings,
-    headless,
-    journal_snapshot,
-    prepend,
-    run_fault,
-    wait_for,
-)
+from tests.faults.conftest import (WAIT_S, assert_git_matches_journal, assert_nothing_lost,
+                                   edit_first_proposal, fault_settings, headless, journal_snapshot,
+                                   prepend, run_fault, wait_for)
 from tests.faults.test_api_faults import EMBED_LR, Events, edit_turn
 
 pytestmark = pytest.mark.e2e   # real runs through the evaluator

@@ -9,13 +9,8 @@ the user reads names what happened.
 import pytest
 
 from engine.base.records import RunStatus
-from tests.faults.conftest import (
-    assert_nothing_lost,
-    fault_settings,
-    prepend,
-    results_rows,
-    run_fault,
-)
+from tests.faults.conftest import (assert_nothing_lost, fault_settings, prepend, results_rows,
+                                   run_fault)
 
 pytestmark = pytest.mark.e2e   # real runs through the evaluator
 
