@@ -35,6 +35,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from textual import events  # noqa: E402
 
 from engine.base.events import LiveLine, LogLines, RunStarted  # noqa: E402
+from engine.base.view import View  # noqa: E402
 from tui.app import PairlabApp  # noqa: E402
 from tui.widgets.log import LogPanel  # noqa: E402
 from tui.widgets.panel import PanelGrid  # noqa: E402
@@ -46,8 +47,6 @@ LINE = "step {:07d} (42.0%) | loss: 3.123456 | lrm: 1.00 | dt: 120ms | tok/sec: 
 class IdleSession:
     """The snapshot half of the Session API with nothing in it: the bench drives events."""
 
-    state, mode, best, noise_floor, total_cost, current_run = "training", "review", None, None, 0.0, None
-
     def subscribe(self, callback) -> None:
         pass
 
@@ -57,11 +56,8 @@ class IdleSession:
     def stop(self, timeout: float = 10) -> None:
         pass
 
-    def pending(self) -> list:
-        return []
-
-    def experiments(self) -> list:
-        return []
+    def view(self) -> View:
+        return View(state="training")
 
 
 def produce(bridge, rate: int, seconds: float, start_index: int) -> int:

@@ -9,7 +9,6 @@ snapshot it publishes, so they never wait on git or a run.
 
 from __future__ import annotations
 
-import copy
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -17,8 +16,9 @@ from typing import Callable
 
 from engine.agents.base import Agent
 from engine.base import commands
-from engine.base.events import Event, ModeChanged, RunStarted
+from engine.base.events import Event, ModeChanged, RunStarted, SteeringNote
 from engine.base.records import Experiment, Proposal
+from engine.base.view import View
 from engine.journal import Journal
 from engine.loop import keep_rule
 from engine.loop.coordinator import Coordinator
@@ -148,6 +148,9 @@ class Session(commands.Controls):
         return self._coordinator.call(command)
 
     # ------------------------------------------------------------------ snapshots
+    # The loop's state is read from the coordinator's snapshot: immutable, replaced whole
+    # after every message, so a reader shares it and never waits on the loop. Records of
+    # finished runs and of old proposals are the journal's.
 
     @property
     def _snapshot(self):
@@ -176,22 +179,34 @@ class Session(commands.Controls):
 
     @property
     def total_cost(self) -> float:
-        return self.journal.total_cost()
+        return self._snapshot.total_cost
 
     @property
     def current_run(self) -> RunStarted | None:
-        return copy.deepcopy(self._snapshot.current_run)
+        return self._snapshot.current_run
 
     def pending(self) -> list[Proposal]:
-        return copy.deepcopy(list(self._snapshot.pending))
+        return list(self._snapshot.pending)
 
     def queued(self) -> list[Proposal]:
-        return copy.deepcopy(list(self._snapshot.queued))
+        return list(self._snapshot.queued)
+
+    def view(self) -> View:
+        """The loop as a screen shows it, from this snapshot and the journal's records: what
+        the app starts from, and what the service's snapshot for a new client rests on."""
+        snapshot = self._snapshot
+        return View(state=snapshot.state, detail=snapshot.detail, mode=snapshot.mode,
+                    paused=snapshot.paused, stopped=self.stopped, best=snapshot.best,
+                    noise_floor=snapshot.noise_floor, total_cost=snapshot.total_cost,
+                    runs=snapshot.runs, pending=snapshot.pending, queued=snapshot.queued,
+                    experiments=tuple(self.journal.experiments()),
+                    open_notes=tuple(SteeringNote(note_id, text)
+                                     for note_id, text in self.journal.open_notes()))
 
     def proposal(self, proposal_id: int) -> Proposal:
         for proposal in self._snapshot.open:
             if proposal.id == proposal_id:
-                return copy.deepcopy(proposal)
+                return proposal
         proposal = self.journal.get_proposal(proposal_id)
         if proposal is None:
             raise KeyError(f"no proposal {proposal_id}")

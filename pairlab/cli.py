@@ -144,12 +144,12 @@ def _status(args) -> int:
 
 def status_text(client) -> str:
     """The engine's state in plain lines, for scripts and small screens."""
-    snap = client.snapshot
-    lines = [f"workspace: {snap.workspace}",
-             f"state: {client.state}" + (f" ({snap.detail})" if snap.detail else ""),
-             f"mode: {client.mode}"]
-    if snap.error and (snap.paused or snap.stopped):
-        lines.append(f"error: {snap.error}")
+    view = client.view
+    lines = [f"workspace: {client.snapshot.workspace}",
+             f"state: {view.state}" + (f" ({view.detail})" if view.detail else ""),
+             f"mode: {view.mode}"]
+    if view.error and (view.paused or view.stopped):
+        lines.append(f"error: {view.error}")
     best = client.best
     lines.append(f"best: {best[1]:.6f} at {best[0][:7]}" if best else "best: none yet")
     if client.noise_floor is not None:
@@ -172,7 +172,7 @@ def status_text(client) -> str:
     if run is None:
         lines.append("run: none")
     else:
-        progress = snap.progress[-1] if snap.progress else None
+        progress = view.progress[-1] if view.progress else None
         where = (f" {progress.percent:.0f}% step {progress.step}, {progress.remaining_s:.0f}s "
                  f"left" if progress else "")
         ahead = " (speculative)" if run.speculative else ""

@@ -433,16 +433,21 @@ def test_a_second_decision_on_a_proposal_is_refused_with_what_happened(standin, 
         session.stop()
 
 
-def test_getters_hand_out_copies_not_the_live_proposals(standin, dataset_dir):
+def test_a_reader_never_reaches_the_loops_own_proposals(standin, dataset_dir):
+    """Readers share the published snapshot (one copy, made by the owner): whatever a
+    reader does to it, the loop's own proposals and the next snapshot are untouched."""
     session, events = started(standin, ScriptedAgent(("VALUE = 1.0", "VALUE = 0.99")),
                               settings(dataset_dir, mode="review"))
     try:
         events.wait(ProposalReady)
         mine = session.pending()[0]
+        assert session.pending()[0] is mine                  # no copy per read
         mine.files["train.py"] = "garbage"
         mine.description = "changed by a reader"
         session.proposal(1).diff = "garbage"
+        session.pause()                                      # a message: a new snapshot
         fresh = session.pending()[0]
+        assert fresh is not mine
         assert fresh.description == "VALUE = 1.0 -> VALUE = 0.99"
         assert "VALUE = 0.99" in fresh.files["train.py"] and "+VALUE = 0.99" in fresh.diff
     finally:

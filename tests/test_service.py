@@ -280,7 +280,7 @@ def test_a_slow_client_never_slows_the_engine_and_is_resynced(served):
     assert resyncs and all(messages[i].resync for i in resyncs)
     assert len(messages) < rounds                      # the backlog was dropped, not sent
     latest = messages[resyncs[-1]]
-    final = [latest.state, *(m.event.state for m in messages[resyncs[-1] + 1:]
+    final = [latest.view.state, *(m.event.state for m in messages[resyncs[-1] + 1:]
                              if isinstance(m.event, StateChanged))][-1]
     assert final == session.state == "paused"
     slow.close()

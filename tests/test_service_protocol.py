@@ -28,7 +28,10 @@ def sample(hint, depth: int = 0):
     if origin is list:
         return [sample(typing.get_args(hint)[0], depth + 1), sample(typing.get_args(hint)[0], depth + 1)]
     if origin is tuple:
-        return tuple(sample(a, depth + 1) for a in typing.get_args(hint))
+        args = typing.get_args(hint)
+        if args[-1] is Ellipsis:
+            return (sample(args[0], depth + 1), sample(args[0], depth + 1))
+        return tuple(sample(a, depth + 1) for a in args)
     if origin is dict:
         key, value = typing.get_args(hint)
         return {"train.py": sample(value, depth + 1)}
@@ -106,9 +109,11 @@ def test_snapshot_and_reply_round_trip_with_nested_records():
     snapshot = sample(proto.Snapshot)
     back = round_trip(snapshot)
     assert back == snapshot
-    assert isinstance(back.current_run, RunStarted)
-    assert isinstance(back.experiments[0], Experiment) and back.experiments[0].status is list(RunStatus)[-1]
-    assert isinstance(back.best, tuple) and back.best == snapshot.best
+    view = back.view
+    assert isinstance(view.current_run, RunStarted) and isinstance(view.runs, tuple)
+    assert isinstance(view.experiments[0], Experiment) and view.experiments[0].status is list(RunStatus)[-1]
+    assert isinstance(view.best, tuple) and view.best == snapshot.view.best
+    assert view.draft.reasoning == snapshot.view.draft.reasoning
     reply = proto.Reply(3, False, error="#7 was already accepted from another client",
                         refusal="refused")
     assert round_trip(reply) == reply

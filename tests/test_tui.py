@@ -18,10 +18,10 @@ from test_tui_support import T0, ScriptedSession, experiment, history_events, pi
 from textual.widgets import DataTable, Input
 from textual.widgets.data_table import RowKey
 
-from engine.base.events import (DeviceSample, DraftStarted, ExperimentSettled, LiveLine, LogLines,
+from engine.base.events import (DecisionMade, DeviceSample, DraftStarted, ExperimentSettled, LiveLine, LogLines,
                                 ProposalReady, ReasoningDelta, RunAccepted, RunFinished,
                                 RunProgress, RunStarted, StateChanged)
-from engine.base.records import KeepMeasure, ProposalState, Revert, RunResult, RunStatus
+from engine.base.records import Decision, DecisionKind, KeepMeasure, ProposalState, Revert, RunResult, RunStatus
 from tui.app import PairlabApp
 from tui.bridge import EventBridge
 from tui.messages import EngineEvent, LogBatch, ReasoningBatch
@@ -86,15 +86,18 @@ async def test_accept_sends_the_selected_proposal_to_the_engine(session):
 
 
 @pilot_test
-async def test_accept_refused_by_the_engine_is_shown_and_the_queue_resynced(session):
+async def test_accept_refused_by_the_engine_is_shown_and_the_queue_is_the_engines(session):
     app = PairlabApp(session)
     async with app.run_test(size=WIDE) as pilot:
         await settle(pilot)
-        session._pending.pop(7)                 # the engine already decided it elsewhere
-        await pilot.press("a")
+        session._pending.pop(7)                 # the engine already decided it elsewhere:
+        await pilot.press("a")                  # its decision is on its way
+        await settle(pilot)
+        assert any("accept #7" in n.message for n in app._notifications)
+        assert list(app.main.diff.queue) == [7, 8]      # no edit of the app's own
+        session.emit_from_thread([DecisionMade(Decision(7, DecisionKind.ACCEPT, "another client"))])
         await settle(pilot)
         assert list(app.main.diff.queue) == [8]
-        assert any("accept #7" in n.message for n in app._notifications)
 
 
 @pilot_test
@@ -681,7 +684,7 @@ async def test_runs_are_labelled_by_what_they_are_and_totalled(tmp_path):
                                          " · 1 confirmation")
         chart = app.main.chart
         assert chart.shown == ("history",)             # the interrupted run is not a crash
-        table.upsert(replace(quit_run, run_id="s5", speculative=True), training=True)
+        table.upsert([replace(quit_run, run_id="s5", speculative=True)], training=True)
         assert str(data.get_cell("s5", "status")) == "speculative"
 
 

@@ -17,6 +17,7 @@ from textual.pilot import Pilot, WaitForScreenTimeout
 from engine.base.events import (BestUpdated, DecisionMade, DeviceSample, DraftStarted, LogLines,
                                 ModeChanged, NoiseFloor, ProposalReady, ReasoningDelta, RunFinished,
                                 RunProgress, RunStarted, StateChanged)
+from engine.base.view import View
 from engine.base.records import (Decision, DecisionKind, Experiment, Proposal, RunResult, RunStatus,
                                  Usage)
 from engine.workspace.patch import PatchRefused
@@ -288,6 +289,11 @@ class ScriptedSession:
 
     def experiments(self) -> list[Experiment]:
         return []
+
+    def view(self) -> View:
+        return View(state=self.state, mode=self.mode, best=self.best, noise_floor=self.noise_floor,
+                    total_cost=self.total_cost, pending=tuple(self.pending()),
+                    runs=(self.current_run,) if self.current_run else ())
 
     def proposal_text(self, proposal_id: int, path: str) -> str:
         return self._pending[proposal_id].files[path]

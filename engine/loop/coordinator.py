@@ -270,7 +270,7 @@ class Coordinator(DecisionsMixin, OutcomesMixin):
         self._shown = None
         self.snapshot = replace(self.snapshot, state="stopped", detail=self.loop.stop_reason,
                                 failed=self.loop.failed,
-                                current_run=None, best=self.best(),
+                                runs=(), best=self.best(), total_cost=self.journal.total_cost(),
                                 noise_floor=self.journal.get_state("noise_floor"))
         self.emit(StateChanged("stopped", self.loop.stop_reason))
         self.emit(SessionStopped(self.loop.stop_reason, summary, failed=self.loop.failed))
@@ -371,7 +371,8 @@ class Coordinator(DecisionsMixin, OutcomesMixin):
         self.snapshot = Snapshot(
             state=state, detail=detail, mode=loop.mode, paused=loop.paused, best=self.best(),
             noise_floor=self.journal.get_state("noise_floor"),
-            current_run=copy.deepcopy(self.followed_run()),
+            total_cost=self.journal.total_cost(),
+            runs=tuple(copy.deepcopy(active.started) for _, active in sorted(loop.runs.items())),
             # Held wins wait for a human too: they are in the review queue, marked held.
             pending=tuple(copy.deepcopy(props[i]) for i in loop.review + [
                 j.proposal_id for j in loop.judging.values() if j.need == Need.HUMAN]),
@@ -380,11 +381,6 @@ class Coordinator(DecisionsMixin, OutcomesMixin):
         if (state, detail) != self._shown:
             self._shown = (state, detail)
             self.emit(StateChanged(state, detail))
-
-    def followed_run(self):
-        """The run the log panel follows: the lowest busy slot's."""
-        runs = self.loop.runs
-        return runs[min(runs)].started if runs else None
 
     def summary(self) -> str:
         parts = [self.journal.summary_line()]

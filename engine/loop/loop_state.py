@@ -24,11 +24,17 @@ class Snapshot:
     paused: bool = False
     best: tuple[str, float] | None = None
     noise_floor: float | None = None
-    current_run: RunStarted | None = None
+    total_cost: float = 0.0          # the agents' spend so far
+    runs: tuple[RunStarted, ...] = ()   # training now, by slot
     pending: tuple[Proposal, ...] = ()
     queued: tuple[Proposal, ...] = ()
     open: tuple[Proposal, ...] = ()   # every proposal not yet done: pending to held
     failed: bool = False             # stopped because the loop could not go on
+
+    @property
+    def current_run(self) -> RunStarted | None:
+        """The run the log panel follows: the lowest busy slot's."""
+        return self.runs[0] if self.runs else None
 
 
 @dataclass

@@ -18,16 +18,16 @@ import dataclasses
 import json
 import types
 import typing
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from enum import Enum
 from pathlib import Path
 from typing import Any, ClassVar
 
 from engine.base.commands import COMMANDS, Command
-from engine.base.events import Event, RunProgress, RunStarted, SteeringNote
-from engine.base.records import Experiment, Proposal
+from engine.base.events import Event
+from engine.base.view import View
 
-PROTOCOL_VERSION = 1
+PROTOCOL_VERSION = 2
 
 
 class ProtocolError(Exception):
@@ -144,39 +144,14 @@ class Refused:
 
 
 @dataclass
-class ReasoningChunk:
-    kind: str                          # "thinking" | "text" | "tool"
-    text: str
-
-
-@dataclass
 class Snapshot:
     """What a client needs to draw the whole screen on attach (and again on a resync)."""
 
     kind: ClassVar[str] = "snapshot"
-    state: str
-    detail: str
-    mode: str
-    paused: bool
-    stopped: bool
-    best: tuple[str, float] | None
-    noise_floor: float | None
-    total_cost: float
-    current_run: RunStarted | None
-    progress: list[RunProgress]        # the current run's progress samples so far
-    pending: list[Proposal]
-    queued: list[Proposal]
-    experiments: list[Experiment]
-    log_tail: list[str]                # the current run's last log lines
-    draft_id: int | None               # the draft being written, with its reasoning so far
-    draft_agent: str
-    draft_base: str
-    reasoning: list[ReasoningChunk]
-    workspace: str
-    targets: list[str]
+    view: View
+    workspace: str                     # the engine's workspace root
+    targets: list[str]                 # the files the agent may edit
     resync: bool = False               # True: sent because this client fell behind
-    error: str = ""                    # the error that paused or stopped the loop, whole
-    open_notes: list[SteeringNote] = field(default_factory=list)   # no draft has taken yet
 
 
 @dataclass

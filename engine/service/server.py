@@ -20,14 +20,13 @@ import socket
 import sys
 import threading
 import traceback
-from collections import deque
+from dataclasses import replace
 from pathlib import Path
 
 from engine.service import protocol as proto
 from engine.service import peers as service_peers
-from engine.base.events import (DraftFailed, DraftStarted, Event, LogLines, Notice, ProposalReady,
-                           ReasoningDelta, RunFinished, RunProgress, RunStarted, StateChanged,
-                           SteeringNote)
+from engine.base.events import Event
+from engine.base.view import View, reduce
 from engine.service.address import (LOCK_NAME, LOG_NAME, SOCKET_NAME, ServiceError,  # noqa: F401
                                     reachable, socket_path)
 from engine.service.fanout import AttachedClient
@@ -35,8 +34,6 @@ from engine.workspace.patch import PatchRefused
 
 # Lines a client may be behind before it is resynced with a snapshot instead.
 CLIENT_QUEUE_LINES = 2000
-LOG_TAIL_LINES = 200
-PROGRESS_SAMPLES = 5000
 
 
 class EngineLock:
@@ -82,14 +79,7 @@ class EngineService:
         self._closed = threading.Event()
         self._idle = threading.Condition(self._lock)  # notified when a command finishes
         self._busy = 0                                # commands being run
-        # Kept from the event stream for the snapshot: the getters do not hold these.
-        self._detail = ""
-        self._error = ""                      # the last error, while the loop is held by it
-        self._log_tail: deque[str] = deque(maxlen=LOG_TAIL_LINES)
-        self._progress: deque[RunProgress] = deque(maxlen=PROGRESS_SAMPLES)
-        self._run_id = ""
-        self._draft: tuple[int, str, str] | None = None
-        self._reasoning: list[proto.ReasoningChunk] = []
+        self._view = View()                   # reduced from every event, for the snapshot
         self.resyncs = 0                      # times a client fell behind (each gets a snapshot)
 
     # ------------------------------------------------------------------ lifecycle
@@ -143,7 +133,7 @@ class EngineService:
     def _on_event(self, event: Event) -> None:
         """On engine threads: remember what the snapshot needs, queue one line per client."""
         with self._lock:
-            self._remember(event)
+            self._view = reduce(self._view, event)
             clients = list(self._clients)
         if not clients:
             return
@@ -151,60 +141,22 @@ class EngineService:
         for client in clients:
             client.offer(line)
 
-    def _remember(self, event: Event) -> None:
-        if isinstance(event, LogLines):
-            if event.run_id == self._run_id:
-                self._log_tail.extend(event.lines)
-        elif isinstance(event, RunProgress):
-            if event.run_id == self._run_id:
-                self._progress.append(event)
-        elif isinstance(event, ReasoningDelta):
-            if self._draft and self._draft[0] == event.draft_id:
-                if self._reasoning and self._reasoning[-1].kind == event.kind:
-                    self._reasoning[-1].text += event.text
-                else:
-                    self._reasoning.append(proto.ReasoningChunk(event.kind, event.text))
-        elif isinstance(event, StateChanged):
-            self._detail = event.detail
-            if event.state not in ("paused", "stopping", "stopped"):
-                self._error = ""              # going again: whatever stopped it was fixed
-        elif isinstance(event, Notice) and event.level == "error":
-            self._error = f"{event.message} ({event.hint})" if event.hint else event.message
-        elif isinstance(event, RunStarted):
-            self._run_id = event.run_id
-            self._log_tail.clear()
-            self._progress.clear()
-        elif isinstance(event, RunFinished):
-            if event.result.run_id == self._run_id:
-                self._progress.clear()
-        elif isinstance(event, DraftStarted):
-            self._draft = (event.draft_id, event.agent, event.base_commit)
-            self._reasoning = []
-        elif isinstance(event, (ProposalReady, DraftFailed)):
-            draft_id = event.proposal.id if isinstance(event, ProposalReady) else event.draft_id
-            if self._draft and self._draft[0] == draft_id:
-                self._draft, self._reasoning = None, []
-
     def snapshot(self, resync: bool = False) -> proto.Snapshot:
-        s = self.session
-        pending, queued, experiments = s.pending(), s.queued(), s.experiments()
-        current = s.current_run
+        """The owner's view of the loop, with what only the event stream carries (the followed
+        run's log tail and progress, the draft so far, the error that holds the loop)."""
+        owner = self.session.view()
         with self._lock:
-            draft = self._draft
-            log_tail = list(self._log_tail) if current else []
-            progress = list(self._progress) if current else []
-            reasoning = [proto.ReasoningChunk(c.kind, c.text) for c in self._reasoning]
-            detail, error = self._detail, self._error
-        return proto.Snapshot(
-            state=s.state, detail=detail, mode=s.mode, paused=s.paused, stopped=s.stopped,
-            best=s.best, noise_floor=s.noise_floor, total_cost=s.total_cost,
-            current_run=current, progress=progress, pending=pending, queued=queued,
-            experiments=experiments, log_tail=log_tail,
-            draft_id=draft[0] if draft else None, draft_agent=draft[1] if draft else "",
-            draft_base=draft[2] if draft else "", reasoning=reasoning,
-            workspace=str(s.workspace.root), targets=list(s.workspace.config.targets),
-            resync=resync, error=error, open_notes=[SteeringNote(note_id, text)
-                                       for note_id, text in s.journal.open_notes()])
+            heard = self._view
+        followed = owner.current_run
+        same_run = (followed is not None and heard.current_run is not None
+                    and heard.current_run.run_id == followed.run_id)
+        view = replace(owner, error=heard.error, draft=heard.draft,
+                       preparing=heard.preparing if owner.state == "preparing" else None,
+                       log_tail=heard.log_tail if same_run else (),
+                       progress=heard.progress if same_run else ())
+        workspace = self.session.workspace
+        return proto.Snapshot(view, workspace=str(workspace.root),
+                              targets=list(workspace.config.targets), resync=resync)
 
     # ------------------------------------------------------------------ connections
 

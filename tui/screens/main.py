@@ -16,7 +16,7 @@ from textual.content import Content
 from textual.screen import Screen
 from textual.widgets import DataTable, Footer, ProgressBar, Static
 
-from engine.base.events import RunStarted
+from engine.base.view import View
 from engine.base.records import ProposalState
 from tui.messages import ProposalSelected
 from tui.screens.editor import EditorScreen
@@ -83,9 +83,8 @@ class MainScreen(EngineEventsMixin, Screen):
         super().__init__()
         self.session = session
         self.read_only = read_only
-        self.state = "starting"
-        self.run_in_flight: RunStarted | None = None     # the followed slot's run
-        self.slot_runs: dict[int, RunStarted] = {}       # every busy slot's run
+        self.view = View()                               # the loop as the engine last said
+        self.state = self.view.state                     # or "engine gone", once it is
         self.followed_slot = 0                           # the slot the log panel follows
         self.slot_count = 1                              # the loop's, from its runs
         self.current_panel = "diff-panel"
@@ -216,10 +215,8 @@ class MainScreen(EngineEventsMixin, Screen):
         proposal = self.diff.selected_proposal
         if proposal is None:
             return
-        self.diff.remove(proposal.id)          # optimistic; resynced if the engine refuses
-        self._after_change()
         self._engine_call(f"accept #{proposal.id}", self.session.accept, proposal.id)
-        if self.has_class("narrow") and not self.diff.queue:
+        if self.has_class("narrow") and len(self.diff.queue) == 1:
             self.focus_panel("log-panel")      # one panel at a time: show what happens next
 
     def action_veto(self) -> None:
@@ -229,8 +226,6 @@ class MainScreen(EngineEventsMixin, Screen):
 
         def vetoed(reason: str | None) -> None:
             if reason:
-                self.diff.remove(proposal.id)
-                self._after_change()
                 self._engine_call(f"veto #{proposal.id}", self.session.veto, proposal.id, reason)
 
         self.app.push_screen(VetoScreen(proposal.id, proposal.description), vetoed)
@@ -256,8 +251,6 @@ class MainScreen(EngineEventsMixin, Screen):
     def _show_editor(self, proposal, texts: dict[str, str]) -> None:
         def edited(saved: bool | None) -> None:
             if saved:
-                self.diff.remove(proposal.id)
-                self._after_change()
                 self.notify(f"your edit of #{proposal.id} is queued to train")
 
         self.app.push_screen(EditorScreen(self.session, proposal, texts), edited)
@@ -358,10 +351,5 @@ class MainScreen(EngineEventsMixin, Screen):
     def _engine_call(self, label: str, call: Callable, *args) -> None:
         try:
             call(*args)
-        except Exception as error:           # the engine refused: say why, show its truth again
-            self.app.call_from_thread(self._engine_refused, label, error)
-
-    def _engine_refused(self, label: str, error: Exception) -> None:
-        self.notify(f"{label}: {error}", severity="error")
-        self.diff.set_queue(self.session.pending())
-        self._after_change()
+        except Exception as error:           # the engine refused: say why
+            self.app.call_from_thread(self.notify, f"{label}: {error}", severity="error")

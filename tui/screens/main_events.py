@@ -1,35 +1,26 @@
-"""The main screen's engine -> widgets side: what the session already knows loaded at
-start (and on a resync), each engine event applied to the panels, the status line
-and the footer, and which trainer slot's run the log panel follows. A mixin of
-MainScreen (tui/screens/main.py), on the UI thread. Message handlers (@on) stay on
-the screen: Textual collects them from its widget classes only.
+"""The main screen's engine -> widgets side. The screen keeps the loop's `View` and brings
+it up to date with the one reducer the engine's service and client use too
+(engine/base/view.py); each panel is then handed the parts of the view it shows that
+changed (attributes down). What an event says beyond the state (a notification, a run's
+end line in the log) is announced once. A mixin of MainScreen (tui/screens/main.py), on
+the UI thread. Message handlers (@on) stay on the screen: Textual collects them from its
+widget classes only.
 """
 
 from __future__ import annotations
 
-from dataclasses import replace
-
 from textual.widgets import ProgressBar, Static
 
-from engine.base.events import (BestUpdated, DecisionMade, DraftFailed, DraftStarted, Event,
-                           ExperimentSettled, ModeChanged, NoiseFloor, Notice, Preparing, ProposalReady,
-                           ProposalRebased, ProposalStale, RunAccepted, RunFinished, RunProgress,
-                           RunStarted, SessionStopped, StateChanged, SteeringNote)
-from engine.service.client import EngineClient, EngineLost
-from engine.base.records import Experiment, RunStatus
+from engine.base.events import (BestUpdated, DraftFailed, DraftStarted, Event, Notice,
+                                ProposalStale, RunFinished, RunProgress, RunStarted,
+                                SessionStopped)
+from engine.base.records import RunStatus
+from engine.base.view import View, reduce, running_row
 from engine.scale.slots import upcoming_slots
+from engine.service.client import EngineClient, EngineLost
 
 # A burst of events refreshes the footer once (it recomposes itself on each refresh).
 BINDINGS_REFRESH_S = 0.05
-
-
-def best_value(best) -> tuple[str, float] | None:
-    """Session.best as (commit, val_bpb), whether it hands back a tuple or an Experiment."""
-    if best is None:
-        return None
-    if isinstance(best, tuple):
-        return best
-    return (best.commit, best.val_bpb)
 
 
 def trains_words(slot_runs: dict[int, RunStarted]) -> str | None:
@@ -44,139 +35,141 @@ def trains_words(slot_runs: dict[int, RunStarted]) -> str | None:
 class EngineEventsMixin:
     """The engine's news, shown: on the UI thread, never waiting on the engine."""
 
+    view: View
+
+    @property
+    def slot_runs(self) -> dict[int, RunStarted]:
+        """Every busy trainer slot's run."""
+        return self.view.slot_runs()
+
+    @property
+    def run_in_flight(self) -> RunStarted | None:
+        """The followed slot's run, while it trains."""
+        return self.slot_runs.get(self.followed_slot)
+
     def load_snapshot(self) -> None:
-        """What the session already knows (a resumed journal), before live events arrive."""
+        """What the session already knows (a resumed journal; the engine's snapshot on attach
+        or a resync), drawn before live events arrive."""
         session = self.session
-        experiments = session.experiments()
-        best = best_value(session.best)
-        self.table.load(experiments, best[1] if best else None)
-        self.chart.load(experiments)
-        self._set_best(best)
-        self.status.noise_floor = session.noise_floor
-        self.chart.set_noise_floor(session.noise_floor)
-        self.status.mode = session.mode
-        self.status.cost = session.total_cost
-        self.diff.set_queue(session.pending())
-        self.state = session.state
-        self.status.state = session.state
-        if session.current_run is not None:           # opened on a loop already training
-            self.apply_event(session.current_run)
-        if isinstance(session, EngineClient):
-            self._load_attach_extras(session)
-        self._after_change()
+        attached = isinstance(session, EngineClient)
+        before, self.view = self.view, session.view if attached else session.view()
+        self.show_view(before, self.view)
+        if attached:
+            self._load_attach_extras(session.snapshot)
 
-    def _load_attach_extras(self, client: EngineClient) -> None:
+    def _load_attach_extras(self, snapshot) -> None:
         """What only the service kept: the run's log tail and progress, the draft so far."""
-        snapshot = client.snapshot
-        for note in snapshot.open_notes:
-            self.reasoning.add_note(note.note_id, note.text)
-        if snapshot.current_run is not None and not snapshot.resync:
-            self.log_panel.write(snapshot.current_run.run_id, snapshot.log_tail, 0)
-        if snapshot.progress:
-            self.apply_progress(snapshot.progress)
-        if snapshot.draft_id is not None and not snapshot.resync:
-            self.app.call_later(self._load_draft, snapshot)
+        view = snapshot.view
+        if view.current_run is not None and not snapshot.resync:
+            self.log_panel.write(view.current_run.run_id, list(view.log_tail), 0)
+        if view.progress:
+            self.apply_progress(list(view.progress))
+        if view.draft is not None and not snapshot.resync:
+            self.app.call_later(self._load_draft, view.draft)
 
-    async def _load_draft(self, snapshot) -> None:
-        await self.reasoning.start_draft(snapshot.draft_id, snapshot.draft_agent,
-                                         snapshot.draft_base)
-        if snapshot.reasoning:
-            await self.reasoning.append(snapshot.draft_id,
-                                        [(c.kind, c.text) for c in snapshot.reasoning])
+    async def _load_draft(self, draft) -> None:
+        await self.reasoning.start_draft(draft.draft_id, draft.agent, draft.base_commit)
+        if draft.reasoning:
+            await self.reasoning.append(draft.draft_id, [(c.kind, c.text) for c in draft.reasoning])
         self.reasoning.show_proposal(self.diff.selected_proposal)
 
     def engine_lost(self, event: EngineLost) -> None:
         """The connection ended: after a stop, or because the engine died."""
         self.state = "stopped" if event.stopped else "engine gone"
-        self.run_in_flight = None
         self.status.state, self.status.detail = self.state, event.message
         if not event.stopped:
             self.notify(event.message, title="the engine is gone", severity="error", timeout=30)
         self._after_change()
 
     def apply_event(self, event: Event) -> None:
-        if isinstance(event, StateChanged):
-            self.state = event.state
-            self.status.state, self.status.detail = event.state, event.detail
-            self.query_one("#preparing").display = event.state == "preparing"
-        elif isinstance(event, Preparing):
-            self.query_one("#preparing").display = True
-            self.query_one("#preparing-label", Static).update(f"preparing data: {event.stage} ")
-            self.query_one("#preparing-bar", ProgressBar).update(total=100,
-                                                                 progress=event.fraction * 100)
-        elif isinstance(event, ModeChanged):
-            self.status.mode = event.mode
-        elif isinstance(event, ProposalReady):
-            self.diff.add(event.proposal)
-            self.reasoning.notes_taken(event.proposal.notes)
-            self.status.cost += event.proposal.usage.cost_usd   # no journal read on the UI thread
-        elif isinstance(event, ProposalRebased):
-            self.diff.rebase(event.proposal_id, event.base_commit, event.diff)
-        elif isinstance(event, ProposalStale):
-            self.diff.remove(event.proposal_id)
-            self.notify(f"proposal #{event.proposal_id} no longer applies: {event.reason}",
-                        severity="warning")
-        elif isinstance(event, DecisionMade):
-            self.diff.remove(event.decision.proposal_id)
-        elif isinstance(event, ExperimentSettled):
-            self._record_experiment(event.experiment)
-        elif isinstance(event, RunStarted):
-            self.slot_runs[event.slot], self.slot_count = event, event.slots
-            if event.slot == self.followed_slot or self.followed_slot not in self.slot_runs:
-                self.follow(event.slot)                 # the followed slot's, or it is idle
-            self.device.show_slots(self.slot_runs, self.followed_slot)
-            self.table.upsert(Experiment(
-                id=event.experiment_id, proposal_id=event.proposal_id, commit=event.commit,
-                status=RunStatus.INTERRUPTED, val_bpb=None, memory_gb=0.0,
-                description=event.description, decided_by="", run_id=event.run_id,
-                started_at=event.at, finished_at=None, log_path=event.log_path,
-                kind=event.kind, speculative=event.speculative), training=True)
-        elif isinstance(event, RunAccepted):
-            for slot, run in self.slot_runs.items():
-                if run.run_id == event.run_id:
-                    self.slot_runs[slot] = replace(run, speculative=False, kind="experiment")
-                    if self.run_in_flight is run:
-                        self.run_in_flight = self.slot_runs[slot]
-            row = self.table.rows.get(event.run_id)
-            if row is not None:                # the speculative run now counts: training
-                self.table.upsert(replace(row, speculative=False, kind="experiment"),
-                                  training=row.finished_at is None)
-        elif isinstance(event, RunFinished):
-            experiment, result = event.experiment, event.result
-            for slot, run in list(self.slot_runs.items()):
-                if run.run_id == result.run_id:
-                    del self.slot_runs[slot]
-            self.device.show_slots(self.slot_runs, self.followed_slot)
-            if self.run_in_flight is not None and self.run_in_flight.run_id == result.run_id:
-                self.run_in_flight = None
+        before, self.view = self.view, reduce(self.view, event)
+        self.show_view(before, self.view)
+        self._announce(event, before)
+
+    # ------------------------------------------------------------------ the view, shown
+
+    def show_view(self, before: View, after: View) -> None:
+        """Hand each panel the parts of the view it shows that changed: the reducer shares
+        every part an event did not touch, so `is` tells what did."""
+        self.state = after.state
+        self._show_preparing(before, after)
+        if after.pending is not before.pending:
+            self.diff.show(after.pending)
+        if after.best != before.best:
+            self.table.set_best(after.best[1] if after.best else None)
+        if after.experiments is not before.experiments:
+            seen = {id(experiment) for experiment in before.experiments}
+            changed = [e for e in after.experiments if id(e) not in seen]
+            self.table.upsert(changed)
+            self.chart.load(changed)
+        if after.runs is not before.runs:
+            self._show_runs(before, after)
+        if after.best != before.best and after.best is not None:
+            best_run = next((e.run_id for e in reversed(after.experiments)
+                             if e.commit == after.best[0] and e.status is RunStatus.KEEP), None)
+            if best_run:
+                self.chart.set_best_run(best_run)
+        if after.noise_floor != before.noise_floor:
+            self.chart.set_noise_floor(after.noise_floor)
+        if after.open_notes is not before.open_notes:
+            self.reasoning.show_notes({note.note_id: note.text for note in after.open_notes})
+        status = self.status
+        status.state, status.detail, status.mode = after.state, after.detail, after.mode
+        status.best, status.noise_floor, status.cost = after.best, after.noise_floor, after.total_cost
+        self._after_change()
+
+    def _show_preparing(self, before: View, after: View) -> None:
+        self.query_one("#preparing").display = (after.preparing is not None
+                                                or after.state == "preparing")
+        preparing = after.preparing
+        if preparing is not None and preparing is not before.preparing:
+            self.query_one("#preparing-label", Static).update(
+                f"preparing data: {preparing.stage} ")
+            self.query_one("#preparing-bar", ProgressBar).update(
+                total=100, progress=preparing.fraction * 100)
+
+    def _show_runs(self, before: View, after: View) -> None:
+        """Rows for the runs that started or changed; the log follows a new run in the
+        followed slot, or in any slot while the followed one is idle."""
+        was = {run.run_id: run for run in before.runs}
+        slots = after.slot_runs()
+        changed = [run for run in after.runs if was.get(run.run_id) is not run]
+        for run in changed:
+            self.slot_count = run.slots
+            if run.run_id not in was and (run.slot == self.followed_slot
+                                          or self.followed_slot not in slots):
+                self.follow(run.slot)
+        self.table.upsert([running_row(run) for run in changed], training=True)
+        self.device.show_slots(slots, self.followed_slot)
+
+    # ------------------------------------------------------------------ news
+
+    def _announce(self, event: Event, before: View) -> None:
+        """What an event says beyond the state it changed."""
+        if isinstance(event, RunFinished):
+            result = event.result
+            followed = before.slot_runs().get(self.followed_slot)
+            if followed is not None and followed.run_id == result.run_id:
                 self.chart.stop_live()
-            self._record_experiment(experiment)
             bpb = "—" if result.val_bpb is None else f"{result.val_bpb:.6f}"
             summary = f"{result.status.value} · val_bpb {bpb}"
-            if result.message:
-                summary += f" · {result.message}"
-            self.log_panel.finish_run(result.run_id, summary)
+            self.log_panel.finish_run(result.run_id,
+                                      f"{summary} · {result.message}" if result.message else summary)
         elif isinstance(event, BestUpdated):
-            self._set_best((event.commit, event.val_bpb))
             best_run = next((e.run_id for e in self.table.rows.values()
-                             if e.id == event.experiment_id and e.id is not None), None)
+                             if e.id == event.experiment_id), None)
             self.chart.set_best_run(best_run)
-        elif isinstance(event, NoiseFloor):
-            self.status.noise_floor = event.spread
-            self.chart.set_noise_floor(event.spread)
+        elif isinstance(event, ProposalStale):
+            self.notify(f"proposal #{event.proposal_id} no longer applies: {event.reason}",
+                        severity="warning")
         elif isinstance(event, DraftFailed):
             self.notify(event.message, title=f"draft #{event.draft_id} failed", severity="error")
         elif isinstance(event, Notice):
             severity = {"error": "error", "warning": "warning"}.get(event.level, "information")
             text = f"{event.message}\n{event.hint}" if event.hint else event.message
             self.notify(text, severity=severity, timeout=12 if severity == "error" else 6)
-        elif isinstance(event, SteeringNote):
-            self.reasoning.add_note(event.note_id, event.text)
         elif isinstance(event, SessionStopped):
-            self.state = "stopped"
-            self.status.state, self.status.detail = "stopped", event.reason
             self.notify(event.summary, title="session stopped", timeout=30)
-        self._after_change()
 
     async def apply_draft_event(self, event: DraftStarted | DraftFailed) -> None:
         if isinstance(event, DraftStarted):
@@ -193,19 +186,6 @@ class EngineEventsMixin:
             self.status.progress = latest
             self.status.redraw()
 
-    def _record_experiment(self, experiment: Experiment) -> None:
-        self.table.upsert(experiment)
-        self.chart.upsert(experiment)
-
-    def _set_best(self, best: tuple[str, float] | None) -> None:
-        self.status.best = best
-        self.table.set_best(best[1] if best else None)
-        if best is not None:
-            best_run = next((e.run_id for e in reversed(self.table.rows.values())
-                             if e.commit == best[0] and e.status == RunStatus.KEEP), None)
-            if best_run:
-                self.chart.set_best_run(best_run)
-
     def _after_change(self) -> None:
         self.status.pending = len(self.diff.queue)
         self.status.trains = trains_words(self.slot_runs)
@@ -215,22 +195,23 @@ class EngineEventsMixin:
                                                 self.slot_runs))
         self.status.redraw()
         # The footer rebuilds itself on every refresh: only when a key's applicability changed.
-        applicable = (self.diff.selected is not None, len(self.diff.queue) > 1, self.state,
-                      self.run_in_flight is not None, bool(self.table.rows))
-        if applicable != self._applicable and not self._bindings_refresh_due:
+        if self._applicable_now() != self._applicable and not self._bindings_refresh_due:
             self._bindings_refresh_due = True
             self.set_timer(BINDINGS_REFRESH_S, self._refresh_footer)
 
+    def _applicable_now(self) -> tuple:
+        return (self.diff.selected is not None, len(self.diff.queue) > 1, self.state,
+                self.run_in_flight is not None, bool(self.table.rows))
+
     def _refresh_footer(self) -> None:
         self._bindings_refresh_due = False
-        self._applicable = (self.diff.selected is not None, len(self.diff.queue) > 1, self.state,
-                            self.run_in_flight is not None, bool(self.table.rows))
+        self._applicable = self._applicable_now()
         self.refresh_bindings()
 
     def follow(self, slot: int) -> None:
         """The log panel, the live chart and the progress follow this slot's run."""
         run = self.slot_runs[slot]
-        self.followed_slot, self.run_in_flight = slot, run
+        self.followed_slot = slot
         self.status.progress = None
         self.log_panel.start_run(run)
         self.chart.start_live(run.run_id)

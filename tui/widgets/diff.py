@@ -125,6 +125,10 @@ class DiffPanel(Panel):
         yield HunkScroll(id="hunks")
         yield ReviewNudge(id="review-nudge")
 
+    def on_mount(self) -> None:
+        super().on_mount()
+        self._draw_queue()
+
     @property
     def nudge(self) -> ReviewNudge:
         return self.query_one(ReviewNudge)
@@ -136,30 +140,16 @@ class DiffPanel(Panel):
     def selected_proposal(self) -> Proposal | None:
         return self.queue.get(self.selected) if self.selected is not None else None
 
-    def set_queue(self, proposals: list[Proposal]) -> None:
+    def show(self, proposals: tuple[Proposal, ...]) -> None:
+        """The proposals waiting for review, as the engine has them: the selection stays
+        while its proposal waits (its diff drawn again only if the proposal changed, on a
+        rebase), and moves to the first one when it has gone."""
+        shown = self.selected_proposal
         self.queue = {p.id: p for p in proposals}
-        self._select(self.selected if self.selected in self.queue else next(iter(self.queue), None),
-                     force=True)
-
-    def add(self, proposal: Proposal) -> None:
-        self.queue[proposal.id] = proposal
-        if self.selected is None:
-            self._select(proposal.id)
-        else:
-            self._draw_queue()
-
-    def rebase(self, proposal_id: int, base_commit: str, diff: str) -> None:
-        proposal = self.queue.get(proposal_id)
-        if proposal is None:
-            return
-        proposal.base_commit, proposal.diff = base_commit, diff
-        self._select(self.selected, force=True)
-
-    def remove(self, proposal_id: int) -> None:
-        if self.queue.pop(proposal_id, None) is None:
-            return
-        if self.selected == proposal_id:
+        if self.selected not in self.queue:
             self._select(next(iter(self.queue), None))
+        elif self.queue[self.selected] is not shown:
+            self._select(self.selected, force=True)
         else:
             self._draw_queue()
 

@@ -154,22 +154,16 @@ class ExperimentsPanel(Panel):
             return None
         return self.rows.get(key.value)
 
-    def upsert(self, experiment: Experiment, training: bool = False) -> None:
-        if self._put(experiment, training):
+    def upsert(self, experiments: list[Experiment], training: bool = False) -> None:
+        """Add or update these runs' rows: the cursor moves to the last row when one is new,
+        and the totals are counted once, so a whole journal at once (attaching to a long
+        session) costs a step per row."""
+        added = [self._put(experiment, training) for experiment in experiments]
+        if any(added):
             table = self.query_one(ExperimentsTable)
             table.move_cursor(row=table.row_count - 1)
-        self.border_subtitle = totals(list(self.rows.values()))
-
-    def load(self, experiments: list[Experiment], best: float | None) -> None:
-        """A whole journal at once (attaching to a long session): the best, the cursor and
-        the totals once, not per row, so 1,000 rows cost 1,000 steps, not a million."""
-        self.best = best
-        for experiment in experiments:
-            self._put(experiment, training=False)
-        table = self.query_one(ExperimentsTable)
-        if table.row_count:
-            table.move_cursor(row=table.row_count - 1)
-        self.border_subtitle = totals(list(self.rows.values()))
+        if experiments:
+            self.border_subtitle = totals(list(self.rows.values()))
 
     def _put(self, experiment: Experiment, training: bool) -> bool:
         """Add or update the run's row; True when the row is new."""

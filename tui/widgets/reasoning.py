@@ -66,13 +66,9 @@ class ReasoningPanel(Panel):
         self.query_one("#reasoning-scroll").anchor()
         self._draw_notes()
 
-    def add_note(self, note_id: int, text: str) -> None:
-        self.notes[note_id] = text
-        self._draw_notes()
-
-    def notes_taken(self, texts: list[str]) -> None:
-        """A proposal drafted after these notes arrived: it shows them from now on."""
-        self.notes = {i: t for i, t in self.notes.items() if t not in texts}
+    def show_notes(self, notes: dict[int, str]) -> None:
+        """The steering notes no draft has taken yet (a proposal that took one shows it)."""
+        self.notes = notes
         self._draw_notes()
 
     def _draw_notes(self) -> None:
