@@ -24,7 +24,7 @@ from engine.workspace.patch import PROTECTED_BEGIN
 from pairlab.sessions import make_session, open_workspace
 from tui.app import PairlabApp
 from tui.screens.editor import EditorScreen, PythonTextArea
-from tui.screens.main import PANEL_NAMES
+from tui.screens.main_layout import PANEL_NAMES
 from tui.screens.modals import ConfirmStopScreen
 from tui.widgets.diff import DiffPanel
 

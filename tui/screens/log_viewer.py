@@ -22,6 +22,15 @@ FOLLOW_INTERVAL_S = 0.25
 READ_CHUNK = 1 << 20
 
 
+def log_title(experiment) -> str:
+    """The viewer's title for a run: which run, its experiment, what it tried, how it was judged."""
+    number = "—" if experiment.id is None or experiment.id < 0 else f"#{experiment.id}"
+    judged = f" · {experiment.measure.describe()}" if experiment.measure else ""
+    if experiment.revert is not None:
+        judged += f" · {experiment.revert.describe()}"
+    return f"run {experiment.run_id} · experiment {number} · {experiment.description}{judged}"
+
+
 class LogViewerScreen(Screen[None]):
     BINDINGS = [Binding("escape,q,o", "close", "Close", id="close-log")]
 

@@ -4,7 +4,6 @@ workers, so the UI never waits on the engine. A read-only client shows no decisi
 
 from __future__ import annotations
 
-from dataclasses import replace
 from pathlib import Path
 from typing import Callable
 
@@ -12,17 +11,17 @@ from textual import on, work
 from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Horizontal
-from textual.content import Content
 from textual.screen import Screen
-from textual.widgets import DataTable, Footer, ProgressBar, Static
+from textual.widgets import DataTable, ProgressBar, Static
 
-from engine.base.view import View
 from engine.base.records import ProposalState
+from engine.base.view import View
 from tui.messages import ProposalSelected
 from tui.screens.editor import EditorScreen
-from tui.screens.log_viewer import LogViewerScreen
+from tui.screens.log_viewer import LogViewerScreen, log_title
 from tui.screens.main_events import EngineEventsMixin
-from tui.screens.modals import HelpScreen, VetoScreen
+from tui.screens.main_layout import PanelLayoutMixin
+from tui.screens.modals import HelpScreen, VetoScreen, key_rows
 from tui.screens.steering import NoteScreen, ProgramEditorScreen
 from tui.widgets.chart import ChartPanel
 from tui.widgets.device import DevicePanel
@@ -30,20 +29,11 @@ from tui.widgets.diff import DiffPanel
 from tui.widgets.experiments import ExperimentsPanel
 from tui.widgets.footer import WholeKeysFooter
 from tui.widgets.log import LogPanel
-from tui.widgets.panel import Panel, PanelGrid
+from tui.widgets.panel import PanelGrid
 from tui.widgets.reasoning import ReasoningPanel
 from tui.widgets.status import StatusLine
 
-# Below this size the panels stack: one at a time, chosen with tab.
-NARROW_WIDTH = 100
-NARROW_HEIGHT = 28
-PANEL_NAMES = {
-    "reasoning-panel": "reasoning", "diff-panel": "diff", "device-panel": "device",
-    "chart-panel": "chart", "log-panel": "log", "experiments-panel": "runs",
-}
-
-
-class MainScreen(EngineEventsMixin, Screen):
+class MainScreen(EngineEventsMixin, PanelLayoutMixin, Screen):
     # A panel full-screened with `f` keeps the status line and the keys around it.
     ALLOW_IN_MAXIMIZED_VIEW = "StatusLine, Footer"
     # Footer order: what matters most first, so a narrow footer cuts the least useful keys;
@@ -116,35 +106,6 @@ class MainScreen(EngineEventsMixin, Screen):
 
     def on_resize(self, event) -> None:
         self._apply_size(event.size.width, event.size.height)
-
-    def _apply_size(self, width: int, height: int) -> None:
-        narrow = width < NARROW_WIDTH or height < NARROW_HEIGHT
-        self.set_class(narrow, "narrow")
-        self.query_one(Footer).compact = narrow
-        self._show_current_panel()
-
-    def panels(self) -> list[Panel]:
-        return list(self.query_one("#panels").query_children(Panel))
-
-    def focus_panel(self, panel_id: str) -> None:
-        self.current_panel = panel_id
-        self._show_current_panel()
-        self.query_one(f"#{panel_id}", Panel).focus_target().focus()
-
-    def _show_current_panel(self) -> None:
-        for panel in self.panels():
-            panel.set_class(panel.id == self.current_panel, "-current")
-        self.query_one("#panel-bar", Static).update(Content.assemble(*(
-            (f" {name} ", "reverse bold" if panel_id == self.current_panel else "dim")
-            for panel_id, name in PANEL_NAMES.items())))
-
-    def on_descendant_focus(self, event) -> None:
-        for node in event.widget.ancestors_with_self:
-            if isinstance(node, Panel):
-                if node.id != self.current_panel:
-                    self.current_panel = node.id
-                    self._show_current_panel()
-                return
 
     # ------------------------------------------------------------------ short-hands
 
@@ -297,15 +258,6 @@ class MainScreen(EngineEventsMixin, Screen):
         mode = "auto" if self.status.mode == "review" else "review"
         self._engine_call(f"mode {mode}", self.session.set_mode, mode)
 
-    def action_cycle_panel(self, step: int) -> None:
-        ids = [panel.id for panel in self.panels()]
-        index = ids.index(self.current_panel) if self.current_panel in ids else 0
-        self.query_one(PanelGrid).restore()
-        self.focus_panel(ids[(index + step) % len(ids)])
-
-    def action_toggle_maximize(self) -> None:
-        self.query_one(PanelGrid).toggle_full(self.query_one(f"#{self.current_panel}", Panel))
-
     def action_next_slot(self) -> None:
         busy = sorted(self.slot_runs)
         if not busy:
@@ -320,28 +272,10 @@ class MainScreen(EngineEventsMixin, Screen):
         if experiment is None:
             return
         path = experiment.log_path or str(self.session.log_path(experiment.id))
-        number = "—" if experiment.id is None or experiment.id < 0 else f"#{experiment.id}"
-        judged = f" · {experiment.measure.describe()}" if experiment.measure else ""
-        if experiment.revert is not None:
-            judged += f" · {experiment.revert.describe()}"
-        self.app.push_screen(LogViewerScreen(
-            f"run {experiment.run_id} · experiment {number} · {experiment.description}{judged}",
-            Path(path)))
+        self.app.push_screen(LogViewerScreen(log_title(experiment), Path(path)))
 
     def action_help(self) -> None:
-        rows = []
-        seen = set()
-        # The chain's maps have the app's keymap applied; the class BINDINGS do not.
-        screen_bindings = next(b for node, b in self._modal_binding_chain if node is self)
-        for key, binding in screen_bindings:
-            if binding.id in seen:
-                continue
-            seen.add(binding.id)
-            rows.append((self.app.get_key_display(replace(binding, key=key)), binding.description,
-                         binding.id or ""))
-        rows.append(("] / [", "next / previous hunk (diff)", "next-hunk / previous-hunk"))
-        rows.append(("enter", "open the run's log (table)", ""))
-        self.app.push_screen(HelpScreen(rows))
+        self.app.push_screen(HelpScreen(key_rows(self)))
 
     @on(DataTable.RowSelected)
     def _row_selected(self, event: DataTable.RowSelected) -> None:

@@ -3,6 +3,8 @@ the dead-engine offer to restart, the key help."""
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Vertical, VerticalScroll
@@ -107,6 +109,23 @@ class EngineLostScreen(ModalScreen[bool]):
 
     def action_answer(self, restart: bool) -> None:
         self.dismiss(restart)
+
+
+def key_rows(screen) -> list[tuple[str, str, str]]:
+    """The screen's keys as currently mapped, one row per binding id: (keys, what, id)."""
+    rows = []
+    seen = set()
+    # The chain's maps have the app's keymap applied; the class BINDINGS do not.
+    screen_bindings = next(b for node, b in screen._modal_binding_chain if node is screen)
+    for key, binding in screen_bindings:
+        if binding.id in seen:
+            continue
+        seen.add(binding.id)
+        rows.append((screen.app.get_key_display(replace(binding, key=key)), binding.description,
+                     binding.id or ""))
+    rows.append(("] / [", "next / previous hunk (diff)", "next-hunk / previous-hunk"))
+    rows.append(("enter", "open the run's log (table)", ""))
+    return rows
 
 
 class HelpScreen(ModalScreen[None]):
