@@ -1,6 +1,7 @@
 """The keep rule: is a candidate's val_bpb better than the best's by more than the noise?
 
-Pure functions over numbers; the judge calls them with the runs the journal holds.
+Pure functions over numbers (the statistics under them in keep_stats.py); the judge calls them
+with the runs the journal holds.
 
 - The best is the mean of all its runs, never one lucky or unlucky draw.
 - The noise sigma is the pooled standard deviation of repeated runs: every commit run more
@@ -56,9 +57,10 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, replace
 from enum import Enum
-from typing import Iterable, Sequence
+from typing import Sequence
 
 from engine.base.records import KEEP_RULES
+from engine.loop.keep_stats import Noise, discounted_mean, margin, student_t_critical
 
 
 class Action(str, Enum):
@@ -152,15 +154,6 @@ def settings_for(rule: str, **overrides) -> KeepRuleSettings:
 
 
 @dataclass(frozen=True)
-class Noise:
-    """The pooled run-to-run standard deviation and what it rests on."""
-
-    sigma: float | None      # None until some commit has been run twice
-    dof: int                 # degrees of freedom: sum of (runs - 1) over the groups
-    groups: int              # commits run more than once
-
-
-@dataclass(frozen=True)
 class KeepDecision:
     action: Action
     n_best: int
@@ -176,41 +169,6 @@ class KeepDecision:
     drop_margin: float | None = None   # sequential: the improvement at or below which it goes
 
 
-def pooled_noise(groups: Iterable[Sequence[float]]) -> Noise:
-    """Pooled standard deviation of the runs, grouped by commit (one group per commit)."""
-    squares, dof, used = 0.0, 0, 0
-    for runs in groups:
-        if len(runs) < 2:
-            continue
-        mean = sum(runs) / len(runs)
-        squares += sum((x - mean) ** 2 for x in runs)
-        dof += len(runs) - 1
-        used += 1
-    sigma = math.sqrt(squares / dof) if dof else None
-    return Noise(sigma, dof, used)
-
-
-def margin(sigma: float, dof: int, n_best: int, n_candidate: int, k: float) -> float:
-    """k standard errors (widened to Student's t for `dof`) of the difference of two means
-    of n_best and n_candidate runs."""
-    return student_t_critical(k, dof) * sigma * math.sqrt(1 / n_best + 1 / n_candidate)
-
-
-def student_t_critical(z: float, dof: int) -> float:
-    """The Student's t quantile (dof degrees of freedom) at the normal quantile z's level.
-
-    Cornish-Fisher expansion in 1/dof (Abramowitz & Stegun 26.7.5); within 1% of the exact
-    value from 2 degrees of freedom on (k = 2: 4.49 vs 4.53 at 2, 2.284 at 10)."""
-    if dof < 1:
-        raise ValueError(f"dof must be at least 1, not {dof!r}")
-    z2 = z * z
-    terms = ((z2 + 1) * z / 4,
-             ((5 * z2 + 16) * z2 + 3) * z / 96,
-             (((3 * z2 + 19) * z2 + 17) * z2 - 15) * z / 384,
-             ((((79 * z2 + 776) * z2 + 1482) * z2 - 1920) * z2 - 945) * z / 92160)
-    return z + sum(term / dof ** (i + 1) for i, term in enumerate(terms))
-
-
 def sequential_bounds(sigma: float, dof: int, n_best: float, n_candidate: int,
                       settings: KeepRuleSettings) -> tuple[float, float]:
     """(keep_at, drop_at): the improvements at which the sequential test's likelihood ratio
@@ -222,24 +180,12 @@ def sequential_bounds(sigma: float, dof: int, n_best: float, n_candidate: int,
             win / 2 - math.log(settings.drop_ratio) * variance / win)
 
 
-def discounted_mean(runs: Sequence[float], sigma: float, weight: float, shift: float
-                    ) -> tuple[float, float]:
-    """(mean, effective n) of a best's runs with its first run, the one it was kept on,
-    weighted `weight` and taken `shift` sigma worse (higher val_bpb). The effective n is the
-    number of equal runs whose mean has the weighted mean's variance."""
-    first = runs[0] + shift * sigma
-    if len(runs) == 1:
-        return first, 1.0
-    total = weight + len(runs) - 1
-    mean = (weight * first + sum(runs[1:])) / total
-    return mean, total * total / (weight * weight + len(runs) - 1)
-
-
 def judge(best_runs: Sequence[float], candidate_runs: Sequence[float], noise: Noise,
           settings: KeepRuleSettings = KeepRuleSettings()) -> KeepDecision:
     """Keep, discard or confirm a candidate against the best, from their val_bpb runs.
 
-    `noise` is pooled over every group of repeats, these two included (see pooled_noise)."""
+    `noise` is pooled over every group of repeats, these two included (see
+    keep_stats.pooled_noise)."""
     if not best_runs:
         raise ValueError("the best has no runs to compare against")
     if not candidate_runs:
