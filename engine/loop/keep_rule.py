@@ -190,86 +190,133 @@ def judge(best_runs: Sequence[float], candidate_runs: Sequence[float], noise: No
         raise ValueError("the best has no runs to compare against")
     if not candidate_runs:
         raise ValueError("the candidate has no runs to judge")
-    n_best, n_cand = len(best_runs), len(candidate_runs)
-    best_mean = sum(best_runs) / n_best
-    cand_mean = sum(candidate_runs) / n_cand
-    improvement = best_mean - cand_mean
-    can_confirm = n_cand < settings.max_candidate_runs
-    sequential = settings.rule in SEQUENTIAL_RULES and bool(noise.sigma)
-    debiased = sequential and settings.rule == "debiased"
-    bound = drop = None
-    correction = 0.0          # debiased: the corrected best mean - the best mean
-    if debiased:
-        corrected, n_eff = discounted_mean(best_runs, noise.sigma, settings.kept_run_weight,
-                                           settings.kept_run_shift)
-        correction = corrected - best_mean
-        keep_at, drop_at = sequential_bounds(noise.sigma, noise.dof, n_eff, n_cand, settings)
-        bound, drop = keep_at - correction, drop_at - correction
-    elif sequential:
-        bound, drop = sequential_bounds(noise.sigma, noise.dof, n_best, n_cand, settings)
-    elif noise.sigma is not None:
-        bound = margin(noise.sigma, noise.dof, n_best, n_cand, settings.k)
-    rerun = "best" if n_best < min(n_cand + 1, settings.min_best_runs) else "candidate"
-    if debiased and rerun == "best":
-        can_confirm = True    # the best's runs serve every later candidate too
+    case = _Case.of(best_runs, candidate_runs, noise, settings)
+    if case.improvement <= 0:
+        return case.decide(Action.DISCARD, f"no better than the best: {case.vs}")
+    if case.bound is None:
+        if case.can_confirm:
+            return case.confirm(f"better by {case.improvement:.6f} but no noise estimate yet")
+        return case.decide(Action.DISCARD, f"better by {case.improvement:.6f} but the noise "
+                           f"was never measured and the {settings.max_candidate_runs}-run "
+                           f"limit is reached")
+    return _judge_sequential(case) if case.sequential else _judge_margin(case)
 
-    def decide(action: Action, reason: str) -> KeepDecision:
-        return KeepDecision(action, n_best, best_mean, n_cand, cand_mean, noise.sigma,
-                            noise.dof, improvement, bound, reason,
-                            rerun if action is Action.CONFIRM else "", drop)
 
-    def confirm(why: str) -> KeepDecision:
-        run = (f"the best again (run {n_best + 1})" if rerun == "best" else
-               f"it again (run {n_cand + 1} of at most {settings.max_candidate_runs})")
-        return decide(Action.CONFIRM, f"{why}: running {run}")
+@dataclass(frozen=True)
+class _Case:
+    """A candidate against the best: what judge's helpers decide on, and how they say it."""
 
-    runs = f"mean of {n_cand} run{'s' if n_cand > 1 else ''}"
-    vs = f"{cand_mean:.6f} ({runs}) vs best {best_mean:.6f} (mean of {n_best})"
-    if improvement <= 0:
-        return decide(Action.DISCARD, f"no better than the best: {vs}")
-    if bound is None:
-        if can_confirm:
-            return confirm(f"better by {improvement:.6f} but no noise estimate yet")
-        return decide(Action.DISCARD, f"better by {improvement:.6f} but the noise was never "
-                      f"measured and the {settings.max_candidate_runs}-run limit is reached")
-    sigmas = f"{improvement:.6f} = {improvement / noise.sigma:.2f} sigma" if noise.sigma \
-        else f"{improvement:.6f}"
-    if sequential:
-        test = (f"{settings.evidence:g}:1 for a {settings.win_sigmas:g}-sigma win or "
-                f"{settings.drop_ratio:g}:1 for none, sigma on {noise.dof} dof"
-                if settings.drop_ratio != settings.evidence else
-                f"{settings.evidence:g}:1 for a {settings.win_sigmas:g}-sigma win or for "
-                f"none, sigma on {noise.dof} dof")
+    settings: KeepRuleSettings
+    noise: Noise
+    n_best: int
+    best_mean: float
+    n_cand: int
+    cand_mean: float
+    sequential: bool          # the sequential test: its rules, once there is a sigma
+    debiased: bool
+    bound: float | None       # the improvement that keeps; None without a sigma
+    drop: float | None        # sequential: the improvement at or below which it goes
+    correction: float         # debiased: the corrected best mean - the best mean
+    rerun: str                # "best" or "candidate": the commit a confirmation runs
+    can_confirm: bool
+
+    @classmethod
+    def of(cls, best_runs: Sequence[float], candidate_runs: Sequence[float], noise: Noise,
+           settings: KeepRuleSettings) -> _Case:
+        n_best, n_cand = len(best_runs), len(candidate_runs)
+        best_mean = sum(best_runs) / n_best
+        sequential = settings.rule in SEQUENTIAL_RULES and bool(noise.sigma)
+        debiased = sequential and settings.rule == "debiased"
+        bound, drop, correction = None, None, 0.0
         if debiased:
-            test += (f"; the best's first run at weight {settings.kept_run_weight:g}, "
-                     f"{settings.kept_run_shift:g} sigma worse: its mean "
-                     f"{best_mean + correction:.6f}")
-        if improvement >= bound:
-            return decide(Action.KEEP, f"better by {sigmas}, reaching the keep bound "
-                          f"{bound:.6f} ({test}): {vs}")
-        if improvement <= drop:
-            return decide(Action.DISCARD, f"better by only {sigmas}, at or under the drop "
-                          f"bound {drop:.6f} ({test}): {vs}")
-        if can_confirm:
-            return confirm(f"better by {sigmas}, between the drop bound {drop:.6f} and the "
-                           f"keep bound {bound:.6f}")
-        if debiased:
-            middle = settings.win_sigmas * noise.sigma / 2 - correction
-            if improvement >= middle:
-                return decide(Action.KEEP, f"better by {sigmas} after {n_cand} runs, at or "
-                              f"above {middle:.6f}, half the win: likelier a win than none "
-                              f"({test}): {vs}")
-            return decide(Action.DISCARD, f"better by {sigmas} but under {middle:.6f}, half "
-                          f"the win, after {n_cand} runs: likelier no change ({test}): {vs}")
-        return decide(Action.DISCARD, f"better by {sigmas} but under the keep bound "
-                      f"{bound:.6f} after {n_cand} runs: not distinguishable from noise")
-    if improvement >= bound:
-        return decide(Action.KEEP, f"better by {sigmas}, clearing the margin {bound:.6f} "
-                      f"(k={settings.k:g}, sigma on {noise.dof} dof): {vs}")
-    if can_confirm:
-        return confirm(f"better by {sigmas}, inside the margin {bound:.6f}")
-    return decide(Action.DISCARD, f"better by {sigmas} but inside the margin {bound:.6f} "
-                  f"after {n_cand} runs: not distinguishable from noise")
+            corrected, n_eff = discounted_mean(best_runs, noise.sigma, settings.kept_run_weight,
+                                               settings.kept_run_shift)
+            correction = corrected - best_mean
+            keep_at, drop_at = sequential_bounds(noise.sigma, noise.dof, n_eff, n_cand, settings)
+            bound, drop = keep_at - correction, drop_at - correction
+        elif sequential:
+            bound, drop = sequential_bounds(noise.sigma, noise.dof, n_best, n_cand, settings)
+        elif noise.sigma is not None:
+            bound = margin(noise.sigma, noise.dof, n_best, n_cand, settings.k)
+        rerun = "best" if n_best < min(n_cand + 1, settings.min_best_runs) else "candidate"
+        # debiased: the best's runs serve every later candidate too, so it runs at the limit
+        can_confirm = n_cand < settings.max_candidate_runs or (debiased and rerun == "best")
+        return cls(settings, noise, n_best, best_mean, n_cand, sum(candidate_runs) / n_cand,
+                   sequential, debiased, bound, drop, correction, rerun, can_confirm)
+
+    @property
+    def improvement(self) -> float:
+        return self.best_mean - self.cand_mean
+
+    @property
+    def vs(self) -> str:
+        runs = f"mean of {self.n_cand} run{'s' if self.n_cand > 1 else ''}"
+        return f"{self.cand_mean:.6f} ({runs}) vs best {self.best_mean:.6f} (mean of {self.n_best})"
+
+    @property
+    def sigmas(self) -> str:
+        better, sigma = f"{self.improvement:.6f}", self.noise.sigma
+        return f"{better} = {self.improvement / sigma:.2f} sigma" if sigma else better
+
+    def decide(self, action: Action, reason: str) -> KeepDecision:
+        return KeepDecision(action, self.n_best, self.best_mean, self.n_cand, self.cand_mean,
+                            self.noise.sigma, self.noise.dof, self.improvement, self.bound,
+                            reason, self.rerun if action is Action.CONFIRM else "", self.drop)
+
+    def confirm(self, why: str) -> KeepDecision:
+        run = (f"the best again (run {self.n_best + 1})" if self.rerun == "best" else
+               f"it again (run {self.n_cand + 1} of at most {self.settings.max_candidate_runs})")
+        return self.decide(Action.CONFIRM, f"{why}: running {run}")
+
+
+def _judge_margin(case: _Case) -> KeepDecision:
+    if case.improvement >= case.bound:
+        return case.decide(Action.KEEP, f"better by {case.sigmas}, clearing the margin "
+                           f"{case.bound:.6f} (k={case.settings.k:g}, sigma on "
+                           f"{case.noise.dof} dof): {case.vs}")
+    if case.can_confirm:
+        return case.confirm(f"better by {case.sigmas}, inside the margin {case.bound:.6f}")
+    return case.decide(Action.DISCARD, f"better by {case.sigmas} but inside the margin "
+                       f"{case.bound:.6f} after {case.n_cand} runs: not distinguishable from "
+                       f"noise")
+
+
+def _judge_sequential(case: _Case) -> KeepDecision:
+    test, sigmas, vs = _sequential_test(case), case.sigmas, case.vs
+    if case.improvement >= case.bound:
+        return case.decide(Action.KEEP, f"better by {sigmas}, reaching the keep bound "
+                           f"{case.bound:.6f} ({test}): {vs}")
+    if case.improvement <= case.drop:
+        return case.decide(Action.DISCARD, f"better by only {sigmas}, at or under the drop "
+                           f"bound {case.drop:.6f} ({test}): {vs}")
+    if case.can_confirm:
+        return case.confirm(f"better by {sigmas}, between the drop bound {case.drop:.6f} and "
+                            f"the keep bound {case.bound:.6f}")
+    if not case.debiased:
+        return case.decide(Action.DISCARD, f"better by {sigmas} but under the keep bound "
+                           f"{case.bound:.6f} after {case.n_cand} runs: not distinguishable "
+                           f"from noise")
+    # at the limit the debiased rule keeps a change likelier a win than none
+    middle = case.settings.win_sigmas * case.noise.sigma / 2 - case.correction
+    if case.improvement >= middle:
+        return case.decide(Action.KEEP, f"better by {sigmas} after {case.n_cand} runs, at or "
+                           f"above {middle:.6f}, half the win: likelier a win than none "
+                           f"({test}): {vs}")
+    return case.decide(Action.DISCARD, f"better by {sigmas} but under {middle:.6f}, half the "
+                       f"win, after {case.n_cand} runs: likelier no change ({test}): {vs}")
+
+
+def _sequential_test(case: _Case) -> str:
+    """The sequential test's terms, as the reasons give them."""
+    s = case.settings
+    none = f"{s.drop_ratio:g}:1 for none" if s.drop_ratio != s.evidence else "for none"
+    test = (f"{s.evidence:g}:1 for a {s.win_sigmas:g}-sigma win or {none}, sigma on "
+            f"{case.noise.dof} dof")
+    if case.debiased:
+        test += (f"; the best's first run at weight {s.kept_run_weight:g}, "
+                 f"{s.kept_run_shift:g} sigma worse: its mean "
+                 f"{case.best_mean + case.correction:.6f}")
+    return test
 
 
 def recheck(previous_runs: Sequence[float], best_runs: Sequence[float], noise: Noise,
