@@ -49,7 +49,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from engine.loop.judge import JudgeRules, Verdict, judge  # noqa: E402
 from engine.loop.keep_rule import (DEBIASED, SEQUENTIAL, Action, KeepRuleSettings,  # noqa: E402
-                                   pooled_noise, recheck, should_rerun_best)
+                                   recheck, should_rerun_best)
+from engine.loop.keep_stats import pooled_noise  # noqa: E402
 
 BASELINE_RUNS = 3          # the baseline and its 2 noise repeats, as `make run` does today
 MIX = ((2.0, 0.3), (0.0, 0.4), (-2.0, 0.3))   # (true improvement, share)

@@ -46,7 +46,8 @@ from engine.agents.tuner import TunerAgent  # noqa: E402
 from engine.base.constants import parse_constants, rewrite  # noqa: E402
 from engine.base.records import Draft, RunStatus  # noqa: E402
 from engine.loop.keep_rule import (RULES, Action, KeepRuleSettings, judge,  # noqa: E402
-                                   pooled_noise, recheck, settings_for, should_rerun_best)
+                                   recheck, settings_for, should_rerun_best)
+from engine.loop.keep_stats import pooled_noise  # noqa: E402
 from engine.run.runner import Runner  # noqa: E402
 from nanochat import prepare  # noqa: E402
 

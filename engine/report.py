@@ -187,27 +187,40 @@ def plot_progress(summary: Summary, path: Path) -> None:
 
 
 def markdown(summary: Summary, png_name: str) -> str:
-    t = summary.totals
+    """The report, section by section."""
     lines = ["# pairlab report", "", f"Generated {time.strftime('%Y-%m-%d %H:%M:%S')}.", "",
-             f"![val_bpb over experiments]({png_name})", "", "## Totals", "",
-             "| | |", "|---|---:|",
-             f"| runs (all kinds) | {t.runs} |",
-             f"| experiments (kept + reverted + discarded + crashed + vetoed + held) | "
-             f"{t.experiments} |",
-             f"| kept | {t.kept} |",
-             f"| reverted (kept, then the best's re-runs showed noise) | {t.reverted} |",
-             f"| discarded | {t.discarded} |",
-             f"| crashed or timed out | {t.crashed} |",
-             f"| vetoed | {t.vetoed} |",
-             f"| held for a human or being confirmed | {t.held + t.judging} |",
-             f"| noise repeats (measurements, counted apart) | {t.noise_repeats} |",
-             f"| confirmation re-runs (counted apart) | {t.confirmations} |",
-             f"| speculative runs not accepted (vetoed, restarted or waiting) | "
-             f"{t.speculative} |",
-             f"| promotion runs (larger depth, counted apart) | {t.promotion_runs} |",
-             f"| proposals | {t.proposals} |",
-             f"| human edits | {t.human_edits} |",
-             "", "## val_bpb", ""]
+             f"![val_bpb over experiments]({png_name})"]
+    lines += (totals_lines(summary.totals) + val_bpb_lines(summary) + kept_lines(summary)
+              + reverted_lines(summary) + note_lines(summary.notes)
+              + promotion_lines(summary.promotions) + cost_lines(summary.totals)
+              + time_lines(summary.totals))
+    return "\n".join(lines) + "\n"
+
+
+def totals_lines(t: Totals) -> list[str]:
+    return ["", "## Totals", "",
+            "| | |", "|---|---:|",
+            f"| runs (all kinds) | {t.runs} |",
+            f"| experiments (kept + reverted + discarded + crashed + vetoed + held) | "
+            f"{t.experiments} |",
+            f"| kept | {t.kept} |",
+            f"| reverted (kept, then the best's re-runs showed noise) | {t.reverted} |",
+            f"| discarded | {t.discarded} |",
+            f"| crashed or timed out | {t.crashed} |",
+            f"| vetoed | {t.vetoed} |",
+            f"| held for a human or being confirmed | {t.held + t.judging} |",
+            f"| noise repeats (measurements, counted apart) | {t.noise_repeats} |",
+            f"| confirmation re-runs (counted apart) | {t.confirmations} |",
+            f"| speculative runs not accepted (vetoed, restarted or waiting) | "
+            f"{t.speculative} |",
+            f"| promotion runs (larger depth, counted apart) | {t.promotion_runs} |",
+            f"| proposals | {t.proposals} |",
+            f"| human edits | {t.human_edits} |"]
+
+
+def val_bpb_lines(summary: Summary) -> list[str]:
+    """The baseline, the best, the gain and the noise band, and which runs are flagged."""
+    lines = ["", "## val_bpb", ""]
     if summary.baseline is not None:
         lines.append(f"- Baseline: {summary.baseline.val_bpb:.6f} "
                      f"(commit `{summary.baseline.commit[:7]}`)")
@@ -227,50 +240,61 @@ def markdown(summary: Summary, png_name: str) -> str:
     for label in flagged:
         lines.append(f"- Some runs are marked \"{label}\": see the README's "
                      "\"Metric integrity\" section")
+    return lines
 
-    lines += ["", "## Kept changes", ""]
+
+def kept_lines(summary: Summary) -> list[str]:
+    """Each kept change with its gain over the one before and what the judge rested it on."""
+    lines = ["", "## Kept changes", ""]
     kept = summary.kept_changes()
-    if kept:
-        lines += ["| # | commit | val_bpb | change | n | best (n) | sigma | margin "
-                  "| decided by | description |",
-                  "|---:|---|---:|---:|---:|---:|---:|---:|---|---|"]
-        previous = summary.baseline.val_bpb if summary.baseline is not None else None
-        for e in kept:
-            change = f"{e.val_bpb - previous:+.6f}" if previous is not None else ""
-            label = f" ({e.integrity_label})" if e.integrity_label else ""
-            lines.append(f"| {e.id} | `{e.commit[:7]}` | {e.val_bpb:.6f}{label} | {change} | "
-                         f"{_measure_cells(e.measure)} | {e.decided_by} | "
-                         f"{_cell(e.description)} |")
-            previous = e.val_bpb
-        lines += ["", "n: runs of the change (val_bpb is their mean); best (n): the mean of "
-                  "the best it was judged against and its runs; sigma: the run-to-run noise "
-                  "pooled over every repeated commit; margin: the improvement it had to clear "
-                  "(k standard errors of the difference; the sequential rule's keep bound, "
-                  "with the drop bound at or under which it would have gone)."]
-    else:
-        lines.append("No change kept yet.")
-    lines += reverted_lines(summary)
+    if not kept:
+        return lines + ["No change kept yet."]
+    lines += ["| # | commit | val_bpb | change | n | best (n) | sigma | margin "
+              "| decided by | description |",
+              "|---:|---|---:|---:|---:|---:|---:|---:|---|---|"]
+    previous = summary.baseline.val_bpb if summary.baseline is not None else None
+    for e in kept:
+        change = f"{e.val_bpb - previous:+.6f}" if previous is not None else ""
+        label = f" ({e.integrity_label})" if e.integrity_label else ""
+        lines.append(f"| {e.id} | `{e.commit[:7]}` | {e.val_bpb:.6f}{label} | {change} | "
+                     f"{_measure_cells(e.measure)} | {e.decided_by} | "
+                     f"{_cell(e.description)} |")
+        previous = e.val_bpb
+    return lines + ["", "n: runs of the change (val_bpb is their mean); best (n): the mean of "
+                    "the best it was judged against and its runs; sigma: the run-to-run noise "
+                    "pooled over every repeated commit; margin: the improvement it had to "
+                    "clear (k standard errors of the difference; the sequential rule's keep "
+                    "bound, with the drop bound at or under which it would have gone)."]
 
-    if summary.notes:
-        lines += ["", "## Steering notes", ""]
-        for text, influenced in summary.notes:
-            went = "; ".join(f"#{i} {_cell(description)} ({outcome})"
-                             for i, description, outcome in influenced) or "no draft yet"
-            lines.append(f"- \"{_cell(text)}\" → {went}")
 
-    lines += promotion_lines(summary.promotions)
+def note_lines(notes: list[tuple[str, list[tuple[int, str, str]]]]) -> list[str]:
+    """Each steering note with the proposals it went into; nothing without notes."""
+    if not notes:
+        return []
+    lines = ["", "## Steering notes", ""]
+    for text, influenced in notes:
+        went = "; ".join(f"#{i} {_cell(description)} ({outcome})"
+                         for i, description, outcome in influenced) or "no draft yet"
+        lines.append(f"- \"{_cell(text)}\" → {went}")
+    return lines
+
+
+def cost_lines(t: Totals) -> list[str]:
     u = t.usage
-    lines += ["", "## Cost", "",
-              f"- Agent cost: ${u.cost_usd:.2f} over {t.proposals} proposals",
-              f"- Tokens: {u.input_tokens:,} input, {u.output_tokens:,} output, "
-              f"{u.cache_read_tokens:,} cache read, {u.cache_write_tokens:,} cache write",
-              "", "## Time", "",
-              f"- Training: {_duration(t.training_seconds)} over {t.runs} runs",
-              f"- Runs end to end (startup, compile, eval included): {_duration(t.run_seconds)}"]
+    return ["", "## Cost", "",
+            f"- Agent cost: ${u.cost_usd:.2f} over {t.proposals} proposals",
+            f"- Tokens: {u.input_tokens:,} input, {u.output_tokens:,} output, "
+            f"{u.cache_read_tokens:,} cache read, {u.cache_write_tokens:,} cache write"]
+
+
+def time_lines(t: Totals) -> list[str]:
+    lines = ["", "## Time", "",
+             f"- Training: {_duration(t.training_seconds)} over {t.runs} runs",
+             f"- Runs end to end (startup, compile, eval included): {_duration(t.run_seconds)}"]
     if t.first_started_at is not None and t.last_finished_at is not None:
         lines.append(f"- Wall clock, first run start to last run end: "
                      f"{_duration(t.last_finished_at - t.first_started_at)}")
-    return "\n".join(lines) + "\n"
+    return lines
 
 
 def promotion_lines(promotions: list[Promotion]) -> list[str]:

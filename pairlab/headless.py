@@ -133,69 +133,80 @@ class ReadablePrinter:
             self._out.flush()
 
     def _format(self, event: ev.Event) -> list[str]:
+        """The event's lines, less what this printer holds back: reasoning until its line
+        ends, progress within PROGRESS_EVERY_S of the last, a preparation stage again."""
         if isinstance(event, ev.ReasoningDelta):
             buffered = self._reasoning.get(event.draft_id, "") + event.text
             *done, rest = buffered.split("\n")
             self._reasoning[event.draft_id] = rest
             return [f"  {event.kind:8} {line}" for line in done if line.strip()]
         if isinstance(event, ev.ProposalReady):
-            p = event.proposal
-            self._reasoning.pop(p.id, None)
-            return [f"proposal {p.id}: {p.description}", f"  hypothesis: {p.hypothesis}",
-                    *[f"  {line}" for line in p.diff.splitlines()],
-                    f"  ({p.agent}, {p.usage.input_tokens + p.usage.output_tokens} tokens, "
-                    f"${p.usage.cost_usd:.4f})"]
-        if isinstance(event, ev.LogLines):
-            return [f"  | {line}" for line in event.lines]
+            self._reasoning.pop(event.proposal.id, None)   # its draft is done
         if isinstance(event, ev.RunProgress):
             now = time.monotonic()
             if now - self._last_progress < self.PROGRESS_EVERY_S:
                 return []
             self._last_progress = now
-            return [f"  step {event.step} loss {event.loss:.4f} {event.percent:.0f}% "
-                    f"({event.remaining_s:.0f}s left)"]
-        if isinstance(event, ev.RunStarted):
-            ahead = " (speculative: not accepted yet)" if event.speculative else ""
-            slot = f" in slot {event.slot}" if event.slots > 1 else ""
-            return [f"run {event.run_id} started{slot}: {event.description} at "
-                    f"{event.commit[:7]}{ahead}"]
-        if isinstance(event, ev.RunAccepted):
-            return [f"run {event.run_id} accepted: it trains on as #{event.proposal_id}'s "
-                    f"experiment"]
-        if isinstance(event, ev.RunFinished):
-            r, e = event.result, event.experiment
-            bpb = f"{r.val_bpb:.6f}" if r.val_bpb is not None else "-"
-            extra = f" ({r.message})" if r.message else ""
-            outcome = finished_outcome(e.kind if e else RunKind.EXPERIMENT, r.status)
-            return [f"run {r.run_id} finished: {outcome} val_bpb {bpb}{extra}"
-                    + (f" [experiment {e.id}]" if e and e.kind == RunKind.EXPERIMENT else "")]
-        if isinstance(event, ev.DecisionMade):
-            d = event.decision
-            reason = f": {d.reason}" if d.reason else ""
-            return [f"proposal {d.proposal_id}: {d.kind.value} by {d.who}{reason}"]
-        if isinstance(event, ev.BestUpdated):
-            return [f"best val_bpb {event.val_bpb:.6f} at {event.commit[:7]}"]
-        if isinstance(event, ev.NoiseFloor):
-            return [f"noise floor {event.spread:.6f} from {len(event.samples)} baseline runs"]
-        if isinstance(event, ev.Notice):
-            hint = f" ({event.hint})" if event.hint else ""
-            return [f"{event.level}: {event.message}{hint}"]
-        if isinstance(event, ev.StateChanged):
-            return [f"[{event.state}] {event.detail}".rstrip()]
         if isinstance(event, ev.Preparing):
             if event.stage == self._last_stage:
                 return []
             self._last_stage = event.stage
-            return [f"preparing: {event.stage} ({event.fraction:.0%})"]
-        if isinstance(event, ev.ProposalRebased):
-            return [f"proposal {event.proposal_id} rebased onto {event.base_commit[:7]}"]
-        if isinstance(event, ev.ProposalStale):
-            return [f"proposal {event.proposal_id} is stale: {event.reason}"]
-        if isinstance(event, ev.DraftFailed):
-            return [f"draft {event.draft_id} failed: {event.message}"]
-        if isinstance(event, ev.SessionStopped):
-            return [f"stopped: {event.reason}", f"  {event.summary}"]
-        return []
+        return event_lines(event)
+
+
+def event_lines(event: ev.Event) -> list[str]:
+    """How an event reads in the headless output, a line or more (none for the events it
+    does not show)."""
+    if isinstance(event, ev.ProposalReady):
+        p = event.proposal
+        return [f"proposal {p.id}: {p.description}", f"  hypothesis: {p.hypothesis}",
+                *[f"  {line}" for line in p.diff.splitlines()],
+                f"  ({p.agent}, {p.usage.input_tokens + p.usage.output_tokens} tokens, "
+                f"${p.usage.cost_usd:.4f})"]
+    if isinstance(event, ev.LogLines):
+        return [f"  | {line}" for line in event.lines]
+    if isinstance(event, ev.RunProgress):
+        return [f"  step {event.step} loss {event.loss:.4f} {event.percent:.0f}% "
+                f"({event.remaining_s:.0f}s left)"]
+    if isinstance(event, ev.RunStarted):
+        ahead = " (speculative: not accepted yet)" if event.speculative else ""
+        slot = f" in slot {event.slot}" if event.slots > 1 else ""
+        return [f"run {event.run_id} started{slot}: {event.description} at "
+                f"{event.commit[:7]}{ahead}"]
+    if isinstance(event, ev.RunAccepted):
+        return [f"run {event.run_id} accepted: it trains on as #{event.proposal_id}'s "
+                f"experiment"]
+    if isinstance(event, ev.RunFinished):
+        r, e = event.result, event.experiment
+        bpb = f"{r.val_bpb:.6f}" if r.val_bpb is not None else "-"
+        extra = f" ({r.message})" if r.message else ""
+        outcome = finished_outcome(e.kind if e else RunKind.EXPERIMENT, r.status)
+        return [f"run {r.run_id} finished: {outcome} val_bpb {bpb}{extra}"
+                + (f" [experiment {e.id}]" if e and e.kind == RunKind.EXPERIMENT else "")]
+    if isinstance(event, ev.DecisionMade):
+        d = event.decision
+        reason = f": {d.reason}" if d.reason else ""
+        return [f"proposal {d.proposal_id}: {d.kind.value} by {d.who}{reason}"]
+    if isinstance(event, ev.BestUpdated):
+        return [f"best val_bpb {event.val_bpb:.6f} at {event.commit[:7]}"]
+    if isinstance(event, ev.NoiseFloor):
+        return [f"noise floor {event.spread:.6f} from {len(event.samples)} baseline runs"]
+    if isinstance(event, ev.Notice):
+        hint = f" ({event.hint})" if event.hint else ""
+        return [f"{event.level}: {event.message}{hint}"]
+    if isinstance(event, ev.StateChanged):
+        return [f"[{event.state}] {event.detail}".rstrip()]
+    if isinstance(event, ev.Preparing):
+        return [f"preparing: {event.stage} ({event.fraction:.0%})"]
+    if isinstance(event, ev.ProposalRebased):
+        return [f"proposal {event.proposal_id} rebased onto {event.base_commit[:7]}"]
+    if isinstance(event, ev.ProposalStale):
+        return [f"proposal {event.proposal_id} is stale: {event.reason}"]
+    if isinstance(event, ev.DraftFailed):
+        return [f"draft {event.draft_id} failed: {event.message}"]
+    if isinstance(event, ev.SessionStopped):
+        return [f"stopped: {event.reason}", f"  {event.summary}"]
+    return []
 
 
 def finished_outcome(kind: str, status: RunStatus) -> str:

@@ -4,7 +4,8 @@ no threads. The statistics themselves are tested in tests/test_keep_rule.py."""
 import pytest
 
 from engine.loop.judge import JudgeRules, Verdict, judge
-from engine.loop.keep_rule import SEQUENTIAL, KeepRuleSettings, Noise, pooled_noise
+from engine.loop.keep_rule import SEQUENTIAL, KeepRuleSettings
+from engine.loop.keep_stats import Noise, pooled_noise
 
 UNMEASURED = Noise(None, 0, 0)
 

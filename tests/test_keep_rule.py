@@ -5,10 +5,9 @@ import math
 
 import pytest
 
-from engine.loop.keep_rule import (DEBIASED, SEQUENTIAL, Action, KeepRuleSettings, Noise,
-                                   discounted_mean, judge, margin, pooled_noise, recheck,
-                                   sequential_bounds, settings_for, should_rerun_best,
-                                   student_t_critical)
+from engine.loop.keep_rule import (DEBIASED, SEQUENTIAL, Action, KeepRuleSettings, judge, recheck,
+                                   sequential_bounds, settings_for, should_rerun_best)
+from engine.loop.keep_stats import Noise, discounted_mean, margin, pooled_noise, student_t_critical
 
 # Exact Student's t quantiles at the one-sided level of z = 2 (0.97725), from tables.
 T_AT_Z2 = {2: 4.527, 3: 3.307, 5: 2.649, 10: 2.284, 30: 2.088}

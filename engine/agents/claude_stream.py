@@ -151,6 +151,12 @@ class StreamingMixin:
                 raise _StreamBroke() from error
         if not finished:
             raise _StreamBroke()
+        return self._reply(content, json_parts, stop_reason, usage)
+
+    def _reply(self, content: list[dict], json_parts: dict[int, list[str]], stop_reason: str,
+               usage: Usage) -> _Reply:
+        """A whole streamed message as a reply: its tool calls parsed, its cost priced, what
+        it said, and its content as it can be sent back."""
         calls = []
         for index, parts in json_parts.items():
             block = content[index]

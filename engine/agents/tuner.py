@@ -86,14 +86,7 @@ class TunerAgent:
         if ctx.feedback:
             say(f"Notes from pairlab: {ctx.feedback}")
 
-        imported = {**template_checks.harness_settings(ctx.harness_source, self.device, self.env),
-                    **template_checks.workspace_settings(source, ctx.workspace)}
-        # A check the current file already fails is evaluated wrongly here (the runs see
-        # other settings): it cannot tell candidates apart, so it is not applied.
-        unusable = {v.message for v in template_checks.violations(source, imported)}
-        for message in sorted(unusable):
-            say(f"Not applying train.py's check {message!r}: the current file fails it with "
-                "the settings the tuner sees.")
+        imported, unusable = self._checks(ctx, source, say)
         refusals: list[str] = []
         seen: set[tuple] = set()
         for move in self._candidates(know, len(know.trials)):
@@ -133,6 +126,18 @@ class TunerAgent:
                              f"last refusal: {refusals[-1]}", retryable=True)
         raise AgentError("the tuner has no untried change left to propose",
                          "widen the search by editing train.py, or lift a veto")
+
+    def _checks(self, ctx: DraftContext, source: str, say) -> tuple[dict, set[str]]:
+        """(settings, unusable): what train.py's own checks see, and the messages of those
+        the current file already fails. Such a check is evaluated wrongly here (the runs see
+        other settings): it cannot tell candidates apart, so it is not applied."""
+        imported = {**template_checks.harness_settings(ctx.harness_source, self.device, self.env),
+                    **template_checks.workspace_settings(source, ctx.workspace)}
+        unusable = {v.message for v in template_checks.violations(source, imported)}
+        for message in sorted(unusable):
+            say(f"Not applying train.py's check {message!r}: the current file fails it with "
+                "the settings the tuner sees.")
+        return imported, unusable
 
     # ---- what the journal says ----------------------------------------------------------
 

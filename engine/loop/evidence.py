@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from engine.base.records import RunKind, RunStatus
 from engine.journal import FAILED_STATUSES, Journal
-from engine.loop import judge, keep_rule
+from engine.loop import judge, keep_rule, keep_stats
 from engine.loop.planner import Need
 
 
@@ -39,8 +39,8 @@ class Evidence:
             groups.setdefault(r["commit_sha"], []).append(value)
         return groups
 
-    def noise(self) -> keep_rule.Noise:
-        return keep_rule.pooled_noise(self.run_groups().values())
+    def noise(self) -> keep_stats.Noise:
+        return keep_stats.pooled_noise(self.run_groups().values())
 
     def candidate_runs(self, commit: str) -> list[float]:
         """The measured runs of an experiment's commit: its first run, then its re-runs."""

@@ -1,7 +1,7 @@
 """The judge: keep, discard, confirm or hold one experiment. Pure functions, no threads.
 
 Inputs are the candidate's runs, the best's runs (every run of the best commit), and the
-noise pooled over every commit run more than once (engine/loop/keep_rule.pooled_noise).
+noise pooled over every commit run more than once (engine/loop/keep_stats.pooled_noise).
 
 The statistical keep rule (engine/loop/keep_rule.py) decides keep, discard or confirm: the best is
 the mean of its runs, a win must clear the rule's keep bound (k standard errors of the
@@ -20,7 +20,8 @@ from typing import Sequence
 
 from engine.base.records import KeepMeasure
 from engine.loop import keep_rule
-from engine.loop.keep_rule import Action, KeepDecision, KeepRuleSettings, Noise
+from engine.loop.keep_rule import Action, KeepDecision, KeepRuleSettings
+from engine.loop.keep_stats import Noise
 
 
 class Verdict(str, Enum):

@@ -1,6 +1,7 @@
 """The keep rule: is a candidate's val_bpb better than the best's by more than the noise?
 
-Pure functions over numbers; the judge calls them with the runs the journal holds.
+Pure functions over numbers (the statistics under them in keep_stats.py); the judge calls them
+with the runs the journal holds.
 
 - The best is the mean of all its runs, never one lucky or unlucky draw.
 - The noise sigma is the pooled standard deviation of repeated runs: every commit run more
@@ -56,9 +57,10 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, replace
 from enum import Enum
-from typing import Iterable, Sequence
+from typing import Sequence
 
 from engine.base.records import KEEP_RULES
+from engine.loop.keep_stats import Noise, discounted_mean, margin, student_t_critical
 
 
 class Action(str, Enum):
@@ -152,15 +154,6 @@ def settings_for(rule: str, **overrides) -> KeepRuleSettings:
 
 
 @dataclass(frozen=True)
-class Noise:
-    """The pooled run-to-run standard deviation and what it rests on."""
-
-    sigma: float | None      # None until some commit has been run twice
-    dof: int                 # degrees of freedom: sum of (runs - 1) over the groups
-    groups: int              # commits run more than once
-
-
-@dataclass(frozen=True)
 class KeepDecision:
     action: Action
     n_best: int
@@ -176,41 +169,6 @@ class KeepDecision:
     drop_margin: float | None = None   # sequential: the improvement at or below which it goes
 
 
-def pooled_noise(groups: Iterable[Sequence[float]]) -> Noise:
-    """Pooled standard deviation of the runs, grouped by commit (one group per commit)."""
-    squares, dof, used = 0.0, 0, 0
-    for runs in groups:
-        if len(runs) < 2:
-            continue
-        mean = sum(runs) / len(runs)
-        squares += sum((x - mean) ** 2 for x in runs)
-        dof += len(runs) - 1
-        used += 1
-    sigma = math.sqrt(squares / dof) if dof else None
-    return Noise(sigma, dof, used)
-
-
-def margin(sigma: float, dof: int, n_best: int, n_candidate: int, k: float) -> float:
-    """k standard errors (widened to Student's t for `dof`) of the difference of two means
-    of n_best and n_candidate runs."""
-    return student_t_critical(k, dof) * sigma * math.sqrt(1 / n_best + 1 / n_candidate)
-
-
-def student_t_critical(z: float, dof: int) -> float:
-    """The Student's t quantile (dof degrees of freedom) at the normal quantile z's level.
-
-    Cornish-Fisher expansion in 1/dof (Abramowitz & Stegun 26.7.5); within 1% of the exact
-    value from 2 degrees of freedom on (k = 2: 4.49 vs 4.53 at 2, 2.284 at 10)."""
-    if dof < 1:
-        raise ValueError(f"dof must be at least 1, not {dof!r}")
-    z2 = z * z
-    terms = ((z2 + 1) * z / 4,
-             ((5 * z2 + 16) * z2 + 3) * z / 96,
-             (((3 * z2 + 19) * z2 + 17) * z2 - 15) * z / 384,
-             ((((79 * z2 + 776) * z2 + 1482) * z2 - 1920) * z2 - 945) * z / 92160)
-    return z + sum(term / dof ** (i + 1) for i, term in enumerate(terms))
-
-
 def sequential_bounds(sigma: float, dof: int, n_best: float, n_candidate: int,
                       settings: KeepRuleSettings) -> tuple[float, float]:
     """(keep_at, drop_at): the improvements at which the sequential test's likelihood ratio
@@ -222,108 +180,143 @@ def sequential_bounds(sigma: float, dof: int, n_best: float, n_candidate: int,
             win / 2 - math.log(settings.drop_ratio) * variance / win)
 
 
-def discounted_mean(runs: Sequence[float], sigma: float, weight: float, shift: float
-                    ) -> tuple[float, float]:
-    """(mean, effective n) of a best's runs with its first run, the one it was kept on,
-    weighted `weight` and taken `shift` sigma worse (higher val_bpb). The effective n is the
-    number of equal runs whose mean has the weighted mean's variance."""
-    first = runs[0] + shift * sigma
-    if len(runs) == 1:
-        return first, 1.0
-    total = weight + len(runs) - 1
-    mean = (weight * first + sum(runs[1:])) / total
-    return mean, total * total / (weight * weight + len(runs) - 1)
-
-
 def judge(best_runs: Sequence[float], candidate_runs: Sequence[float], noise: Noise,
           settings: KeepRuleSettings = KeepRuleSettings()) -> KeepDecision:
     """Keep, discard or confirm a candidate against the best, from their val_bpb runs.
 
-    `noise` is pooled over every group of repeats, these two included (see pooled_noise)."""
+    `noise` is pooled over every group of repeats, these two included (see
+    keep_stats.pooled_noise)."""
     if not best_runs:
         raise ValueError("the best has no runs to compare against")
     if not candidate_runs:
         raise ValueError("the candidate has no runs to judge")
-    n_best, n_cand = len(best_runs), len(candidate_runs)
-    best_mean = sum(best_runs) / n_best
-    cand_mean = sum(candidate_runs) / n_cand
-    improvement = best_mean - cand_mean
-    can_confirm = n_cand < settings.max_candidate_runs
-    sequential = settings.rule in SEQUENTIAL_RULES and bool(noise.sigma)
-    debiased = sequential and settings.rule == "debiased"
-    bound = drop = None
-    correction = 0.0          # debiased: the corrected best mean - the best mean
-    if debiased:
-        corrected, n_eff = discounted_mean(best_runs, noise.sigma, settings.kept_run_weight,
-                                           settings.kept_run_shift)
-        correction = corrected - best_mean
-        keep_at, drop_at = sequential_bounds(noise.sigma, noise.dof, n_eff, n_cand, settings)
-        bound, drop = keep_at - correction, drop_at - correction
-    elif sequential:
-        bound, drop = sequential_bounds(noise.sigma, noise.dof, n_best, n_cand, settings)
-    elif noise.sigma is not None:
-        bound = margin(noise.sigma, noise.dof, n_best, n_cand, settings.k)
-    rerun = "best" if n_best < min(n_cand + 1, settings.min_best_runs) else "candidate"
-    if debiased and rerun == "best":
-        can_confirm = True    # the best's runs serve every later candidate too
+    case = _Case.of(best_runs, candidate_runs, noise, settings)
+    if case.improvement <= 0:
+        return case.decide(Action.DISCARD, f"no better than the best: {case.vs}")
+    if case.bound is None:
+        if case.can_confirm:
+            return case.confirm(f"better by {case.improvement:.6f} but no noise estimate yet")
+        return case.decide(Action.DISCARD, f"better by {case.improvement:.6f} but the noise "
+                           f"was never measured and the {settings.max_candidate_runs}-run "
+                           f"limit is reached")
+    return _judge_sequential(case) if case.sequential else _judge_margin(case)
 
-    def decide(action: Action, reason: str) -> KeepDecision:
-        return KeepDecision(action, n_best, best_mean, n_cand, cand_mean, noise.sigma,
-                            noise.dof, improvement, bound, reason,
-                            rerun if action is Action.CONFIRM else "", drop)
 
-    def confirm(why: str) -> KeepDecision:
-        run = (f"the best again (run {n_best + 1})" if rerun == "best" else
-               f"it again (run {n_cand + 1} of at most {settings.max_candidate_runs})")
-        return decide(Action.CONFIRM, f"{why}: running {run}")
+@dataclass(frozen=True)
+class _Case:
+    """A candidate against the best: what judge's helpers decide on, and how they say it."""
 
-    runs = f"mean of {n_cand} run{'s' if n_cand > 1 else ''}"
-    vs = f"{cand_mean:.6f} ({runs}) vs best {best_mean:.6f} (mean of {n_best})"
-    if improvement <= 0:
-        return decide(Action.DISCARD, f"no better than the best: {vs}")
-    if bound is None:
-        if can_confirm:
-            return confirm(f"better by {improvement:.6f} but no noise estimate yet")
-        return decide(Action.DISCARD, f"better by {improvement:.6f} but the noise was never "
-                      f"measured and the {settings.max_candidate_runs}-run limit is reached")
-    sigmas = f"{improvement:.6f} = {improvement / noise.sigma:.2f} sigma" if noise.sigma \
-        else f"{improvement:.6f}"
-    if sequential:
-        test = (f"{settings.evidence:g}:1 for a {settings.win_sigmas:g}-sigma win or "
-                f"{settings.drop_ratio:g}:1 for none, sigma on {noise.dof} dof"
-                if settings.drop_ratio != settings.evidence else
-                f"{settings.evidence:g}:1 for a {settings.win_sigmas:g}-sigma win or for "
-                f"none, sigma on {noise.dof} dof")
+    settings: KeepRuleSettings
+    noise: Noise
+    n_best: int
+    best_mean: float
+    n_cand: int
+    cand_mean: float
+    sequential: bool          # the sequential test: its rules, once there is a sigma
+    debiased: bool
+    bound: float | None       # the improvement that keeps; None without a sigma
+    drop: float | None        # sequential: the improvement at or below which it goes
+    correction: float         # debiased: the corrected best mean - the best mean
+    rerun: str                # "best" or "candidate": the commit a confirmation runs
+    can_confirm: bool
+
+    @classmethod
+    def of(cls, best_runs: Sequence[float], candidate_runs: Sequence[float], noise: Noise,
+           settings: KeepRuleSettings) -> _Case:
+        n_best, n_cand = len(best_runs), len(candidate_runs)
+        best_mean = sum(best_runs) / n_best
+        sequential = settings.rule in SEQUENTIAL_RULES and bool(noise.sigma)
+        debiased = sequential and settings.rule == "debiased"
+        bound, drop, correction = None, None, 0.0
         if debiased:
-            test += (f"; the best's first run at weight {settings.kept_run_weight:g}, "
-                     f"{settings.kept_run_shift:g} sigma worse: its mean "
-                     f"{best_mean + correction:.6f}")
-        if improvement >= bound:
-            return decide(Action.KEEP, f"better by {sigmas}, reaching the keep bound "
-                          f"{bound:.6f} ({test}): {vs}")
-        if improvement <= drop:
-            return decide(Action.DISCARD, f"better by only {sigmas}, at or under the drop "
-                          f"bound {drop:.6f} ({test}): {vs}")
-        if can_confirm:
-            return confirm(f"better by {sigmas}, between the drop bound {drop:.6f} and the "
-                           f"keep bound {bound:.6f}")
-        if debiased:
-            middle = settings.win_sigmas * noise.sigma / 2 - correction
-            if improvement >= middle:
-                return decide(Action.KEEP, f"better by {sigmas} after {n_cand} runs, at or "
-                              f"above {middle:.6f}, half the win: likelier a win than none "
-                              f"({test}): {vs}")
-            return decide(Action.DISCARD, f"better by {sigmas} but under {middle:.6f}, half "
-                          f"the win, after {n_cand} runs: likelier no change ({test}): {vs}")
-        return decide(Action.DISCARD, f"better by {sigmas} but under the keep bound "
-                      f"{bound:.6f} after {n_cand} runs: not distinguishable from noise")
-    if improvement >= bound:
-        return decide(Action.KEEP, f"better by {sigmas}, clearing the margin {bound:.6f} "
-                      f"(k={settings.k:g}, sigma on {noise.dof} dof): {vs}")
-    if can_confirm:
-        return confirm(f"better by {sigmas}, inside the margin {bound:.6f}")
-    return decide(Action.DISCARD, f"better by {sigmas} but inside the margin {bound:.6f} "
-                  f"after {n_cand} runs: not distinguishable from noise")
+            corrected, n_eff = discounted_mean(best_runs, noise.sigma, settings.kept_run_weight,
+                                               settings.kept_run_shift)
+            correction = corrected - best_mean
+            keep_at, drop_at = sequential_bounds(noise.sigma, noise.dof, n_eff, n_cand, settings)
+            bound, drop = keep_at - correction, drop_at - correction
+        elif sequential:
+            bound, drop = sequential_bounds(noise.sigma, noise.dof, n_best, n_cand, settings)
+        elif noise.sigma is not None:
+            bound = margin(noise.sigma, noise.dof, n_best, n_cand, settings.k)
+        rerun = "best" if n_best < min(n_cand + 1, settings.min_best_runs) else "candidate"
+        # debiased: the best's runs serve every later candidate too, so it runs at the limit
+        can_confirm = n_cand < settings.max_candidate_runs or (debiased and rerun == "best")
+        return cls(settings, noise, n_best, best_mean, n_cand, sum(candidate_runs) / n_cand,
+                   sequential, debiased, bound, drop, correction, rerun, can_confirm)
+
+    @property
+    def improvement(self) -> float:
+        return self.best_mean - self.cand_mean
+
+    @property
+    def vs(self) -> str:
+        runs = f"mean of {self.n_cand} run{'s' if self.n_cand > 1 else ''}"
+        return f"{self.cand_mean:.6f} ({runs}) vs best {self.best_mean:.6f} (mean of {self.n_best})"
+
+    @property
+    def sigmas(self) -> str:
+        better, sigma = f"{self.improvement:.6f}", self.noise.sigma
+        return f"{better} = {self.improvement / sigma:.2f} sigma" if sigma else better
+
+    def decide(self, action: Action, reason: str) -> KeepDecision:
+        return KeepDecision(action, self.n_best, self.best_mean, self.n_cand, self.cand_mean,
+                            self.noise.sigma, self.noise.dof, self.improvement, self.bound,
+                            reason, self.rerun if action is Action.CONFIRM else "", self.drop)
+
+    def confirm(self, why: str) -> KeepDecision:
+        run = (f"the best again (run {self.n_best + 1})" if self.rerun == "best" else
+               f"it again (run {self.n_cand + 1} of at most {self.settings.max_candidate_runs})")
+        return self.decide(Action.CONFIRM, f"{why}: running {run}")
+
+
+def _judge_margin(case: _Case) -> KeepDecision:
+    if case.improvement >= case.bound:
+        return case.decide(Action.KEEP, f"better by {case.sigmas}, clearing the margin "
+                           f"{case.bound:.6f} (k={case.settings.k:g}, sigma on "
+                           f"{case.noise.dof} dof): {case.vs}")
+    if case.can_confirm:
+        return case.confirm(f"better by {case.sigmas}, inside the margin {case.bound:.6f}")
+    return case.decide(Action.DISCARD, f"better by {case.sigmas} but inside the margin "
+                       f"{case.bound:.6f} after {case.n_cand} runs: not distinguishable from "
+                       f"noise")
+
+
+def _judge_sequential(case: _Case) -> KeepDecision:
+    test, sigmas, vs = _sequential_test(case), case.sigmas, case.vs
+    if case.improvement >= case.bound:
+        return case.decide(Action.KEEP, f"better by {sigmas}, reaching the keep bound "
+                           f"{case.bound:.6f} ({test}): {vs}")
+    if case.improvement <= case.drop:
+        return case.decide(Action.DISCARD, f"better by only {sigmas}, at or under the drop "
+                           f"bound {case.drop:.6f} ({test}): {vs}")
+    if case.can_confirm:
+        return case.confirm(f"better by {sigmas}, between the drop bound {case.drop:.6f} and "
+                            f"the keep bound {case.bound:.6f}")
+    if not case.debiased:
+        return case.decide(Action.DISCARD, f"better by {sigmas} but under the keep bound "
+                           f"{case.bound:.6f} after {case.n_cand} runs: not distinguishable "
+                           f"from noise")
+    # at the limit the debiased rule keeps a change likelier a win than none
+    middle = case.settings.win_sigmas * case.noise.sigma / 2 - case.correction
+    if case.improvement >= middle:
+        return case.decide(Action.KEEP, f"better by {sigmas} after {case.n_cand} runs, at or "
+                           f"above {middle:.6f}, half the win: likelier a win than none "
+                           f"({test}): {vs}")
+    return case.decide(Action.DISCARD, f"better by {sigmas} but under {middle:.6f}, half the "
+                       f"win, after {case.n_cand} runs: likelier no change ({test}): {vs}")
+
+
+def _sequential_test(case: _Case) -> str:
+    """The sequential test's terms, as the reasons give them."""
+    s = case.settings
+    none = f"{s.drop_ratio:g}:1 for none" if s.drop_ratio != s.evidence else "for none"
+    test = (f"{s.evidence:g}:1 for a {s.win_sigmas:g}-sigma win or {none}, sigma on "
+            f"{case.noise.dof} dof")
+    if case.debiased:
+        test += (f"; the best's first run at weight {s.kept_run_weight:g}, "
+                 f"{s.kept_run_shift:g} sigma worse: its mean "
+                 f"{case.best_mean + case.correction:.6f}")
+    return test
 
 
 def recheck(previous_runs: Sequence[float], best_runs: Sequence[float], noise: Noise,

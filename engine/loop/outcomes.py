@@ -14,7 +14,7 @@ from dataclasses import replace
 from engine.base.events import (BestUpdated, ExperimentSettled, NoiseFloor, ProposalReady,
                                 RunFinished, RunStarted, WinHeld)
 from engine.base.records import DecisionKind, ProposalState, Revert, RunKind, RunResult, RunStatus
-from engine.loop import judge, keep_rule, workers
+from engine.loop import judge, keep_rule, keep_stats, workers
 from engine.loop.loop_state import ActiveRun, Judging
 from engine.loop.lost_runs import MAX_LOST_RUNS
 from engine.loop.planner import Need, RunPlan
@@ -189,7 +189,7 @@ class OutcomesMixin:
         if measured:
             groups = self.evidence.run_groups()
             groups.setdefault(done.commit, []).append(result.val_bpb)
-            noise = keep_rule.pooled_noise(groups.values())
+            noise = keep_stats.pooled_noise(groups.values())
             if noise.sigma is not None:
                 state["noise_floor"] = noise.sigma
         experiment = self.journal.finish_run(result, state=state)
@@ -276,7 +276,7 @@ class OutcomesMixin:
         groups = self.evidence.run_groups()
         if rerun is not None:
             groups.setdefault(waiting.commit, []).append(rerun.val_bpb)
-        verdict = judge.judge(runs, best_runs, keep_rule.pooled_noise(groups.values()),
+        verdict = judge.judge(runs, best_runs, keep_stats.pooled_noise(groups.values()),
                               self.evidence.rules())
         if verdict.verdict is judge.Verdict.CONFIRM:
             waiting.need = Need(verdict.rerun)
@@ -367,7 +367,7 @@ class OutcomesMixin:
         groups = self.evidence.run_groups()
         decision = keep_rule.recheck(groups.get(previous.commit) or [previous.val_bpb],
                                      groups.get(best.commit, []),
-                                     keep_rule.pooled_noise(groups.values()),
+                                     keep_stats.pooled_noise(groups.values()),
                                      self.evidence.rules().keep)
         if decision is None or decision.action is not keep_rule.Action.DISCARD:
             return

@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 
 from engine.base.constants import parse_constants, rewrite
 from engine.base.records import PromotionRecord
-from engine.loop import keep_rule
+from engine.loop import keep_rule, keep_stats
 from engine.loop.keep_rule import Action, KeepDecision, KeepRuleSettings
 
 DEPTH_NAME = "DEPTH"
@@ -118,11 +118,11 @@ def with_depth(source: str, device: str, depth: int) -> str:
 # What to run next, and the verdict
 # ---------------------------------------------------------------------------
 
-def noise_at(view: LadderView, depth: int) -> keep_rule.Noise:
+def noise_at(view: LadderView, depth: int) -> keep_stats.Noise:
     """Noise pooled over the repeated sides of every promotion at `depth`."""
     groups = [runs for p in view.promotions if p.depth == depth
               for runs in (p.baseline_runs, p.change_runs)]
-    return keep_rule.pooled_noise(groups)
+    return keep_stats.pooled_noise(groups)
 
 
 def verdict(view: LadderView, record: PromotionRecord) -> KeepDecision | None:

@@ -54,34 +54,39 @@ CPU_MALLOC_ENV = {"MALLOC_MMAP_MAX_": "0", "MALLOC_TRIM_THRESHOLD_": "2147483647
 LINE_BATCH_INTERVAL_S = 0.05  # on_lines at most ~20 times a second
 
 
+def run_paths(workspace_root: Path, run_id: str, log_path: str | Path | None,
+              result_path: str | Path | None) -> tuple[Path, Path]:
+    """(log, result) of a run: the paths given, else the workspace's .pairlab logs/<run id>.log
+    and runs/<run id>/result.json."""
+    pairlab_dir = workspace_root / ".pairlab"
+    return (Path(log_path) if log_path else pairlab_dir / "logs" / f"{run_id}.log",
+            Path(result_path) if result_path else pairlab_dir / "runs" / run_id / "result.json")
+
+
+def why_unconfined(confined: bool, metric_source: str) -> str | None:
+    """Why a run is not confined (None: it is). An adopted repository reads its own data and
+    caches wherever it keeps them: only pairlab's train.py is confined."""
+    if not confined:
+        return "not requested"
+    if metric_source == "summary_line":
+        return "an adopted repository's own train.py"
+    return confine.probe()
+
+
 class Runner(JudgingMixin):
     """One training run. `run()` blocks (the session calls it in a thread); `kill()` may be
     called from any other thread; `pid` is the trainer's pid while it runs (for the monitor).
     """
 
-    def __init__(
-        self,
-        workspace_root: str | Path,
-        run_id: str,
-        budget_s: float,
-        *,
-        command: Sequence[str] | None = None,
-        env: dict[str, str] | None = None,
-        device: str | None = None,
-        data_dir: str | Path | None = None,
-        log_path: str | Path | None = None,
-        result_path: str | Path | None = None,
-        grace_s: float = 120.0,
-        hard_timeout_s: float | None = None,
-        silence_timeout_s: float | None = DEFAULT_STALL_S,
-        term_grace_s: float = 5.0,
-        metric_source: str = "result_file",
-        expected_eval_tokens: int | None = None,
-        expected_checksum: str | None = None,
-        confined: bool = True,
-        code_files: Sequence[str] = ("train.py",),
-        cache_dir: str | Path | None = None,
-    ):
+    def __init__(self, workspace_root: str | Path, run_id: str, budget_s: float, *,
+                 command: Sequence[str] | None = None, env: dict[str, str] | None = None,
+                 device: str | None = None, data_dir: str | Path | None = None,
+                 log_path: str | Path | None = None, result_path: str | Path | None = None,
+                 grace_s: float = 120.0, hard_timeout_s: float | None = None,
+                 silence_timeout_s: float | None = DEFAULT_STALL_S, term_grace_s: float = 5.0,
+                 metric_source: str = "result_file", expected_eval_tokens: int | None = None,
+                 expected_checksum: str | None = None, confined: bool = True,
+                 code_files: Sequence[str] = ("train.py",), cache_dir: str | Path | None = None):
         """
         budget_s: the training budget handed to train.py (PAIRLAB_TIME_BUDGET).
         command: argv; default `python train.py` with the engine's interpreter.
@@ -109,10 +114,8 @@ class Runner(JudgingMixin):
         self.extra_env = dict(env or {})
         self.device = device
         self.data_dir = data_dir
-        pairlab_dir = self.workspace_root / ".pairlab"
-        self.log_path = Path(log_path) if log_path else pairlab_dir / "logs" / f"{run_id}.log"
-        self.result_path = (Path(result_path) if result_path
-                            else pairlab_dir / "runs" / run_id / "result.json")
+        self.log_path, self.result_path = run_paths(self.workspace_root, run_id, log_path,
+                                                    result_path)
         self.grace_s = grace_s
         self.hard_timeout_s = hard_timeout_s
         self.silence_timeout_s = silence_timeout_s
@@ -122,14 +125,9 @@ class Runner(JudgingMixin):
         self.expected_checksum = expected_checksum
         self.folders = evaluation.RunFolders.of(self.result_path.parent)
         self.compile_cache = CommitCache(
-            Path(cache_dir) if cache_dir else pairlab_dir / "cache",
+            Path(cache_dir) if cache_dir else self.workspace_root / ".pairlab" / "cache",
             code_key(self.workspace_root, code_files), seed_of(data_dir))
-        # Why the run is not confined (None: it is). An adopted repository reads its own
-        # data and caches wherever it keeps them: only pairlab's train.py is confined.
-        self.unconfined_reason = (
-            "not requested" if not confined
-            else "an adopted repository's own train.py" if metric_source == "summary_line"
-            else confine.probe())
+        self.unconfined_reason = why_unconfined(confined, metric_source)
 
         self._lock = threading.Lock()
         self._wake = threading.Event()

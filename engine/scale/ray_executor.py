@@ -40,7 +40,7 @@ from pathlib import Path
 from engine.base.git import run_git
 from engine.base.records import RunResult, RunStatus
 from engine.run.judging import TAIL_LINES
-from engine.run.runner import Runner
+from engine.run.runner import Runner, run_paths
 from engine.scale.ray_worker import DATA_FILES, LogChannel, harness_fingerprint, train_on_worker
 from engine.workspace import WorkspaceError
 
@@ -197,10 +197,8 @@ class RayRunner:
         self.run_id = run_id
         self.budget_s = float(budget_s)
         self.data_dir = Path(data_dir) if data_dir else None
-        pairlab_dir = self.workspace_root / ".pairlab"
-        self.log_path = Path(log_path) if log_path else pairlab_dir / "logs" / f"{run_id}.log"
-        self.result_path = (Path(result_path) if result_path
-                            else pairlab_dir / "runs" / run_id / "result.json")
+        self.log_path, self.result_path = run_paths(self.workspace_root, run_id, log_path,
+                                                    result_path)
         self.term_grace_s = term_grace_s
         self.job = {"run_id": run_id, "budget_s": self.budget_s, "command": command,
                     "engine_python": sys.executable, "data_dir": target.data_dir,

@@ -58,6 +58,17 @@ def integer_ticks(first: int, last: int, width: int) -> list[int]:
     return list(range(first, last + 1, step))
 
 
+def best_so_far(experiments: list[Experiment]) -> list[tuple[str, float]]:
+    """(run id, the best kept val_bpb up to it) of each experiment from the first keep on."""
+    line, best = [], None
+    for experiment in experiments:
+        if experiment.status == RunStatus.KEEP and (best is None or experiment.val_bpb < best):
+            best = experiment.val_bpb
+        if best is not None:
+            line.append((experiment.run_id, best))
+    return line
+
+
 class ChartPlot(PlotextPlot):
     def on_resize(self) -> None:
         # ticks are spaced for the plot's size: place them again
@@ -256,15 +267,11 @@ class ChartPanel(Panel, can_focus=True):
             ([e for e in experiments if e.status != RunStatus.KEEP], "orange", "○"),
             (measured, "gray", "·"),
         )
-        best_x, best_y, best = [], [], None
-        for experiment in experiments:
-            if experiment.status == RunStatus.KEEP and (best is None or experiment.val_bpb < best):
-                best = experiment.val_bpb
-            if best is not None:
-                best_x.append(position[experiment.run_id])
-                best_y.append(best)
-        if best_x:
-            plt.plot(best_x, best_y, color="cyan")
+        best_line = best_so_far(experiments)
+        best = best_line[-1][1] if best_line else None
+        if best_line:
+            plt.plot([position[run_id] for run_id, _ in best_line], [y for _, y in best_line],
+                     color="cyan")
         for members, colour, marker in groups:
             if members:
                 plt.scatter([position[e.run_id] for e in members], [e.val_bpb for e in members],
