@@ -22,6 +22,7 @@ FLOORS = [
     "nanochat",
 ]
 SOURCE_DIRS = ("pairlab", "tui", "engine", "nanochat")
+MAX_FUNCTION_LINES = 60          # issue 21: a function reads on one screen
 MAX_MODULE_LINES = 400
 
 
@@ -108,6 +109,15 @@ def test_no_module_is_over_the_size_of_a_room():
            if not path.is_relative_to(ROOT / "nanochat")
            and (n := len(path.read_text().splitlines())) > MAX_MODULE_LINES]
     assert big == []
+
+
+def test_no_function_in_the_engine_or_the_app_is_over_a_screen():
+    long = [f"{path.relative_to(ROOT)}:{node.lineno} {node.name}: {length} lines"
+            for root in ("engine", "tui") for path in (ROOT / root).rglob("*.py")
+            for node in ast.walk(ast.parse(path.read_text()))
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef))
+            and (length := node.end_lineno - node.lineno + 1) > MAX_FUNCTION_LINES]
+    assert long == []
 
 
 def test_the_rule_catches_an_arrow_up_and_a_sibling():
