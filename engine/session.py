@@ -10,7 +10,7 @@ snapshot it publishes, so they never wait on git or a run.
 from __future__ import annotations
 
 import sys
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Callable
 
@@ -195,13 +195,10 @@ class Session(commands.Controls):
         """The loop as a screen shows it, from this snapshot and the journal's records: what
         the app starts from, and what the service's snapshot for a new client rests on."""
         snapshot = self._snapshot
-        return View(state=snapshot.state, detail=snapshot.detail, mode=snapshot.mode,
-                    paused=snapshot.paused, stopped=self.stopped, best=snapshot.best,
-                    noise_floor=snapshot.noise_floor, total_cost=snapshot.total_cost,
-                    runs=snapshot.runs, pending=snapshot.pending, queued=snapshot.queued,
-                    experiments=tuple(self.journal.experiments()),
-                    open_notes=tuple(SteeringNote(note_id, text)
-                                     for note_id, text in self.journal.open_notes()))
+        return View(**{f.name: getattr(snapshot, f.name) for f in fields(View)}
+                    | dict(stopped=self.stopped, experiments=tuple(self.journal.experiments()),
+                           open_notes=tuple(SteeringNote(note_id, text)
+                                            for note_id, text in self.journal.open_notes())))
 
     def proposal(self, proposal_id: int) -> Proposal:
         for proposal in self._snapshot.open:

@@ -9,32 +9,20 @@ from pathlib import Path
 
 from engine.base.events import RunStarted
 from engine.base.records import Proposal, RunKind
+from engine.base.view import View
 from engine.loop.planner import Need, RunPlan
 from engine.run.runner import Runner
 from engine.scale.slots import Slot
 
 
 @dataclass(frozen=True)
-class Snapshot:
-    """What readers see: immutable, replaced whole after every message."""
+class Snapshot(View):
+    """What readers see: the loop's view as its owner publishes it (the journal's records,
+    the event stream's log tail and draft left empty), immutable, replaced whole after every
+    message; with what only the owner's readers need."""
 
-    state: str = "starting"
-    detail: str = ""
-    mode: str = "review"
-    paused: bool = False
-    best: tuple[str, float] | None = None
-    noise_floor: float | None = None
-    total_cost: float = 0.0          # the agents' spend so far
-    runs: tuple[RunStarted, ...] = ()   # training now, by slot
-    pending: tuple[Proposal, ...] = ()
-    queued: tuple[Proposal, ...] = ()
     open: tuple[Proposal, ...] = ()   # every proposal not yet done: pending to held
     failed: bool = False             # stopped because the loop could not go on
-
-    @property
-    def current_run(self) -> RunStarted | None:
-        """The run the log panel follows: the lowest busy slot's."""
-        return self.runs[0] if self.runs else None
 
 
 @dataclass
