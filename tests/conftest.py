@@ -15,7 +15,10 @@ from nanochat import prepare
 
 # Every process a test starts inherits this variable, daemons included (a tmux server, a
 # Ray head, a detached engine): after the test, whatever still carries the test's tag is
-# stopped, passed or failed; after the session, whatever carries the session's.
+# stopped, passed or failed; after the session, whatever carries the session's. The one
+# exception is the engine's pre-imported evaluator (engine/run/evaluator_processes.py): it
+# holds no run's settings, the tag included, and ends with the process that started it; the
+# evaluations it forks take the run's environment, tag and all.
 OWNER = "PAIRLAB_TEST_OWNER"
 SESSION_TAG = f"pairlab-tests-{os.getpid()}-{uuid.uuid4().hex[:8]}"
 os.environ[OWNER] = SESSION_TAG

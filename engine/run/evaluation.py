@@ -3,9 +3,10 @@
 A run of a pairlab train.py ends at the protected hand-off, which saves the trained model
 into the run's writable folder and exits. Once that process group is gone the runner
 copies the model into a private folder outside the workspace and starts the evaluator
-(`python -m nanochat.evaluate`) there: a fresh interpreter that imports nothing from the
-workspace, reads the validation split the training process was never told about, and
-writes its result into that private folder, a path train.py never learns.
+(`python -m nanochat.evaluate`) there: a process of its own (engine/run/evaluator_processes.py)
+that imports nothing from the workspace, reads the validation split the training process
+was never told about, and writes its result into that private folder, a path train.py
+never learns.
 
     .pairlab/runs/<id>/
         data/     the training split: hard links (or symlinks) to everything but val.bin
@@ -21,8 +22,6 @@ import os
 import shutil
 import signal
 import site
-import subprocess
-import sys
 import tempfile
 import time
 from dataclasses import dataclass
@@ -30,7 +29,9 @@ from pathlib import Path
 
 import nanochat
 from engine.run.compile_cache import CACHE_VARIABLES
+from engine.run import evaluator_processes
 from engine.run.confine import Policy, python_paths
+from engine.run.process import signal_group
 from nanochat import PROGRAM_FILE, REPORT_FILE
 
 # What train.py needs of a prepared dataset; val.bin is the evaluator's alone.
@@ -155,35 +156,34 @@ class EvaluatorRun:
 def run_evaluator(model_dir: Path, env: dict[str, str], on_start=None,
                   timeout_s: float = EVALUATION_TIMEOUT_S) -> EvaluatorRun:
     """Copy the handed-over model into a private folder and score it there. on_start(proc)
-    lets the runner kill it like the training run."""
+    lets the runner kill it like the training run (proc.pid is its process group)."""
     started = time.monotonic()
     with tempfile.TemporaryDirectory(prefix="pairlab-eval-") as private:
         model_copy = Path(private) / MODEL_FOLDER
         result_path = Path(private) / "result.json"
+        output_path = Path(private) / "output.txt"
         try:   # a copy: a process that kept the model files open cannot change what is scored
             shutil.copytree(model_dir, model_copy, symlinks=False)
         except (OSError, shutil.Error):
             model_copy.mkdir()   # the evaluator says what is missing
-        command = [sys.executable, "-S", "-P", "-m", "nanochat.evaluate",
-                   "--model", str(model_copy), "--result", str(result_path)]
         try:
-            proc = subprocess.Popen(command, cwd=private, env=env, stdin=subprocess.DEVNULL,
-                                    stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                                    start_new_session=True)
+            proc = evaluator_processes.start(model_copy, result_path, output_path,
+                                             Path(private), env, timeout_s)
         except OSError as error:
             return EvaluatorRun(EXIT_NOT_STARTED, [f"FAIL: could not start the evaluator: "
                                                    f"{error.strerror or error}"], None,
                                 time.monotonic() - started)
         if on_start is not None:
             on_start(proc)
-        try:
-            out, _ = proc.communicate(timeout=timeout_s)
-            returncode = proc.returncode
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            out, _ = proc.communicate()
-            out += f"\nFAIL: the evaluator took more than {timeout_s:g}s\n".encode()
+        returncode = proc.wait(max(0.0, timeout_s - (time.monotonic() - started)))
+        timed_out = returncode is None
+        if timed_out:
+            signal_group(proc.pid, signal.SIGKILL)
+            proc.wait()
             returncode = EXIT_EVALUATOR_TIMEOUT
+        out = output_path.read_bytes() if output_path.is_file() else b""
+        if timed_out:
+            out += f"\nFAIL: the evaluator took more than {timeout_s:g}s\n".encode()
         result = result_path.read_bytes() if result_path.is_file() else None
     text = out.decode("utf-8", errors="replace")
     return EvaluatorRun(returncode, text.splitlines(), result, time.monotonic() - started)

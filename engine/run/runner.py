@@ -25,8 +25,7 @@ import time
 from pathlib import Path
 from typing import Callable, Sequence
 
-from engine.run import confine
-from engine.run import evaluation
+from engine.run import confine, evaluation, evaluator_processes
 from engine.base.records import RunResult, RunStatus
 from engine.run.compile_cache import CommitCache, code_key, seed_of
 from engine.run.judging import JudgingMixin
@@ -208,6 +207,8 @@ class Runner(JudgingMixin):
         if self.metric_source != "result_file":
             return self._train(self.command, on_lines, on_progress, on_start, on_live)
         linked = evaluation.prepare_folders(self.folders, self.data_dir)
+        # the evaluator's imports, while this run trains
+        evaluator_processes.prepare(evaluation.evaluator_env(self.child_env(), self.data_dir))
         cache = self.compile_cache.open()
         try:
             command = self.command

@@ -15,6 +15,7 @@ import shutil
 import subprocess
 
 import numpy as np
+import psutil
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -228,13 +229,47 @@ def test_the_confined_training_process_reaches_nothing_that_decides_the_metric(
                   f"except OSError:\n    print('denied: {name}')\n")
     probe += ("try:\n    socket.create_connection(('127.0.0.1', 9), timeout=2)\n"
               "    print('REACHED network')\nexcept OSError:\n    print('denied: network')\n")
+    probe += evaluator_server_probe()
     outcome = run_fault(baselined_workspace, fault_settings(dataset_dir),
                         lambda _: before_fence(base_train_py(baselined_workspace), probe))
     added, result = assert_true_metric(outcome, baselined_workspace)
     log = root.joinpath(added["log_path"]).read_text()
     assert "REACHED" not in log
-    assert all(f"denied: {name}" in log for name in [*targets, "network"])
+    assert all(f"denied: {name}" in log for name in [*targets, "network", "see the "
+                                                     "evaluator server", "signal the evaluator "
+                                                     "server", "its memory"])
     assert result.confined and added["confined"] == 1
+
+
+# The pre-imported evaluator (engine/run/evaluator_processes.py) runs while train.py trains:
+# seeing it, signalling it, or reaching its memory through ptrace would let a run forge the
+# next one's score. The baseline of the template started it in this process.
+def evaluator_server_probe() -> str:
+    pids = [p.pid for p in psutil.process_iter(["cmdline"])
+            if "nanochat.evaluator_server" in (p.info["cmdline"] or [])]
+    assert pids, "no evaluator server is running to probe"
+    return f"""
+import os, signal
+seen = []
+for pid in filter(str.isdigit, os.listdir('/proc')):
+    try:
+        if b'nanochat.evaluator_server' in open(f'/proc/{{pid}}/cmdline', 'rb').read():
+            seen.append(pid)
+    except OSError:
+        pass
+print('REACHED see the evaluator server' if seen else 'denied: see the evaluator server')
+for pid in {pids!r}:
+    try:
+        os.kill(pid, signal.SIGSTOP)
+        print('REACHED signal the evaluator server')
+    except OSError:
+        print('denied: signal the evaluator server')
+    try:
+        open(f'/proc/{{pid}}/mem', 'rb').close()
+        print('REACHED its memory')
+    except OSError:
+        print('denied: its memory')
+"""
 
 
 def baselined_workspace_state(workspace, key: str):
