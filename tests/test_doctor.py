@@ -109,7 +109,7 @@ def test_a_new_workspaces_broken_pipeline_pauses_before_the_baseline(tiny_worksp
         deadline = time.monotonic() + 120
         while not session.paused and time.monotonic() < deadline:
             time.sleep(0.05)
-        assert session.paused, session.state
+        assert session.paused, (session.state, [(n.level, n.message) for n in notices])
     finally:
         session.stop()
     assert session.journal.run_count() == 0                 # no budget spent on a baseline

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 from test_tui_support import pilot_test
 
-from engine.base.events import ExperimentSettled, RunFinished, RunStarted
+from engine.base.events import ExperimentSettled, Notice, RunFinished, RunStarted, SessionStopped
 from engine.base.git import run_git
 from engine.base.records import Experiment, PromotionRung, RunStatus
 from engine.loop import planner, promotion
@@ -460,6 +460,9 @@ def test_a_change_kept_at_depth_1_is_trained_at_depth_2_and_the_app_and_report_s
     session = Session(ws, ScriptedAgent(("EMBEDDING_LR = 0.006", "EMBEDDING_LR = 0.6")),
                       tiny_settings(max_experiments=1, large_win_sigmas=None,
                                     large_win_fraction=None), monitor=False)
+    said = []                                   # what the engine said, for a failure's message
+    session.subscribe(lambda e: said.append(e) if isinstance(e, (Notice, SessionStopped))
+                      else None)
     app = PairlabApp(session)
 
     @pilot_test
@@ -477,7 +480,11 @@ def test_a_change_kept_at_depth_1_is_trained_at_depth_2_and_the_app_and_report_s
                     for run_id in table.rows}, set(app.main.chart.experiments)
 
     cells, charted = drive()
-    [p] = session.journal.promotions()
+    promotions = session.journal.promotions()
+    assert len(promotions) == 1, (promotions, said,
+                                  [(r["id"], r["kind"], r["status"], r["val_bpb"])
+                                   for r in session.journal.run_rows()])
+    [p] = promotions
     kept = next(e for e in session.experiments() if e.kind == "experiment")
     assert kept.status.value == "keep" and (p.run_id, p.from_depth, p.depth) == \
         (kept.run_id, 1, 2)
