@@ -1,13 +1,10 @@
 # Two entry points, as the README says: `make run` and `make test`.
-# torch is pinned in the same install as the project, so the project's own range finds it
-# satisfied and never pulls a newer (CUDA) build. uv installs it all in seconds where pip
-# takes a minute; it looks for wheels where pip is told to (PIP_FIND_LINKS), so a torch
-# wheel kept on local disk is taken from there.
+# torch is installed first, pinned to the CPU build on this disk, so that the project's
+# own install finds it satisfied and never pulls a CUDA build.
 PYTHON ?= python3
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
 TORCH  ?= torch==2.13.0
-export UV_FIND_LINKS ?= $(PIP_FIND_LINKS)
 
 .PHONY: install prepare run test test-fast bench clean
 
@@ -15,8 +12,9 @@ install: $(VENV)/.installed
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install -q uv
-	$(VENV)/bin/uv pip install -q --python $(PY) "$(TORCH)" -e '.[test,ray]'
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q "$(TORCH)"
+	$(PY) -m pip install -q -e '.[test,ray]'
 	touch $@
 
 # The data, the tokenizer and a torch.compile cache of the shipped train.py (once; later
