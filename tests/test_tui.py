@@ -381,6 +381,27 @@ async def test_narrow_terminal_shows_one_panel_at_a_time(session):
 
 
 @pilot_test
+async def test_narrow_terminal_shows_the_review_while_one_waits_and_else_the_run(tmp_path):
+    nothing_to_review = [e for e in history_events() if not isinstance(e, ProposalReady)]
+    session = ScriptedSession(tmp_path, nothing_to_review)
+    app = PairlabApp(session)
+    async with app.run_test(size=(80, 24)) as pilot:
+        await settle(pilot)
+
+        def shown():
+            return [p.id for p in app.main.panels() if p.display and p.region.height > 0]
+        assert shown() == ["log-panel"]                   # a run trains, nothing waits
+        waiting = next(e for e in history_events() if isinstance(e, ProposalReady))
+        session.emit_from_thread([waiting])
+        await settle(pilot)
+        assert shown() == ["diff-panel"] and app.main.diff.selected == waiting.proposal.id
+        await pilot.press("a")
+        await settle(pilot)
+        assert ("accept", waiting.proposal.id) in session.calls
+        assert shown() == ["log-panel"]                   # reviewed: back to the run
+
+
+@pilot_test
 async def test_help_lists_every_key_as_remapped(session):
     app = PairlabApp(session)
     app.set_keymap({"accept": "y"})

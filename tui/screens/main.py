@@ -101,6 +101,8 @@ class MainScreen(EngineEventsMixin, PanelLayoutMixin, Screen):
     def on_mount(self) -> None:
         self.query_one("#preparing").display = False
         self._apply_size(self.size.width, self.size.height)
+        if self.has_class("narrow") and not self.diff.queue:
+            self.current_panel = "log-panel"   # until a proposal waits for review
         self.focus_panel(self.current_panel)
         self.app.main_ready()
 
@@ -142,6 +144,11 @@ class MainScreen(EngineEventsMixin, PanelLayoutMixin, Screen):
     @on(ProposalSelected)
     def _proposal_selected(self, message: ProposalSelected) -> None:
         self.reasoning.show_proposal(self.diff.selected_proposal)
+        if self.has_class("narrow"):        # one panel at a time: what needs you, else the run
+            if message.proposal_id is None and self.current_panel == "diff-panel":
+                self.focus_panel("log-panel")
+            elif message.proposal_id is not None and self.current_panel == "log-panel":
+                self.focus_panel("diff-panel")
         self._after_change()
 
     # ------------------------------------------------------------------ keys
@@ -177,8 +184,6 @@ class MainScreen(EngineEventsMixin, PanelLayoutMixin, Screen):
         if proposal is None:
             return
         self._engine_call(f"accept #{proposal.id}", self.session.accept, proposal.id)
-        if self.has_class("narrow") and len(self.diff.queue) == 1:
-            self.focus_panel("log-panel")      # one panel at a time: show what happens next
 
     def action_veto(self) -> None:
         proposal = self.diff.selected_proposal
