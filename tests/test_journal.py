@@ -67,6 +67,25 @@ def test_reopening_keeps_rows_and_a_newer_schema_is_refused(tmp_path):
         Journal(journal_path(tmp_path))
 
 
+def test_run_rows_read_once_per_write_are_fresh_copies_and_see_every_write(journal):
+    journal.start_run("r1", "c" * 40, "baseline")
+    assert journal.run_rows() == []                          # a running run is not finished
+    finish(journal, "r1", RunStatus.KEEP, 1.5, metrics={"val_bpb": 1.5})
+    rows = journal.run_rows()
+    assert [r["id"] for r in rows] == ["r1"]
+    rows[0]["status"] = "forged"
+    rows[0]["metrics"]["val_bpb"] = 0.1                      # a caller's copy, not the cache
+    again = journal.run_rows()
+    assert again[0]["status"] == "keep" and again[0]["metrics"] == {"val_bpb": 1.5}
+    reads = journal.writes
+    journal.run_rows()
+    assert journal.writes == reads                           # reading writes nothing
+    journal.set_state("noise_floor", 0.01)                   # any write: read again
+    journal.start_run("r2", "d" * 40, "noise")
+    finish(journal, "r2", RunStatus.DISCARD, 1.6)
+    assert [r["id"] for r in journal.run_rows()] == ["r1", "r2"]
+
+
 def test_proposal_round_trip_update_and_state(journal):
     proposal = make_proposal()
     pid = journal.add_proposal(proposal)

@@ -14,9 +14,12 @@ import json
 import sqlite3
 import threading
 from pathlib import Path
+from typing import Callable, TypeVar
 
 from engine.base.api_key import redact
 from engine.journal.promotions import PROMOTION_SCHEMA
+
+T = TypeVar("T")
 
 SCHEMA_VERSION = 3                # 2: held wins settled in `settlements`; 3: reverts
 
@@ -166,6 +169,8 @@ class JournalDB:
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._lock = threading.RLock()
+        self.writes = 0         # write transactions so far: a cached read holds until the next
+        self._cached: dict[str, tuple[int, object]] = {}
         # autocommit mode: each statement commits unless we open a transaction ourselves
         self._db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None,
                                    timeout=10.0)
@@ -224,16 +229,27 @@ class JournalDB:
                     cursor = self._db.execute(sql, params)
                 self._db.execute("COMMIT")
             except BaseException:
+                self.writes += 1           # a failed COMMIT may still have written some
                 # a COMMIT that failed (e.g. disk full) has rolled back already; a second
                 # ROLLBACK would raise and hide the real error
                 if self._db.in_transaction:
                     self._db.execute("ROLLBACK")
                 raise
+            self.writes += 1
             return cursor
 
     def _read(self, sql: str, params: tuple = ()) -> list[sqlite3.Row]:
         with self._lock:
             return self._db.execute(sql, params).fetchall()
+
+    def _read_cached(self, key: str, read: Callable[[], T]) -> T:
+        """read(), or what it returned after the last write (the loop asks many times a
+        step; only this connection writes)."""
+        with self._lock:
+            hit = self._cached.get(key)
+            if hit is None or hit[0] != self.writes:
+                hit = self._cached[key] = (self.writes, read())
+            return hit[1]
 
     def journal_mode(self) -> str:
         return self._read("PRAGMA journal_mode")[0][0]

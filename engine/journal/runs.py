@@ -196,9 +196,13 @@ class RunJournal:
         return [row_experiment(r) for r in rows]
 
     def run_rows(self) -> list[dict]:
-        """Finished runs as plain dicts with every column (kind, metrics, seconds ...)."""
-        rows = self._read("SELECT * FROM runs WHERE status != ? ORDER BY experiment", (RUNNING,))
-        return [dict(r, metrics=json.loads(r["metrics"])) for r in rows]
+        """Finished runs as plain dicts with every column (kind, metrics, seconds ...): fresh
+        copies of what was read after the last write."""
+        def read():
+            rows = self._read("SELECT * FROM runs WHERE status != ? ORDER BY experiment",
+                              (RUNNING,))
+            return [dict(r, metrics=json.loads(r["metrics"])) for r in rows]
+        return [dict(r, metrics=dict(r["metrics"])) for r in self._read_cached("run_rows", read)]
 
     def best(self) -> Experiment | None:
         """The last run kept (a held win is kept when a human accepts it, after later
