@@ -368,9 +368,10 @@ def test_the_eval_overhead_bench_runs_quick(dataset_dir):
                           env={**os.environ, "PAIRLAB_DATA_DIR": str(dataset_dir),
                                "PAIRLAB_DEVICE": "cpu"})
     assert proc.returncode == 0, proc.stderr
-    figures = proc.stdout.splitlines()[-6:]
+    figures = proc.stdout.splitlines()[-8:]
     assert figures[0].startswith("config: quick | device cpu | seq 64")
-    assert [line.split(":")[0].split(" (")[0] for line in figures[1:5]] == [
-        "in-process evaluation", "hand-off export + save", "evaluator process", "overhead"]
-    in_process, out_of_process = re.findall(r"\d+\.\d{6}", figures[5])
+    assert [line.split(":")[0].split(" (")[0] for line in figures[1:7]] == [
+        "in-process evaluation", "hand-off export + save", "evaluator, a fresh interpreter",
+        "evaluator, the server's first", "evaluator, a fork of the running server", "overhead"]
+    in_process, out_of_process = re.findall(r"\d+\.\d{6}", figures[7])
     assert float(in_process) == pytest.approx(float(out_of_process), abs=1e-4)
