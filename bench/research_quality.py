@@ -19,7 +19,8 @@ the pooled noise sigma.
                                      [--rule margin|sequential]
 
 Full mode (60 s budget, 10 experiments each) takes about 45 minutes on 2 cores.
---quick: the tests' tiny model on a small dataset for a 1 s budget, 1 experiment each.
+--quick: the tests' tiny model on a small dataset for a 1 s budget, 1 experiment each, at
+most 2 runs of a candidate.
 """
 
 from __future__ import annotations
@@ -56,6 +57,9 @@ TEMPLATE = (ROOT / "nanochat" / "train.py").read_text()
 # Bounded confirmations, so both searches fit in the time: a candidate runs at most 3 times
 # and the baseline's 3 runs are enough for the best.
 SHORT_LIMITS = dict(max_candidate_runs=3, min_best_runs=3)
+# --quick checks that the script runs, every path of the loop included: a candidate runs at
+# most twice; the best still gets its confirmation re-run.
+QUICK_LIMITS = dict(max_candidate_runs=2, min_best_runs=3)
 
 
 REACH = 3    # random search draws within this many of a knob's steps of the current value
@@ -262,7 +266,7 @@ def main() -> int:
     parser.add_argument("--rule", choices=RULES, default=KeepRuleSettings.rule,
                         help="the keep rule (engine/loop/keep_rule.py); default: the engine's")
     args = parser.parse_args()
-    rule = settings_for(args.rule, **SHORT_LIMITS)
+    rule = settings_for(args.rule, **(QUICK_LIMITS if args.quick else SHORT_LIMITS))
 
     with tempfile.TemporaryDirectory() as tmp_name:
         tmp = Path(tmp_name)
